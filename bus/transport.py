@@ -1,0 +1,159 @@
+"""The transport seam: how signed frames move, and nothing about what they mean.
+
+A transport carries opaque frames (encoded envelopes) on concrete topics (bus URIs). It does not
+verify anything: the bus client does. Implementations live in ``transports/`` (memory, zeromq,
+mqtt) and are opened from a URL by ``transports.open_transport``.
+
+Back-pressure: every subscription is a bounded stream (``buffer`` deliveries, default 10,000).
+When a consumer falls that far behind, the transport drops the *newest* deliveries for that
+subscription only, counts them in ``Subscription.dropped`` and logs a warning: one slow consumer
+never stalls the connection or other subscriptions. Flow control that must not lose data (chunked
+uploads) is done above the transport with acknowledged windows.
+
+Persisted messages: ``publish(..., persist=True)`` keeps the frame as the latest for that exact
+topic (MQTT retained); ``query(pattern)`` returns the kept frames whose topics match; publishing an
+empty frame with ``persist=True`` deletes the kept frame. ``subscribe`` delivers live frames only,
+never persisted ones, on every transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from bus.errors import TransportClosed
+
+__all__ = [
+    "DEFAULT_BUFFER",
+    "Delivery",
+    "Subscription",
+    "Transport",
+    "Will",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BUFFER = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One frame as it came off the bus: untrusted until the bus client verifies it."""
+
+    topic: str
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """A persisted frame the broker publishes if this connection dies uncleanly (MQTT only)."""
+
+    topic: str
+    frame: bytes
+
+
+class Subscription:
+    """A bounded stream of deliveries for one pattern; iterate it with ``async for``.
+
+    Transports feed it with :meth:`offer` from the event loop's thread. ``close()`` ends the
+    iteration; it is idempotent and also called by the transport's ``close()``.
+    """
+
+    def __init__(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> None:
+        self.pattern = pattern
+        self.buffer = buffer
+        self.dropped = 0
+        self._items: collections.deque[Delivery] = collections.deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._on_close: list[Callable[[], None]] = []
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def offer(self, delivery: Delivery) -> None:
+        """Queue a delivery without blocking; drop and count it if the buffer is full."""
+        if self._closed:
+            return
+        if len(self._items) >= self.buffer:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                logger.warning(
+                    "subscription %s is %d deliveries behind; dropped %d so far",
+                    self.pattern,
+                    self.buffer,
+                    self.dropped,
+                )
+            return
+        self._items.append(delivery)
+        self._ready.set()
+
+    def add_close_callback(self, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` (sync) once when the subscription closes; transports unsubscribe."""
+        self._on_close.append(callback)
+
+    async def close(self) -> None:
+        self.close_nowait()
+
+    def close_nowait(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._ready.set()
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            callback()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        while not self._items:
+            if self._closed:
+                raise StopAsyncIteration
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def drain_nowait(self) -> list[Delivery]:
+        """Take every queued delivery at once (for consumers that batch)."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Five async methods. ``close`` is idempotent and ends every subscription's stream."""
+
+    url: str
+
+    async def connect(self, *, will: Will | None = None) -> None:
+        """Open the connection; ready to publish and subscribe when it returns."""
+
+    async def publish(self, topic: str, frame: bytes, *, persist: bool = False) -> None:
+        """Send a frame on a concrete topic; returns once the transport has taken it."""
+
+    async def subscribe(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> Subscription:
+        """Start receiving live frames on a pattern; frames published after this returns arrive."""
+
+    async def query(self, pattern: str, *, timeout_s: float = 5.0) -> list[Delivery]:
+        """The persisted frames whose topics match ``pattern``."""
+
+    async def close(self) -> None:
+        """Disconnect cleanly (no Will is published) and end every subscription."""
+
+
+def closed_error(url: str) -> TransportClosed:
+    return TransportClosed(f"the transport {url} is closed", url=url)

@@ -1,0 +1,83 @@
+"""An in-process transport: named hubs shared by every transport opened on the same name.
+
+``memory://name`` connects to the hub ``name`` in this process. It keeps persisted frames like a
+broker would and is the transport of choice for fast tests; it publishes no Will.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bus import uri as uris
+from bus.transport import DEFAULT_BUFFER, Delivery, Subscription, Will, closed_error
+
+__all__ = ["MemoryTransport"]
+
+
+@dataclass
+class _Hub:
+    subscriptions: set[Subscription] = field(default_factory=set)
+    persisted: dict[str, bytes] = field(default_factory=dict)
+
+
+_HUBS: dict[str, _Hub] = {}
+
+
+class MemoryTransport:
+    def __init__(self, name: str = "default") -> None:
+        self.url = f"memory://{name}"
+        self._hub = _HUBS.setdefault(name, _Hub())
+        self._mine: set[Subscription] = set()
+        self._is_open = False
+        self._is_closed = False
+
+    async def connect(self, *, will: Will | None = None) -> None:
+        if self._is_closed:
+            raise closed_error(self.url)
+        self._is_open = True
+
+    async def publish(self, topic: str, frame: bytes, *, persist: bool = False) -> None:
+        self._check_open()
+        uris.parse(topic)
+        if persist:
+            if frame:
+                self._hub.persisted[topic] = frame
+            else:
+                self._hub.persisted.pop(topic, None)
+        delivery = Delivery(topic, frame)
+        for subscription in list(self._hub.subscriptions):
+            if uris.matches(subscription.pattern, topic):
+                subscription.offer(delivery)
+
+    async def subscribe(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> Subscription:
+        self._check_open()
+        uris.parse(pattern, allow_wildcards=True)
+        subscription = Subscription(pattern, buffer=buffer)
+        self._hub.subscriptions.add(subscription)
+        self._mine.add(subscription)
+
+        def forget() -> None:
+            self._hub.subscriptions.discard(subscription)
+            self._mine.discard(subscription)
+
+        subscription.add_close_callback(forget)
+        return subscription
+
+    async def query(self, pattern: str, *, timeout_s: float = 5.0) -> list[Delivery]:
+        self._check_open()
+        uris.parse(pattern, allow_wildcards=True)
+        return [
+            Delivery(topic, frame)
+            for topic, frame in sorted(self._hub.persisted.items())
+            if uris.matches(pattern, topic)
+        ]
+
+    async def close(self) -> None:
+        self._is_closed = True
+        self._is_open = False
+        for subscription in list(self._mine):
+            subscription.close_nowait()
+
+    def _check_open(self) -> None:
+        if not self._is_open:
+            raise closed_error(self.url)
