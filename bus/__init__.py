@@ -1,10 +1,117 @@
-"""The modelbus protocol: URIs, envelopes, entities, grants, the transport seam, the bus client."""
+"""The modelbus protocol: URIs, envelopes, entities, grants, the transport seam, the bus client.
+
+Import from here: ``from bus import BusClient, Entity, Grant, Heartbeat, PayloadObject``.
+"""
 
 from bus import uri
-from bus.errors import *  # noqa: F403
-from bus.errors import __all__ as _errors_all
-from bus.transport import DEFAULT_BUFFER, Delivery, Subscription, Transport, Will
-
-__all__ = sorted(
-    [*_errors_all, "DEFAULT_BUFFER", "Delivery", "Subscription", "Transport", "Will", "uri"]
+from bus.client import BusClient, Message, MessageStream, Rejected, consume_right
+from bus.entity import Entity, key_from_text, key_to_text, public_key_of
+from bus.envelope import Envelope
+from bus.errors import (
+    BadSignature,
+    BrokenChain,
+    BusError,
+    ClockSkew,
+    Conflict,
+    DecodeError,
+    FrameTooLarge,
+    GrantExpired,
+    InternalError,
+    InvalidRequest,
+    InvalidUri,
+    LimitExceeded,
+    NotFound,
+    OutOfScope,
+    Overloaded,
+    PermissionMissing,
+    ReplayedNonce,
+    RequestTimeout,
+    TransportClosed,
+    TransportError,
+    TtlExceeded,
+    UntrustedRoot,
+    VerificationError,
+    error_from_wire,
 )
+from bus.grants import ChainVerdict, Grant, Permissions, decode_chain, encode_chain
+from bus.heartbeat import Heartbeat
+from bus.monitor import ServiceState, service_states
+from bus.po import (
+    PO_BINARY,
+    PO_JSON,
+    PO_METADATA,
+    PO_MSGPACK,
+    PO_REPLY,
+    PO_REQUEST,
+    PO_STATE,
+    PO_STATUS,
+    PO_TEXT,
+    PayloadObject,
+)
+from bus.rpc import Request, reply_uri
+from bus.transport import DEFAULT_BUFFER, Delivery, Subscription, Transport, Will
+from bus.verifier import Verifier
+
+__all__ = [
+    "DEFAULT_BUFFER",
+    "PO_BINARY",
+    "PO_JSON",
+    "PO_METADATA",
+    "PO_MSGPACK",
+    "PO_REPLY",
+    "PO_REQUEST",
+    "PO_STATE",
+    "PO_STATUS",
+    "PO_TEXT",
+    "BadSignature",
+    "BrokenChain",
+    "BusClient",
+    "BusError",
+    "ChainVerdict",
+    "ClockSkew",
+    "Conflict",
+    "DecodeError",
+    "Delivery",
+    "Entity",
+    "Envelope",
+    "FrameTooLarge",
+    "Grant",
+    "GrantExpired",
+    "Heartbeat",
+    "InternalError",
+    "InvalidRequest",
+    "InvalidUri",
+    "LimitExceeded",
+    "Message",
+    "MessageStream",
+    "NotFound",
+    "OutOfScope",
+    "Overloaded",
+    "PayloadObject",
+    "PermissionMissing",
+    "Permissions",
+    "Rejected",
+    "ReplayedNonce",
+    "Request",
+    "RequestTimeout",
+    "ServiceState",
+    "Subscription",
+    "Transport",
+    "TransportClosed",
+    "TransportError",
+    "TtlExceeded",
+    "UntrustedRoot",
+    "VerificationError",
+    "Verifier",
+    "Will",
+    "consume_right",
+    "decode_chain",
+    "encode_chain",
+    "error_from_wire",
+    "key_from_text",
+    "key_to_text",
+    "public_key_of",
+    "reply_uri",
+    "service_states",
+    "uri",
+]

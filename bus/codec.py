@@ -43,7 +43,6 @@ def unpack(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
             raw=False,
             use_list=True,
             strict_map_key=False,
-            max_buffer_size=max_bytes,
             ext_hook=_refuse_ext,
         )
     except DecodeError:

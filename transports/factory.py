@@ -1,8 +1,8 @@
 """Open a transport from a URL, picking the implementation from a closed table, lazily imported.
 
-    memory://name                 in-process hub (tests)
-    zmq://127.0.0.1:7700          the ZeroMQ forwarder started by ``modelbus bus``
-    mqtt://host:1883              an MQTT 5 broker; mqtts:// for TLS; user:password@ in the URL
+memory://name                 in-process hub (tests)
+zmq://127.0.0.1:7700          the ZeroMQ forwarder started by ``modelbus bus``
+mqtt://host:1883              an MQTT 5 broker; mqtts:// for TLS; user:password@ in the URL
 """
 
 from __future__ import annotations

@@ -1,0 +1,295 @@
+"""The bus client: publish, persist, subscribe, query and request/response over any transport.
+
+Every frame it sends is sealed with its entity and carries a proof (a grant chain) chosen from
+the chains it holds; every frame it receives is verified before user code sees it, and rejected
+frames are counted (``client.verifier.rejected``) and logged, never raised out of a loop.
+The request/response mechanics live in :mod:`bus.rpc`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from bus import envelope as envelopes
+from bus import uri as uris
+from bus.entity import Entity, key_to_text
+from bus.envelope import Envelope
+from bus.errors import BusError, PermissionMissing, TransportError, VerificationError
+from bus.grants import Grant
+from bus.po import PayloadObject
+from bus.rpc import Handler, Requester, Responder
+from bus.transport import DEFAULT_BUFFER, Subscription, Transport, Will
+from bus.verifier import Verifier
+
+__all__ = ["BusClient", "Message", "MessageStream", "Rejected", "consume_right"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A verified message."""
+
+    uri: str
+    pos: tuple[PayloadObject, ...]
+    origin: bytes
+    ts_ns: int
+    persist: bool
+
+    @classmethod
+    def of(cls, envelope: Envelope) -> Message:
+        return cls(envelope.uri, envelope.pos, envelope.origin, envelope.ts_ns, envelope.persist)
+
+    @property
+    def origin_text(self) -> str:
+        return key_to_text(self.origin)
+
+    def payload(self, number: str | None = None) -> PayloadObject | None:
+        """The first payload object, or the first with PO ``number``."""
+        for po in self.pos:
+            if number is None or po.number == number:
+                return po
+        return None
+
+    def value(self, number: str | None = None) -> Any:
+        """The decoded value of :meth:`payload`; None if there is no such payload object."""
+        po = self.payload(number)
+        return None if po is None else po.value()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A frame that failed verification; ``envelope`` is set when it at least parsed."""
+
+    topic: str
+    error: BusError
+    envelope: Envelope | None
+
+
+def consume_right(pattern: str) -> str:
+    """The permission a subscription needs: C, C+ with a ``+``, C* with a ``*``."""
+    segments = uris.parse(pattern, allow_wildcards=True)
+    return "C*" if "*" in segments else "C+" if "+" in segments else "C"
+
+
+class MessageStream:
+    """Verified messages of one subscription. Iterate with ``async for``; with
+    ``include_rejected`` the stream also yields :class:`Rejected` items."""
+
+    def __init__(
+        self, subscription: Subscription, verifier: Verifier, *, include_rejected: bool = False
+    ) -> None:
+        self.subscription = subscription
+        self.verifier = verifier
+        self.include_rejected = include_rejected
+
+    @property
+    def pattern(self) -> str:
+        return self.subscription.pattern
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._items()
+
+    async def _items(self) -> AsyncIterator[Any]:
+        async for delivery in self.subscription:
+            item = self.verify(delivery.topic, delivery.frame)
+            if isinstance(item, Message) or self.include_rejected:
+                yield item
+
+    def verify(self, topic: str, frame: bytes) -> Message | Rejected:
+        envelope: Envelope | None = None
+        try:
+            envelope = envelopes.parse(frame, max_bytes=self.verifier.max_frame_bytes)
+            if envelope.uri != topic:
+                raise VerificationError(
+                    "the signed URI differs from the topic it arrived on", topic=topic
+                )
+            self.verifier.check(envelope)
+        except BusError as error:
+            self.verifier.record_rejection(error, envelope)
+            return Rejected(topic, error, envelope)
+        return Message.of(envelope)
+
+    async def close(self) -> None:
+        await self.subscription.close()
+
+
+class BusClient:
+    """A connection to the bus as one entity. Use as ``async with BusClient(...) as client``.
+
+    ``proofs`` are grant chains (root first) this entity may present; the client picks, per
+    URI and permission, the first that authorizes the action. The namespace owner needs none.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        entity: Entity,
+        *,
+        proofs: Sequence[Sequence[Grant]] = (),
+        verifier: Verifier | None = None,
+        will: tuple[str, Sequence[PayloadObject]] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.entity = entity
+        self.verifier = verifier or Verifier()
+        self.proofs = [tuple(grant.encode() for grant in chain) for chain in proofs]
+        self._will = will
+        self._proof_cache: dict[tuple[str, str], tuple[tuple[bytes, ...], int]] = {}
+        self._exit_stack: contextlib.AsyncExitStack | None = None
+        self.task_group: TaskGroup | None = None
+        self._requester: Requester | None = None
+
+    async def __aenter__(self) -> BusClient:
+        will = None
+        if self._will is not None:
+            uri, pos = self._will
+            will = Will(uri, self.seal(uri, pos, persist=True))
+        async with contextlib.AsyncExitStack() as stack:
+            await self.transport.connect(will=will)
+            stack.push_async_callback(self._close_transport)
+            self.task_group = await stack.enter_async_context(anyio.create_task_group())
+            self._exit_stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        stack, self._exit_stack = self._exit_stack, None
+        if stack is None:
+            return
+        if self.task_group is not None:
+            self.task_group.cancel_scope.cancel()
+        await stack.__aexit__(exc_type, exc, traceback)
+
+    async def _close_transport(self) -> None:
+        with anyio.move_on_after(5, shield=True):
+            await self.transport.close()
+
+    @property
+    def key_text(self) -> str:
+        return self.entity.key_text
+
+    def proof_for(self, asked: str, right: str) -> tuple[bytes, ...]:
+        """A chain from ``proofs`` that lets this entity do ``right`` on ``asked``."""
+        now_ns = time.time_ns()
+        cached = self._proof_cache.get((asked, right))
+        if cached is not None and now_ns < cached[1]:
+            return cached[0]
+        canonical = self.verifier.canonical(asked)
+        if uris.namespace_of(canonical) == self.key_text:
+            return ()
+        errors: list[BusError] = []
+        for proof in self.proofs:
+            try:
+                self.verifier.authorize(self.entity.public_key, proof, asked, right, now_ns=now_ns)
+            except BusError as error:
+                errors.append(error)
+                continue
+            expires = self.verifier.verdicts.verdict(proof, now_ns=now_ns).expires_ns
+            self._proof_cache[(asked, right)] = (proof, expires)
+            return proof
+        if len(errors) == 1:
+            raise errors[0]
+        raise PermissionMissing(
+            f"none of the {len(self.proofs)} grant chains this entity holds lets it {right!r} "
+            f"on {asked!r}; ask the namespace owner: modelbus grant --to {self.key_text} "
+            f"--uri '{asked}' --perms {right}",
+            uri=asked,
+            needed=right,
+            reasons=[error.message for error in errors],
+        )
+
+    def seal(self, uri: str, pos: Sequence[PayloadObject], *, persist: bool = False) -> bytes:
+        return envelopes.seal(
+            self.entity, uri, tuple(pos), persist=persist, proof=self.proof_for(uri, "P")
+        )
+
+    async def publish(
+        self, uri: str, pos: PayloadObject | Sequence[PayloadObject], *, persist: bool = False
+    ) -> None:
+        """Sign and publish; ``persist`` keeps it as the latest message on ``uri``."""
+        items = (pos,) if isinstance(pos, PayloadObject) else tuple(pos)
+        await self.transport.publish(uri, self.seal(uri, items, persist=persist), persist=persist)
+
+    async def unpersist(self, uri: str) -> None:
+        """Publish a signed tombstone: queries no longer return a message on ``uri``."""
+        await self.publish(uri, (), persist=True)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(
+        self,
+        pattern: str,
+        *,
+        buffer: int = DEFAULT_BUFFER,
+        include_rejected: bool = False,
+        check_scope: bool = True,
+    ) -> AsyncIterator[MessageStream]:
+        """Receive verified live messages on ``pattern``. With ``check_scope`` the client first
+        checks that its own grants allow consuming there (C, C+ or C*)."""
+        if check_scope:
+            self.proof_for(pattern, consume_right(pattern))
+        subscription = await self.transport.subscribe(pattern, buffer=buffer)
+        stream = MessageStream(subscription, self.verifier, include_rejected=include_rejected)
+        try:
+            yield stream
+        finally:
+            await subscription.close()
+
+    async def query(
+        self, pattern: str, *, timeout_s: float = 5.0, include_rejected: bool = False
+    ) -> list[Any]:
+        """The persisted messages matching ``pattern`` (tombstones left out), verified.
+        Like BOSSWAVE, querying needs the same right as subscribing (C, C+ or C*)."""
+        self.proof_for(pattern, consume_right(pattern))
+        deliveries = await self.transport.query(pattern, timeout_s=timeout_s)
+        checker = MessageStream(Subscription(pattern), self.verifier)
+        results: list[Any] = []
+        for delivery in deliveries:
+            item = checker.verify(delivery.topic, delivery.frame)
+            if isinstance(item, Rejected):
+                if include_rejected:
+                    results.append(item)
+            elif item.pos:
+                results.append(item)
+        return results
+
+    async def request(
+        self, uri: str, body: Any, *, timeout_s: float = 10.0, request_id: str | None = None
+    ) -> Any:
+        """Send ``body`` to the slot ``uri`` and return the reply's result, or raise the typed
+        error the service replied with (or RequestTimeout). Retrying with the same
+        ``request_id`` returns the first reply instead of running the request twice."""
+        if self._requester is None:
+            self._requester = Requester(self)
+        return await self._requester.request(uri, body, timeout_s=timeout_s, request_id=request_id)
+
+    async def serve(
+        self,
+        pattern: str,
+        handler: Handler,
+        *,
+        max_concurrency: int = 64,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Answer requests on the slot(s) ``pattern`` until cancelled; start it with
+        ``await task_group.start(client.serve, pattern, handler)``."""
+        responder = Responder(self, handler, max_concurrency=max_concurrency)
+        await responder.run(pattern, task_status=task_status)
+
+    def require_task_group(self) -> TaskGroup:
+        if self.task_group is None:
+            raise TransportError("the client is not connected; use 'async with BusClient(...)'")
+        return self.task_group

@@ -1,0 +1,131 @@
+"""Entities: Ed25519 key pairs that sign messages and grants. The only module importing nacl.
+
+A public key travels as 32 raw bytes and is written as unpadded base64url (43 characters), which
+is also a valid URI segment, so a namespace key can be a URI's first segment. An entity file is
+JSON (mode 0600) holding the public key and the 32-byte secret seed; nothing else ever prints the
+seed — ``repr``, logs and errors show the public key only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import nacl.exceptions
+import nacl.signing
+
+from bus.errors import BadSignature, DecodeError
+
+__all__ = [
+    "KEY_BYTES",
+    "SIGNATURE_BYTES",
+    "Entity",
+    "key_from_text",
+    "key_to_text",
+    "public_key_of",
+    "verify",
+]
+
+KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+_FILE_TYPE = "modelbus-entity"
+
+
+def key_to_text(key: bytes) -> str:
+    return base64.urlsafe_b64encode(key).rstrip(b"=").decode()
+
+
+def key_from_text(text: str) -> bytes:
+    """Parse a 43-character base64url public key; raise DecodeError otherwise."""
+    if not isinstance(text, str) or len(text) != 43:
+        raise DecodeError(f"a key is 43 base64url characters, got {str(text)[:60]!r}")
+    try:
+        key = base64.urlsafe_b64decode(text + "=")
+    except (binascii.Error, ValueError) as exc:
+        raise DecodeError(f"{text!r} is not base64url: {exc}") from exc
+    if len(key) != KEY_BYTES:
+        raise DecodeError(f"{text!r} does not decode to {KEY_BYTES} bytes")
+    return key
+
+
+def verify(public_key: bytes, message: bytes, signature: bytes) -> None:
+    """Check an Ed25519 signature; raise BadSignature if it does not hold."""
+    try:
+        nacl.signing.VerifyKey(public_key).verify(message, signature)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, TypeError) as exc:
+        raise BadSignature("signature does not verify", signer=key_to_text(public_key)) from exc
+
+
+class Entity:
+    """A signing identity. Construct with :meth:`generate` or :meth:`load`."""
+
+    def __init__(self, seed: bytes, *, comment: str = "") -> None:
+        if len(seed) != KEY_BYTES:
+            raise DecodeError(f"an entity seed is {KEY_BYTES} bytes")
+        self._signing_key = nacl.signing.SigningKey(seed)
+        self.public_key: bytes = bytes(self._signing_key.verify_key)
+        self.comment = comment
+
+    @classmethod
+    def generate(cls, *, comment: str = "") -> Entity:
+        return cls(os.urandom(KEY_BYTES), comment=comment)
+
+    @property
+    def key_text(self) -> str:
+        return key_to_text(self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        return bytes(self._signing_key.sign(message).signature)
+
+    def save(self, path: str | Path) -> None:
+        """Write the entity file with mode 0600; refuse to overwrite an existing file."""
+        document = {
+            "type": _FILE_TYPE,
+            "version": 1,
+            "public_key": self.key_text,
+            "secret_seed": key_to_text(bytes(self._signing_key)),
+            "comment": self.comment,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            json.dump(document, file, indent=2)
+            file.write("\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Entity:
+        document = _read_entity_file(path)
+        if "secret_seed" not in document:
+            raise DecodeError(f"{path} holds only a public key; signing needs the entity file")
+        entity = cls(key_from_text(document["secret_seed"]), comment=document.get("comment", ""))
+        if entity.key_text != document.get("public_key"):
+            raise DecodeError(f"{path}: the public key does not match the secret seed")
+        return entity
+
+    def __repr__(self) -> str:
+        return f"Entity({self.key_text})"
+
+
+def public_key_of(spec: str) -> bytes:
+    """A public key from its text form or from an entity file's path."""
+    if len(spec) == 43 and not os.path.exists(spec):
+        return key_from_text(spec)
+    document = _read_entity_file(spec)
+    return key_from_text(str(document.get("public_key")))
+
+
+def _read_entity_file(path: str | Path) -> dict[str, Any]:
+    try:
+        document = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise DecodeError(f"cannot read entity file {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise DecodeError(f"{path} is not an entity file (bad JSON)") from exc
+    if not isinstance(document, dict) or document.get("type") != _FILE_TYPE:
+        raise DecodeError(f"{path} is not a modelbus entity file")
+    return document

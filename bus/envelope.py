@@ -1,0 +1,154 @@
+"""The envelope: the signed frame every bus message travels in.
+
+Wire form (msgpack)::
+
+    frame = [body: bin, signature: bin(64)]
+    body  = [version=1, uri: str, pos: [[po_number: str, data: bin], ...], origin: bin(32),
+             ts_ns: int, nonce: bin(16), persist: bool, proof: [grant: bin, ...]]
+    signature = Ed25519(origin's key, b"modelbus envelope v1\\x00" + body)
+
+The signature covers the exact body bytes, so receivers never re-encode to check it.
+:func:`decode` checks the shape, limits, URI grammar, PO numbers and the signature; grants and
+freshness are the :class:`~bus.verifier.Verifier`'s job.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bus import codec
+from bus import uri as uris
+from bus.entity import KEY_BYTES, SIGNATURE_BYTES, Entity, verify
+from bus.errors import DecodeError
+from bus.grants import MAX_CHAIN
+from bus.po import PayloadObject, check_po_number
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "ENVELOPE_VERSION",
+    "MAX_POS",
+    "Envelope",
+    "decode",
+    "parse",
+    "seal",
+]
+
+ENVELOPE_VERSION = 1
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+MAX_POS = 64
+NONCE_BYTES = 16
+_SIGNING_CONTEXT = b"modelbus envelope v1\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    uri: str
+    pos: tuple[PayloadObject, ...]
+    origin: bytes
+    ts_ns: int
+    nonce: bytes
+    persist: bool
+    proof: tuple[bytes, ...]
+    signature: bytes
+    body: bytes = field(repr=False, default=b"")
+
+    def check_signature(self) -> None:
+        """Raise BadSignature unless the origin signed exactly this body."""
+        verify(self.origin, _SIGNING_CONTEXT + self.body, self.signature)
+
+    @property
+    def is_tombstone(self) -> bool:
+        """A persisted envelope without payload objects deletes the persisted message."""
+        return self.persist and not self.pos
+
+
+def seal(
+    entity: Entity,
+    uri: str,
+    pos: tuple[PayloadObject, ...] | list[PayloadObject],
+    *,
+    persist: bool = False,
+    proof: tuple[bytes, ...] = (),
+    ts_ns: int | None = None,
+    nonce: bytes | None = None,
+) -> bytes:
+    """Sign and encode an envelope; returns the frame bytes."""
+    uris.parse(uri)
+    for po in pos:
+        check_po_number(po.number)
+    body = codec.pack(
+        [
+            ENVELOPE_VERSION,
+            uri,
+            [[po.number, po.data] for po in pos],
+            entity.public_key,
+            time.time_ns() if ts_ns is None else ts_ns,
+            os.urandom(NONCE_BYTES) if nonce is None else nonce,
+            persist,
+            list(proof),
+        ]
+    )
+    return codec.pack([body, entity.sign(_SIGNING_CONTEXT + body)])
+
+
+def decode(frame: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME) -> Envelope:
+    """Decode a frame from the bus and check its signature; raise DecodeError/BadSignature."""
+    envelope = parse(frame, max_bytes=max_bytes)
+    envelope.check_signature()
+    return envelope
+
+
+def parse(frame: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME) -> Envelope:
+    """Decode a frame WITHOUT checking its signature (the Verifier checks it after cheaper
+    checks); never trust the result before ``check_signature()``."""
+    outer = codec.unpack(frame, max_bytes=max_bytes)
+    if not (isinstance(outer, list) and len(outer) == 2):
+        raise DecodeError("a frame is [body, signature]")
+    body, signature = outer
+    if not isinstance(body, bytes) or not isinstance(signature, bytes):
+        raise DecodeError("a frame's body and signature are bytes")
+    if len(signature) != SIGNATURE_BYTES:
+        raise DecodeError(f"a signature is {SIGNATURE_BYTES} bytes")
+    return _parse_body(codec.unpack(body, max_bytes=max_bytes), signature, body)
+
+
+def _parse_body(fields: Any, signature: bytes, body: bytes) -> Envelope:
+    if not isinstance(fields, list) or not fields:
+        raise DecodeError("an envelope body is a list")
+    if fields[0] != ENVELOPE_VERSION:
+        raise DecodeError(f"unsupported envelope version {fields[0]!r}; this side speaks 1")
+    if len(fields) != 8:
+        raise DecodeError("an envelope body has 8 fields")
+    _, uri, raw_pos, origin, ts_ns, nonce, persist, proof = fields
+    if not isinstance(uri, str):
+        raise DecodeError("an envelope URI is a string")
+    uris.parse(uri)
+    if not (isinstance(origin, bytes) and len(origin) == KEY_BYTES):
+        raise DecodeError("an envelope origin is a 32-byte key")
+    if not (isinstance(ts_ns, int) and not isinstance(ts_ns, bool) and ts_ns >= 0):
+        raise DecodeError("an envelope timestamp is a non-negative integer (ns)")
+    if not (isinstance(nonce, bytes) and len(nonce) == NONCE_BYTES):
+        raise DecodeError(f"an envelope nonce is {NONCE_BYTES} bytes")
+    if not isinstance(persist, bool):
+        raise DecodeError("an envelope persist flag is a boolean")
+    if not (isinstance(proof, list) and len(proof) <= MAX_CHAIN):
+        raise DecodeError(f"an envelope proof is a list of at most {MAX_CHAIN} grants")
+    if not all(isinstance(grant, bytes) for grant in proof):
+        raise DecodeError("an envelope proof holds encoded grants (bytes)")
+    return Envelope(
+        uri, _parse_pos(raw_pos), origin, ts_ns, nonce, persist, tuple(proof), signature, body
+    )
+
+
+def _parse_pos(raw_pos: Any) -> tuple[PayloadObject, ...]:
+    if not (isinstance(raw_pos, list) and len(raw_pos) <= MAX_POS):
+        raise DecodeError(f"an envelope carries a list of at most {MAX_POS} payload objects")
+    pos = []
+    for item in raw_pos:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], bytes)):
+            raise DecodeError("a payload object is [po_number, bytes]")
+        pos.append(PayloadObject(check_po_number(item[0]), item[1]))
+    return tuple(pos)

@@ -1,0 +1,286 @@
+"""Grants (BOSSWAVE's declarations of trust) and the verification of grant chains.
+
+A grant says: *giver* lets *receiver* use *permissions* on URIs matching *pattern* until
+*expires*, and lets the receiver re-delegate at most *ttl* more times. The pattern's first
+segment is the namespace key (base64url), so a grant is valid in exactly one namespace.
+
+A chain (the "proof" in an envelope) lists grants root first. It is valid for an action when the
+first giver is the namespace key, each receiver is the next giver, the last receiver is the
+sender, every signature holds, no grant has expired, no grant is re-delegated further than its
+TTL, the permissions of all grants together (AND) include the action's, and every grant's pattern
+*contains* the URI or pattern asked for (WAVE 3's rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from bus import codec
+from bus import uri as uris
+from bus.entity import KEY_BYTES, SIGNATURE_BYTES, Entity, key_from_text, key_to_text, verify
+from bus.errors import (
+    BrokenChain,
+    DecodeError,
+    GrantExpired,
+    OutOfScope,
+    PermissionMissing,
+    TtlExceeded,
+    UntrustedRoot,
+)
+
+__all__ = [
+    "MAX_CHAIN",
+    "ChainVerdict",
+    "Grant",
+    "Permissions",
+    "VerdictCache",
+    "check_chain",
+    "decode_chain",
+    "encode_chain",
+]
+
+GRANT_VERSION = 1
+MAX_CHAIN = 8
+_SIGNING_CONTEXT = b"modelbus grant v1\x00"
+_PERM_TOKEN = re.compile(r"C\*|C\+|C|P|L")
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """A set of rights: ``C`` consume, ``C+`` consume with ``+``, ``C*`` with ``*`` (each
+    implying the ones before), ``P`` publish, ``L`` list persisted messages (query)."""
+
+    rights: frozenset[str]
+
+    @classmethod
+    def parse(cls, text: str) -> Permissions:
+        if not isinstance(text, str) or not text:
+            raise DecodeError("permissions are a non-empty string like 'C*P' or 'PL'")
+        tokens = _PERM_TOKEN.findall(text)
+        if "".join(tokens) != text:
+            raise DecodeError(f"bad permissions {text[:20]!r}; use C, C+, C*, P and L")
+        rights = set(tokens)
+        if "C*" in rights:
+            rights.add("C+")
+        if "C+" in rights:
+            rights.add("C")
+        return cls(frozenset(rights))
+
+    def __and__(self, other: Permissions) -> Permissions:
+        return Permissions(self.rights & other.rights)
+
+    def has(self, right: str) -> bool:
+        return right in self.rights
+
+    def __str__(self) -> str:
+        consume = "C*" if "C*" in self.rights else "C+" if "C+" in self.rights else "C"
+        text = consume if "C" in self.rights else ""
+        return text + "".join(r for r in ("P", "L") if r in self.rights)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    giver: bytes
+    receiver: bytes
+    pattern: str
+    permissions: Permissions
+    ttl: int
+    expires_ns: int
+    created_ns: int
+    signature: bytes
+    body: bytes
+
+    @property
+    def namespace(self) -> bytes:
+        return key_from_text(uris.namespace_of(self.pattern))
+
+    @classmethod
+    def create(
+        cls,
+        giver: Entity,
+        receiver: bytes,
+        pattern: str,
+        permissions: str,
+        *,
+        ttl: int,
+        expires_ns: int,
+        created_ns: int,
+    ) -> Grant:
+        uris.parse(pattern, allow_wildcards=True)
+        key_from_text(uris.namespace_of(pattern))
+        perms = Permissions.parse(permissions)
+        if ttl < 0 or ttl > MAX_CHAIN:
+            raise DecodeError(f"ttl must be between 0 and {MAX_CHAIN}")
+        body = codec.pack(
+            [
+                GRANT_VERSION,
+                giver.public_key,
+                receiver,
+                pattern,
+                str(perms),
+                ttl,
+                expires_ns,
+                created_ns,
+            ]
+        )
+        return cls.decode(codec.pack([body, giver.sign(_SIGNING_CONTEXT + body)]))
+
+    def encode(self) -> bytes:
+        return codec.pack([self.body, self.signature])
+
+    @classmethod
+    def decode(cls, data: bytes) -> Grant:
+        """Parse a grant's bytes (untrusted); the signature is checked by :func:`check_chain`."""
+        outer = codec.unpack(data, max_bytes=4096)
+        if not (isinstance(outer, list) and len(outer) == 2 and _all_bytes(outer)):
+            raise DecodeError("a grant is [body, signature]")
+        body, signature = outer
+        fields = codec.unpack(body)
+        if not (isinstance(fields, list) and len(fields) == 8):
+            raise DecodeError("a grant body has 8 fields")
+        version, giver, receiver, pattern, perms, ttl, expires_ns, created_ns = fields
+        if version != GRANT_VERSION:
+            raise DecodeError(f"unsupported grant version {version!r}")
+        if not (_is_key(giver) and _is_key(receiver) and len(signature) == SIGNATURE_BYTES):
+            raise DecodeError("a grant's keys are 32 bytes and its signature 64")
+        if not all(
+            isinstance(n, int) and not isinstance(n, bool) for n in (ttl, expires_ns, created_ns)
+        ):
+            raise DecodeError("a grant's ttl, expiry and creation time are integers")
+        if not isinstance(pattern, str):
+            raise DecodeError("a grant's pattern is a string")
+        uris.parse(pattern, allow_wildcards=True)
+        key_from_text(uris.namespace_of(pattern))
+        return cls(
+            giver,
+            receiver,
+            pattern,
+            Permissions.parse(perms),
+            ttl,
+            expires_ns,
+            created_ns,
+            signature,
+            body,
+        )
+
+    def check_signature(self) -> None:
+        verify(self.giver, _SIGNING_CONTEXT + self.body, self.signature)
+
+
+def _is_key(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == KEY_BYTES
+
+
+def _all_bytes(values: list[object]) -> bool:
+    return all(isinstance(v, bytes) for v in values)
+
+
+def encode_chain(chain: list[Grant] | tuple[Grant, ...]) -> bytes:
+    """A chain file's bytes: the encoded grants, root first."""
+    return codec.pack([grant.encode() for grant in chain])
+
+
+def decode_chain(data: bytes) -> tuple[Grant, ...]:
+    items = codec.unpack(data, max_bytes=MAX_CHAIN * 4096)
+    if not isinstance(items, list) or not _all_bytes(items):
+        raise DecodeError("a chain is a list of encoded grants")
+    return tuple(Grant.decode(item) for item in items)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainVerdict:
+    """What a valid chain allows, computed once and reused for every message that carries it."""
+
+    namespace: bytes
+    receiver: bytes
+    permissions: Permissions
+    patterns: tuple[str, ...]
+    expires_ns: int
+
+    def authorize(self, sender: bytes, asked: str, right: str, *, now_ns: int) -> None:
+        """Raise the specific error if this chain does not let ``sender`` do ``right`` on
+        ``asked`` (a URI or pattern, namespace already canonical)."""
+        if sender != self.receiver:
+            raise BrokenChain(
+                "the proof was granted to another entity, not to the sender",
+                granted_to=key_to_text(self.receiver),
+                sender=key_to_text(sender),
+            )
+        if uris.namespace_of(asked) != key_to_text(self.namespace):
+            raise UntrustedRoot("the proof is for another namespace", uri=asked)
+        if now_ns >= self.expires_ns:
+            raise GrantExpired("a grant in the proof has expired", expired_ns=self.expires_ns)
+        if not self.permissions.has(right):
+            raise PermissionMissing(
+                f"the proof does not grant {right!r} (it grants {self.permissions or 'nothing'})",
+                uri=asked,
+                needed=right,
+            )
+        for pattern in self.patterns:
+            if not uris.contains(pattern, asked):
+                raise OutOfScope(f"{asked!r} is outside the granted {pattern!r}", uri=asked)
+
+
+def check_chain(chain: tuple[Grant, ...], *, now_ns: int) -> ChainVerdict:
+    """Verify a chain's structure, signatures, TTLs and expiry; return what it allows."""
+    if not chain:
+        raise BrokenChain("an empty proof grants nothing")
+    if len(chain) > MAX_CHAIN:
+        raise BrokenChain(f"a proof has at most {MAX_CHAIN} grants")
+    namespace = chain[0].namespace
+    if chain[0].giver != namespace:
+        raise UntrustedRoot(
+            "the proof does not start at the namespace key",
+            namespace=key_to_text(namespace),
+            first_giver=key_to_text(chain[0].giver),
+        )
+    permissions = chain[0].permissions
+    for index, grant in enumerate(chain):
+        if grant.namespace != namespace:
+            raise BrokenChain("the grants in a proof are for different namespaces")
+        if index and chain[index - 1].receiver != grant.giver:
+            raise BrokenChain(f"grant {index} is not given by the receiver of grant {index - 1}")
+        if len(chain) - 1 - index > grant.ttl:
+            raise TtlExceeded(
+                f"grant {index} allows {grant.ttl} re-delegations; the proof has "
+                f"{len(chain) - 1 - index} after it"
+            )
+        if now_ns >= grant.expires_ns:
+            raise GrantExpired(f"grant {index} of the proof has expired", index=index)
+        grant.check_signature()
+        permissions = permissions & grant.permissions
+    return ChainVerdict(
+        namespace=namespace,
+        receiver=chain[-1].receiver,
+        permissions=permissions,
+        patterns=tuple(grant.pattern for grant in chain),
+        expires_ns=min(grant.expires_ns for grant in chain),
+    )
+
+
+class VerdictCache:
+    """Chain verdicts keyed by the SHA-256 of the chain's bytes (LRU), so steady traffic
+    costs one signature check per message instead of one per grant."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self.hits = 0
+        self.misses = 0
+        self._verdicts: OrderedDict[bytes, ChainVerdict] = OrderedDict()
+
+    def verdict(self, proof: tuple[bytes, ...], *, now_ns: int) -> ChainVerdict:
+        key = hashlib.sha256(b"".join(len(p).to_bytes(4, "big") + p for p in proof)).digest()
+        cached = self._verdicts.get(key)
+        if cached is not None and now_ns < cached.expires_ns:
+            self.hits += 1
+            self._verdicts.move_to_end(key)
+            return cached
+        self.misses += 1
+        verdict = check_chain(tuple(Grant.decode(p) for p in proof), now_ns=now_ns)
+        self._verdicts[key] = verdict
+        if len(self._verdicts) > self.size:
+            self._verdicts.popitem(last=False)
+        return verdict

@@ -1,0 +1,111 @@
+"""Liveness announcements for a service, readable by XBOS tools and Sparkplug-style dashboards.
+
+Under the service URI ``S`` a running service keeps three persisted messages:
+
+    S/!meta/lastalive   PO 2.0.3.1  {val: ISO-8601 time, ts: ns}     first at start, then every 10 s
+    S/!meta/state       PO 2.0.11.3 {online: bool, seq: int, ts: ns} birth; the Will says offline
+    S/!meta/status      PO 2.0.11.4 {seq, ts, uptime_s, ...service facts}
+
+``seq`` is fixed for one run of the service (its start time in ns, so it grows across restarts).
+The MQTT Last Will carries ``{online: false, seq}`` of the same run, so a death whose ``seq`` does
+not match the latest birth (a late death of an old run) is ignored by monitors. A clean shutdown
+publishes the offline state itself. The state is re-published with every beat, so a stale death
+that overwrote it is corrected within one interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from bus.errors import BusError
+from bus.po import PO_METADATA, PO_STATE, PO_STATUS, PayloadObject
+
+if TYPE_CHECKING:
+    from bus.client import BusClient
+
+__all__ = [
+    "DEFAULT_INTERVAL_S",
+    "LASTALIVE",
+    "STALE_AFTER_S",
+    "STATE",
+    "STATUS",
+    "Heartbeat",
+]
+
+logger = logging.getLogger(__name__)
+
+LASTALIVE = "!meta/lastalive"
+STATE = "!meta/state"
+STATUS = "!meta/status"
+DEFAULT_INTERVAL_S = 10.0
+STALE_AFTER_S = 30.0
+
+
+class Heartbeat:
+    """Announces one service's liveness. Pass :meth:`will` to ``BusClient(will=...)`` and run
+    :meth:`run` in the client's task group: ``await client.task_group.start(hb.run, client)``."""
+
+    def __init__(
+        self,
+        service_uri: str,
+        *,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.service_uri = service_uri
+        self.interval_s = interval_s
+        self.status = status
+        self.seq = time.time_ns()
+        self._started_monotonic = time.monotonic()
+
+    def uri(self, suffix: str) -> str:
+        return f"{self.service_uri}/{suffix}"
+
+    def will(self) -> tuple[str, list[PayloadObject]]:
+        """The death message the broker publishes if this run dies uncleanly."""
+        return self.uri(STATE), [self._state(online=False)]
+
+    def _state(self, *, online: bool) -> PayloadObject:
+        return PayloadObject.msgpack({"online": online, "seq": self.seq, "ts": self.seq}, PO_STATE)
+
+    async def beat(self, client: BusClient) -> None:
+        """Publish lastalive, the birth state and the status once."""
+        now_ns = time.time_ns()
+        iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now_ns / 1e9))
+        lastalive = {"val": f"{iso}.{now_ns % 10**9 // 1000:06d}Z", "ts": now_ns}
+        await client.publish(
+            self.uri(LASTALIVE), PayloadObject.msgpack(lastalive, PO_METADATA), persist=True
+        )
+        await client.publish(self.uri(STATE), self._state(online=True), persist=True)
+        status = {
+            "seq": self.seq,
+            "ts": now_ns,
+            "uptime_s": round(time.monotonic() - self._started_monotonic, 3),
+            **(self.status() if self.status else {}),
+        }
+        await client.publish(
+            self.uri(STATUS), PayloadObject.msgpack(status, PO_STATUS), persist=True
+        )
+
+    async def run(
+        self, client: BusClient, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Beat now and every ``interval_s``; on cancellation publish the offline state."""
+        try:
+            await self.beat(client)
+            task_status.started()
+            while True:
+                await anyio.sleep(self.interval_s)
+                try:
+                    await self.beat(client)
+                except BusError as error:
+                    logger.warning("heartbeat of %s failed: %s", self.service_uri, error.message)
+        finally:
+            with anyio.move_on_after(2, shield=True):
+                await client.publish(self.uri(STATE), self._state(online=False), persist=True)

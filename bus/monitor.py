@@ -1,0 +1,95 @@
+"""Reading liveness: which services under a pattern are alive, from their persisted heartbeats.
+
+A service is **alive** when its ``!meta/lastalive`` is younger than 30 s and its latest state is
+not a death of the current run; **dead** when the lastalive is stale or absent ("stale"), or
+its state says offline with the same ``seq`` as its latest birth ("died" — the Will or a clean
+shutdown). A death with another ``seq`` (a late Will of an earlier run) is ignored.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bus.heartbeat import LASTALIVE, STALE_AFTER_S, STATE, STATUS
+from bus.po import PO_METADATA, PO_STATE, PO_STATUS
+
+if TYPE_CHECKING:
+    from bus.client import BusClient, Message
+
+__all__ = ["ServiceState", "evaluate", "service_states"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceState:
+    service: str
+    is_alive: bool
+    reason: str
+    last_alive_ns: int | None
+    seq: int | None
+    status: dict[str, Any]
+
+    def age_s(self, now_ns: int) -> float | None:
+        return None if self.last_alive_ns is None else (now_ns - self.last_alive_ns) / 1e9
+
+
+def evaluate(
+    service: str,
+    lastalive: dict[str, Any] | None,
+    state: dict[str, Any] | None,
+    status: dict[str, Any] | None,
+    *,
+    now_ns: int,
+    stale_after_s: float = STALE_AFTER_S,
+) -> ServiceState:
+    """Decide one service's liveness from its three persisted values (each may be missing)."""
+    last_ns = lastalive.get("ts") if lastalive else None
+    last_ns = last_ns if isinstance(last_ns, int) else None
+    current_seq = (status or {}).get("seq")
+    if state and state.get("online") is True:
+        current_seq = state.get("seq")
+    facts = dict(status or {})
+    if state and state.get("online") is False and state.get("seq") == current_seq:
+        return ServiceState(service, False, "died", last_ns, current_seq, facts)
+    if last_ns is None:
+        return ServiceState(service, False, "never announced lastalive", None, current_seq, facts)
+    if now_ns - last_ns > stale_after_s * 1e9:
+        age = (now_ns - last_ns) / 1e9
+        return ServiceState(service, False, f"stale ({age:.0f} s)", last_ns, current_seq, facts)
+    return ServiceState(service, True, "alive", last_ns, current_seq, facts)
+
+
+def _under(pattern: str, suffix: str) -> str:
+    return f"{pattern}/{suffix}"
+
+
+def _by_service(messages: list[Message], suffix: str, number: str) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for message in messages:
+        if message.uri.endswith("/" + suffix):
+            value = message.value(number)
+            if isinstance(value, dict):
+                found[message.uri[: -len(suffix) - 1]] = value
+    return found
+
+
+async def service_states(
+    client: BusClient, pattern: str, *, stale_after_s: float = STALE_AFTER_S
+) -> list[ServiceState]:
+    """Every service under ``pattern`` (e.g. ``ns/*``) with a persisted heartbeat or state."""
+    lastalive = _by_service(await client.query(_under(pattern, LASTALIVE)), LASTALIVE, PO_METADATA)
+    states = _by_service(await client.query(_under(pattern, STATE)), STATE, PO_STATE)
+    statuses = _by_service(await client.query(_under(pattern, STATUS)), STATUS, PO_STATUS)
+    now_ns = time.time_ns()
+    return [
+        evaluate(
+            service,
+            lastalive.get(service),
+            states.get(service),
+            statuses.get(service),
+            now_ns=now_ns,
+            stale_after_s=stale_after_s,
+        )
+        for service in sorted(set(lastalive) | set(states))
+    ]

@@ -1,0 +1,136 @@
+"""The receiving side's checks: is this message from whom it says, and was that entity allowed?
+
+Order of checks, cheapest first: decode and limits → timestamp skew (live messages) → grant chain
+(verdict cached by chain hash) → the envelope signature → the replay cache (live messages; only
+signed messages are recorded, so forgeries cannot poison it).
+
+Persisted messages are state, not commands: they may be redelivered long after they were signed,
+so skew and replay checks apply only to envelopes with ``persist = false``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Mapping
+
+from bus import envelope as envelopes
+from bus import uri as uris
+from bus.entity import key_to_text
+from bus.envelope import Envelope
+from bus.errors import BusError, ClockSkew, ReplayedNonce, VerificationError
+from bus.grants import VerdictCache
+
+__all__ = ["Verifier"]
+
+logger = logging.getLogger(__name__)
+
+
+class Verifier:
+    """Checks frames from the bus. One per service or client; not thread-safe (one event loop).
+
+    ``aliases`` maps namespace aliases (first URI segment) to namespace keys in text form.
+    ``skew_s`` is how far a live message's timestamp may be from this clock; the replay cache
+    remembers every live (origin, nonce) for twice that long, up to ``replay_capacity``.
+    """
+
+    def __init__(
+        self,
+        *,
+        aliases: Mapping[str, str] | None = None,
+        skew_s: float = 30.0,
+        max_frame_bytes: int = envelopes.DEFAULT_MAX_FRAME,
+        verdict_cache: VerdictCache | None = None,
+        replay_capacity: int = 1_000_000,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.aliases = dict(aliases or {})
+        self.skew_ns = int(skew_s * 1e9)
+        self.max_frame_bytes = max_frame_bytes
+        self.verdicts = verdict_cache or VerdictCache()
+        self.replay_capacity = replay_capacity
+        self.clock_ns = clock_ns
+        self.rejected: Counter[str] = Counter()
+        self._seen: OrderedDict[tuple[bytes, bytes], int] = OrderedDict()
+        self._last_log_ns: dict[str, int] = {}
+
+    def canonical(self, uri: str) -> str:
+        """The URI with an alias namespace replaced by the namespace key."""
+        namespace, sep, rest = uri.partition("/")
+        key = self.aliases.get(namespace)
+        return f"{key}{sep}{rest}" if key else uri
+
+    def check_frame(self, frame: bytes, *, right: str = "P") -> Envelope:
+        """Decode and verify a frame; raise (and count and log) the specific error."""
+        envelope: Envelope | None = None
+        try:
+            envelope = envelopes.parse(frame, max_bytes=self.max_frame_bytes)
+            self.check(envelope, right=right)
+        except BusError as error:
+            self.record_rejection(error, envelope)
+            raise
+        return envelope
+
+    def check(self, envelope: Envelope, *, right: str = "P") -> None:
+        """Verify a parsed envelope: skew, grants, signature, replay."""
+        now_ns = self.clock_ns()
+        if not envelope.persist and abs(now_ns - envelope.ts_ns) > self.skew_ns:
+            raise ClockSkew(
+                f"message timestamp is {(envelope.ts_ns - now_ns) / 1e9:+.1f} s from this "
+                f"clock; the window is ±{self.skew_ns / 1e9:.0f} s",
+                uri=envelope.uri,
+            )
+        self.authorize(envelope.origin, envelope.proof, envelope.uri, right, now_ns=now_ns)
+        envelope.check_signature()
+        if not envelope.persist:
+            self._remember_nonce(envelope, now_ns)
+
+    def authorize(
+        self,
+        sender: bytes,
+        proof: tuple[bytes, ...],
+        asked: str,
+        right: str,
+        *,
+        now_ns: int | None = None,
+    ) -> None:
+        """Raise unless ``proof`` lets ``sender`` do ``right`` on ``asked`` (URI or pattern).
+        The namespace owner needs no proof."""
+        asked = self.canonical(asked)
+        if uris.namespace_of(asked) == key_to_text(sender):
+            return
+        now_ns = self.clock_ns() if now_ns is None else now_ns
+        verdict = self.verdicts.verdict(proof, now_ns=now_ns)
+        verdict.authorize(sender, asked, right, now_ns=now_ns)
+
+    def _remember_nonce(self, envelope: Envelope, now_ns: int) -> None:
+        key = (envelope.origin, envelope.nonce)
+        if key in self._seen:
+            raise ReplayedNonce(
+                "this message was already received (replayed nonce)", uri=envelope.uri
+            )
+        self._seen[key] = now_ns
+        horizon = now_ns - 2 * self.skew_ns
+        while self._seen and (
+            len(self._seen) > self.replay_capacity or next(iter(self._seen.values())) < horizon
+        ):
+            self._seen.popitem(last=False)
+
+    def record_rejection(self, error: BusError, envelope: Envelope | None) -> None:
+        """Count a rejection and log it (at most once a second per error code)."""
+        self.rejected[error.code] += 1
+        now_ns = time.monotonic_ns()
+        if now_ns - self._last_log_ns.get(error.code, 0) < 1_000_000_000:
+            return
+        self._last_log_ns[error.code] = now_ns
+        level = logging.WARNING if isinstance(error, VerificationError) else logging.INFO
+        logger.log(
+            level,
+            "rejected message on %s from %s: %s (%s; %d rejected with this code so far)",
+            envelope.uri if envelope else "?",
+            key_to_text(envelope.origin) if envelope else "?",
+            error.message,
+            error.code,
+            self.rejected[error.code],
+        )
