@@ -2,18 +2,25 @@
 
 Wire form (msgpack)::
 
-    frame = [body: bin, signature: bin(64)]
-    body  = [version=1, uri: str, pos: [[po_number: str, data: bin], ...], origin: bin(32),
+    frame = [body: bin, signature: bin(64)]                      (no detached payloads)
+          | [body: bin, signature: bin(64), [blob: bin, ...]]   (detached payloads)
+    body  = [version=1, uri: str, pos: [po, ...], origin: bin(32),
              ts_ns: int, nonce: bin(16), persist: bool, proof: [grant: bin, ...]]
+    po    = [po_number: str, data: bin]                         (inline)
+          | [po_number: str, sha256: bin(32), size: int]        (detached: bytes in the blobs)
     signature = Ed25519(origin's key, b"modelbus envelope v1\\x00" + body)
 
-The signature covers the exact body bytes, so receivers never re-encode to check it.
+The signature covers the exact body bytes, so receivers never re-encode to check it. Payload
+objects over 64 KiB travel *detached*: the body carries their SHA-256 and size, the bytes follow
+the signature in order. Ed25519 hashes what it signs twice; one SHA-256 of a 1 MiB chunk is
+several times cheaper, and the signed digest binds the bytes just as well.
 :func:`decode` checks the shape, limits, URI grammar, PO numbers and the signature; grants and
 freshness are the :class:`~bus.verifier.Verifier`'s job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,7 +29,7 @@ from typing import Any
 from bus import codec
 from bus import uri as uris
 from bus.entity import KEY_BYTES, SIGNATURE_BYTES, Entity, verify
-from bus.errors import DecodeError
+from bus.errors import BadSignature, DecodeError
 from bus.grants import MAX_CHAIN
 from bus.po import PayloadObject, check_po_number
 
@@ -40,6 +47,8 @@ ENVELOPE_VERSION = 1
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 MAX_POS = 64
 NONCE_BYTES = 16
+DETACH_OVER = 64 * 1024
+DIGEST_BYTES = 32
 _SIGNING_CONTEXT = b"modelbus envelope v1\x00"
 
 
@@ -77,13 +86,20 @@ def seal(
 ) -> bytes:
     """Sign and encode an envelope; returns the frame bytes."""
     uris.parse(uri)
+    entries: list[list[Any]] = []
+    blobs: list[bytes] = []
     for po in pos:
         check_po_number(po.number)
+        if len(po.data) > DETACH_OVER:
+            entries.append([po.number, hashlib.sha256(po.data).digest(), len(po.data)])
+            blobs.append(po.data)
+        else:
+            entries.append([po.number, po.data])
     body = codec.pack(
         [
             ENVELOPE_VERSION,
             uri,
-            [[po.number, po.data] for po in pos],
+            entries,
             entity.public_key,
             time.time_ns() if ts_ns is None else ts_ns,
             os.urandom(NONCE_BYTES) if nonce is None else nonce,
@@ -91,7 +107,8 @@ def seal(
             list(proof),
         ]
     )
-    return codec.pack([body, entity.sign(_SIGNING_CONTEXT + body)])
+    signature = entity.sign(_SIGNING_CONTEXT + body)
+    return codec.pack([body, signature, blobs] if blobs else [body, signature])
 
 
 def decode(frame: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME) -> Envelope:
@@ -105,17 +122,20 @@ def parse(frame: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME) -> Envelope:
     """Decode a frame WITHOUT checking its signature (the Verifier checks it after cheaper
     checks); never trust the result before ``check_signature()``."""
     outer = codec.unpack(frame, max_bytes=max_bytes)
-    if not (isinstance(outer, list) and len(outer) == 2):
-        raise DecodeError("a frame is [body, signature]")
-    body, signature = outer
+    if not (isinstance(outer, list) and len(outer) in (2, 3)):
+        raise DecodeError("a frame is [body, signature] or [body, signature, blobs]")
+    body, signature = outer[0], outer[1]
+    blobs = outer[2] if len(outer) == 3 else []
+    if not (isinstance(blobs, list) and all(isinstance(blob, bytes) for blob in blobs)):
+        raise DecodeError("a frame's detached payloads are a list of bytes")
     if not isinstance(body, bytes) or not isinstance(signature, bytes):
         raise DecodeError("a frame's body and signature are bytes")
     if len(signature) != SIGNATURE_BYTES:
         raise DecodeError(f"a signature is {SIGNATURE_BYTES} bytes")
-    return _parse_body(codec.unpack(body, max_bytes=max_bytes), signature, body)
+    return _parse_body(codec.unpack(body, max_bytes=max_bytes), signature, body, blobs)
 
 
-def _parse_body(fields: Any, signature: bytes, body: bytes) -> Envelope:
+def _parse_body(fields: Any, signature: bytes, body: bytes, blobs: list[bytes]) -> Envelope:
     if not isinstance(fields, list) or not fields:
         raise DecodeError("an envelope body is a list")
     if fields[0] != ENVELOPE_VERSION:
@@ -139,16 +159,42 @@ def _parse_body(fields: Any, signature: bytes, body: bytes) -> Envelope:
     if not all(isinstance(grant, bytes) for grant in proof):
         raise DecodeError("an envelope proof holds encoded grants (bytes)")
     return Envelope(
-        uri, _parse_pos(raw_pos), origin, ts_ns, nonce, persist, tuple(proof), signature, body
+        uri,
+        _parse_pos(raw_pos, blobs),
+        origin,
+        ts_ns,
+        nonce,
+        persist,
+        tuple(proof),
+        signature,
+        body,
     )
 
 
-def _parse_pos(raw_pos: Any) -> tuple[PayloadObject, ...]:
+def _parse_pos(raw_pos: Any, blobs: list[bytes]) -> tuple[PayloadObject, ...]:
     if not (isinstance(raw_pos, list) and len(raw_pos) <= MAX_POS):
         raise DecodeError(f"an envelope carries a list of at most {MAX_POS} payload objects")
+    pending = iter(blobs)
     pos = []
     for item in raw_pos:
-        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[1], bytes)):
-            raise DecodeError("a payload object is [po_number, bytes]")
-        pos.append(PayloadObject(check_po_number(item[0]), item[1]))
+        if isinstance(item, list) and len(item) == 2 and isinstance(item[1], bytes):
+            data = item[1]
+        elif isinstance(item, list) and len(item) == 3:
+            data = _detached(item, next(pending, None))
+        else:
+            raise DecodeError("a payload object is [po_number, bytes] or [po_number, sha256, size]")
+        pos.append(PayloadObject(check_po_number(item[0]), data))
+    if next(pending, None) is not None:
+        raise DecodeError("a frame carries more detached payloads than its body names")
     return tuple(pos)
+
+
+def _detached(item: list[Any], blob: bytes | None) -> bytes:
+    _, digest, size = item
+    if not (isinstance(digest, bytes) and len(digest) == DIGEST_BYTES and isinstance(size, int)):
+        raise DecodeError("a detached payload object is [po_number, sha256 (32 bytes), size]")
+    if blob is None:
+        raise DecodeError("a detached payload object has no bytes after the signature")
+    if len(blob) != size or hashlib.sha256(blob).digest() != digest:
+        raise BadSignature("a detached payload does not match its signed digest")
+    return blob

@@ -1,0 +1,181 @@
+"""Chunked transfer, the sending side: move a large file to a service over request/response.
+
+The service answers four operations on one slot (each a request body with an ``op``):
+
+    upload.begin  {name, kind, size, sha256 (hex), chunk_size, metadata}
+                  → {upload_id, next_index, chunk_size, chunk_count, window, complete, artifact}
+    upload.chunk  {upload_id, index, sha256 (hex of this chunk), data (bytes)} → {next_index}
+    upload.commit {upload_id} → {artifact (sha256 hex), size, kind}
+    upload.abort  {upload_id} → {}
+
+``begin`` with the same sender, name, size and digest as an open upload *resumes* it: the reply's
+``next_index`` is the first chunk the service has not acknowledged contiguously. If the service
+already holds the artifact, ``complete`` is true and nothing is sent. Up to ``window`` chunks are
+in flight at once; the file is read chunk by chunk, never whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from bus.errors import DecodeError, RequestTimeout, TransportError
+
+if TYPE_CHECKING:
+    from bus.client import BusClient
+
+__all__ = ["DEFAULT_CHUNK_BYTES", "DEFAULT_WINDOW", "UploadProgress", "file_sha256", "upload_file"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_BYTES = 1024 * 1024
+DEFAULT_WINDOW = 16
+
+
+@dataclass(frozen=True, slots=True)
+class UploadProgress:
+    name: str
+    acked_bytes: int
+    total_bytes: int
+    chunks_acked: int
+    chunk_count: int
+    resumed_from: int
+    elapsed_s: float
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.total_bytes == 0 else self.acked_bytes / self.total_bytes
+
+
+def file_sha256(path: Path, *, block: int = 4 * 1024 * 1024) -> str:
+    """SHA-256 of a file, read in blocks (call through a worker thread for big files)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while data := file.read(block):
+            digest.update(data)
+    return digest.hexdigest()
+
+
+async def upload_file(
+    client: BusClient,
+    slot_uri: str,
+    path: str | Path,
+    *,
+    name: str,
+    kind: str,
+    metadata: dict[str, Any] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_BYTES,
+    window: int = DEFAULT_WINDOW,
+    timeout_s: float = 30.0,
+    retries: int = 5,
+    progress: Callable[[UploadProgress], None] | None = None,
+) -> dict[str, Any]:
+    """Upload ``path`` and commit it; return the commit reply (``artifact`` is its SHA-256).
+    A lost connection or a timed-out chunk resumes from the service's acknowledged prefix,
+    up to ``retries`` times."""
+    source = Path(path)
+    size = source.stat().st_size
+    digest = await anyio.to_thread.run_sync(file_sha256, source)
+    begin = {
+        "op": "upload.begin",
+        "name": name,
+        "kind": kind,
+        "size": size,
+        "sha256": digest,
+        "chunk_size": chunk_size,
+        "metadata": metadata or {},
+    }
+    started = time.monotonic()
+    for attempt in range(retries + 1):
+        opened = await client.request(slot_uri, begin, timeout_s=timeout_s)
+        if opened.get("complete"):
+            return {"artifact": digest, "size": size, "kind": kind, "already_present": True}
+        try:
+            sender = _ChunkSender(client, slot_uri, source, opened, timeout_s, progress, name)
+            await sender.send_all(min(window, int(opened.get("window", window))), started)
+            return dict(
+                await client.request(
+                    slot_uri,
+                    {"op": "upload.commit", "upload_id": opened["upload_id"]},
+                    timeout_s=max(timeout_s, size / 50e6),
+                )
+            )
+        except (RequestTimeout, TransportError) as error:
+            if attempt == retries:
+                raise
+            logger.warning("upload of %s interrupted (%s); resuming", name, error.message)
+    raise AssertionError("unreachable")
+
+
+class _ChunkSender:
+    def __init__(
+        self,
+        client: BusClient,
+        slot_uri: str,
+        source: Path,
+        opened: dict[str, Any],
+        timeout_s: float,
+        progress: Callable[[UploadProgress], None] | None,
+        name: str,
+    ) -> None:
+        try:
+            self.upload_id = str(opened["upload_id"])
+            self.chunk_size = int(opened["chunk_size"])
+            self.chunk_count = int(opened["chunk_count"])
+            self.first = int(opened["next_index"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"the service's upload.begin reply is malformed: {exc}") from exc
+        self.client = client
+        self.slot_uri = slot_uri
+        self.source = source
+        self.timeout_s = timeout_s
+        self.progress = progress
+        self.name = name
+        self.size = source.stat().st_size
+        self.acked = 0
+
+    async def send_all(self, window: int, started: float) -> None:
+        limiter = anyio.Semaphore(max(1, window))
+        with self.source.open("rb") as file:
+            async with anyio.create_task_group() as task_group:
+                for index in range(self.first, self.chunk_count):
+                    await limiter.acquire()
+                    file.seek(index * self.chunk_size)
+                    data = await anyio.to_thread.run_sync(file.read, self.chunk_size)
+                    task_group.start_soon(self._send, index, data, limiter, started)
+
+    async def _send(
+        self, index: int, data: bytes, limiter: anyio.Semaphore, started: float
+    ) -> None:
+        try:
+            body = {
+                "op": "upload.chunk",
+                "upload_id": self.upload_id,
+                "index": index,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "data": data,
+            }
+            await self.client.request(self.slot_uri, body, timeout_s=self.timeout_s)
+        finally:
+            limiter.release()
+        self.acked += 1
+        if self.progress is not None:
+            done = self.first + self.acked
+            self.progress(
+                UploadProgress(
+                    name=self.name,
+                    acked_bytes=min(self.size, done * self.chunk_size),
+                    total_bytes=self.size,
+                    chunks_acked=done,
+                    chunk_count=self.chunk_count,
+                    resumed_from=self.first,
+                    elapsed_s=time.monotonic() - started,
+                )
+            )

@@ -1,0 +1,272 @@
+"""Chunked transfer, the receiving side: upload sessions spooled to disk, resumable, verified.
+
+Each upload is a sparse spool file written chunk by chunk at its offset; the registry keeps the
+session (and how many chunks from the start are acknowledged), so a proxy restart resumes from
+there. ``commit`` hashes the whole file, compares it with the announced SHA-256 and moves it to
+``artifacts/<sha256>`` — content-addressed, so a second upload of the same bytes is skipped.
+Limits: total size, chunk size, open uploads per sender, idle time. The wire operations are
+described in :mod:`bus.transfer`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from bus.errors import InvalidRequest, LimitExceeded, NotFound
+from bus.transfer import file_sha256
+from proxy.records import Upload
+from proxy.registry import Registry
+
+__all__ = ["UploadLimits", "Uploads", "parse_body"]
+
+logger = logging.getLogger(__name__)
+
+B = TypeVar("B", bound=BaseModel)
+
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    max_bytes: int = 8 * 1024**3
+    max_chunk_bytes: int = 8 * 1024 * 1024
+    max_open_per_sender: int = 4
+    idle_timeout_s: float = 3600.0
+    window: int = 16
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    op: str
+
+
+class BeginBody(_Body):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    kind: Literal["closure", "image"]
+    size: Annotated[int, Field(ge=0)]
+    sha256: Sha256Hex
+    chunk_size: Annotated[int, Field(gt=0)]
+    metadata: dict[str, Any] = {}
+
+
+class ChunkBody(_Body):
+    upload_id: str
+    index: Annotated[int, Field(ge=0)]
+    sha256: Sha256Hex
+    data: bytes
+
+
+class UploadRef(_Body):
+    upload_id: str
+
+
+def parse_body(model: type[B], body: Any) -> B:
+    """Validate a request body into ``model``; every failure is an InvalidRequest."""
+    try:
+        return model.model_validate(body, strict=False)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors()[:5]
+        )
+        raise InvalidRequest(f"bad {model.__name__} request: {problems}") from None
+
+
+class Uploads:
+    def __init__(self, registry: Registry, data_dir: Path, limits: UploadLimits) -> None:
+        self.registry = registry
+        self.limits = limits
+        self.spool_dir = data_dir / "spool"
+        self.artifact_dir = data_dir / "artifacts"
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        self._received: dict[str, set[int]] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+
+    def artifact_path(self, sha256: str) -> Path:
+        return self.artifact_dir / sha256
+
+    def has_artifact(self, sha256: str) -> bool:
+        return self.artifact_path(sha256).is_file()
+
+    async def begin(self, sender: str, body: Any) -> dict[str, Any]:
+        request = parse_body(BeginBody, body)
+        if self.has_artifact(request.sha256):
+            return {"complete": True, "artifact": request.sha256}
+        self._check_limits(request)
+        for upload in await self.registry.list_open_uploads(sender):
+            if (upload.name, upload.sha256, upload.size, upload.chunk_size) == (
+                request.name,
+                request.sha256,
+                request.size,
+                request.chunk_size,
+            ):
+                logger.info(
+                    "resuming upload %s of %s at chunk %d",
+                    upload.upload_id,
+                    upload.name,
+                    upload.next_index,
+                )
+                return self._opened(upload)
+        upload_id = uuid.uuid4().hex
+        spool = self.spool_dir / upload_id
+        upload = await self.registry.create_upload(
+            upload_id,
+            sender=sender,
+            name=request.name,
+            kind=request.kind,
+            size=request.size,
+            sha256=request.sha256,
+            chunk_size=request.chunk_size,
+            spool_path=str(spool),
+            metadata=request.metadata,
+            max_open_per_sender=self.limits.max_open_per_sender,
+        )
+        await anyio.to_thread.run_sync(_make_sparse, spool, request.size)
+        logger.info(
+            "upload %s of %s (%d bytes) opened by %s", upload_id, request.name, request.size, sender
+        )
+        return self._opened(upload)
+
+    def _check_limits(self, request: BeginBody) -> None:
+        if request.size > self.limits.max_bytes:
+            raise LimitExceeded(
+                f"{request.size} bytes is over this service's upload limit of "
+                f"{self.limits.max_bytes} bytes",
+                size=request.size,
+                limit=self.limits.max_bytes,
+            )
+        if request.chunk_size > self.limits.max_chunk_bytes:
+            raise LimitExceeded(
+                f"chunks of {request.chunk_size} bytes are over the limit of "
+                f"{self.limits.max_chunk_bytes}",
+                limit=self.limits.max_chunk_bytes,
+            )
+
+    def _opened(self, upload: Upload) -> dict[str, Any]:
+        return {
+            "complete": False,
+            "upload_id": upload.upload_id,
+            "next_index": upload.next_index,
+            "chunk_size": upload.chunk_size,
+            "chunk_count": upload.chunk_count,
+            "window": self.limits.window,
+        }
+
+    async def _open_upload(self, sender: str, upload_id: str) -> Upload:
+        try:
+            upload = await self.registry.get_upload(upload_id)
+        except NotFound:
+            upload = None
+        if upload is None or upload.sender != sender or upload.state != "open":
+            raise NotFound(
+                f"no open upload {upload_id!r} of yours; begin (or resume) it again",
+                upload_id=upload_id,
+            )
+        return upload
+
+    async def chunk(self, sender: str, body: Any) -> dict[str, Any]:
+        request = parse_body(ChunkBody, body)
+        upload = await self._open_upload(sender, request.upload_id)
+        if request.index >= upload.chunk_count:
+            raise InvalidRequest(
+                f"chunk {request.index} is past the last chunk ({upload.chunk_count - 1})"
+            )
+        expected = min(upload.chunk_size, upload.size - request.index * upload.chunk_size)
+        if len(request.data) != expected:
+            raise InvalidRequest(
+                f"chunk {request.index} has {len(request.data)} bytes; expected {expected}"
+            )
+        if hashlib.sha256(request.data).hexdigest() != request.sha256:
+            raise InvalidRequest(
+                f"chunk {request.index} does not match its SHA-256 (corrupted); send it again",
+                index=request.index,
+            )
+        offset = request.index * upload.chunk_size
+        await anyio.to_thread.run_sync(_write_at, Path(upload.spool_path), offset, request.data)
+        return {"next_index": await self._acknowledge(upload, request.index)}
+
+    async def _acknowledge(self, upload: Upload, index: int) -> int:
+        lock = self._locks.setdefault(upload.upload_id, anyio.Lock())
+        async with lock:
+            received = self._received.setdefault(upload.upload_id, set())
+            received.add(index)
+            current = await self.registry.get_upload(upload.upload_id)
+            next_index = current.next_index
+            while next_index in received:
+                received.discard(next_index)
+                next_index += 1
+            if next_index != current.next_index:
+                await self.registry.advance_upload(upload.upload_id, next_index)
+            return next_index
+
+    async def commit(self, sender: str, body: Any) -> dict[str, Any]:
+        request = parse_body(UploadRef, body)
+        upload = await self._open_upload(sender, request.upload_id)
+        if upload.next_index < upload.chunk_count:
+            raise InvalidRequest(
+                f"upload {upload.upload_id} is missing chunks from {upload.next_index} of "
+                f"{upload.chunk_count}; resume it before committing",
+                next_index=upload.next_index,
+            )
+        spool = Path(upload.spool_path)
+        actual = await anyio.to_thread.run_sync(file_sha256, spool)
+        if actual != upload.sha256:
+            await self._discard(upload)
+            raise InvalidRequest(
+                f"the uploaded bytes hash to {actual}, not the announced {upload.sha256}; "
+                "the upload was discarded — upload again",
+                expected=upload.sha256,
+                actual=actual,
+            )
+        os.replace(spool, self.artifact_path(upload.sha256))
+        await self.registry.finish_upload(upload.upload_id, "committed")
+        self._forget(upload.upload_id)
+        logger.info("upload %s committed as artifact %s", upload.upload_id, upload.sha256)
+        return {"artifact": upload.sha256, "size": upload.size, "kind": upload.kind}
+
+    async def abort(self, sender: str, body: Any) -> dict[str, Any]:
+        request = parse_body(UploadRef, body)
+        await self._discard(await self._open_upload(sender, request.upload_id))
+        return {}
+
+    async def expire_idle(self) -> int:
+        """Abort uploads idle longer than the limit; returns how many."""
+        horizon = time.time_ns() - int(self.limits.idle_timeout_s * 1e9)
+        idle = await self.registry.list_idle_uploads(horizon)
+        for upload in idle:
+            logger.info("upload %s of %s idle too long; aborted", upload.upload_id, upload.name)
+            await self._discard(upload)
+        return len(idle)
+
+    async def _discard(self, upload: Upload) -> None:
+        await self.registry.finish_upload(upload.upload_id, "aborted")
+        Path(upload.spool_path).unlink(missing_ok=True)
+        self._forget(upload.upload_id)
+
+    def _forget(self, upload_id: str) -> None:
+        self._received.pop(upload_id, None)
+        self._locks.pop(upload_id, None)
+
+
+def _make_sparse(path: Path, size: int) -> None:
+    with path.open("wb") as file:
+        file.truncate(size)
+
+
+def _write_at(path: Path, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
