@@ -17,21 +17,20 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import Field, StringConstraints
 
 from bus.errors import InvalidRequest, LimitExceeded, NotFound
 from bus.transfer import file_sha256
 from proxy.records import Upload
 from proxy.registry import Registry
+from proxy.slots import Body, parse_body
 
-__all__ = ["UploadLimits", "Uploads", "parse_body"]
+__all__ = ["UploadLimits", "Uploads"]
 
 logger = logging.getLogger(__name__)
-
-B = TypeVar("B", bound=BaseModel)
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -45,12 +44,7 @@ class UploadLimits:
     window: int = 16
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    op: str
-
-
-class BeginBody(_Body):
+class BeginBody(Body):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     kind: Literal["closure", "image"]
     size: Annotated[int, Field(ge=0)]
@@ -59,27 +53,15 @@ class BeginBody(_Body):
     metadata: dict[str, Any] = {}
 
 
-class ChunkBody(_Body):
+class ChunkBody(Body):
     upload_id: str
     index: Annotated[int, Field(ge=0)]
     sha256: Sha256Hex
     data: bytes
 
 
-class UploadRef(_Body):
+class UploadRef(Body):
     upload_id: str
-
-
-def parse_body(model: type[B], body: Any) -> B:
-    """Validate a request body into ``model``; every failure is an InvalidRequest."""
-    try:
-        return model.model_validate(body, strict=False)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in exc.errors()[:5]
-        )
-        raise InvalidRequest(f"bad {model.__name__} request: {problems}") from None
 
 
 class Uploads:

@@ -1,0 +1,229 @@
+"""The ``slot/admin`` operations: Clipper's management surface over the bus.
+
+Answers use Clipper's shapes (``to_clipper()`` of the registry records), so the container
+manager can hand them to ``clipper_admin`` unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from pydantic import Field
+
+from bus.errors import NotFound
+from proxy.backend import EmbeddedBackend
+from proxy.records import AppName, InputType, ModelName, ModelVersion
+from proxy.registry import Registry
+from proxy.routing import VersionRouter, is_running, start_model
+from proxy.slots import Body, Operation, parse_body
+
+__all__ = ["AdminOps"]
+
+
+class AppBody(Body):
+    name: AppName
+    input_type: InputType = "doubles"
+    default_output: str = "None"
+    latency_slo_micros: int = Field(default=100_000, gt=0)
+    description: str = ""
+
+
+class NameBody(Body):
+    name: str
+
+
+class ListBody(Body):
+    verbose: bool = False
+    name: str | None = None
+
+
+class LinkBody(Body):
+    app: AppName
+    model: ModelName
+
+
+class VersionBody(Body):
+    name: ModelName
+    version: ModelName
+
+
+class SetVersionBody(Body):
+    name: ModelName
+    version: ModelName
+    replicas: int | None = Field(default=None, ge=0)
+
+
+class ReplicasBody(Body):
+    name: ModelName
+    version: ModelName | None = None
+    count: int = Field(default=1, ge=0)
+
+
+class StopBody(Body):
+    versions: dict[ModelName, list[ModelName]] = {}
+    names: list[ModelName] = []
+
+
+class LogsBody(Body):
+    name: ModelName
+    version: ModelName
+    replica: int = Field(default=0, ge=0)
+    tail: int = Field(default=200, gt=0, le=10_000)
+
+
+class AdminOps:
+    def __init__(
+        self,
+        registry: Registry,
+        backend: EmbeddedBackend,
+        router: VersionRouter,
+        status: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.registry = registry
+        self.backend = backend
+        self.router = router
+        self.status = status
+
+    def table(self) -> dict[str, Operation]:
+        return {
+            "app.register": self.register_app,
+            "app.delete": self.delete_app,
+            "app.list": self.list_apps,
+            "app.info": self.app_info,
+            "app.link": self.link,
+            "app.unlink": self.unlink,
+            "app.linked": self.linked,
+            "model.list": self.list_models,
+            "model.info": self.model_info,
+            "model.current": self.current_version,
+            "model.set_version": self.set_version,
+            "model.rollback": self.rollback,
+            "model.replicas": self.replicas,
+            "model.replicas.set": self.set_replicas,
+            "model.stop": self.stop,
+            "model.stop_inactive": self.stop_inactive,
+            "model.stop_all": self.stop_all,
+            "model.logs": self.logs,
+            "status": self.service_status,
+        }
+
+    async def register_app(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        app = parse_body(AppBody, body)
+        created = await self.registry.register_application(
+            app.name, app.input_type, app.default_output, app.latency_slo_micros,
+            app.description,
+        )
+        return created.to_clipper()
+
+    async def delete_app(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        return (await self.registry.delete_application(parse_body(NameBody, body).name)
+                ).to_clipper()
+
+    async def list_apps(self, sender: str, body: dict[str, Any]) -> list[Any]:
+        verbose = parse_body(ListBody, body).verbose
+        apps = await self.registry.list_applications()
+        return [app.to_clipper() if verbose else app.key for app in apps]
+
+    async def app_info(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        return (await self.registry.get_application(parse_body(NameBody, body).name)
+                ).to_clipper()
+
+    async def link(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        link = parse_body(LinkBody, body)
+        return (await self.registry.link_model(link.app, link.model)).to_clipper()
+
+    async def unlink(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        link = parse_body(LinkBody, body)
+        return (await self.registry.unlink_model(link.app, link.model)).to_clipper()
+
+    async def linked(self, sender: str, body: dict[str, Any]) -> list[str]:
+        return await self.registry.linked_models(parse_body(NameBody, body).name)
+
+    async def list_models(self, sender: str, body: dict[str, Any]) -> list[Any]:
+        query = parse_body(ListBody, body)
+        models = await self.registry.list_models(query.name)
+        return [self._model_view(m) if query.verbose else m.key for m in models]
+
+    def _model_view(self, model: ModelVersion) -> dict[str, Any]:
+        view = model.to_clipper()
+        view["metadata"] = model.metadata
+        view["artifact_kind"] = model.artifact_kind
+        view["is_stopped"] = model.is_stopped
+        view["is_serving"] = self.router.serving(model.name) == model.version
+        view["ready"] = self.backend.is_ready(model.name, model.version)
+        return view
+
+    async def model_info(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        ref = parse_body(VersionBody, body)
+        return self._model_view(await self.registry.get_model(ref.name, ref.version))
+
+    async def current_version(self, sender: str, body: dict[str, Any]) -> str:
+        return (await self.registry.current_version(parse_body(NameBody, body).name)).version
+
+    async def set_version(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        ref = parse_body(SetVersionBody, body)
+        model = await self.registry.get_model(ref.name, ref.version)
+        await self._ensure_running(model, ref.replicas)
+        model = await self.registry.set_current(ref.name, ref.version)
+        self.router.switch(ref.name, ref.version)
+        return self._model_view(model)
+
+    async def rollback(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        model = await self.registry.rollback(parse_body(NameBody, body).name)
+        await self._ensure_running(model, None)
+        self.router.switch(model.name, model.version)
+        return self._model_view(model)
+
+    async def _ensure_running(self, model: ModelVersion, replicas: int | None) -> None:
+        count = replicas if replicas is not None else max(1, model.desired_replicas)
+        if model.is_stopped:
+            await self.registry.unstop_version(model.name, model.version)
+        if replicas is not None or not is_running(self.backend, model.name, model.version):
+            model = await self.registry.set_desired_replicas(model.name, model.version, count)
+            await start_model(self.backend, model, count)
+
+    async def replicas(self, sender: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        query = parse_body(ReplicasBody, body)
+        version = await self.router.version_for(query.name, query.version)
+        return [asdict(state) for state in self.backend.replicas(query.name, version)]
+
+    async def set_replicas(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        query = parse_body(ReplicasBody, body)
+        version = await self.router.version_for(query.name, query.version)
+        model = await self.registry.set_desired_replicas(query.name, version, query.count)
+        await start_model(self.backend, model, query.count)
+        return {"name": query.name, "version": version, "replicas": query.count}
+
+    async def _stopped(self, models: list[ModelVersion]) -> list[str]:
+        for model in models:
+            if is_running(self.backend, model.name, model.version):
+                await self.backend.stop_version(model.name, model.version)
+            self.router.forget(model.name, model.version)
+        return [model.key for model in models]
+
+    async def stop(self, sender: str, body: dict[str, Any]) -> list[str]:
+        query = parse_body(StopBody, body)
+        stopped = await self.registry.stop_versions(query.versions) if query.versions else []
+        if query.names:
+            stopped += await self.registry.stop_models(query.names)
+        return await self._stopped(stopped)
+
+    async def stop_inactive(self, sender: str, body: dict[str, Any]) -> list[str]:
+        query = parse_body(StopBody, body)
+        names = query.names or sorted({m.name for m in await self.registry.list_models(None)})
+        return await self._stopped(await self.registry.stop_inactive_versions(names))
+
+    async def stop_all(self, sender: str, body: dict[str, Any]) -> list[str]:
+        parse_body(Body, body)
+        return await self._stopped(await self.registry.stop_all_versions())
+
+    async def logs(self, sender: str, body: dict[str, Any]) -> str:
+        query = parse_body(LogsBody, body)
+        if not is_running(self.backend, query.name, query.version):
+            raise NotFound(f"{query.name}:{query.version} has no running replicas")
+        return await self.backend.logs(query.name, query.version, query.replica, tail=query.tail)
+
+    async def service_status(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.status()

@@ -1,0 +1,90 @@
+"""Which version of a model takes traffic.
+
+A model's *current* version (in the registry) changes at once when an operator sets it; the
+version that *serves* changes only when one of its replicas is ready, so the previous version
+keeps answering meanwhile and no request fails during a switch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from anyio.abc import TaskGroup
+
+from bus.errors import BusError, NotFound
+from proxy.backend import EmbeddedBackend
+from proxy.records import ModelVersion
+from proxy.registry import Registry
+
+__all__ = ["DEFAULT_BATCH_SIZE", "VersionRouter", "is_running", "start_model"]
+
+logger = logging.getLogger(__name__)
+
+READY_WAIT_S = 600.0
+DEFAULT_BATCH_SIZE = 64
+"""The batch cap for Clipper's adaptive batch size (-1): batches still only grow under load."""
+
+
+def is_running(backend: EmbeddedBackend, name: str, version: str) -> bool:
+    return (name, version) in backend.versions()
+
+
+async def start_model(backend: EmbeddedBackend, model: ModelVersion, replicas: int) -> None:
+    """Start ``replicas`` replicas of a registered version (or resize it if it runs)."""
+    if is_running(backend, model.name, model.version):
+        await backend.set_replicas(model.name, model.version, replicas)
+        return
+    if replicas > 0:
+        batch_size = model.batch_size if model.batch_size > 0 else DEFAULT_BATCH_SIZE
+        await backend.start_version(
+            model.name, model.version, model.artifact_path,
+            replicas=replicas, batch_size=batch_size,
+        )
+
+
+class VersionRouter:
+    def __init__(self, registry: Registry, backend: EmbeddedBackend, task_group: TaskGroup):
+        self._registry = registry
+        self._backend = backend
+        self._task_group = task_group
+        self._serving: dict[str, str] = {}
+
+    def serving(self, name: str) -> str | None:
+        return self._serving.get(name)
+
+    async def version_for(self, name: str, version: str | None) -> str:
+        """The asked version, or the serving one, or (before any is ready) the current one."""
+        if version is not None:
+            return version
+        serving = self._serving.get(name)
+        if serving is not None:
+            return serving
+        try:
+            return (await self._registry.current_version(name)).version
+        except NotFound:
+            raise NotFound(f"no model named {name!r} is registered", model=name) from None
+
+    def switch(self, name: str, version: str) -> None:
+        """Serve ``version`` as soon as one of its replicas is ready."""
+        if self._backend.is_ready(name, version) or name not in self._serving:
+            self._serving[name] = version
+        if not self._backend.is_ready(name, version):
+            self._task_group.start_soon(self._switch_when_ready, name, version)
+
+    def forget(self, name: str, version: str) -> None:
+        if self._serving.get(name) == version:
+            del self._serving[name]
+
+    async def _switch_when_ready(self, name: str, version: str) -> None:
+        try:
+            await self._backend.wait_ready(name, version, timeout_s=READY_WAIT_S)
+        except BusError as error:
+            logger.warning("%s:%s never became ready: %s", name, version, error.message)
+            return
+        try:
+            current = await self._registry.current_version(name)
+        except NotFound:
+            return
+        if current.version == version:
+            logger.info("%s:%s is ready and now serves", name, version)
+            self._serving[name] = version

@@ -1,0 +1,237 @@
+"""The modelbus service: one proxy on the bus in front of the registry and the model backend.
+
+Under its service URI ``S = <namespace>/<service path>`` it serves three slots, so a grant can
+allow predicting without deploying:
+
+    S/i.modelbus/slot/predict   predictions                       (proxy.predict)
+    S/i.modelbus/slot/admin     Clipper's management surface      (proxy.admin)
+    S/i.modelbus/slot/deploy    artifact uploads, model deploys   (proxy.deploy, proxy.uploads)
+
+and announces its liveness under ``S/!meta/…`` (bus.heartbeat). On start it restarts the
+replicas of every registered, unstopped version, so a restarted proxy serves what it served.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from bus import BusClient, Entity, Heartbeat, Verifier, decode_chain
+from bus.errors import BusError, DecodeError, TransportError
+from proxy.admin import AdminOps
+from proxy.backend import EmbeddedBackend
+from proxy.deploy import DeployOps
+from proxy.predict import PredictOps
+from proxy.registry import Registry
+from proxy.routing import VersionRouter, start_model
+from proxy.settings import ProxySettings
+from proxy.slots import Slot
+from proxy.uploads import UploadLimits, Uploads
+from transports import open_transport
+
+__all__ = [
+    "ServiceInfo",
+    "load_or_create_entity",
+    "run_proxy",
+    "running_proxy",
+    "service_uris",
+]
+
+logger = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+UPLOAD_SWEEP_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    bus_url: str
+    namespace: str
+    service_uri: str
+    interface_uri: str
+    entity_key: str
+    data_dir: str
+    embedded_bus: bool
+
+    def slot(self, name: str) -> str:
+        return f"{self.interface_uri}/slot/{name}"
+
+
+def service_uris(namespace: str, service_path: str) -> tuple[str, str]:
+    service = f"{namespace}/{service_path}"
+    return service, f"{service}/i.modelbus"
+
+
+def load_or_create_entity(settings: ProxySettings) -> Entity:
+    path = settings.entity_file
+    if path.exists():
+        return Entity.load(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entity = Entity.generate(comment="modelbus proxy")
+    entity.save(path)
+    logger.info("created the proxy entity %s at %s", entity.key_text, path)
+    return entity
+
+
+def _load_proofs(settings: ProxySettings) -> list[Any]:
+    proofs = []
+    for path in settings.proof_paths:
+        try:
+            proofs.append(decode_chain(path.read_bytes()))
+        except OSError as exc:
+            raise DecodeError(f"cannot read proof {path}: {exc.strerror}") from exc
+    return proofs
+
+
+@asynccontextmanager
+async def _bus(settings: ProxySettings) -> AsyncIterator[bool]:
+    """Start the embedded ZeroMQ forwarder if asked to and no bus answers at the URL."""
+    if not (settings.embed_bus and settings.bus_url.startswith("zmq://")):
+        yield False
+        return
+    from transports.zeromq import Forwarder, ZmqTransport
+
+    probe = ZmqTransport(settings.bus_url, connect_timeout_s=1.0)
+    try:
+        await probe.connect()
+    except TransportError:
+        async with Forwarder(settings.bus_url):
+            logger.info("started the embedded ZeroMQ bus at %s", settings.bus_url)
+            yield True
+        return
+    finally:
+        await probe.close()
+    yield False
+
+
+@asynccontextmanager
+async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
+    """Run the whole service while the context is open."""
+    entity = load_or_create_entity(settings)
+    namespace = settings.namespace or entity.key_text
+    service_uri, interface_uri = service_uris(namespace, settings.service_path)
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    async with AsyncExitStack() as stack:
+        embedded = await stack.enter_async_context(_bus(settings))
+        registry = await stack.enter_async_context(Registry.open(data_dir / "registry.sqlite3"))
+        backend = await stack.enter_async_context(EmbeddedBackend(data_dir / "replicas"))
+        state: dict[str, Any] = {}
+        heartbeat = Heartbeat(
+            service_uri,
+            interval_s=settings.heartbeat_interval_s,
+            status=lambda: _status(backend, state, started),
+        )
+        client = await stack.enter_async_context(
+            BusClient(
+                open_transport(settings.bus_url),
+                entity,
+                proofs=_load_proofs(settings),
+                verifier=Verifier(aliases=settings.aliases),
+                will=heartbeat.will(),
+            )
+        )
+        task_group = await stack.enter_async_context(anyio.create_task_group())
+        router = VersionRouter(registry, backend, task_group)
+        uploads = Uploads(
+            registry,
+            data_dir,
+            UploadLimits(
+                max_bytes=settings.max_upload_bytes,
+                max_open_per_sender=settings.max_open_uploads_per_sender,
+                idle_timeout_s=settings.upload_idle_timeout_s,
+            ),
+        )
+        predict = PredictOps(registry, backend, router, timeout_s=settings.predict_timeout_s)
+        state["predict"] = predict
+        admin = AdminOps(registry, backend, router, lambda: _status(backend, state, started))
+        slots = {
+            "predict": Slot("predict", predict.table()),
+            "admin": Slot("admin", admin.table()),
+            "deploy": Slot("deploy", DeployOps(registry, uploads, backend, router).table()),
+        }
+        await _restore(registry, backend, router)
+        for name, slot in slots.items():
+            await task_group.start(
+                _serve, client, f"{interface_uri}/slot/{name}", slot, settings.max_concurrency
+            )
+        await task_group.start(heartbeat.run, client)
+        task_group.start_soon(_sweep_uploads, uploads)
+        info = ServiceInfo(
+            bus_url=settings.bus_url,
+            namespace=namespace,
+            service_uri=service_uri,
+            interface_uri=interface_uri,
+            entity_key=entity.key_text,
+            data_dir=str(data_dir),
+            embedded_bus=embedded,
+        )
+        try:
+            yield info
+        finally:
+            task_group.cancel_scope.cancel()
+
+
+async def run_proxy(
+    settings: ProxySettings, *, task_status: TaskStatus[ServiceInfo] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the service until cancelled; ``task_status.started`` gets its ServiceInfo."""
+    async with running_proxy(settings) as info:
+        task_status.started(info)
+        await anyio.sleep_forever()
+
+
+async def _serve(
+    client: BusClient,
+    uri: str,
+    slot: Slot,
+    max_concurrency: int,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    await client.serve(uri, slot.handle, max_concurrency=max_concurrency, task_status=task_status)
+
+
+def _status(backend: EmbeddedBackend, state: dict[str, Any], started: float) -> dict[str, Any]:
+    predict = state.get("predict")
+    return {
+        "version": VERSION,
+        "uptime_s": round(time.monotonic() - started, 3),
+        "models": [
+            {"model": name, "version": version, "ready": backend.is_ready(name, version),
+             "replicas": len(backend.replicas(name, version)),
+             "queued": backend.stats(name, version).queued}
+            for name, version in backend.versions()
+        ],
+        "served_default": predict.served_default if predict else 0,
+    }
+
+
+async def _restore(registry: Registry, backend: EmbeddedBackend, router: VersionRouter) -> None:
+    for model in await registry.list_models(None):
+        if model.is_stopped or model.desired_replicas == 0:
+            continue
+        try:
+            await start_model(backend, model, model.desired_replicas)
+        except BusError as error:
+            logger.error("could not restart %s: %s", model.key, error.message)
+            continue
+        if model.is_current:
+            router.switch(model.name, model.version)
+
+
+async def _sweep_uploads(uploads: Uploads) -> None:
+    while True:
+        try:
+            await uploads.expire_idle()
+        except BusError as error:
+            logger.warning("upload sweep failed: %s", error.message)
+        await anyio.sleep(UPLOAD_SWEEP_S)

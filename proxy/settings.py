@@ -1,0 +1,51 @@
+"""The service's settings: one typed object, built by the CLI and passed down."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["DEFAULT_BUS", "DEFAULT_SERVICE_PATH", "ProxySettings", "default_data_dir"]
+
+DEFAULT_BUS = "zmq://127.0.0.1:7700"
+DEFAULT_SERVICE_PATH = "s.modelbus/_"
+
+
+def default_data_dir() -> Path:
+    """``$MODELBUS_DATA``, else ``$XDG_DATA_HOME/modelbus``, else ``~/.local/share/modelbus``."""
+    if env := os.environ.get("MODELBUS_DATA"):
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "modelbus"
+
+
+class ProxySettings(BaseModel):
+    """``namespace`` None means the proxy's own key is the namespace (it owns it); otherwise the
+    proxy needs ``proofs`` granting it P on its service URI and C on its slots."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bus_url: str = DEFAULT_BUS
+    embed_bus: bool = True
+    """Start the ZeroMQ forwarder in-process when ``bus_url`` is zmq:// and none answers."""
+    data_dir: Path = Field(default_factory=default_data_dir)
+    entity_path: Path | None = None
+    """None: ``<data_dir>/proxy.key``, created on first start."""
+    namespace: str | None = None
+    service_path: str = DEFAULT_SERVICE_PATH
+    proof_paths: tuple[Path, ...] = ()
+    aliases: dict[str, str] = {}
+    max_concurrency: Annotated[int, Field(gt=0)] = 64
+    heartbeat_interval_s: Annotated[float, Field(gt=0)] = 10.0
+    predict_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+    max_upload_bytes: Annotated[int, Field(gt=0)] = 8 * 1024**3
+    max_open_uploads_per_sender: Annotated[int, Field(gt=0)] = 4
+    upload_idle_timeout_s: Annotated[float, Field(gt=0)] = 3600.0
+    drain_timeout_s: Annotated[float, Field(ge=0)] = 10.0
+
+    @property
+    def entity_file(self) -> Path:
+        return self.entity_path or self.data_dir / "proxy.key"

@@ -1,0 +1,61 @@
+"""Dispatch of a slot's requests by their ``op`` to a table of operations."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from bus import Request
+from bus.errors import InvalidRequest
+
+__all__ = ["Body", "Operation", "Slot", "parse_body"]
+
+B = TypeVar("B", bound=BaseModel)
+
+
+class Body(BaseModel):
+    """Base of request bodies: untrusted, so frozen and strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    op: str
+
+
+def parse_body(model: type[B], body: Any) -> B:
+    """Validate a request body into ``model``; every failure is an InvalidRequest."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors()[:5]
+        )
+        raise InvalidRequest(f"bad {model.__name__} request: {problems}") from None
+
+logger = logging.getLogger(__name__)
+
+Operation = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+class Slot:
+    """One slot's operations; ``handle`` is the bus Responder's handler."""
+
+    def __init__(self, name: str, operations: Mapping[str, Operation]) -> None:
+        self.name = name
+        self.operations = dict(operations)
+
+    async def handle(self, request: Request) -> Any:
+        body = request.body
+        op = body.get("op") if isinstance(body, dict) else None
+        operation = self.operations.get(op) if isinstance(op, str) else None
+        if operation is None:
+            raise InvalidRequest(
+                f"slot {self.name!r} has no operation {op!r}; it has: "
+                + ", ".join(sorted(self.operations)),
+                slot=self.name,
+            )
+        assert isinstance(body, dict)
+        logger.debug("%s %s from %s", self.name, op, request.origin_text)
+        return await operation(request.origin_text, body)
