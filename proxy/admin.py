@@ -66,6 +66,12 @@ class StopBody(Body):
     names: list[ModelName] = []
 
 
+class WaitBody(Body):
+    name: ModelName
+    version: ModelName
+    timeout_s: float = Field(default=60.0, gt=0, le=600)
+
+
 class LogsBody(Body):
     name: ModelName
     version: ModelName
@@ -106,20 +112,26 @@ class AdminOps:
             "model.stop_inactive": self.stop_inactive,
             "model.stop_all": self.stop_all,
             "model.logs": self.logs,
+            "model.wait_ready": self.wait_ready,
             "status": self.service_status,
         }
 
     async def register_app(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         app = parse_body(AppBody, body)
+        self.router.forget_app(app.name)
         created = await self.registry.register_application(
-            app.name, app.input_type, app.default_output, app.latency_slo_micros,
+            app.name,
+            app.input_type,
+            app.default_output,
+            app.latency_slo_micros,
             app.description,
         )
         return created.to_clipper()
 
     async def delete_app(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
-        return (await self.registry.delete_application(parse_body(NameBody, body).name)
-                ).to_clipper()
+        return (
+            await self.registry.delete_application(parse_body(NameBody, body).name)
+        ).to_clipper()
 
     async def list_apps(self, sender: str, body: dict[str, Any]) -> list[Any]:
         verbose = parse_body(ListBody, body).verbose
@@ -127,15 +139,16 @@ class AdminOps:
         return [app.to_clipper() if verbose else app.key for app in apps]
 
     async def app_info(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
-        return (await self.registry.get_application(parse_body(NameBody, body).name)
-                ).to_clipper()
+        return (await self.registry.get_application(parse_body(NameBody, body).name)).to_clipper()
 
     async def link(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         link = parse_body(LinkBody, body)
+        self.router.forget_app(link.app)
         return (await self.registry.link_model(link.app, link.model)).to_clipper()
 
     async def unlink(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         link = parse_body(LinkBody, body)
+        self.router.forget_app(link.app)
         return (await self.registry.unlink_model(link.app, link.model)).to_clipper()
 
     async def linked(self, sender: str, body: dict[str, Any]) -> list[str]:
@@ -224,6 +237,15 @@ class AdminOps:
         if not is_running(self.backend, query.name, query.version):
             raise NotFound(f"{query.name}:{query.version} has no running replicas")
         return await self.backend.logs(query.name, query.version, query.replica, tail=query.tail)
+
+    async def wait_ready(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Return once a replica of the version is ready (RequestTimeout past ``timeout_s``)."""
+        query = parse_body(WaitBody, body)
+        await self.registry.get_model(query.name, query.version)
+        if not is_running(self.backend, query.name, query.version):
+            raise NotFound(f"{query.name}:{query.version} has no replicas; set some first")
+        await self.backend.wait_ready(query.name, query.version, timeout_s=query.timeout_s)
+        return self._model_view(await self.registry.get_model(query.name, query.version))
 
     async def service_status(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.status()

@@ -98,14 +98,14 @@ class PredictOps:
             return await self._for_app(request.app, inputs, request.inputs is not None)
         assert request.model is not None
         version = await self.router.version_for(request.model, request.version)
-        model = await self.registry.get_model(request.model, version)
-        check_inputs(model.input_type, inputs)
-        outputs = await self.backend.predict(model.name, version, inputs,
-                                             timeout_s=self.timeout_s)
-        return self._answer(model.name, version, outputs, request.inputs is not None, None)
+        check_inputs(await self.router.input_type(request.model, version), inputs)
+        outputs = await self.backend.predict(
+            request.model, version, inputs, timeout_s=self.timeout_s
+        )
+        return self._answer(request.model, version, outputs, request.inputs is not None, None)
 
     async def _for_app(self, name: str, inputs: list[Any], is_batch: bool) -> dict[str, Any]:
-        app = await self.registry.get_application(name)
+        app = await self.router.application(name)
         if app.linked_model is None:
             raise NotFound(f"application {name!r} has no linked model; link one first", app=name)
         check_inputs(app.input_type, inputs)

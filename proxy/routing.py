@@ -13,7 +13,7 @@ from anyio.abc import TaskGroup
 
 from bus.errors import BusError, NotFound
 from proxy.backend import EmbeddedBackend
-from proxy.records import ModelVersion
+from proxy.records import Application, InputType, ModelVersion
 from proxy.registry import Registry
 
 __all__ = ["DEFAULT_BATCH_SIZE", "VersionRouter", "is_running", "start_model"]
@@ -48,6 +48,25 @@ class VersionRouter:
         self._backend = backend
         self._task_group = task_group
         self._serving: dict[str, str] = {}
+        self._apps: dict[str, Application] = {}
+        self._input_types: dict[tuple[str, str], InputType] = {}
+
+    async def application(self, name: str) -> Application:
+        """The application, from memory after the first read; admin changes call forget_app."""
+        app = self._apps.get(name)
+        if app is None:
+            app = self._apps[name] = await self._registry.get_application(name)
+        return app
+
+    def forget_app(self, name: str) -> None:
+        self._apps.pop(name, None)
+
+    async def input_type(self, name: str, version: str) -> InputType:
+        """A version's input type (versions are immutable, so it is read once)."""
+        key = (name, version)
+        if key not in self._input_types:
+            self._input_types[key] = (await self._registry.get_model(name, version)).input_type
+        return self._input_types[key]
 
     def serving(self, name: str) -> str | None:
         return self._serving.get(name)
