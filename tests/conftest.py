@@ -1,4 +1,8 @@
-"""Shared fixtures: every module in tests/fixtures/ is a pytest plugin (real parts on free ports)."""
+"""Shared fixtures: every module in tests/fixtures/ is a pytest plugin (real parts on free ports).
+
+Fixture modules must not import each other at import time (pytest would rewrite their asserts
+after import and warn, which fails the run): import a sibling lazily, inside the fixture.
+"""
 
 from pathlib import Path
 
