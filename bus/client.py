@@ -91,6 +91,7 @@ class MessageStream:
         self.subscription = subscription
         self.verifier = verifier
         self.include_rejected = include_rejected
+        self._replay_scope = object()  # replays are judged per subscription
 
     @property
     def pattern(self) -> str:
@@ -113,7 +114,7 @@ class MessageStream:
                 raise VerificationError(
                     "the signed URI differs from the topic it arrived on", topic=topic
                 )
-            self.verifier.check(envelope)
+            self.verifier.check(envelope, replay_scope=self._replay_scope)
         except BusError as error:
             self.verifier.record_rejection(error, envelope)
             return Rejected(topic, error, envelope)
@@ -172,7 +173,12 @@ class BusClient:
             return
         if self.task_group is not None:
             self.task_group.cancel_scope.cancel()
-        await stack.__aexit__(exc_type, exc, traceback)
+        try:
+            await stack.__aexit__(exc_type, exc, traceback)
+        except BaseExceptionGroup as group:
+            # The body's own error, wrapped by the task group: let it propagate as itself.
+            if exc is None or group.exceptions != (exc,):
+                raise
 
     async def _close_transport(self) -> None:
         with anyio.move_on_after(5, shield=True):

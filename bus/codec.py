@@ -44,6 +44,7 @@ def unpack(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
             use_list=True,
             strict_map_key=False,
             ext_hook=_refuse_ext,
+            max_ext_len=0,  # the timestamp extension (-1) bypasses ext_hook; refuse it too
         )
     except DecodeError:
         raise

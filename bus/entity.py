@@ -50,6 +50,8 @@ def key_from_text(text: str) -> bytes:
         raise DecodeError(f"{text!r} is not base64url: {exc}") from exc
     if len(key) != KEY_BYTES:
         raise DecodeError(f"{text!r} does not decode to {KEY_BYTES} bytes")
+    if key_to_text(key) != text:  # '+', '/' or nonzero unused bits: a second spelling
+        raise DecodeError(f"{text!r} is not the canonical base64url text of a key")
     return key
 
 

@@ -138,7 +138,7 @@ def parse(frame: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME) -> Envelope:
 def _parse_body(fields: Any, signature: bytes, body: bytes, blobs: list[bytes]) -> Envelope:
     if not isinstance(fields, list) or not fields:
         raise DecodeError("an envelope body is a list")
-    if fields[0] != ENVELOPE_VERSION:
+    if type(fields[0]) is not int or fields[0] != ENVELOPE_VERSION:  # msgpack true == 1
         raise DecodeError(f"unsupported envelope version {fields[0]!r}; this side speaks 1")
     if len(fields) != 8:
         raise DecodeError("an envelope body has 8 fields")

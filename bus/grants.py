@@ -142,7 +142,7 @@ class Grant:
         if not (isinstance(fields, list) and len(fields) == 8):
             raise DecodeError("a grant body has 8 fields")
         version, giver, receiver, pattern, perms, ttl, expires_ns, created_ns = fields
-        if version != GRANT_VERSION:
+        if type(version) is not int or version != GRANT_VERSION:  # msgpack true == 1
             raise DecodeError(f"unsupported grant version {version!r}")
         if not (_is_key(giver) and _is_key(receiver) and len(signature) == SIGNATURE_BYTES):
             raise DecodeError("a grant's keys are 32 bytes and its signature 64")

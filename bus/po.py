@@ -46,7 +46,8 @@ PO_TEXT = "64.0.1.0"
 PO_JSON = "65.0.0.0"
 
 _KNOWN_RANGES = {1, 2, 64, 65}
-_PO_NUMBER = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})")
+_OCTET = r"(0|[1-9][0-9]{0,2})"  # decimal, no leading zeros: one spelling per number
+_PO_NUMBER = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
 
 
 def check_po_number(number: object) -> str:

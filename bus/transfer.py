@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from bus.errors import DecodeError, RequestTimeout, TransportError
+from bus.errors import BusError, DecodeError, RequestTimeout, TransportError
 
 if TYPE_CHECKING:
     from bus.client import BusClient
@@ -143,13 +143,24 @@ class _ChunkSender:
 
     async def send_all(self, window: int, started: float) -> None:
         limiter = anyio.Semaphore(max(1, window))
-        with self.source.open("rb") as file:
-            async with anyio.create_task_group() as task_group:
-                for index in range(self.first, self.chunk_count):
-                    await limiter.acquire()
-                    file.seek(index * self.chunk_size)
-                    data = await anyio.to_thread.run_sync(file.read, self.chunk_size)
-                    task_group.start_soon(self._send, index, data, limiter, started)
+        try:
+            with self.source.open("rb") as file:
+                async with anyio.create_task_group() as task_group:
+                    for index in range(self.first, self.chunk_count):
+                        await limiter.acquire()
+                        file.seek(index * self.chunk_size)
+                        data = await anyio.to_thread.run_sync(file.read, self.chunk_size)
+                        task_group.start_soon(self._send, index, data, limiter, started)
+        except BaseExceptionGroup as group:
+            # A failed chunk cancels the others; raise its own error (a timeout to resume
+            # from, or the service's typed refusal), not the task group's wrapper.
+            failures, others = group.split(BusError)
+            if failures is None or others is not None:
+                raise
+            first: BaseException = failures
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
 
     async def _send(
         self, index: int, data: bytes, limiter: anyio.Semaphore, started: float

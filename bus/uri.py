@@ -30,11 +30,15 @@ MAX_SEGMENTS = 64
 _SEGMENT = re.compile(r"!?[A-Za-z0-9\-_.,()$]+")
 
 
-@lru_cache(maxsize=4096)
 def parse(uri: str, *, allow_wildcards: bool = False) -> tuple[str, ...]:
     """Split and validate a URI (or, with ``allow_wildcards``, a pattern) into segments."""
     if not isinstance(uri, str):
         raise InvalidUri(f"a URI must be a string, not {type(uri).__name__}")
+    return _parse(uri, allow_wildcards)
+
+
+@lru_cache(maxsize=4096)
+def _parse(uri: str, allow_wildcards: bool) -> tuple[str, ...]:
     if not uri or len(uri) > MAX_URI_LENGTH:
         raise InvalidUri(f"a URI must have 1 to {MAX_URI_LENGTH} characters", uri=uri[:80])
     segments = tuple(uri.split("/"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 from bus import envelope as envelopes
 from bus import uri as uris
@@ -52,7 +52,7 @@ class Verifier:
         self.replay_capacity = replay_capacity
         self.clock_ns = clock_ns
         self.rejected: Counter[str] = Counter()
-        self._seen: OrderedDict[tuple[bytes, bytes], int] = OrderedDict()
+        self._seen: OrderedDict[tuple[Hashable, bytes, bytes], int] = OrderedDict()
         self._last_log_ns: dict[str, int] = {}
 
     def canonical(self, uri: str) -> str:
@@ -72,8 +72,10 @@ class Verifier:
             raise
         return envelope
 
-    def check(self, envelope: Envelope, *, right: str = "P") -> None:
-        """Verify a parsed envelope: skew, grants, signature, replay."""
+    def check(self, envelope: Envelope, *, right: str = "P", replay_scope: Hashable = None) -> None:
+        """Verify a parsed envelope: skew, grants, signature, replay. A frame is a replay when
+        it was accepted before in the same ``replay_scope`` (one per subscription: the same
+        frame delivered to two subscriptions of one client is not a replay)."""
         now_ns = self.clock_ns()
         if not envelope.persist and abs(now_ns - envelope.ts_ns) > self.skew_ns:
             raise ClockSkew(
@@ -84,7 +86,7 @@ class Verifier:
         self.authorize(envelope.origin, envelope.proof, envelope.uri, right, now_ns=now_ns)
         envelope.check_signature()
         if not envelope.persist:
-            self._remember_nonce(envelope, now_ns)
+            self._remember_nonce(envelope, now_ns, replay_scope)
 
     def authorize(
         self,
@@ -104,8 +106,8 @@ class Verifier:
         verdict = self.verdicts.verdict(proof, now_ns=now_ns)
         verdict.authorize(sender, asked, right, now_ns=now_ns)
 
-    def _remember_nonce(self, envelope: Envelope, now_ns: int) -> None:
-        key = (envelope.origin, envelope.nonce)
+    def _remember_nonce(self, envelope: Envelope, now_ns: int, scope: Hashable) -> None:
+        key = (scope, envelope.origin, envelope.nonce)
         if key in self._seen:
             raise ReplayedNonce(
                 "this message was already received (replayed nonce)", uri=envelope.uri

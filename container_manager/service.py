@@ -45,9 +45,12 @@ class ServiceClient:
     def slot(self, name: str) -> str:
         return f"{self.interface_uri}/slot/{name}"
 
-    async def call(self, slot: str, op: str, *, timeout_s: float | None = None, **body: Any) -> Any:
+    async def call(
+        self, slot: str, op: str, *, reply_timeout_s: float | None = None, **body: Any
+    ) -> Any:
+        """Send operation ``op`` with ``body`` to a slot; the reply's result or a typed error."""
         return await self.bus.request(
-            self.slot(slot), {"op": op, **body}, timeout_s=timeout_s or self.timeout_s
+            self.slot(slot), {"op": op, **body}, timeout_s=reply_timeout_s or self.timeout_s
         )
 
     # -- liveness ---------------------------------------------------------------------------
@@ -76,14 +79,24 @@ class ServiceClient:
     # -- applications -----------------------------------------------------------------------
 
     async def register_application(
-        self, name: str, input_type: str, default_output: str, slo_micros: int,
+        self,
+        name: str,
+        input_type: str,
+        default_output: str,
+        slo_micros: int,
         description: str = "",
     ) -> dict[str, Any]:
-        return dict(await self.call(
-            "admin", "app.register", name=name, input_type=input_type,
-            default_output=default_output, latency_slo_micros=slo_micros,
-            description=description,
-        ))
+        return dict(
+            await self.call(
+                "admin",
+                "app.register",
+                name=name,
+                input_type=input_type,
+                default_output=default_output,
+                latency_slo_micros=slo_micros,
+                description=description,
+            )
+        )
 
     async def delete_application(self, name: str) -> dict[str, Any]:
         return dict(await self.call("admin", "app.delete", name=name))
@@ -117,8 +130,15 @@ class ServiceClient:
     ) -> str:
         """Upload a file in chunks (resuming after interruptions); return its SHA-256."""
         committed = await upload_file(
-            self.bus, self.slot("deploy"), path, name=name, kind=kind,
-            chunk_size=chunk_size, window=window, timeout_s=self.timeout_s, progress=progress,
+            self.bus,
+            self.slot("deploy"),
+            path,
+            name=name,
+            kind=kind,
+            chunk_size=chunk_size,
+            window=window,
+            timeout_s=self.timeout_s,
+            progress=progress,
         )
         return str(committed["artifact"])
 
@@ -137,12 +157,23 @@ class ServiceClient:
         batch_size: int = -1,
         make_current: bool = True,
     ) -> dict[str, Any]:
-        return dict(await self.call(
-            "deploy", "model.deploy", name=name, version=version, input_type=input_type,
-            artifact=artifact, kind=kind, image=image, labels=labels or [],
-            metadata=metadata or {}, replicas=replicas, batch_size=batch_size,
-            make_current=make_current,
-        ))
+        return dict(
+            await self.call(
+                "deploy",
+                "model.deploy",
+                name=name,
+                version=version,
+                input_type=input_type,
+                artifact=artifact,
+                kind=kind,
+                image=image,
+                labels=labels or [],
+                metadata=metadata or {},
+                replicas=replicas,
+                batch_size=batch_size,
+                make_current=make_current,
+            )
+        )
 
     async def deploy_function(
         self,
@@ -168,8 +199,14 @@ class ServiceClient:
                 archive, name=f"{name}:{version}", kind="closure", progress=progress
             )
         return await self.deploy_artifact(
-            name, version, input_type, artifact, labels=labels, metadata=metadata,
-            replicas=replicas, batch_size=batch_size,
+            name,
+            version,
+            input_type,
+            artifact,
+            labels=labels,
+            metadata=metadata,
+            replicas=replicas,
+            batch_size=batch_size,
         )
 
     async def get_all_models(self, verbose: bool = False, name: str | None = None) -> list[Any]:
@@ -184,9 +221,11 @@ class ServiceClient:
     async def set_model_version(
         self, name: str, version: str, num_replicas: int | None = None
     ) -> dict[str, Any]:
-        return dict(await self.call(
-            "admin", "model.set_version", name=name, version=version, replicas=num_replicas
-        ))
+        return dict(
+            await self.call(
+                "admin", "model.set_version", name=name, version=version, replicas=num_replicas
+            )
+        )
 
     async def rollback(self, name: str) -> dict[str, Any]:
         return dict(await self.call("admin", "model.rollback", name=name))
@@ -194,17 +233,34 @@ class ServiceClient:
     async def set_num_replicas(
         self, name: str, num_replicas: int, version: str | None = None
     ) -> dict[str, Any]:
-        return dict(await self.call(
-            "admin", "model.replicas.set", name=name, version=version, count=num_replicas
-        ))
+        return dict(
+            await self.call(
+                "admin", "model.replicas.set", name=name, version=version, count=num_replicas
+            )
+        )
 
     async def get_replicas(self, name: str, version: str | None = None) -> list[dict[str, Any]]:
         return list(await self.call("admin", "model.replicas", name=name, version=version))
 
+    async def wait_ready(self, name: str, version: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Return once a replica of ``name:version`` is ready to predict."""
+        return dict(
+            await self.call(
+                "admin",
+                "model.wait_ready",
+                reply_timeout_s=timeout_s + 5,
+                name=name,
+                version=version,
+                timeout_s=timeout_s,
+            )
+        )
+
     async def get_logs(self, name: str, version: str, replica: int = 0, tail: int = 200) -> str:
-        return str(await self.call(
-            "admin", "model.logs", name=name, version=version, replica=replica, tail=tail
-        ))
+        return str(
+            await self.call(
+                "admin", "model.logs", name=name, version=version, replica=replica, tail=tail
+            )
+        )
 
     async def stop_models(self, names: list[str]) -> list[str]:
         return list(await self.call("admin", "model.stop", names=names))
@@ -240,7 +296,11 @@ class ServiceClient:
             body["inputs"] = inputs
         else:
             body["input"] = input
-        return dict(await self.call(
-            "predict", "predict", timeout_s=timeout_s,
-            **{k: v for k, v in body.items() if v is not None},
-        ))
+        return dict(
+            await self.call(
+                "predict",
+                "predict",
+                reply_timeout_s=timeout_s,
+                **{k: v for k, v in body.items() if v is not None},
+            )
+        )

@@ -70,10 +70,16 @@ class DeployOps:
                 f"artifact {request.artifact} is not on this service; upload it first",
                 artifact=request.artifact,
             )
-        if request.kind == "closure":
-            artifact.check_compatible(artifact.read_manifest(path))
-        elif not request.image:
+        if request.kind == "image" and not request.image:
             raise InvalidRequest("an image deploy names the image (repository:tag)")
+        if request.batch_size > (limit := self.backend.settings.max_batch_size):
+            raise InvalidRequest(
+                f"batch_size {request.batch_size} is over this service's limit of {limit}",
+                limit=limit,
+            )
+        # The backend starts every version from a closure archive (there is no container
+        # runtime yet): check the artifact as it will, so a refused deploy registers nothing.
+        artifact.check_compatible(artifact.read_manifest(path))
         model = await self.registry.register_model(
             request.name,
             request.version,
