@@ -94,10 +94,10 @@ async def upload_file(
     }
     started = time.monotonic()
     for attempt in range(retries + 1):
-        opened = await client.request(slot_uri, begin, timeout_s=timeout_s)
-        if opened.get("complete"):
-            return {"artifact": digest, "size": size, "kind": kind, "already_present": True}
         try:
+            opened = await client.request(slot_uri, begin, timeout_s=timeout_s)
+            if opened.get("complete"):
+                return {"artifact": digest, "size": size, "kind": kind, "already_present": True}
             sender = _ChunkSender(client, slot_uri, source, opened, timeout_s, progress, name)
             await sender.send_all(min(window, int(opened.get("window", window))), started)
             return dict(

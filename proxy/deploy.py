@@ -94,8 +94,9 @@ class DeployOps:
             desired_replicas=request.replicas,
             make_current=request.make_current,
         )
-        logger.info("deployed %s:%s (%s) for %s", model.name, model.version, model.artifact_kind,
-                    sender)
+        logger.info(
+            "deployed %s:%s (%s) for %s", model.name, model.version, model.artifact_kind, sender
+        )
         await start_model(self.backend, model, request.replicas)
         if model.is_current:
             self.router.switch(model.name, model.version)

@@ -50,22 +50,24 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-_CHECKS = {
-    "integers": lambda v: isinstance(v, list) and all(
-        isinstance(x, int) and not isinstance(x, bool) for x in v
-    ),
-    "floats": lambda v: isinstance(v, list) and all(_is_number(x) for x in v),
-    "doubles": lambda v: isinstance(v, list) and all(_is_number(x) for x in v),
-    "bytes": lambda v: isinstance(v, bytes),
-    "strings": lambda v: isinstance(v, str),
-}
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fits(input_type: InputType, value: Any) -> bool:
+    if input_type == "integers":
+        return isinstance(value, list) and all(_is_integer(x) for x in value)
+    if input_type in ("floats", "doubles"):
+        return isinstance(value, list) and all(_is_number(x) for x in value)
+    if input_type == "bytes":
+        return isinstance(value, bytes)
+    return isinstance(value, str)
 
 
 def check_inputs(input_type: InputType, inputs: list[Any]) -> None:
     """Clipper's input types: integers/floats/doubles are lists of numbers, bytes, strings."""
-    check = _CHECKS[input_type]
     for index, value in enumerate(inputs):
-        if not check(value):
+        if not _fits(input_type, value):
             raise InvalidRequest(
                 f"input {index} is not of the model's input type {input_type!r}",
                 input_type=input_type,
