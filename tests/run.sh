@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The one test command, for developers and CI alike:
+#   bash tests/run.sh [pytest arguments...]
+# Installs what is missing (system packages as root, then the project with its test extras),
+# then runs every check and the tests. Exits non-zero if any step fails; pytest finding no test
+# (its exit status 5) counts as a failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# ---- system prerequisites: "command:debian-package", one per line -----------------------------
+SYSTEM_PREREQUISITES=(
+    "mosquitto:mosquitto"  # the MQTT broker the transport tests start (tests/fixtures/mosquitto.py)
+    "openssl:openssl"      # makes the self-signed certificate of the MQTT TLS test
+    # "podman:podman"      # the container engine for the docker runtime's tests (to come)
+)
+
+have() {
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]
+}
+
+missing=()
+for entry in "${SYSTEM_PREREQUISITES[@]}"; do
+    have "${entry%%:*}" || missing+=("${entry#*:}")
+done
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "run.sh: missing ${missing[*]}; install as root: apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "== installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# ---- the project and its test tools ---------------------------------------------------------
+echo "== python3 -m pip install -e '.[test]'"
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# ---- checks: run them all, report every failure, fail at the end ----------------------------
+failed=()
+step() {
+    echo "== $*"
+    if ! "$@"; then
+        failed+=("$*")
+    fi
+}
+
+step python3 -m ruff check .
+step python3 -m ruff format --check .
+step python3 -m mypy
+# console scripts land beside this python3 (a version manager's shims may not know them yet)
+scripts="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+step "$scripts/lint-imports"
+
+echo "== python3 -m pytest $*"
+pytest_status=0
+python3 -m pytest "$@" || pytest_status=$?
+if [ "$pytest_status" -eq 5 ]; then
+    failed+=("pytest (no tests ran)")
+elif [ "$pytest_status" -ne 0 ]; then
+    failed+=("pytest (exit status $pytest_status)")
+fi
+
+if ((${#failed[@]})); then
+    printf 'FAILED: %s\n' "${failed[@]}" >&2
+    exit 1
+fi
+echo "== all checks passed"
