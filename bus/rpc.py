@@ -192,6 +192,10 @@ class Responder:
                 error = InvalidRequest("a request is one 2.0.11.1 payload {id, body}")
                 await self._send(message.uri, message.origin, _error_reply(rid, error))
             return
+        if message.persist:
+            refused = InvalidRequest("a request must not be persisted (persist flag set)")
+            await self._send(message.uri, message.origin, _error_reply(rid, refused))
+            return
         key = (message.origin, rid)
         if key in self._replies:
             await self._send(message.uri, message.origin, self._replies[key])

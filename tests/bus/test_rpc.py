@@ -1,0 +1,441 @@
+"""Request/response over pub/sub: replies on the requester's own signal, typed errors, retries
+answered from the reply cache, back-pressure and timeouts."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import pytest
+
+from bus import (
+    PO_REPLY,
+    PO_REQUEST,
+    BusClient,
+    BusError,
+    Conflict,
+    InternalError,
+    InvalidRequest,
+    InvalidUri,
+    NotFound,
+    Overloaded,
+    PayloadObject,
+    Request,
+    RequestTimeout,
+    error_from_wire,
+    reply_uri,
+)
+from bus.errors import _all_subclasses
+from tests.bus.helpers import (
+    TRANSPORTS,
+    Member,
+    Namespace,
+    bus_url_for,
+    connect,
+    memory_url,
+    next_message,
+)
+
+Handler = Callable[[Request], Awaitable[Any]]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def bus_url(request: pytest.FixtureRequest) -> str:
+    return bus_url_for(request, request.param)
+
+
+@dataclass
+class Service:
+    """A namespace with one service prefix, the service's member and requesters' members."""
+
+    namespace: Namespace = field(default_factory=Namespace)
+
+    @property
+    def prefix(self) -> str:
+        return self.namespace.uri("s.thermal", "_", "i.modelbus")
+
+    def slot(self, name: str = "predict") -> str:
+        return f"{self.prefix}/slot/{name}"
+
+    def server(self) -> Member:
+        # P on the reply signals; the slot subscription is the service's own business.
+        return self.namespace.member("s.thermal/_/i.modelbus/*", "C*P")
+
+    def requester(self) -> Member:
+        return self.namespace.member("s.thermal/_/i.modelbus/slot/+", "P")
+
+
+@asynccontextmanager
+async def serving(
+    client: BusClient, pattern: str, handler: Handler, **options: Any
+) -> AsyncIterator[BusClient]:
+    tg = client.require_task_group()
+    await tg.start(functools.partial(client.serve, pattern, handler, **options))
+    yield client
+
+
+async def echo(request: Request) -> Any:
+    return {"echo": request.body, "from": request.origin_text, "uri": request.uri}
+
+
+@pytest.mark.parametrize(
+    ("request_uri", "expected"),
+    [
+        ("ns/svc/slot/predict", "ns/svc/signal/reply/KEY"),
+        ("ns/a/b/i.x/slot/admin", "ns/a/b/i.x/signal/reply/KEY"),
+        ("ns/slot/x", "ns/signal/reply/KEY"),
+    ],
+)
+def test_reply_uri(request_uri: str, expected: str) -> None:
+    assert reply_uri(request_uri, "KEY") == expected
+
+
+@pytest.mark.parametrize("request_uri", ["ns/svc/signal/x", "ns/slot", "slot/x", "ns/svc/slot"])
+def test_reply_uri_needs_a_slot(request_uri: str) -> None:
+    with pytest.raises(InvalidUri):
+        reply_uri(request_uri, "KEY")
+
+
+@pytest.mark.parametrize("cls", _all_subclasses(BusError))
+def test_every_error_class_survives_the_wire(cls: type[BusError]) -> None:
+    error = cls("what happened", limit=3, names=["a"])
+    wire = error.to_wire()
+    again = error_from_wire(wire["code"], wire["message"], wire["details"])
+    assert type(again) is cls
+    assert again.message == "what happened"
+    assert again.details == {"limit": 3, "names": ["a"]} | (
+        {"code": "error"} if cls is BusError else {}
+    )
+
+
+def test_unknown_error_codes_become_bus_error_keeping_the_code() -> None:
+    again = error_from_wire("quota_exceeded", "too many", {"n": 1})
+    assert type(again) is BusError
+    assert again.details == {"n": 1, "code": "quota_exceeded"}
+    assert type(error_from_wire(None, "x")) is BusError
+
+
+async def test_request_returns_the_handler_result(bus_url: str) -> None:
+    service = Service()
+    requester = service.requester()
+    async with (
+        connect(bus_url, service.server()) as server,
+        serving(server, f"{service.prefix}/slot/+", echo),
+        connect(bus_url, requester) as client,
+    ):
+        result = await client.request(service.slot(), {"zone": "A", "steps": [1, 2]})
+        second = await client.request(service.slot("admin"), "ping")
+    assert result == {
+        "echo": {"zone": "A", "steps": [1, 2]},
+        "from": requester.key,
+        "uri": service.slot(),
+    }
+    assert second["echo"] == "ping" and second["uri"] == service.slot("admin")
+
+
+async def test_replies_go_to_the_requesters_own_signal(bus_url: str) -> None:
+    service = Service()
+    alice, bob = service.requester(), service.requester()
+    async with (
+        connect(bus_url, service.server()) as server,
+        serving(server, service.slot(), echo),
+        connect(bus_url, service.namespace.as_member) as observer,
+        observer.subscribe(f"{service.prefix}/signal/reply/*") as replies,
+        connect(bus_url, alice) as alice_client,
+        connect(bus_url, bob) as bob_client,
+    ):
+        assert (await alice_client.request(service.slot(), "a", request_id="same"))["echo"] == "a"
+        assert (await bob_client.request(service.slot(), "b", request_id="same"))["echo"] == "b"
+        seen = [await next_message(replies) for _ in range(2)]
+    assert [m.uri for m in seen] == [
+        f"{service.prefix}/signal/reply/{alice.key}",
+        f"{service.prefix}/signal/reply/{bob.key}",
+    ]
+    assert all(m.origin == server.entity.public_key for m in seen)
+    assert [m.value(PO_REPLY)["result"]["echo"] for m in seen] == ["a", "b"]
+
+
+async def test_a_typed_error_from_the_handler_arrives_typed(bus_url: str) -> None:
+    async def missing(request: Request) -> Any:
+        raise NotFound(f"no model {request.body['model']!r}", model=request.body["model"])
+
+    service = Service()
+    async with (
+        connect(bus_url, service.server()) as server,
+        serving(server, service.slot(), missing),
+        connect(bus_url, service.requester()) as client,
+    ):
+        with pytest.raises(NotFound) as caught:
+            await client.request(service.slot(), {"model": "thermal-v9"})
+    assert caught.value.message == "no model 'thermal-v9'"
+    assert caught.value.details == {"model": "thermal-v9"}
+
+
+async def test_a_crashing_handler_is_an_internal_error_without_details(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "password=hunter2 at /srv/secret/path"
+
+    async def crash(request: Request) -> Any:
+        raise RuntimeError(secret)
+
+    service = Service()
+    url = memory_url()
+    async with (
+        connect(url, service.server()) as server,
+        serving(server, service.slot(), crash),
+        connect(url, service.requester()) as client,
+    ):
+        with pytest.raises(InternalError) as caught:
+            await client.request(service.slot(), {})
+        with pytest.raises(InternalError):  # the service survived and still answers
+            await client.request(service.slot(), {})
+    assert secret not in caught.value.message + repr(caught.value.details)
+    assert caught.value.details == {}
+    logged = [r for r in caplog.records if r.name == "bus.rpc" and r.exc_info]
+    assert logged and secret in str(logged[0].exc_info[1])  # the service's log has it
+
+
+async def test_a_retried_request_id_is_answered_from_the_cache(bus_url: str) -> None:
+    calls: list[Any] = []
+
+    async def counted(request: Request) -> Any:
+        calls.append(request.body)
+        return len(calls)
+
+    service = Service()
+    async with (
+        connect(bus_url, service.server()) as server,
+        serving(server, service.slot(), counted),
+        connect(bus_url, service.requester()) as client,
+    ):
+        first = await client.request(service.slot(), "x", request_id="req-1")
+        retried = await client.request(service.slot(), "x", request_id="req-1")
+        other = await client.request(service.slot(), "y", request_id="req-2")
+    assert (first, retried, other) == (1, 1, 2)
+    assert calls == ["x", "y"]
+
+
+async def test_errors_are_cached_like_results() -> None:
+    calls = 0
+
+    async def fails_once(request: Request) -> Any:
+        nonlocal calls
+        calls += 1
+        raise NotFound("gone")
+
+    service = Service()
+    url = memory_url()
+    async with (
+        connect(url, service.server()) as server,
+        serving(server, service.slot(), fails_once),
+        connect(url, service.requester()) as client,
+    ):
+        for _ in range(3):
+            with pytest.raises(NotFound):
+                await client.request(service.slot(), None, request_id="r")
+    assert calls == 1
+
+
+async def test_a_retry_while_the_first_still_runs_gets_the_first_reply() -> None:
+    release = anyio.Event()
+    started = anyio.Event()
+    calls = 0
+
+    async def slow(request: Request) -> Any:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await release.wait()
+        return "done"
+
+    service = Service()
+    url = memory_url()
+    async with (
+        connect(url, service.server()) as server,
+        serving(server, service.slot(), slow),
+        connect(url, service.requester()) as client,
+    ):
+        with pytest.raises(RequestTimeout):
+            await client.request(service.slot(), None, request_id="r", timeout_s=0.2)
+        await started.wait()
+        async with anyio.create_task_group() as tg:
+            results: list[Any] = []
+
+            async def retry() -> None:
+                results.append(await client.request(service.slot(), None, request_id="r"))
+
+            tg.start_soon(retry)
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+    assert results == ["done"]
+    assert calls == 1
+
+
+async def test_the_same_id_twice_at_once_on_one_requester_is_a_conflict() -> None:
+    release = anyio.Event()
+
+    async def slow(request: Request) -> Any:
+        await release.wait()
+        return "ok"
+
+    service = Service()
+    url = memory_url()
+    async with (
+        connect(url, service.server()) as server,
+        serving(server, service.slot(), slow),
+        connect(url, service.requester()) as client,
+        anyio.create_task_group() as tg,
+    ):
+        results: list[Any] = []
+
+        async def first() -> None:
+            results.append(await client.request(service.slot(), None, request_id="dup"))
+
+        tg.start_soon(first)
+        await anyio.wait_all_tasks_blocked()
+        with pytest.raises(Conflict):
+            await client.request(service.slot(), None, request_id="dup")
+        release.set()
+    assert results == ["ok"]
+
+
+async def test_a_saturated_service_answers_overloaded() -> None:
+    release = anyio.Event()
+    started = anyio.Event()
+    calls = 0
+
+    async def slow(request: Request) -> Any:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await release.wait()
+        return request.body
+
+    service = Service()
+    url = memory_url()
+    async with (
+        connect(url, service.server()) as server,
+        serving(server, service.slot(), slow, max_concurrency=1),
+        connect(url, service.requester()) as client,
+        anyio.create_task_group() as tg,
+    ):
+        results: list[Any] = []
+
+        async def first() -> None:
+            results.append(await client.request(service.slot(), "first", request_id="r1"))
+
+        tg.start_soon(first)
+        await started.wait()
+        with pytest.raises(Overloaded) as caught:
+            await client.request(service.slot(), "second", request_id="r2")
+        assert caught.value.details == {"limit": 1}
+        release.set()
+    assert results == ["first"]
+    assert calls == 1
+
+
+async def test_overloaded_is_not_cached_so_a_retry_runs() -> None:
+    release = anyio.Event()
+    started = anyio.Event()
+    calls: list[str] = []
+
+    async def slow(request: Request) -> Any:
+        calls.append(request.body)
+        if request.body == "first":
+            started.set()
+            await release.wait()
+        return request.body
+
+    service = Service()
+    url = memory_url()
+    async with (
+        connect(url, service.server()) as server,
+        serving(server, service.slot(), slow, max_concurrency=1),
+        connect(url, service.requester()) as client,
+    ):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.request, service.slot(), "first")
+            await started.wait()
+            with pytest.raises(Overloaded):
+                await client.request(service.slot(), "second", request_id="r2")
+            release.set()
+        assert await client.request(service.slot(), "second", request_id="r2") == "second"
+    assert calls == ["first", "second"]
+
+
+async def test_nobody_serving_is_a_request_timeout(bus_url: str) -> None:
+    service = Service()
+    async with connect(bus_url, service.requester()) as client:
+        with pytest.raises(RequestTimeout) as caught:
+            await client.request(service.slot(), None, request_id="lost", timeout_s=0.3)
+    assert caught.value.details == {"uri": service.slot(), "id": "lost"}
+
+
+async def test_a_service_without_rights_on_the_reply_signal_cannot_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = Service()
+    mute = service.namespace.member("s.thermal/_/i.modelbus/slot/*", "C*")
+    url = memory_url()
+    async with (
+        connect(url, mute) as server,
+        serving(server, service.slot(), echo),
+        connect(url, service.requester()) as client,
+    ):
+        with pytest.raises(RequestTimeout):
+            await client.request(service.slot(), None, timeout_s=0.3)
+    assert any("could not reply" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_requester_subscribed_widely_still_gets_its_replies() -> None:
+    """The reply arrives on two subscriptions of the requester (its reply route and its own
+    wide subscription): both must accept it."""
+    service = Service()
+    url = memory_url()
+    owner = service.namespace.as_member
+    async with (
+        connect(url, service.server()) as server,
+        serving(server, service.slot(), echo),
+        connect(url, owner) as client,
+        client.subscribe(service.namespace.uri("*")) as everything,
+    ):
+        assert (await client.request(service.slot(), 1))["echo"] == 1
+        assert (await client.request(service.slot(), 2))["echo"] == 2
+        topics = [(await next_message(everything)).uri for _ in range(4)]
+    reply_to = f"{service.prefix}/signal/reply/{owner.key}"
+    assert topics == [service.slot(), reply_to, service.slot(), reply_to]
+    assert not client.verifier.rejected
+
+
+async def _publish_raw_request(client: BusClient, uri: str, value: Any) -> None:
+    await client.publish(uri, PayloadObject.msgpack(value, PO_REQUEST))
+
+
+async def test_malformed_requests(caplog: pytest.LogCaptureFixture) -> None:
+    """No id: nothing to answer (logged). An id without a body: invalid_request."""
+    service = Service()
+    requester = service.requester()
+    url = memory_url()
+    async with (
+        connect(url, service.server()) as server,
+        serving(server, service.slot(), echo),
+        connect(url, service.namespace.as_member) as observer,
+        observer.subscribe(f"{service.prefix}/signal/reply/*") as replies,
+        connect(url, requester) as client,
+    ):
+        await _publish_raw_request(client, service.slot(), {"body": 1})
+        await _publish_raw_request(client, service.slot(), {"id": "x" * 129, "body": 1})
+        await _publish_raw_request(client, service.slot(), ["not", "a", "map"])
+        await client.publish(service.slot(), PayloadObject.text("plain text"))
+        await _publish_raw_request(client, service.slot(), {"id": "no-body"})
+        assert await client.request(service.slot(), "fine", request_id="sentinel")
+        seen = [(await next_message(replies)).value(PO_REPLY) for _ in range(2)]
+    assert [reply["id"] for reply in seen] == ["no-body", "sentinel"]
+    assert seen[0]["ok"] is False and seen[0]["error"]["code"] == InvalidRequest.code
+    malformed = [r for r in caplog.records if "malformed request" in r.getMessage()]
+    assert len(malformed) == 5
