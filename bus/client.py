@@ -26,7 +26,7 @@ from bus.envelope import Envelope
 from bus.errors import BusError, PermissionMissing, TransportError, VerificationError
 from bus.grants import Grant
 from bus.po import PayloadObject
-from bus.rpc import Handler, Requester, Responder
+from bus.rpc import Handler, Requester, Responder, ServeGate
 from bus.transport import DEFAULT_BUFFER, Subscription, Transport, Will
 from bus.verifier import Verifier
 
@@ -288,11 +288,13 @@ class BusClient:
         handler: Handler,
         *,
         max_concurrency: int = 64,
+        gate: ServeGate | None = None,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Answer requests on the slot(s) ``pattern`` until cancelled; start it with
-        ``await task_group.start(client.serve, pattern, handler)``."""
-        responder = Responder(self, handler, max_concurrency=max_concurrency)
+        ``await task_group.start(client.serve, pattern, handler)``. Responders sharing a
+        ``gate`` can be drained together before shutting down (``await gate.drain(10)``)."""
+        responder = Responder(self, handler, max_concurrency=max_concurrency, gate=gate)
         await responder.run(pattern, task_status=task_status)
 
     def require_task_group(self) -> TaskGroup:

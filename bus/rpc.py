@@ -41,7 +41,7 @@ from bus.po import PO_REPLY, PO_REQUEST, PayloadObject
 if TYPE_CHECKING:
     from bus.client import BusClient, Message, Rejected
 
-__all__ = ["MAX_ID_LENGTH", "Request", "Requester", "Responder", "reply_uri"]
+__all__ = ["MAX_ID_LENGTH", "Request", "Requester", "Responder", "ServeGate", "reply_uri"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,33 @@ def _result_of(reply: Any) -> Any:
     raise error_from_wire(error.get("code"), error.get("message"), error.get("details"))
 
 
+class ServeGate:
+    """Shared by the responders of one service to shut down gracefully: counts requests in
+    flight and, once closed, answers new requests ``overloaded`` while those finish."""
+
+    def __init__(self) -> None:
+        self.is_closed = False
+        self.in_flight = 0
+        self._changed = anyio.Event()
+
+    def enter(self) -> None:
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def drain(self, timeout_s: float) -> int:
+        """Close the gate and wait (shielded, at most ``timeout_s``) for requests in flight;
+        returns how many were still running."""
+        self.is_closed = True
+        with anyio.move_on_after(timeout_s, shield=True):
+            while self.in_flight:
+                await self._changed.wait()
+        return self.in_flight
+
+
 class Responder:
     """Serves requests arriving on a slot pattern with ``handler``, at most ``max_concurrency``
     at once (more are answered ``overloaded``), caching the last ``reply_cache_size`` replies."""
@@ -154,7 +181,9 @@ class Responder:
         *,
         max_concurrency: int = 64,
         reply_cache_size: int = 4096,
+        gate: ServeGate | None = None,
     ) -> None:
+        self._gate = gate or ServeGate()
         self._client = client
         self._handler = handler
         self.max_concurrency = max_concurrency
@@ -201,6 +230,9 @@ class Responder:
             await self._send(message.uri, message.origin, self._replies[key])
         elif key in self._in_flight:
             logger.debug("duplicate request %s while it runs; its reply will come", rid)
+        elif self._gate.is_closed:
+            closing = Overloaded("the service is shutting down; retry shortly")
+            await self._send(message.uri, message.origin, _error_reply(rid, closing))
         elif len(self._in_flight) >= self.max_concurrency:
             busy = Overloaded(
                 f"the service is handling {self.max_concurrency} requests; retry shortly",
@@ -209,6 +241,7 @@ class Responder:
             await self._send(message.uri, message.origin, _error_reply(rid, busy))
         else:
             self._in_flight.add(key)
+            self._gate.enter()
             request = Request(message.uri, message.origin, rid, value["body"])
             task_group.start_soon(self._handle, request)
 
@@ -224,6 +257,7 @@ class Responder:
             reply = _error_reply(request.id, failure)
         finally:
             self._in_flight.discard(key)
+            self._gate.leave()
         self._replies[key] = reply
         while len(self._replies) > self._cache_size:
             self._replies.popitem(last=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 import anyio
 import click
@@ -54,6 +55,12 @@ logger = logging.getLogger(__name__)
     show_default=True,
     help="Seconds between liveness announcements.",
 )
+@click.option(
+    "--docker-url",
+    default=None,
+    help="Container engine API for image deploys: Docker, or Podman's `podman system service` "
+    "(e.g. unix:///run/podman/podman.sock) [default: $DOCKER_HOST; none: closures only].",
+)
 @pass_settings
 def serve(
     settings: Settings,
@@ -63,6 +70,7 @@ def serve(
     no_embedded_bus: bool,
     max_concurrency: int,
     heartbeat_interval: float,
+    docker_url: str | None,
 ) -> None:
     """Run the modelbus service: bus proxy, registry, model backend, heartbeats.
 
@@ -82,19 +90,30 @@ def serve(
         aliases=settings.aliases,
         max_concurrency=max_concurrency,
         heartbeat_interval_s=heartbeat_interval,
+        **_engine(docker_url),
     )
     run_async(_serve, proxy_settings)
 
 
+def _engine(docker_url: str | None) -> dict[str, Any]:
+    """The --docker-url setting, if given (else ProxySettings takes $DOCKER_HOST)."""
+    return {"docker_url": docker_url} if docker_url else {}
+
+
 async def _serve(settings: ProxySettings) -> None:
+    stop = anyio.Event()
     async with anyio.create_task_group() as task_group:
-        info: ServiceInfo = await task_group.start(run_proxy, settings)
+        info: ServiceInfo = await task_group.start(run_proxy, settings, stop)
         _announce(info, settings)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for received in signals:
-                click.echo(f"{signal.Signals(received).name}: shutting down", err=True)
+                click.echo(
+                    f"{signal.Signals(received).name}: draining requests in flight, "
+                    "then stopping",
+                    err=True,
+                )
+                stop.set()
                 break
-        task_group.cancel_scope.cancel()
     click.echo("stopped", err=True)
 
 

@@ -25,12 +25,14 @@ from anyio.abc import TaskStatus
 
 from bus import BusClient, Entity, Heartbeat, Verifier, decode_chain
 from bus.errors import BusError, DecodeError, TransportError
+from bus.rpc import ServeGate
 from proxy.admin import AdminOps
 from proxy.backend import EmbeddedBackend
 from proxy.deploy import DeployOps
 from proxy.predict import PredictOps
 from proxy.registry import Registry
 from proxy.routing import VersionRouter, start_model
+from proxy.runtime import ImageRuntime
 from proxy.settings import ProxySettings
 from proxy.slots import Slot
 from proxy.uploads import UploadLimits, Uploads
@@ -123,7 +125,9 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
     async with AsyncExitStack() as stack:
         embedded = await stack.enter_async_context(_bus(settings))
         registry = await stack.enter_async_context(Registry.open(data_dir / "registry.sqlite3"))
-        backend = await stack.enter_async_context(EmbeddedBackend(data_dir / "replicas"))
+        backend = await stack.enter_async_context(
+            EmbeddedBackend(data_dir / "replicas", image_runtime=_image_runtime(settings))
+        )
         state: dict[str, Any] = {}
         heartbeat = Heartbeat(
             service_uri,
@@ -159,9 +163,15 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             "deploy": Slot("deploy", DeployOps(registry, uploads, backend, router).table()),
         }
         await _restore(registry, backend, router)
+        gate = ServeGate()
         for name, slot in slots.items():
             await task_group.start(
-                _serve, client, f"{interface_uri}/slot/{name}", slot, settings.max_concurrency
+                _serve,
+                client,
+                f"{interface_uri}/slot/{name}",
+                slot,
+                settings.max_concurrency,
+                gate,
             )
         await task_group.start(heartbeat.run, client)
         task_group.start_soon(_sweep_uploads, uploads)
@@ -177,16 +187,32 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         try:
             yield info
         finally:
+            if gate.in_flight:
+                logger.info("draining %d requests in flight", gate.in_flight)
+            left = await gate.drain(settings.drain_timeout_s)
+            if left:
+                logger.warning(
+                    "%d requests still running after %.0f s; cancelling them",
+                    left,
+                    settings.drain_timeout_s,
+                )
             task_group.cancel_scope.cancel()
 
 
 async def run_proxy(
-    settings: ProxySettings, *, task_status: TaskStatus[ServiceInfo] = anyio.TASK_STATUS_IGNORED
+    settings: ProxySettings,
+    stop: anyio.Event | None = None,
+    *,
+    task_status: TaskStatus[ServiceInfo] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the service until cancelled; ``task_status.started`` gets its ServiceInfo."""
+    """Run the service until ``stop`` is set (then drain requests in flight, publish the
+    death and return) or until cancelled; ``task_status.started`` gets its ServiceInfo."""
     async with running_proxy(settings) as info:
         task_status.started(info)
-        await anyio.sleep_forever()
+        if stop is None:
+            await anyio.sleep_forever()
+        else:
+            await stop.wait()
 
 
 async def _serve(
@@ -194,10 +220,13 @@ async def _serve(
     uri: str,
     slot: Slot,
     max_concurrency: int,
+    gate: ServeGate,
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    await client.serve(uri, slot.handle, max_concurrency=max_concurrency, task_status=task_status)
+    await client.serve(
+        uri, slot.handle, max_concurrency=max_concurrency, gate=gate, task_status=task_status
+    )
 
 
 def _status(backend: EmbeddedBackend, state: dict[str, Any], started: float) -> dict[str, Any]:
@@ -206,13 +235,25 @@ def _status(backend: EmbeddedBackend, state: dict[str, Any], started: float) -> 
         "version": VERSION,
         "uptime_s": round(time.monotonic() - started, 3),
         "models": [
-            {"model": name, "version": version, "ready": backend.is_ready(name, version),
-             "replicas": len(backend.replicas(name, version)),
-             "queued": backend.stats(name, version).queued}
+            {
+                "model": name,
+                "version": version,
+                "ready": backend.is_ready(name, version),
+                "replicas": len(backend.replicas(name, version)),
+                "queued": backend.stats(name, version).queued,
+            }
             for name, version in backend.versions()
         ],
         "served_default": predict.served_default if predict else 0,
     }
+
+
+def _image_runtime(settings: ProxySettings) -> ImageRuntime | None:
+    if settings.docker_url is None:
+        return None
+    from proxy.runtime_docker import DockerRuntime  # docker-py only for services that use it
+
+    return DockerRuntime(settings.docker_url, settings.data_dir / "replicas")
 
 
 async def _restore(registry: Registry, backend: EmbeddedBackend, router: VersionRouter) -> None:

@@ -1,0 +1,128 @@
+"""``modelbus bench``: benchmarks that print ours next to a baseline measured in the same run.
+
+    modelbus bench bus [--bus URL]... [--count N] [--requests N] [--size BYTES] [--qos 0|1|2]
+    modelbus bench predict [--count N] [--in-flight 8]
+    modelbus bench upload [--mib 256] [--window 16]
+
+Each subcommand imports its measuring module only when it runs. Run without the CLI as
+``python -m proxy.bench bus``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+__all__ = ["bench", "main"]
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: ours next to the raw library, measured in the same run."""
+
+
+@bench.command("bus")
+@click.option(
+    "--bus",
+    "buses",
+    multiple=True,
+    metavar="URL",
+    help="A loopback zmq:// or mqtt:// bus to measure (repeatable). Default: start a ZeroMQ "
+    "forwarder and, if installed, a Mosquitto on free ports.",
+)
+@click.option(
+    "--count",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="One-way messages per stream.",
+)
+@click.option(
+    "--requests",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Round trips, one at a time.",
+)
+@click.option(
+    "--size",
+    default=100,
+    show_default=True,
+    type=click.IntRange(8, 1024 * 1024),
+    help="Payload bytes.",
+)
+@click.option("--qos", default=1, show_default=True, type=click.IntRange(0, 2), help="MQTT QoS.")
+@click.option(
+    "--profile/--no-profile",
+    default=True,
+    show_default=True,
+    help="Profile our path when it misses a target.",
+)
+def bus(
+    buses: tuple[str, ...], count: int, requests: int, size: int, qos: int, profile: bool
+) -> None:
+    """Signed+verified BusClient vs raw paho / pyzmq: round trips and messages/s."""
+    from proxy.bench_bus import BenchSettings, check_bus_url, run_bench
+
+    for url in buses:
+        try:
+            check_bus_url(url)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--bus") from None
+    settings = BenchSettings(
+        buses=buses, count=count, requests=requests, size=size, qos=qos, profile=profile
+    )
+    click.echo(run_bench(settings, progress=lambda line: click.echo(line, err=True)))
+
+
+@bench.command("predict")
+@click.option(
+    "--count",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(16, 1_000_000),
+    help="Predictions per measurement.",
+)
+@click.option(
+    "--in-flight",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Outstanding requests for the throughput measurement.",
+)
+def predict(count: int, in_flight: int) -> None:
+    """Prediction round trips over the bus vs aiohttp and MLServer (MODELBUS_MLSERVER)."""
+    from proxy.bench_predict import print_predict_table, run_predict_bench
+
+    rows, notes = run_predict_bench(count, in_flight)
+    print_predict_table(rows, notes, in_flight)
+
+
+@bench.command("upload")
+@click.option(
+    "--mib",
+    default=256,
+    show_default=True,
+    type=click.IntRange(1, 65536),
+    help="Size of the artifact to upload.",
+)
+@click.option(
+    "--window", default=16, show_default=True, type=click.IntRange(1, 256), help="Chunks in flight."
+)
+def upload(mib: int, window: int) -> None:
+    """Chunked upload MB/s over ZeroMQ and MQTT vs raw loopback TCP."""
+    from proxy.bench_upload import print_upload_table, run_upload_bench
+
+    rows, notes = run_upload_bench(mib, window)
+    print_upload_table(rows, notes, mib)
+
+
+def main() -> None:
+    """``python -m proxy.bench``: the group on its own, with warnings logged."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    bench()
+
+
+if __name__ == "__main__":
+    main()
