@@ -40,8 +40,9 @@ from bus.errors import (
 from proxy.batching import BatchQueue
 from proxy.channel import RouterChannel
 from proxy.dispatch import Dispatcher, ServedVersion
+from proxy.images import check_saved_image
 from proxy.replicas import Replica, ReplicaState, ReplicaStatus, Supervisor
-from proxy.runtime import ProcessRuntime, ReplicaSpec, Runtime
+from proxy.runtime import ImageRuntime, ProcessRuntime, ReplicaSpec, Runtime, RuntimeByKind
 
 __all__ = ["BackendSettings", "EmbeddedBackend", "ReplicaState", "ReplicaStatus", "VersionStats"]
 
@@ -86,11 +87,13 @@ class EmbeddedBackend:
         data_dir: Path,
         *,
         runtime: Runtime | None = None,
+        image_runtime: ImageRuntime | None = None,
         settings: BackendSettings | None = None,
     ) -> None:
         self.settings = s = settings or BackendSettings()
+        self._image_runtime = image_runtime
         self._supervisor = Supervisor(
-            runtime or ProcessRuntime(Path(data_dir)),
+            RuntimeByKind(runtime or ProcessRuntime(Path(data_dir)), image_runtime),
             spec_for=self._spec_for,
             exited=self._exited,
             changed=self._changed,
@@ -100,6 +103,7 @@ class EmbeddedBackend:
             kill_grace_s=s.kill_grace_s,
         )
         self._versions: dict[tuple[str, str], ServedVersion] = {}
+        self._images: dict[tuple[str, str], str] = {}  # image versions → their image
         self._dispatcher: Dispatcher | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -152,9 +156,12 @@ class EmbeddedBackend:
         *,
         replicas: int = 1,
         batch_size: int = 64,
+        image: str | None = None,
     ) -> None:
         """Check the archive can run here and start its replicas (returns before they are ready).
 
+        With ``image``, the artifact is a ``docker save`` tarball holding that image, run by the
+        image runtime (the worker inside checks the closure it carries).
         Raises InvalidRequest (or DecodeError) for an archive this server cannot run, Conflict if
         the version is already started.
         """
@@ -165,9 +172,14 @@ class EmbeddedBackend:
         _check_count("batch_size", batch_size, 1, self.settings.max_batch_size)
         artifact = Path(artifact_path).resolve()
         self._refuse_started(name, version)
-        manifest = await anyio.to_thread.run_sync(read_manifest, artifact)
-        await anyio.to_thread.run_sync(check_compatible, manifest)
+        if image is None:
+            manifest = await anyio.to_thread.run_sync(read_manifest, artifact)
+            await anyio.to_thread.run_sync(check_compatible, manifest)
+        else:
+            await self._images_runtime().prepare(name, version, artifact, image)
         self._refuse_started(name, version)  # another start may have won while we checked
+        if image is not None:
+            self._images[(name, version)] = image
         queue = BatchQueue(
             f"{name}:{version}",
             batch_size=batch_size,
@@ -180,8 +192,18 @@ class EmbeddedBackend:
         logger.info("started %s: %d replicas, batch size %d", state.label, replicas, batch_size)
 
     async def stop_version(self, name: str, version: str) -> None:
-        """Stop every replica (gracefully, then by force) and forget the version."""
-        await self._stop_version(self._live(name, version))
+        """Stop every replica (gracefully, then by force) and forget the version (and remove
+        its image, if it has one no other version uses)."""
+        await self._stop_version(self._live(name, version), remove_image=True)
+
+    async def load_image(self, tarball: str | Path, image: str) -> str:
+        """Load ``image`` from a ``docker save`` tarball into the container engine; its id.
+
+        Raises DecodeError if the tarball is not one, InvalidRequest if it lacks the image or
+        the image cannot run as a modelbus replica, or if this service has no container engine.
+        """
+        await anyio.to_thread.run_sync(check_saved_image, Path(tarball), image)  # engine or not
+        return await self._images_runtime().load(Path(tarball), image)
 
     async def set_replicas(self, name: str, version: str, count: int) -> None:
         """Start or stop replicas until ``count`` run; returns once surplus workers exited."""
@@ -320,6 +342,7 @@ class EmbeddedBackend:
             token=token,
             batch_size=state.queue.batch_size,
             heartbeat_s=self.settings.heartbeat_s,
+            image=self._images.get((replica.model, replica.version)),
         )
 
     def _exited(self, replica: Replica) -> None:
@@ -357,11 +380,18 @@ class EmbeddedBackend:
         """Kill a worker that misbehaves, in the background; its supervisor starts a new one."""
         self._running()[0].start_soon(self._supervisor.kill, replica)
 
-    async def _stop_version(self, state: ServedVersion) -> None:
+    async def _stop_version(self, state: ServedVersion, *, remove_image: bool = False) -> None:
         state.stopping = True
         self._refresh(state)
         await self._stop_replicas(list(state.replicas.values()))
         self._versions.pop((state.name, state.version), None)
+        if self._images.pop((state.name, state.version), None) is not None:
+            try:
+                await self._images_runtime().release(
+                    state.name, state.version, remove_image=remove_image
+                )
+            except BusError as error:
+                logger.warning("could not clean up after %s: %s", state.label, error.message)
         logger.info("stopped %s", state.label)
 
     async def _stop_replicas(self, replicas: list[Replica]) -> None:
@@ -379,6 +409,15 @@ class EmbeddedBackend:
         if self._tg is None or self._dispatcher is None:
             raise InternalError("the backend is not running; use it in 'async with'")
         return self._tg, self._dispatcher
+
+    def _images_runtime(self) -> ImageRuntime:
+        if self._image_runtime is None:
+            raise InvalidRequest(
+                "this service has no container engine, so it cannot run images; start it with "
+                "--docker-url (or DOCKER_HOST) pointing at Docker or Podman's API, or deploy a "
+                "closure instead"
+            )
+        return self._image_runtime
 
     def _refuse_started(self, name: str, version: str) -> None:
         if (name, version) in self._versions:

@@ -38,9 +38,14 @@ async def _predict(request: web.Request) -> web.Response:
     return web.json_response({"outputs": model(body["inputs"])})
 
 
+async def _health(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
 def _serve_aiohttp(port: int) -> None:
     app = web.Application()
     app.router.add_post("/predict", _predict)
+    app.router.add_get("/health", _health)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
@@ -80,8 +85,7 @@ def _process(argv: list[str], ready_url: str, log: Path) -> Iterator[None]:
 def aiohttp_server(port: int, workdir: Path) -> Iterator[str]:
     """Run the aiohttp baseline; yields its predict URL."""
     argv = [sys.executable, "-m", "proxy.bench_http", str(port)]
-    # aiohttp answers 405 to GET on a POST route: reachable is ready.
-    with _process(argv, f"http://127.0.0.1:{port}/", workdir / "aiohttp.log"):
+    with _process(argv, f"http://127.0.0.1:{port}/health", workdir / "aiohttp.log"):
         yield f"http://127.0.0.1:{port}/predict"
 
 

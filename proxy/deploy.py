@@ -77,9 +77,14 @@ class DeployOps:
                 f"batch_size {request.batch_size} is over this service's limit of {limit}",
                 limit=limit,
             )
-        # The backend starts every version from a closure archive (there is no container
-        # runtime yet): check the artifact as it will, so a refused deploy registers nothing.
-        artifact.check_compatible(artifact.read_manifest(path))
+        # Check the artifact as the backend will, so a refused deploy registers nothing: an
+        # image is loaded into the container engine now (a closure is checked against this
+        # interpreter; an image's worker checks its own closure).
+        if request.kind == "image":
+            assert request.image is not None
+            await self.backend.load_image(path, request.image)
+        else:
+            artifact.check_compatible(artifact.read_manifest(path))
         model = await self.registry.register_model(
             request.name,
             request.version,

@@ -37,8 +37,12 @@ async def start_model(backend: EmbeddedBackend, model: ModelVersion, replicas: i
     if replicas > 0:
         batch_size = model.batch_size if model.batch_size > 0 else DEFAULT_BATCH_SIZE
         await backend.start_version(
-            model.name, model.version, model.artifact_path,
-            replicas=replicas, batch_size=batch_size,
+            model.name,
+            model.version,
+            model.artifact_path,
+            replicas=replicas,
+            batch_size=batch_size,
+            image=model.image,
         )
 
 

@@ -3,7 +3,8 @@
 A runtime knows nothing of batches or predictions: it starts a worker from a :class:`ReplicaSpec`
 (the worker then connects back to the backend by itself, see :mod:`proxy.worker`), tells when it
 exits, stops it and shows its log. :class:`ProcessRuntime` runs ``python -m proxy.worker`` as a
-child process; a docker runtime will run an image whose worker speaks the same protocol.
+child process; :class:`~proxy.runtime_docker.DockerRuntime` (an :class:`ImageRuntime`) runs it in
+a container of the version's image. :class:`RuntimeByKind` hands each replica to the right one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ import anyio.abc
 from bus.errors import InternalError
 from proxy.channel import TOKEN_ENV
 
-__all__ = ["ProcessRuntime", "ReplicaHandle", "ReplicaSpec", "Runtime"]
+__all__ = [
+    "ImageRuntime",
+    "ProcessRuntime",
+    "ReplicaHandle",
+    "ReplicaSpec",
+    "Runtime",
+    "RuntimeByKind",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +56,7 @@ class ReplicaSpec:
     token: str  # per start, secret: the worker proves with it which replica it is
     batch_size: int
     heartbeat_s: float
+    image: str | None = None  # an image version's image (``artifact`` is then its tarball)
 
     @property
     def label(self) -> str:
@@ -82,6 +91,56 @@ class Runtime(Protocol):
     async def logs(self, handle: ReplicaHandle, *, tail: int = 200) -> str:
         """The last ``tail`` lines the worker wrote, across its restarts where possible."""
         ...
+
+
+@runtime_checkable
+class ImageRuntime(Runtime, Protocol):
+    """A runtime for versions shipped as container images (``docker save`` tarballs)."""
+
+    async def load(self, tarball: Path, image: str) -> str:
+        """Check the tarball holds a runnable ``image`` and load it; return the image id.
+
+        Raises DecodeError or InvalidRequest for a tarball or image that cannot run."""
+        ...
+
+    async def prepare(self, name: str, version: str, tarball: Path, image: str) -> None:
+        """Make ``image`` (loaded from ``tarball`` if the engine lacks it) the version's image."""
+        ...
+
+    async def release(self, name: str, version: str, *, remove_image: bool) -> None:
+        """The version's replicas are gone: remove what is left of its containers, and its image
+        too if ``remove_image`` and no other version uses it."""
+        ...
+
+
+class RuntimeByKind:
+    """Closures to the process runtime, images to the image runtime (by ``spec.image``)."""
+
+    def __init__(self, process: Runtime, image: ImageRuntime | None) -> None:
+        self.process = process
+        self.image = image
+
+    def _for(self, spec: ReplicaSpec) -> Runtime:
+        if spec.image is None:
+            return self.process
+        if self.image is None:
+            raise InternalError(f"{spec.label} is an image but this service has no image runtime")
+        return self.image
+
+    async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
+        return await self._for(spec).start(spec)
+
+    async def wait(self, handle: ReplicaHandle) -> int:
+        return await self._for(handle.spec).wait(handle)
+
+    def is_alive(self, handle: ReplicaHandle) -> bool:
+        return self._for(handle.spec).is_alive(handle)
+
+    async def stop(self, handle: ReplicaHandle, *, grace_s: float = 5.0) -> None:
+        await self._for(handle.spec).stop(handle, grace_s=grace_s)
+
+    async def logs(self, handle: ReplicaHandle, *, tail: int = 200) -> str:
+        return await self._for(handle.spec).logs(handle, tail=tail)
 
 
 class ProcessRuntime:

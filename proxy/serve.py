@@ -108,8 +108,7 @@ async def _serve(settings: ProxySettings) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for received in signals:
                 click.echo(
-                    f"{signal.Signals(received).name}: draining requests in flight, "
-                    "then stopping",
+                    f"{signal.Signals(received).name}: draining requests in flight, then stopping",
                     err=True,
                 )
                 stop.set()

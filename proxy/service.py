@@ -126,7 +126,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         embedded = await stack.enter_async_context(_bus(settings))
         registry = await stack.enter_async_context(Registry.open(data_dir / "registry.sqlite3"))
         backend = await stack.enter_async_context(
-            EmbeddedBackend(data_dir / "replicas", image_runtime=_image_runtime(settings))
+            EmbeddedBackend(data_dir / "replicas", image_runtime=_image_runtime(settings, stack))
         )
         state: dict[str, Any] = {}
         heartbeat = Heartbeat(
@@ -248,12 +248,14 @@ def _status(backend: EmbeddedBackend, state: dict[str, Any], started: float) -> 
     }
 
 
-def _image_runtime(settings: ProxySettings) -> ImageRuntime | None:
+def _image_runtime(settings: ProxySettings, stack: AsyncExitStack) -> ImageRuntime | None:
     if settings.docker_url is None:
         return None
     from proxy.runtime_docker import DockerRuntime  # docker-py only for services that use it
 
-    return DockerRuntime(settings.docker_url, settings.data_dir / "replicas")
+    runtime = DockerRuntime(settings.docker_url, settings.data_dir / "replicas")
+    stack.callback(runtime.engine.close)  # once the backend has stopped its containers
+    return runtime
 
 
 async def _restore(registry: Registry, backend: EmbeddedBackend, router: VersionRouter) -> None:

@@ -45,6 +45,9 @@ class ProxySettings(BaseModel):
     max_open_uploads_per_sender: Annotated[int, Field(gt=0)] = 4
     upload_idle_timeout_s: Annotated[float, Field(gt=0)] = 3600.0
     drain_timeout_s: Annotated[float, Field(ge=0)] = 10.0
+    docker_url: str | None = Field(default_factory=lambda: os.environ.get("DOCKER_HOST") or None)
+    """The container engine's API (Docker, or ``podman system service``) for image deploys;
+    None: this service runs closures only."""
 
     @property
     def entity_file(self) -> Path:

@@ -1,9 +1,11 @@
 """The replica worker: runs one model function and serves batches to the backend over ZeroMQ.
 
 Run as ``python -m proxy.worker --backend tcp://127.0.0.1:PORT --name M --version V --replica N
---artifact PATH [--batch-size B] [--heartbeat-s S] [--backend-timeout-s T]``, with the start
-token in the ``MODELBUS_REPLICA_TOKEN`` environment variable. The process runtime starts it; a
-container image for the docker runtime runs its own worker that speaks the same protocol.
+(--artifact PATH | --function PATH) [--batch-size B] [--heartbeat-s S] [--backend-timeout-s T]``,
+with the start token in the ``MODELBUS_REPLICA_TOKEN`` environment variable. ``--artifact`` is a
+closure archive (:mod:`bus.artifact`); ``--function`` a plain cloudpickled function file, as
+Clipper's ``save_python_function`` writes ``/model/func.pkl``. The process runtime starts it; the
+docker runtime runs it inside a model image (:mod:`proxy.images`).
 
 Replica protocol, version 1
 ===========================
@@ -54,6 +56,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import queue
 import sys
 import threading
@@ -62,8 +65,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bus.artifact import check_compatible, load_closure, read_manifest
-from bus.errors import BusError, DecodeError, TransportError
+from bus.artifact import MAX_CLOSURE_BYTES, check_compatible, load_closure, read_manifest
+from bus.errors import BusError, DecodeError, InvalidRequest, TransportError
 from proxy.channel import (
     EXIT_BACKEND_LOST,
     EXIT_LOAD_FAILED,
@@ -81,7 +84,7 @@ from proxy.channel import (
     encode,
 )
 
-__all__ = ["EXIT_BACKEND_LOST", "EXIT_LOAD_FAILED", "main", "run_batch"]
+__all__ = ["EXIT_BACKEND_LOST", "EXIT_LOAD_FAILED", "load_function", "main", "run_batch"]
 
 logger = logging.getLogger("proxy.worker")  # also when run as __main__
 
@@ -138,9 +141,12 @@ def _run(channel: DealerChannel, args: argparse.Namespace, token: str) -> int:
         "token": token,
     }
     try:
-        artifact = Path(args.artifact)
-        check_compatible(read_manifest(artifact))
-        func = load_closure(artifact)
+        if args.function is not None:
+            func = load_function(Path(args.function))
+        else:
+            artifact = Path(args.artifact)
+            check_compatible(read_manifest(artifact))
+            func = load_closure(artifact)
     except BusError as exc:
         logger.error("cannot load the model: %s", exc.message)
         error = WireError(code=exc.code, message=exc.message[:_MAX_ERROR_CHARS])
@@ -149,6 +155,28 @@ def _run(channel: DealerChannel, args: argparse.Namespace, token: str) -> int:
     channel.send(Hello(protocol=PROTOCOL, **identity))
     logger.info("model loaded; serving %s", args.backend)
     return _Server(channel, func, args).serve()
+
+
+def load_function(path: Path) -> Callable[..., Any]:
+    """Unpickle a plain cloudpickled function file (no manifest, no digest). Runs code."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_CLOSURE_BYTES + 1)
+    except OSError as exc:
+        raise InvalidRequest(f"the model function {path} cannot be read: {exc}") from exc
+    if len(data) > MAX_CLOSURE_BYTES:
+        raise InvalidRequest(f"{path} is over the {MAX_CLOSURE_BYTES}-byte limit")
+    try:
+        func = pickle.loads(data)  # cloudpickle's output; its helpers are imported by name
+    except Exception as exc:
+        raise InvalidRequest(
+            f"the model function in {path} could not be loaded here: {type(exc).__name__}: {exc}",
+            exception=type(exc).__name__,
+        ) from exc
+    if not callable(func):
+        raise InvalidRequest(f"{path} holds a {type(func).__name__}, not a callable")
+    result: Callable[..., Any] = func
+    return result
 
 
 class _Server:
@@ -279,7 +307,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", required=True)
     parser.add_argument("--version", required=True)
     parser.add_argument("--replica", required=True, type=int)
-    parser.add_argument("--artifact", required=True, help="the closure archive to serve")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--artifact", help="the closure archive to serve")
+    model.add_argument("--function", help="a cloudpickled function file to serve")
     parser.add_argument("--batch-size", type=_positive_int, default=64)
     parser.add_argument("--heartbeat-s", type=float, default=1.0)
     parser.add_argument("--backend-timeout-s", type=float, default=10.0)

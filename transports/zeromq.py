@@ -64,6 +64,7 @@ DEFAULT_HWM = 100_000
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 _HARD_LIMIT_MARGIN = 1024 * 1024
 _DRAIN_BATCH = 1000
+_PUMP_ROUNDS = 8
 _PROBE_PREFIX = b"\x00probe\x00"
 _OK = b"ok"
 _ERROR = b"error"
@@ -139,6 +140,49 @@ def _drain(sock: _SyncSocket, handle: Callable[[Parts], None]) -> None:
         except zmq.Again:
             return
         handle(parts)
+
+
+class _Pump:
+    """Drains sockets straight from the event loop's reader callbacks: no task, no future per
+    wake-up. A ZeroMQ socket's FD is edge-triggered and any operation on the socket may consume
+    the edge, so every run drains until ``EVENTS`` shows nothing readable, and ``kick()`` runs it
+    after operations that could have swallowed an edge (subscribing, sending). Sockets given to a
+    pump must never be awaited through zmq.asyncio (that would claim the same FD)."""
+
+    def __init__(self, pairs: list[tuple[_SyncSocket, Callable[[Parts], None]]]) -> None:
+        self._pairs = pairs
+        self._loop = asyncio.get_running_loop()
+        self._fds = [int(sock.getsockopt(zmq.FD)) for sock, _ in pairs]
+        self.failed: asyncio.Future[None] = self._loop.create_future()
+        for fd in self._fds:
+            self._loop.add_reader(fd, self.kick)
+        self._loop.call_soon(self.kick)
+
+    def kick(self) -> None:
+        if self.failed.done():
+            return
+        try:
+            for _ in range(_PUMP_ROUNDS):
+                if not self._drain_once():
+                    return
+        except zmq.ZMQError as exc:
+            self.stop()
+            self.failed.set_exception(exc)
+            return
+        self._loop.call_soon(self.kick)  # more is waiting: let other callbacks run first
+
+    def _drain_once(self) -> bool:
+        busy = False
+        for sock, handle in self._pairs:
+            if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                _drain(sock, handle)
+                busy = True
+        return busy
+
+    def stop(self) -> None:
+        for fd in self._fds:
+            self._loop.remove_reader(fd)
+        self._fds = []
 
 
 # -- the forwarder ---------------------------------------------------------------------------------
@@ -312,17 +356,13 @@ class Forwarder:
             "xpub": relay.on_subscription,
             "router": relay.on_control,
         }
-        poller = zmq.asyncio.Poller()
-        for sock in sockets.values():
-            poller.register(sock, zmq.POLLIN)
+        pump = _Pump([(shadows[role], handlers[role]) for role in ("xsub", "xpub", "router")])
         try:
-            while True:
-                ready = [sock for sock, _ in await poller.poll()]
-                for role, sock in sockets.items():
-                    if any(sock is other for other in ready):
-                        _drain(shadows[role], handlers[role])
+            await pump.failed
         except zmq.ZMQError as exc:
             raise TransportError(f"the forwarder {self.url} failed: {exc}", url=self.url) from exc
+        finally:
+            pump.stop()
 
 
 # -- the transport ---------------------------------------------------------------------------------
@@ -377,6 +417,7 @@ class ZmqTransport:
         self._hwm = hwm
         self._conn: _Connection | None = None
         self._receiver: asyncio.Task[None] | None = None
+        self._pump: _Pump | None = None
         self._subscriptions: dict[Subscription, bytes] = {}
         self._probes: dict[bytes, asyncio.Event] = {}
         self._control_lock = asyncio.Lock()
@@ -428,6 +469,7 @@ class ZmqTransport:
         subscription = Subscription(pattern, buffer=buffer)
         with self._translating("subscribe"):
             conn.sub.subscribe(prefix)  # counted by ZeroMQ: one unsubscribe per subscribe
+        self._kick()
         self._subscriptions[subscription] = prefix
         subscription.add_close_callback(lambda: self._forget(subscription))
         try:
@@ -465,8 +507,10 @@ class ZmqTransport:
                 subscription.close_nowait()
             for probe in self._probes.values():
                 probe.set()
+            if self._pump is not None:
+                self._pump.stop()  # before the sockets close: their FD numbers may be reused
             if self._receiver is not None:
-                self._receiver.cancel()  # it is parked in poll(): it never sees a closed socket
+                self._receiver.cancel()  # it waits on its pump: it never sees a closed socket
             if conn is not None:
                 conn.sockets.close()
         if self._receiver is not None:
@@ -556,6 +600,7 @@ class ZmqTransport:
         try:
             with self._translating("subscribe"):
                 conn.sub.subscribe(topic)
+            self._kick()
             with anyio.fail_after(self._request_timeout_s):
                 wait_s = 0.002
                 while not arrived.is_set():
@@ -592,24 +637,26 @@ class ZmqTransport:
             self._conn.sub.unsubscribe(prefix)
         except zmq.ZMQError as exc:
             logger.warning("could not unsubscribe %r on %s: %s", prefix[:100], self.url, exc)
+        self._kick()
 
     async def _receive(self, conn: _Connection) -> None:
-        poller = zmq.asyncio.Poller()
-        poller.register(conn.sub, zmq.POLLIN)
-        poller.register(conn.pub, zmq.POLLIN)
+        self._pump = pump = _Pump([(conn.sub_in, self._dispatch)])
         try:
-            while True:
-                for sock, _ in await poller.poll():
-                    if sock is conn.sub:
-                        _drain(conn.sub_in, self._dispatch)
-                    elif sock is conn.pub:
-                        _drain(conn.pub_out, self._on_forwarder_subscription)
+            await pump.failed
         except zmq.ZMQError as exc:
             logger.error("receiving on %s stopped, ending its subscriptions: %s", self.url, exc)
         except Exception:
             logger.exception("receiving on %s failed, ending its subscriptions", self.url)
+        finally:
+            pump.stop()
+            self._pump = None
         for subscription in list(self._subscriptions):
             subscription.close_nowait()
+
+    def _kick(self) -> None:
+        """Drain the SUB after an operation on it that may have consumed its FD's edge."""
+        if self._pump is not None:
+            self._pump.kick()
 
     def _dispatch(self, parts: Parts) -> None:
         if len(parts) != 2:
@@ -631,9 +678,6 @@ class ZmqTransport:
         for subscription in self._subscriptions:
             if uris.matches(subscription.pattern, topic):
                 subscription.offer(delivery)
-
-    def _on_forwarder_subscription(self, parts: Parts) -> None:
-        logger.debug("the forwarder of %s (re)subscribed: %r", self.url, parts[:1])
 
     @contextmanager
     def _translating(self, action: str) -> Iterator[None]:
