@@ -15,7 +15,7 @@ Every call is a signed request on one of the service's slots (``predict``, ``adm
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +276,31 @@ class ServiceClient:
 
     async def status(self) -> dict[str, Any]:
         return dict(await self.call("admin", "status"))
+
+    # -- containers (the part of the Docker API the service proxies, on slot/deploy) ---------
+
+    async def list_containers(self, labels: Mapping[str, str] | None = None) -> list[Any]:
+        """This service's containers whose labels include all of ``labels``."""
+        return list(await self.call("deploy", "container.list", labels=dict(labels or {})))
+
+    async def run_container(
+        self,
+        image: str,
+        name: str,
+        env: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Start a container named ``name`` from an image the service's engine holds."""
+        return dict(
+            await self.call(
+                "deploy",
+                "container.run",
+                image=image,
+                name=name,
+                env=dict(env or {}),
+                labels=dict(labels or {}),
+            )
+        )
 
     # -- predictions ------------------------------------------------------------------------
 

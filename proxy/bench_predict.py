@@ -1,6 +1,7 @@
 """``modelbus bench predict``: prediction round trips over the bus next to HTTP model servers.
 
-For a trivial model (double the first feature) it measures, in one run: p50/p99 of one request
+For a trivial model (double the first feature) it measures, in one run (every server in a process
+of its own — ours is ``modelbus serve`` — and every client in this one): p50/p99 of one request
 at a time and predictions/s with 8 in flight — through our service over ZeroMQ and over MQTT
 (Mosquitto), through a minimal aiohttp server, and through MLServer's REST V2 API when
 ``MODELBUS_MLSERVER`` names an ``mlserver`` executable (MLServer 1.7.1 needs
@@ -20,12 +21,11 @@ from pathlib import Path
 import anyio
 import click
 
-from bus import BusClient, Entity, Grant
+from bus import BusClient
 from container_manager import ServiceClient
 from proxy import bench_http
 from proxy.bench_bus import free_port_block, own_buses
-from proxy.service import ServiceInfo, load_or_create_entity, run_proxy
-from proxy.settings import ProxySettings
+from proxy.bench_service import service_process
 from transports import open_transport
 
 __all__ = ["PredictRow", "run_predict_bench"]
@@ -48,47 +48,29 @@ def _row(label: str, latencies: list[float], per_s: float) -> PredictRow:
 
 
 async def _ours(bus_url: str, label: str, count: int, in_flight: int, workdir: Path) -> PredictRow:
-    settings = ProxySettings(
-        bus_url=bus_url,
-        embed_bus=False,
-        data_dir=Path(tempfile.mkdtemp(dir=workdir)),
-        max_concurrency=max(64, in_flight * 2),
-    )
-    async with anyio.create_task_group() as task_group:
-        info: ServiceInfo = await task_group.start(run_proxy, settings)
-        owner, user = load_or_create_entity(settings), Entity.generate()
-        now = time.time_ns()
-        grant = Grant.create(
-            owner,
-            user.public_key,
-            f"{info.service_uri}/*",
-            "C*P",
-            ttl=0,
-            expires_ns=now + 3600 * 10**9,
-            created_ns=now,
-        )
+    with service_process(bus_url, Path(tempfile.mkdtemp(dir=workdir)) / "data") as service:
+        user, grant = service.user_with_grant()
         async with BusClient(open_transport(bus_url), user, proofs=[[grant]]) as bus:
-            service = ServiceClient(bus, info.service_uri)
-            await service.deploy_function("bench", "1", bench_http.model, "doubles")
-            await service.wait_ready("bench", "1")
+            client = ServiceClient(bus, service.service_uri)
+            await client.deploy_function("bench", "1", bench_http.model, "doubles")
+            await client.wait_ready("bench", "1")
             for _ in range(50):
-                await service.predict(model="bench", input=ROW)
+                await client.predict(model="bench", input=ROW)
             latencies = []
             for _ in range(count):
                 started = time.perf_counter()
-                await service.predict(model="bench", input=ROW)
+                await client.predict(model="bench", input=ROW)
                 latencies.append(time.perf_counter() - started)
 
             async def worker(share: int) -> None:
                 for _ in range(share):
-                    await service.predict(model="bench", input=ROW)
+                    await client.predict(model="bench", input=ROW)
 
             started = time.perf_counter()
             async with anyio.create_task_group() as load:
                 for _ in range(in_flight):
                     load.start_soon(worker, count // in_flight)
             per_s = (count // in_flight * in_flight) / (time.perf_counter() - started)
-        task_group.cancel_scope.cancel()
     return _row(label, latencies, per_s)
 
 

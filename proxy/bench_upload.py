@@ -1,10 +1,10 @@
 """``modelbus bench upload``: chunked upload throughput next to raw loopback TCP, in one run.
 
-Ours: a file of ``--mib`` MiB (random bytes) uploaded to a running service with the chunked
-transfer (1 MiB chunks, window 16, every chunk signed and verified, spooled to disk, the whole
-digest checked at commit) over ZeroMQ and over MQTT (Mosquitto). Raw: the same bytes sent with
-``socket.sendall`` in 1 MiB pieces to a receiver in another process that reads them into a
-file — the ceiling for moving bytes between two processes here.
+Ours: a file of ``--mib`` MiB (random bytes) uploaded to a ``modelbus serve`` process with the
+chunked transfer (1 MiB chunks, window 16, every chunk signed and verified, spooled to disk,
+the whole digest checked at commit) over ZeroMQ and over MQTT (Mosquitto). Raw: the same bytes
+sent with ``socket.sendall`` in 1 MiB pieces to a receiver in another process that writes them
+to a file: the ceiling for moving bytes between two processes here.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from pathlib import Path
 import anyio
 import click
 
-from bus import BusClient, Entity, Grant
+from bus import BusClient
 from container_manager import ServiceClient
 from proxy.bench_bus import free_port_block, own_buses
-from proxy.service import ServiceInfo, load_or_create_entity, run_proxy
-from proxy.settings import ProxySettings
+from proxy.bench_service import service_process
 from transports import open_transport
 
 __all__ = ["UploadRow", "print_upload_table", "run_upload_bench"]
@@ -88,29 +87,13 @@ with socket.socket() as server:
 
 
 async def _ours(bus_url: str, path: Path, workdir: Path, window: int) -> float:
-    settings = ProxySettings(
-        bus_url=bus_url, embed_bus=False, data_dir=Path(tempfile.mkdtemp(dir=workdir))
-    )
-    async with anyio.create_task_group() as task_group:
-        info: ServiceInfo = await task_group.start(run_proxy, settings)
-        owner, user = load_or_create_entity(settings), Entity.generate()
-        now = time.time_ns()
-        grant = Grant.create(
-            owner,
-            user.public_key,
-            f"{info.service_uri}/*",
-            "C*P",
-            ttl=0,
-            expires_ns=now + 3600 * 10**9,
-            created_ns=now,
-        )
+    with service_process(bus_url, Path(tempfile.mkdtemp(dir=workdir)) / "data") as service:
+        user, grant = service.user_with_grant()
         async with BusClient(open_transport(bus_url), user, proofs=[[grant]]) as bus:
-            service = ServiceClient(bus, info.service_uri, timeout_s=120)
+            client = ServiceClient(bus, service.service_uri, timeout_s=120)
             started = time.perf_counter()
-            await service.upload_artifact(path, name="bench", kind="image", window=window)
-            elapsed = time.perf_counter() - started
-        task_group.cancel_scope.cancel()
-    return elapsed
+            await client.upload_artifact(path, name="bench", kind="image", window=window)
+            return time.perf_counter() - started
 
 
 def run_upload_bench(mib: int, window: int) -> tuple[list[UploadRow], list[str]]:

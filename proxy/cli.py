@@ -70,6 +70,7 @@ COMMANDS: dict[str, str] = {
     "bench": "proxy.bench:bench",
     "bus": "proxy.cli_bus:bus",
     "demo": "proxy.demo:demo",
+    "deploy": "container_manager.cli:deploy",
     "grant": "proxy.cli_keys:grant",
     "keys": "proxy.cli_keys:keys",
     "pub": "proxy.cli_bus:pub",
@@ -77,9 +78,6 @@ COMMANDS: dict[str, str] = {
     "serve": "proxy.serve:serve",
     "status": "proxy.cli_bus:status",
     "sub": "proxy.cli_bus:sub",
-    # ---- TODO(deploy): add once container_manager/cli.py exists. proxy may not import
-    # container_manager; this lazy entry is the sanctioned route.
-    # "deploy": "container_manager.cli:deploy",
 }
 
 

@@ -1,0 +1,1 @@
+"""Tests of the container manager: the client library, its Clipper REST endpoint, its CLI."""
