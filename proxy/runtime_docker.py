@@ -32,7 +32,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -50,10 +50,11 @@ from bus.errors import (
     TransportError,
 )
 from proxy.channel import TOKEN_ENV
+from proxy.containers import ContainerInfo
 from proxy.images import WORKER_COMMAND, Entry, SavedImage, check_saved_image
 from proxy.runtime import ReplicaHandle, ReplicaSpec, _safe, _tail
 
-__all__ = ["DockerEngine", "DockerRuntime"]
+__all__ = ["DockerEngine", "DockerRuntime", "ServiceContainers"]
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +197,77 @@ class DockerEngine:
         with _translated(self.base_url, "list containers"):
             found = self.client.api.containers(all=True, filters=filters)
             return [str(item["Id"]) for item in found]
+
+
+class ServiceContainers:
+    """The proxied part of the Docker API (:class:`proxy.containers.ContainerEngine`), confined
+    to this service's containers: it lists only containers with the service's owner label and
+    runs containers from images the engine already holds (never pulling) with no network, no
+    mounts, every capability dropped and no new privileges."""
+
+    def __init__(self, engine: DockerEngine, owner: str) -> None:
+        self.engine = engine
+        self.owner = owner
+
+    async def list_containers(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
+        wanted = [f"{OWNER_LABEL}={self.owner}", *(f"{k}={v}" for k, v in labels.items())]
+        return await anyio.to_thread.run_sync(self._list, wanted)
+
+    def _list(self, wanted: list[str]) -> list[ContainerInfo]:
+        with _translated(self.engine.base_url, "list containers"):
+            found = self.engine.client.containers.list(all=True, filters={"label": wanted})
+            return [_info(container) for container in found]
+
+    async def run_container(
+        self, image: str, name: str, env: Mapping[str, str], labels: Mapping[str, str]
+    ) -> ContainerInfo:
+        return await anyio.to_thread.run_sync(self._run, image, name, dict(env), dict(labels))
+
+    def _run(
+        self, image: str, name: str, env: dict[str, str], labels: dict[str, str]
+    ) -> ContainerInfo:
+        if not self.engine.has_image(image):
+            raise NotFound(
+                f"the image {image!r} is not on this service's engine (it never pulls); "
+                "upload and deploy it first",
+                image=image,
+            )
+        if self._exists(name):  # Podman answers a taken name with 500, Docker with 409
+            raise Conflict(f"a container named {name!r} already exists", name=name)
+        with _translated(self.engine.base_url, f"run {name}"):
+            container = self.engine.client.containers.run(
+                image,
+                name=name,
+                detach=True,
+                environment=env,
+                labels={**labels, OWNER_LABEL: self.owner},
+                network_mode="none",
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                pids_limit=512,
+            )
+            container.reload()
+            return _info(container)
+
+
+    def _exists(self, name: str) -> bool:
+        try:
+            with _translated(self.engine.base_url, f"inspect container {name}"):
+                self.engine.client.containers.get(name)
+        except NotFound:
+            return False
+        return True
+
+
+def _info(container: Any) -> ContainerInfo:
+    tags = container.image.tags if container.image is not None else []
+    return ContainerInfo(
+        id=str(container.id),
+        name=str(container.name),
+        image=str(tags[0] if tags else container.attrs.get("Image", "")),
+        state=str(container.status),
+        labels={str(k): str(v) for k, v in (container.labels or {}).items()},
+    )
 
 
 @dataclass(frozen=True, slots=True)

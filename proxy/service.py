@@ -28,6 +28,7 @@ from bus.errors import BusError, DecodeError, TransportError
 from bus.rpc import ServeGate
 from proxy.admin import AdminOps
 from proxy.backend import EmbeddedBackend
+from proxy.containers import ContainerEngine, ContainerOps
 from proxy.deploy import DeployOps
 from proxy.predict import PredictOps
 from proxy.registry import Registry
@@ -125,8 +126,9 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
     async with AsyncExitStack() as stack:
         embedded = await stack.enter_async_context(_bus(settings))
         registry = await stack.enter_async_context(Registry.open(data_dir / "registry.sqlite3"))
+        image_runtime, containers = _container_engine(settings, stack)
         backend = await stack.enter_async_context(
-            EmbeddedBackend(data_dir / "replicas", image_runtime=_image_runtime(settings, stack))
+            EmbeddedBackend(data_dir / "replicas", image_runtime=image_runtime)
         )
         state: dict[str, Any] = {}
         heartbeat = Heartbeat(
@@ -160,7 +162,11 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         slots = {
             "predict": Slot("predict", predict.table()),
             "admin": Slot("admin", admin.table()),
-            "deploy": Slot("deploy", DeployOps(registry, uploads, backend, router).table()),
+            "deploy": Slot(
+                "deploy",
+                DeployOps(registry, uploads, backend, router).table()
+                | ContainerOps(containers).table(),
+            ),
         }
         await _restore(registry, backend, router)
         gate = ServeGate()
@@ -248,14 +254,17 @@ def _status(backend: EmbeddedBackend, state: dict[str, Any], started: float) -> 
     }
 
 
-def _image_runtime(settings: ProxySettings, stack: AsyncExitStack) -> ImageRuntime | None:
+def _container_engine(
+    settings: ProxySettings, stack: AsyncExitStack
+) -> tuple[ImageRuntime | None, ContainerEngine | None]:
+    """The docker runtime for image versions and the engine behind ``container.*``, or none."""
     if settings.docker_url is None:
-        return None
-    from proxy.runtime_docker import DockerRuntime  # docker-py only for services that use it
+        return None, None
+    from proxy.runtime_docker import DockerRuntime, ServiceContainers  # docker-py only if used
 
     runtime = DockerRuntime(settings.docker_url, settings.data_dir / "replicas")
     stack.callback(runtime.engine.close)  # once the backend has stopped its containers
-    return runtime
+    return runtime, ServiceContainers(runtime.engine, runtime.owner)
 
 
 async def _restore(registry: Registry, backend: EmbeddedBackend, router: VersionRouter) -> None:

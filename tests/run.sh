@@ -11,7 +11,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SYSTEM_PREREQUISITES=(
     "mosquitto:mosquitto"  # the MQTT broker the transport tests start (tests/fixtures/mosquitto.py)
     "openssl:openssl"      # makes the self-signed certificate of the MQTT TLS test
-    # "podman:podman"      # the container engine for the docker runtime's tests (to come)
+    "podman:podman"        # the container engine behind the docker runtime's tests (its Docker API)
+    "runc:runc"            # the OCI runtime the tests' containers.conf selects
+    "catatonit:catatonit"  # the init process replicas run under (a podman recommendation only)
 )
 
 have() {
@@ -34,8 +36,9 @@ if ((${#missing[@]})); then
 fi
 
 # ---- the project and its test tools ---------------------------------------------------------
-echo "== python3 -m pip install -e '.[test]'"
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+echo "== python3 -m pip install -e '.[test,clipper]' and clipper_admin 0.4.1 (--no-deps)"
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test,clipper]'
+python3 -m pip install --quiet --disable-pip-version-check --no-deps 'clipper_admin==0.4.1'
 
 # ---- checks: run them all, report every failure, fail at the end ----------------------------
 failed=()

@@ -29,7 +29,7 @@ import cloudpickle
 import pytest
 
 from bus.artifact import build_closure_archive
-from bus.errors import DecodeError, InvalidRequest
+from bus.errors import Conflict, DecodeError, InvalidRequest, NotFound, OutOfScope
 from bus.transfer import UploadProgress, upload_file
 from proxy.images import check_saved_image, find_saved_image, parse_entry
 from proxy.runtime_docker import DockerEngine
@@ -374,3 +374,52 @@ def test_saved_image_lookup_and_entry_labels(model_images: ModelImages) -> None:
     for bad in (None, "", "closure:relative/path", "shell:/bin/sh"):
         with pytest.raises(InvalidRequest, match=r"modelbus\.entry"):
             parse_entry(bad, "x")
+
+
+@pytest.mark.timeout(300)
+async def test_container_operations_are_confined_and_granted(
+    memory_harness: ProxyHarness,
+    docker_url: str,
+    engine: DockerEngine,
+    model_images: ModelImages,
+    base_image: str,
+) -> None:
+    """container.list sees this service's containers only; container.run starts one from an
+    image the engine holds, sandboxed; a predict-only grant reaches neither."""
+    model = model_images.closure
+    async with memory_harness.serving(docker_url=docker_url) as service:
+        operator = service.operator
+        artifact = await _upload(service, model)
+        await _deploy(service, "1", model, artifact)
+        await operator.wait_ready("thermal", "1")
+        listed = await operator.list_containers({"modelbus.model": "thermal"})
+        assert [c["labels"]["modelbus.version"] for c in listed] == ["1"]
+        assert await operator.list_containers({"modelbus.model": "no-such-model"}) == []
+
+        name = f"modelbus-test-run-{uuid.uuid4().hex[:8]}"
+        ran = await operator.run_container(
+            base_image, name, env={"GREETING": "hello"}, labels={"purpose": "test"}
+        )
+        try:
+            assert ran["name"] == name and ran["labels"]["purpose"] == "test"
+            attrs = await anyio.to_thread.run_sync(
+                lambda: engine.client.containers.get(ran["id"]).attrs
+            )
+            host = attrs["HostConfig"]
+            assert host["NetworkMode"] == "none"
+            dropped = {cap.upper().removeprefix("CAP_") for cap in host["CapDrop"] or []}
+            # Docker reports ALL; Podman expands it into the default set it dropped
+            assert "ALL" in dropped or {"CHOWN", "KILL", "SETUID", "NET_BIND_SERVICE"} <= dropped
+            assert not host.get("CapAdd")
+            assert any("no-new-privileges" in opt for opt in host["SecurityOpt"] or [])
+            assert "GREETING=hello" in attrs["Config"]["Env"]
+            mine = await operator.list_containers({"purpose": "test"})
+            assert [c["name"] for c in mine] == [name]
+            with pytest.raises(Conflict):
+                await operator.run_container(base_image, name)
+            with pytest.raises(NotFound):
+                await operator.run_container("localhost/never-uploaded:1", f"{name}-x")
+            with pytest.raises(OutOfScope):
+                await service.viewer.list_containers()
+        finally:
+            await anyio.to_thread.run_sync(engine.remove, ran["id"])
