@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -104,6 +105,7 @@ async def _serve(settings: ProxySettings) -> None:
     stop = anyio.Event()
     async with anyio.create_task_group() as task_group:
         info: ServiceInfo = await task_group.start(run_proxy, settings, stop)
+        gc.freeze()  # what start-up made lives as long as the process: keep it out of GC passes
         _announce(info, settings)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for received in signals:
