@@ -635,8 +635,8 @@ def test_every_modelbus_command_in_the_readme_exists_with_its_options() -> None:
 
 @pytest.mark.slow
 def test_the_readme_python_example_runs(world: World, zmq_bus_url: str) -> None:
-    (example,) = readme_blocks("python")
-    assert "zmq://127.0.0.1:7700" in example and "anyio.sleep(60)" in example
+    (example,) = [block for block in readme_blocks("python") if "anyio.sleep(60)" in block]
+    assert "zmq://127.0.0.1:7700" in example
     example = example.replace("zmq://127.0.0.1:7700", zmq_bus_url).replace("sleep(60)", "sleep(0)")
     world.path("alice.grant").rename(world.path("alice-buildings.grant"))
     result = subprocess.run(
