@@ -120,7 +120,10 @@ class PredictOps:
             self.served_default += 1
             logger.info("app %s served its default output: %s", name, error.message)
             return self._answer(
-                app.linked_model, version, [app.default_output] * len(inputs), is_batch,
+                app.linked_model,
+                version,
+                [app.default_output] * len(inputs),
+                is_batch,
                 f"{error.code}: {error.message}",
             )
         return self._answer(app.linked_model, version, outputs, is_batch, None)

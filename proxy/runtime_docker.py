@@ -249,7 +249,6 @@ class ServiceContainers:
             container.reload()
             return _info(container)
 
-
     def _exists(self, name: str) -> bool:
         try:
             with _translated(self.engine.base_url, f"inspect container {name}"):

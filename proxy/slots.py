@@ -34,6 +34,7 @@ def parse_body(model: type[B], body: Any) -> B:
         )
         raise InvalidRequest(f"bad {model.__name__} request: {problems}") from None
 
+
 logger = logging.getLogger(__name__)
 
 Operation = Callable[[str, dict[str, Any]], Awaitable[Any]]

@@ -100,7 +100,12 @@ def test_the_scan_sees_the_owners_imports() -> None:
 
 
 # Programs that compose the service with the client library (also ignored by import-linter).
-DRIVERS_OF_THE_CLIENT = {"proxy/demo.py", "proxy/bench_predict.py", "proxy/bench_upload.py"}
+DRIVERS_OF_THE_CLIENT = {
+    "proxy/demo.py",
+    "proxy/bench_predict.py",
+    "proxy/bench_upload.py",
+    "proxy/bench_image.py",
+}
 
 
 def test_proxy_reaches_container_manager_only_through_the_command_table() -> None:

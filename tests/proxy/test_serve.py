@@ -16,6 +16,7 @@ import pytest
 
 from bus import BusClient, Entity, service_states
 from container_manager import ServiceClient
+from tests.proxy.conftest import wait_until
 from transports import open_transport
 
 pytestmark = pytest.mark.slow
@@ -64,9 +65,7 @@ async def test_serve_drains_in_flight_requests_and_announces_its_death(
         owner = Entity.load(tmp_path / "data" / "proxy.key")
         async with BusClient(open_transport(zmq_bus_url), owner) as bus:
             service = ServiceClient(bus, service_uri)
-            with anyio.fail_after(30):
-                while not (await service.liveness()).is_alive:
-                    await anyio.sleep(0.1)
+            await service.check_alive()  # the first heartbeat precedes the announcement
             await service.deploy_function("slow", "1", slow_double, "doubles")
             await service.wait_ready("slow", "1")
             outputs: list[float] = []
@@ -77,9 +76,11 @@ async def test_serve_drains_in_flight_requests_and_announces_its_death(
 
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(predict)
-                with anyio.fail_after(10):  # the request is running once the worker has it
-                    while not any(r["in_flight"] for r in await service.get_replicas("slow")):
-                        await anyio.sleep(0.02)
+
+                async def worker_has_it() -> bool:
+                    return any(r["in_flight"] for r in await service.get_replicas("slow"))
+
+                await wait_until(worker_has_it, what="the prediction in the worker")
                 process.send_signal(signal.SIGINT)
             assert outputs == [42.0]  # answered, not cut off by the shutdown
             with anyio.fail_after(30):
