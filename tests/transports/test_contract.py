@@ -8,17 +8,14 @@ so once the sentinel is in, anything that should have come before it has.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 import pytest
 
 from bus.errors import InvalidUri, TransportClosed
-from bus.transport import Delivery, Subscription, Transport
+from bus.transport import Delivery, Subscription
+from tests.transports.helpers import WAIT_S, connected, receive
 from transports import open_transport
-
-WAIT_S = 10
 
 
 @pytest.fixture(params=["memory", "zeromq", pytest.param("mqtt", marks=pytest.mark.mqtt)])
@@ -28,32 +25,6 @@ def transport_url(request: pytest.FixtureRequest) -> str:
     if request.param == "zeromq":
         return str(request.getfixturevalue("zmq_bus_url"))
     return str(request.getfixturevalue("mosquitto_url"))
-
-
-@pytest.fixture
-def ns() -> str:
-    """A namespace no other test uses."""
-    return f"t{uuid.uuid4().hex[:12]}"
-
-
-@asynccontextmanager
-async def connected(url: str) -> AsyncIterator[Transport]:
-    transport = open_transport(url)
-    await transport.connect()
-    try:
-        yield transport
-    finally:
-        await transport.close()
-
-
-async def receive(subscription: Subscription, count: int) -> list[Delivery]:
-    received: list[Delivery] = []
-    with anyio.fail_after(WAIT_S):
-        async for delivery in subscription:
-            received.append(delivery)
-            if len(received) == count:
-                break
-    return received
 
 
 async def receive_until(subscription: Subscription, sentinel: bytes) -> list[str]:

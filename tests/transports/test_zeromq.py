@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,39 +20,14 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from bus.errors import TransportError
-from bus.transport import Delivery, Subscription, Will
+from bus.transport import Delivery, Will
 from tests.fixtures.ports import free_port_block
 from tests.fixtures.zmqbus import running_forwarder
+from tests.transports.helpers import WAIT_S, connected, receive
 from transports.zeromq import DEFAULT_HWM, Forwarder, ZmqTransport
 
-WAIT_S = 10
 PUBLISHER_SCRIPT = Path(__file__).with_name("publisher_process.py")
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def ns() -> str:
-    return f"t{uuid.uuid4().hex[:12]}"
-
-
-@asynccontextmanager
-async def connected(url: str) -> AsyncIterator[ZmqTransport]:
-    transport = ZmqTransport(url)
-    await transport.connect()
-    try:
-        yield transport
-    finally:
-        await transport.close()
-
-
-async def receive(subscription: Subscription, count: int) -> list[Delivery]:
-    received: list[Delivery] = []
-    with anyio.fail_after(WAIT_S):
-        async for delivery in subscription:
-            received.append(delivery)
-            if len(received) == count:
-                break
-    return received
 
 
 @asynccontextmanager
