@@ -8,9 +8,10 @@ The service answers four operations on one slot (each a request body with an ``o
     upload.commit {upload_id} → {artifact (sha256 hex), size, kind}
     upload.abort  {upload_id} → {}
 
-``begin`` with the same sender, name, size and digest as an open upload *resumes* it: the reply's
-``next_index`` is the first chunk the service has not acknowledged contiguously. If the service
-already holds the artifact, ``complete`` is true and nothing is sent. Up to ``window`` chunks are
+``begin`` with the same sender, name, size, digest and chunk size as an open upload *resumes* it:
+the reply's ``next_index`` is the first chunk the service has not acknowledged contiguously. If
+the service already holds the artifact, the reply is just ``{complete: true, artifact}`` and
+nothing is sent. Up to ``window`` chunks are
 in flight at once; the file is read chunk by chunk, never whole.
 """
 

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from bus.errors import NotFound
 from proxy.backend import EmbeddedBackend
+from proxy.deploy import MAX_REPLICAS
 from proxy.records import AppName, InputType, ModelName, ModelVersion
 from proxy.registry import Registry
 from proxy.routing import VersionRouter, is_running, start_model
@@ -52,13 +53,13 @@ class VersionBody(Body):
 class SetVersionBody(Body):
     name: ModelName
     version: ModelName
-    replicas: int | None = Field(default=None, ge=0)
+    replicas: int | None = Field(default=None, ge=0, le=MAX_REPLICAS)
 
 
 class ReplicasBody(Body):
     name: ModelName
     version: ModelName | None = None
-    count: int = Field(default=1, ge=0)
+    count: int = Field(default=1, ge=0, le=MAX_REPLICAS)
 
 
 class StopBody(Body):
@@ -129,9 +130,9 @@ class AdminOps:
         return created.to_clipper()
 
     async def delete_app(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
-        return (
-            await self.registry.delete_application(parse_body(NameBody, body).name)
-        ).to_clipper()
+        name = parse_body(NameBody, body).name
+        self.router.forget_app(name)
+        return (await self.registry.delete_application(name)).to_clipper()
 
     async def list_apps(self, sender: str, body: dict[str, Any]) -> list[Any]:
         verbose = parse_body(ListBody, body).verbose
@@ -218,6 +219,12 @@ class AdminOps:
 
     async def stop(self, sender: str, body: dict[str, Any]) -> list[str]:
         query = parse_body(StopBody, body)
+        for name, versions in query.versions.items():  # all or nothing: check before stopping
+            for version in versions:
+                await self.registry.get_model(name, version)
+        for name in query.names:
+            if not await self.registry.list_models(name):
+                raise NotFound(f"no model named {name!r} is registered", model=name)
         stopped = await self.registry.stop_versions(query.versions) if query.versions else []
         if query.names:
             stopped += await self.registry.stop_models(query.names)
@@ -248,4 +255,5 @@ class AdminOps:
         return self._model_view(await self.registry.get_model(query.name, query.version))
 
     async def service_status(self, sender: str, body: dict[str, Any]) -> dict[str, Any]:
+        parse_body(Body, body)
         return self.status()

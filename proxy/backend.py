@@ -435,8 +435,8 @@ class EmbeddedBackend:
 
 
 def _check_name(what: str, value: object) -> None:
-    if not isinstance(value, str) or not 0 < len(value) <= 200:
-        raise InvalidRequest(f"{what} must be a string of 1 to 200 characters, got {value!r}")
+    if not isinstance(value, str) or not 0 < len(value) <= 253:  # the registry's ModelName
+        raise InvalidRequest(f"{what} must be a string of 1 to 253 characters, got {value!r}")
 
 
 def _check_count(what: str, value: object, low: int, high: int) -> None:

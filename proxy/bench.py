@@ -3,6 +3,7 @@
     modelbus bench bus [--bus URL]... [--count N] [--requests N] [--size BYTES] [--qos 0|1|2]
     modelbus bench predict [--count N] [--in-flight 8]
     modelbus bench upload [--mib 256] [--window 16]
+    modelbus bench upload --image [--image-mib 300] [--docker-url URL]
 
 Each subcommand imports its measuring module only when it runs. Run without the CLI as
 ``python -m proxy.bench bus``.
@@ -110,8 +111,38 @@ def predict(count: int, in_flight: int) -> None:
 @click.option(
     "--window", default=16, show_default=True, type=click.IntRange(1, 256), help="Chunks in flight."
 )
-def upload(mib: int, window: int) -> None:
-    """Chunked upload MB/s over ZeroMQ and MQTT vs raw loopback TCP."""
+@click.option(
+    "--image",
+    is_flag=True,
+    help="Instead: save, upload and load a container image vs docker save | docker load.",
+)
+@click.option(
+    "--image-mib",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1, 65536),
+    help="With --image: random bytes in the test image (1024 for the 1 GB memory check).",
+)
+@click.option(
+    "--docker-url",
+    envvar="DOCKER_HOST",
+    metavar="URL",
+    help="With --image: the engine (unix:// or loopback tcp://) [default: $DOCKER_HOST, else "
+    "start a podman system service].",
+)
+def upload(mib: int, window: int, image: bool, image_mib: int, docker_url: str | None) -> None:
+    """Chunked upload MB/s over ZeroMQ and MQTT vs raw loopback TCP; with --image, an image
+    deploy (save, upload, load) vs docker save | docker load on the same engine."""
+    if image:
+        from proxy.bench_image import check_docker_url, print_image_table, run_image_bench
+
+        try:
+            url = check_docker_url(docker_url) if docker_url else None
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--docker-url") from None
+        image_rows, image_notes, size = run_image_bench(image_mib, window, url)
+        print_image_table(image_rows, image_notes, image_mib, size)
+        return
     from proxy.bench_upload import print_upload_table, run_upload_bench
 
     rows, notes = run_upload_bench(mib, window)

@@ -21,9 +21,12 @@ from proxy.routing import VersionRouter, start_model
 from proxy.slots import Body, Operation, parse_body
 from proxy.uploads import Uploads
 
-__all__ = ["DeployOps"]
+__all__ = ["MAX_REPLICAS", "DeployOps"]
 
 logger = logging.getLogger(__name__)
+
+MAX_REPLICAS = 64
+"""Replicas one version may ask for (the backend's own limit is the same by default)."""
 
 
 class DeployBody(Body):
@@ -35,7 +38,7 @@ class DeployBody(Body):
     image: str | None = None
     labels: list[str] = []
     metadata: dict[str, Any] = {}
-    replicas: int = Field(default=1, ge=0, le=64)
+    replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
     batch_size: int = ADAPTIVE_BATCH_SIZE
     make_current: bool = True
 

@@ -24,7 +24,7 @@ def default_data_dir() -> Path:
 
 class ProxySettings(BaseModel):
     """``namespace`` None means the proxy's own key is the namespace (it owns it); otherwise the
-    proxy needs ``proofs`` granting it P on its service URI and C on its slots."""
+    proxy needs ``proofs`` granting it P on ``<service URI>/*`` (replies and heartbeats)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -99,7 +99,9 @@ class Uploads:
                     upload.name,
                     upload.next_index,
                 )
-                return self._opened(upload)
+                # touching it restarts its idle time: a resumed upload is not idle
+                touched = await self.registry.advance_upload(upload.upload_id, upload.next_index)
+                return self._opened(touched)
         upload_id = uuid.uuid4().hex
         spool = self.spool_dir / upload_id
         upload = await self.registry.create_upload(

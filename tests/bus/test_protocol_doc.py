@@ -1,24 +1,47 @@
-"""bus/PROTOCOL.md cannot drift from the code: its test vectors, error codes and PO numbers are
-checked here against the reference implementation."""
+"""bus/PROTOCOL.md cannot drift from the code: its test vectors, error codes and PO numbers, the
+service's operations (with their body fields and worked examples) and the replica protocol's
+messages are checked here against the reference implementation."""
 
 from __future__ import annotations
 
+import inspect
+import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, get_args
 
 import pytest
+from pydantic import BaseModel
 
 import bus
-from bus import codec, errors, grants, po, rpc
+from bus import codec, errors, grants, heartbeat, po, rpc, transfer
 from bus import envelope as envelopes
 from bus import uri as uris
 from bus.entity import Entity, key_to_text, verify
 from bus.grants import Grant, check_chain, decode_chain, encode_chain
 from bus.po import PayloadObject
 from bus.verifier import Verifier
+from proxy import (
+    admin,
+    backend,
+    channel,
+    containers,
+    deploy,
+    images,
+    predict,
+    records,
+    routing,
+    runtime_docker,
+    settings,
+    slots,
+    uploads,
+)
+from proxy.service import service_uris
 
 DOC = Path(bus.__file__).with_name("PROTOCOL.md")
 _VECTOR = re.compile(r"^```vector ([a-z0-9-]+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_EXAMPLE = re.compile(r"^```json ([a-z0-9-]+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
 def _vectors() -> dict[str, str]:
@@ -93,6 +116,8 @@ def test_the_doc_has_every_vector() -> None:
         "request-po-data",
         "reply-ok-po-data",
         "reply-error-po-data",
+        "predict-request-po-data",
+        "replica-batch",
     }
     assert expected <= set(VECTORS)
 
@@ -179,12 +204,33 @@ def _error_classes(cls: type[errors.BusError]) -> list[type[errors.BusError]]:
     return found
 
 
+def _cells(line: str) -> list[str]:
+    """A table row's cells; ``\\|`` inside a cell is not a separator."""
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+
+
 def _table_rows() -> list[list[str]]:
-    return [
-        [cell.strip() for cell in line.strip().strip("|").split("|")]
-        for line in DOC.read_text().splitlines()
-        if line.startswith("|")
-    ]
+    return [_cells(line) for line in DOC.read_text().splitlines() if line.startswith("|")]
+
+
+def _tables() -> list[tuple[list[str], list[list[str]]]]:
+    """Every table of the doc: its header cells and its body rows."""
+    found: list[tuple[list[str], list[list[str]]]] = []
+    lines = DOC.read_text().splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("|") and (index == 0 or not lines[index - 1].startswith("|")):
+            rows = []
+            for row in lines[index + 2 :]:
+                if not row.startswith("|"):
+                    break
+                rows.append(_cells(row))
+            found.append((_cells(line), rows))
+    return found
+
+
+def _flat_doc() -> str:
+    """The doc with every run of whitespace made one space, for phrases that wrap."""
+    return " ".join(DOC.read_text().split())
 
 
 def test_every_error_code_is_in_the_table() -> None:
@@ -210,3 +256,263 @@ def test_documented_limits_match_the_code() -> None:
     assert f"**{uris.MAX_SEGMENTS} segments**" in text
     assert f"1 … {rpc.MAX_ID_LENGTH} characters" in text
     assert envelopes.DETACH_OVER == 65_536 and "64 KiB (65,536 bytes)" in text
+
+
+# -- the modelbus service (§17) ------------------------------------------------------------------
+
+
+def _slot_tables() -> dict[str, dict[str, slots.Operation]]:
+    """Each slot's operations, composed as ``proxy.service.running_proxy`` composes them."""
+    anything: Any = SimpleNamespace(begin=None, chunk=None, commit=None, abort=None)
+    return {
+        "predict": predict.PredictOps(anything, anything, anything, timeout_s=1.0).table(),
+        "admin": admin.AdminOps(anything, anything, anything, dict).table(),
+        "deploy": deploy.DeployOps(anything, anything, anything, anything).table()
+        | containers.ContainerOps(None).table(),
+    }
+
+
+# The body model each operation validates its request with (``parse_body`` in its method).
+BODIES: dict[str, type[BaseModel]] = {
+    "predict": predict.PredictBody,
+    "app.register": admin.AppBody,
+    "app.delete": admin.NameBody,
+    "app.list": admin.ListBody,
+    "app.info": admin.NameBody,
+    "app.link": admin.LinkBody,
+    "app.unlink": admin.LinkBody,
+    "app.linked": admin.NameBody,
+    "model.list": admin.ListBody,
+    "model.info": admin.VersionBody,
+    "model.current": admin.NameBody,
+    "model.set_version": admin.SetVersionBody,
+    "model.rollback": admin.NameBody,
+    "model.replicas": admin.ReplicasBody,
+    "model.replicas.set": admin.ReplicasBody,
+    "model.stop": admin.StopBody,
+    "model.stop_inactive": admin.StopBody,
+    "model.stop_all": slots.Body,
+    "model.logs": admin.LogsBody,
+    "model.wait_ready": admin.WaitBody,
+    "status": slots.Body,
+    "upload.begin": uploads.BeginBody,
+    "upload.chunk": uploads.ChunkBody,
+    "upload.commit": uploads.UploadRef,
+    "upload.abort": uploads.UploadRef,
+    "model.deploy": deploy.DeployBody,
+    "container.list": containers.ListBody,
+    "container.run": containers.RunBody,
+}
+
+
+def _documented_ops() -> dict[str, dict[str, list[str]]]:
+    """slot → op → its row, from the tables headed "op on `slot/<name>`"."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for header, rows in _tables():
+        match = re.fullmatch(r"op on `slot/([a-z]+)`", header[0])
+        if match is None:
+            continue
+        assert header[1:] == ["body fields (besides `op`)", "reply", "errors"], header
+        slot = found.setdefault(match.group(1), {})
+        for row in rows:
+            op = row[0].strip("`")
+            assert op not in slot, f"{op} is documented twice on slot/{match.group(1)}"
+            slot[op] = row
+    return found
+
+
+def test_every_service_operation_is_documented_on_its_slot() -> None:
+    documented = _documented_ops()
+    code = _slot_tables()
+    assert set(documented) == set(code)
+    for slot, operations in code.items():
+        assert set(documented[slot]) == set(operations), f"slot/{slot} differs from the doc"
+        for op in operations:
+            assert f"`{op}`" in DOC.read_text()
+
+
+def test_every_body_field_is_documented() -> None:
+    assert set(BODIES) == {op for ops in _slot_tables().values() for op in ops}
+    for ops in _documented_ops().values():
+        for op, row in ops.items():
+            for field in BODIES[op].model_fields:
+                if field != "op":
+                    assert f"`{field}`" in row[1], f"{op}: field {field!r} is undocumented"
+
+
+class _Router:
+    """The two application and version lookups the predict operation makes."""
+
+    def __init__(self, app: records.Application) -> None:
+        self.app = app
+
+    async def application(self, name: str) -> records.Application:
+        if name != self.app.name:
+            raise errors.NotFound(f"no application named {name!r}", app=name)
+        return self.app
+
+    async def version_for(self, name: str, version: str | None) -> str:
+        return version or "2"
+
+    async def input_type(self, name: str, version: str) -> records.InputType:
+        return "doubles"
+
+
+class _Backend:
+    """Answers ``sum(x)`` per input until ``late`` is set, then misses the SLO."""
+
+    late = False
+
+    async def predict(
+        self, name: str, version: str, inputs: list[Any], timeout_s: float
+    ) -> list[Any]:
+        if self.late:
+            raise errors.RequestTimeout(
+                f"no prediction from {name}:{version} within {timeout_s} s ({len(inputs)} queued)",
+                model=name,
+                version=version,
+            )
+        return [sum(x) for x in inputs]
+
+
+def _examples() -> dict[str, Any]:
+    return {name: json.loads(text) for name, text in _EXAMPLE.findall(DOC.read_text())}
+
+
+async def test_the_worked_predict_examples() -> None:
+    examples = _examples()
+    zone_a = records.Application(
+        name="zone-a",
+        input_type="doubles",
+        default_output="nan",
+        latency_slo_micros=100_000,
+        description="",
+        created_ns=0,
+        linked_model="thermal",
+    )
+    no_registry: Any = None
+    router: Any = _Router(zone_a)
+    service_backend: Any = _Backend()
+    ops = predict.PredictOps(no_registry, service_backend, router, timeout_s=30.0)
+    for name in ("predict", "predict-batch", "predict-error"):
+        request = examples[f"{name}-request"]
+        service_backend.late = name == "predict-batch"
+        try:
+            reply = {
+                "id": request["id"],
+                "ok": True,
+                "result": await ops.predict("k", request["body"]),
+            }
+        except errors.BusError as error:
+            reply = {"id": request["id"], "ok": False, "error": error.to_wire()}
+        assert reply == examples[f"{name}-reply"], name
+    assert codec.pack(examples["predict-request"]) == hex_vector("predict-request-po-data")
+
+
+async def test_an_unknown_op_is_an_invalid_request_naming_the_slot() -> None:
+    slot = slots.Slot("predict", _slot_tables()["predict"])
+    request = rpc.Request("ns/x/slot/predict", bytes(32), "r1", {"op": "predict.nothing"})
+    with pytest.raises(errors.InvalidRequest, match="has no operation") as caught:
+        await slot.handle(request)
+    assert caught.value.details == {"slot": "predict"}
+
+
+def test_documented_service_constants_match_the_code() -> None:
+    text = _flat_doc()
+    defaults = settings.ProxySettings()
+    assert settings.DEFAULT_SERVICE_PATH == "s.modelbus/_" and "s.modelbus/_" in text
+    assert service_uris("ns", "s.x/_") == ("ns/s.x/_", "ns/s.x/_/i.modelbus")
+    assert defaults.max_concurrency == 64 and "(64 by default)" in text
+    assert defaults.drain_timeout_s == 10 and "(10 s in the reference service)" in text
+    assert defaults.predict_timeout_s == 30 and "(30 s by default, a service setting)" in text
+    assert defaults.heartbeat_interval_s == heartbeat.DEFAULT_INTERVAL_S == 10
+    assert heartbeat.STALE_AFTER_S == 30 and "lastalive.ts > 30 s" in text
+    assert "the service is shutting down; retry shortly" in inspect.getsource(rpc.Responder)
+    assert "the service is shutting down; retry shortly" in text
+    assert predict.MAX_BATCH == 10_000 and "a batch of at most 10,000 inputs" in text
+    limits = uploads.UploadLimits()
+    assert limits.max_bytes == 8 * 1024**3 and "at most 8 GiB" in text
+    assert limits.max_chunk_bytes == 8 * 1024**2 and "`chunk_size` at most 8 MiB" in text
+    assert limits.max_open_per_sender == 4 and "at most 4 open uploads per sender" in text
+    assert limits.window == 16 and "`window` is 16" in text
+    assert limits.idle_timeout_s == 3600 and "has not advanced for 1 h" in text
+    assert transfer.DEFAULT_CHUNK_BYTES == 1024**2 and transfer.DEFAULT_WINDOW == 16
+    assert containers.MAX_LABELS == 64 and containers.MAX_ENV == 256
+    assert "(at most 256, values up to 32,768 characters)" in text
+    assert f"`{containers.REQUESTER_LABEL}`" in text
+    assert records.ADAPTIVE_BATCH_SIZE == -1 and routing.DEFAULT_BATCH_SIZE == 64
+    assert "or **64** for `-1`" in text
+
+
+# -- the replica protocol (§18) ------------------------------------------------------------------
+
+
+def _message_classes() -> dict[tuple[str, str], type[BaseModel]]:
+    found = {}
+    for sender, union in (("worker", channel.WorkerMessage), ("backend", channel.BackendMessage)):
+        for cls in get_args(get_args(union)[0]):
+            found[(cls.model_fields["type"].default, sender)] = cls
+    return found
+
+
+def test_every_replica_message_is_documented() -> None:
+    tables = [rows for header, rows in _tables() if header[:2] == ["message", "from"]]
+    assert len(tables) == 1
+    documented = {(row[0].strip("`"), row[1]): row for row in tables[0]}
+    classes = _message_classes()
+    assert set(documented) == set(classes)
+    for key, cls in classes.items():
+        fields = [name for name in cls.model_fields if name != "type"]
+        for field in fields:
+            assert f"`{field}`" in documented[key][2], f"{key}: field {field!r} is undocumented"
+        if not fields:
+            assert documented[key][2] == "—", key
+
+
+def test_the_replica_examples_are_valid_messages() -> None:
+    examples = _examples()
+    decoders = {"replica-batch": channel.decode_backend_message}
+    names = [name for name in examples if name.startswith("replica-")]
+    assert set(names) == {
+        "replica-hello",
+        "replica-batch",
+        "replica-result",
+        "replica-error-result",
+    }
+    for name in names:
+        data = codec.pack(examples[name])
+        message = decoders.get(name, channel.decode_worker_message)(data)
+        assert channel.encode(message) == data, name
+    assert codec.pack(examples["replica-batch"]) == hex_vector("replica-batch")
+
+
+def test_documented_replica_constants_match_the_code() -> None:
+    text = _flat_doc()
+    defaults = backend.BackendSettings()
+    assert channel.PROTOCOL == 1 and "The protocol version is **1**" in text
+    assert channel.MAX_MESSAGE_BYTES == 64 * 1024**2 and "at most **64 MiB**" in text
+    assert f"**`{channel.TOKEN_ENV}`**" in text
+    assert channel.EXIT_LOAD_FAILED == 2 and "exits with status **2**" in text
+    assert channel.EXIT_BACKEND_LOST == 3 and "exits with status **3**" in text
+    assert defaults.host == "127.0.0.1" and "`tcp://127.0.0.1:<a free port>`" in text
+    assert defaults.heartbeat_s == 1 and "every 1 s to every ready worker" in text
+    assert defaults.silence_limit_s == 10 and "for more than **10 s**" in text
+    assert defaults.queue_limit == 10_000 and "at most **10,000**" in text
+    assert defaults.max_batch_bytes == 32 * 1024**2 and "**32 MiB** of packed inputs" in text
+    assert defaults.max_input_bytes == 16 * 1024**2 and "over 16 MiB packed" in text
+    assert defaults.max_replicas == 64 and "`replicas`: int 0 … 64" in text
+    assert defaults.max_batch_size == 10_000 and "1 … 10,000, or `-1`" in text
+    assert (defaults.stop_grace_s, defaults.kill_grace_s) == (5, 2)
+    assert "waits 5 s for it to exit" in text and "kills it 2 s later" in text
+    assert (defaults.restart_min_s, defaults.restart_max_s) == (0.2, 10)
+    assert "back off from 0.2 s, doubling to at most 10 s" in text
+    assert f"`{images.ENTRY_LABEL}`" in text
+    assert f"`closure:{images.MODEL_CLOSURE_PATH}`" in text
+    assert f"`{' '.join(images.WORKER_COMMAND)}`" in text
+    for label in (
+        runtime_docker.MODEL_LABEL,
+        runtime_docker.VERSION_LABEL,
+        runtime_docker.REPLICA_LABEL,
+        runtime_docker.OWNER_LABEL,
+    ):
+        assert f"`{label}`" in text
