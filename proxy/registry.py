@@ -124,6 +124,9 @@ class _Database:
         async with self._translated():
             await self.exec("PRAGMA foreign_keys = ON")
             mode = await self._journal_mode_wal(anyio.current_time() + busy_timeout_s)
+            # In WAL mode NORMAL syncs at checkpoints, not at every commit: a commit survives
+            # the process crashing; an OS crash may lose the last commits but never corrupts.
+            await self.exec("PRAGMA synchronous = NORMAL")
         if mode != "wal":
             raise InternalError(f"registry {self.path} cannot use WAL (journal mode {mode})")
 

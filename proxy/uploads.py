@@ -73,6 +73,7 @@ class Uploads:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
         self._received: dict[str, set[int]] = {}
+        self._open: dict[str, Upload] = {}  # open uploads as last written: chunks skip reads
         self._locks: dict[str, anyio.Lock] = {}
 
     def artifact_path(self, sha256: str) -> Path:
@@ -99,9 +100,7 @@ class Uploads:
                     upload.name,
                     upload.next_index,
                 )
-                # touching it restarts its idle time: a resumed upload is not idle
-                touched = await self.registry.advance_upload(upload.upload_id, upload.next_index)
-                return self._opened(touched)
+                return self._opened(await self._touch(upload))
         upload_id = uuid.uuid4().hex
         spool = self.spool_dir / upload_id
         upload = await self.registry.create_upload(
@@ -148,10 +147,14 @@ class Uploads:
         }
 
     async def _open_upload(self, sender: str, upload_id: str) -> Upload:
-        try:
-            upload = await self.registry.get_upload(upload_id)
-        except NotFound:
-            upload = None
+        upload = self._open.get(upload_id)
+        if upload is None:
+            try:
+                upload = await self.registry.get_upload(upload_id)
+            except NotFound:
+                upload = None
+            if upload is not None and upload.state == "open":
+                self._open[upload_id] = upload
         if upload is None or upload.sender != sender or upload.state != "open":
             raise NotFound(
                 f"no open upload {upload_id!r} of yours; begin (or resume) it again",
@@ -180,18 +183,36 @@ class Uploads:
         await anyio.to_thread.run_sync(_write_at, Path(upload.spool_path), offset, request.data)
         return {"next_index": await self._acknowledge(upload, request.index)}
 
+    def _lock(self, upload_id: str) -> anyio.Lock:
+        return self._locks.setdefault(upload_id, anyio.Lock())
+
+    def _latest(self, upload: Upload) -> Upload:
+        """The upload as last written by this service (a read may be older than that)."""
+        cached = self._open.get(upload.upload_id)
+        if cached is None or upload.next_index > cached.next_index:
+            cached = self._open[upload.upload_id] = upload
+        return cached
+
+    async def _touch(self, upload: Upload) -> Upload:
+        """Restart a resumed upload's idle time (a resumed upload is not idle)."""
+        async with self._lock(upload.upload_id):
+            current = self._latest(upload)
+            touched = await self.registry.advance_upload(upload.upload_id, current.next_index)
+            self._open[upload.upload_id] = touched
+            return touched
+
     async def _acknowledge(self, upload: Upload, index: int) -> int:
-        lock = self._locks.setdefault(upload.upload_id, anyio.Lock())
-        async with lock:
+        async with self._lock(upload.upload_id):
             received = self._received.setdefault(upload.upload_id, set())
             received.add(index)
-            current = await self.registry.get_upload(upload.upload_id)
+            current = self._latest(upload)
             next_index = current.next_index
             while next_index in received:
                 received.discard(next_index)
                 next_index += 1
             if next_index != current.next_index:
-                await self.registry.advance_upload(upload.upload_id, next_index)
+                advanced = await self.registry.advance_upload(upload.upload_id, next_index)
+                self._open[upload.upload_id] = advanced
             return next_index
 
     async def commit(self, sender: str, body: Any) -> dict[str, Any]:
@@ -239,6 +260,7 @@ class Uploads:
         self._forget(upload.upload_id)
 
     def _forget(self, upload_id: str) -> None:
+        self._open.pop(upload_id, None)
         self._received.pop(upload_id, None)
         self._locks.pop(upload_id, None)
 
