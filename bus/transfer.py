@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
 
@@ -115,6 +115,13 @@ async def upload_file(
     raise AssertionError("unreachable")
 
 
+def _read_chunk(file: BinaryIO, offset: int, size: int) -> tuple[bytes, str]:
+    """A chunk and its SHA-256, off the event loop (reading and hashing release the GIL)."""
+    file.seek(offset)
+    data = file.read(size)
+    return data, hashlib.sha256(data).hexdigest()
+
+
 class _ChunkSender:
     def __init__(
         self,
@@ -149,9 +156,11 @@ class _ChunkSender:
                 async with anyio.create_task_group() as task_group:
                     for index in range(self.first, self.chunk_count):
                         await limiter.acquire()
-                        file.seek(index * self.chunk_size)
-                        data = await anyio.to_thread.run_sync(file.read, self.chunk_size)
-                        task_group.start_soon(self._send, index, data, limiter, started)
+                        offset = index * self.chunk_size
+                        data, digest = await anyio.to_thread.run_sync(
+                            _read_chunk, file, offset, self.chunk_size
+                        )
+                        task_group.start_soon(self._send, index, data, digest, limiter, started)
         except BaseExceptionGroup as group:
             # A failed chunk cancels the others; raise its own error (a timeout to resume
             # from, or the service's typed refusal), not the task group's wrapper.
@@ -164,14 +173,14 @@ class _ChunkSender:
             raise first from None
 
     async def _send(
-        self, index: int, data: bytes, limiter: anyio.Semaphore, started: float
+        self, index: int, data: bytes, digest: str, limiter: anyio.Semaphore, started: float
     ) -> None:
         try:
             body = {
                 "op": "upload.chunk",
                 "upload_id": self.upload_id,
                 "index": index,
-                "sha256": hashlib.sha256(data).hexdigest(),
+                "sha256": digest,
                 "data": data,
             }
             await self.client.request(self.slot_uri, body, timeout_s=self.timeout_s)
