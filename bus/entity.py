@@ -75,7 +75,12 @@ class Entity:
 
     @classmethod
     def generate(cls, *, comment: str = "") -> Entity:
-        return cls(os.urandom(KEY_BYTES), comment=comment)
+        """A new random entity. Keys whose text would start with ``-`` are skipped (1 in 64):
+        as a URI's first segment such a key reads as an option to command-line tools."""
+        while True:
+            entity = cls(os.urandom(KEY_BYTES), comment=comment)
+            if not entity.key_text.startswith("-"):
+                return entity
 
     @property
     def key_text(self) -> str:

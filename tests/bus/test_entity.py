@@ -145,3 +145,8 @@ def test_repr_and_errors_never_show_the_seed(tmp_path: Path) -> None:
     except BadSignature as error:
         assert key_to_text(seed) not in str(error) + repr(error.details)
         assert error.details == {"signer": entity.key_text}
+
+
+def test_generated_keys_never_read_as_command_line_options() -> None:
+    # 1 in 64 random keys starts with '-': 500 draws would meet one with near certainty
+    assert not [e for e in (Entity.generate() for _ in range(500)) if e.key_text.startswith("-")]
