@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_INTERVAL_S",
     "LASTALIVE",
+    "NUDGE_DELAY_S",
     "STALE_AFTER_S",
     "STATE",
     "STATUS",
@@ -45,6 +46,7 @@ STATE = "!meta/state"
 STATUS = "!meta/status"
 DEFAULT_INTERVAL_S = 10.0
 STALE_AFTER_S = 30.0
+NUDGE_DELAY_S = 0.25
 
 
 class Heartbeat:
@@ -62,7 +64,14 @@ class Heartbeat:
         self.interval_s = interval_s
         self.status = status
         self.seq = time.time_ns()
+        self._nudged: anyio.Event | None = None  # made in run(): events need the event loop
         self._started_monotonic = time.monotonic()
+
+    def nudge(self) -> None:
+        """Announce soon (within NUDGE_DELAY_S) instead of at the next interval: the status
+        changed (a model deployed, stopped, ready) and dashboards should see it."""
+        if self._nudged is not None:
+            self._nudged.set()
 
     def uri(self, suffix: str) -> str:
         return f"{self.service_uri}/{suffix}"
@@ -100,8 +109,13 @@ class Heartbeat:
         try:
             await self.beat(client)
             task_status.started()
+            self._nudged = anyio.Event()
             while True:
-                await anyio.sleep(self.interval_s)
+                with anyio.move_on_after(self.interval_s):
+                    await self._nudged.wait()
+                if self._nudged.is_set():  # coalesce a burst of changes into one beat
+                    await anyio.sleep(NUDGE_DELAY_S)
+                    self._nudged = anyio.Event()
                 try:
                     await self.beat(client)
                 except BusError as error:

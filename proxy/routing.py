@@ -8,6 +8,7 @@ keeps answering meanwhile and no request fails during a switch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from anyio.abc import TaskGroup
 
@@ -47,7 +48,15 @@ async def start_model(backend: EmbeddedBackend, model: ModelVersion, replicas: i
 
 
 class VersionRouter:
-    def __init__(self, registry: Registry, backend: EmbeddedBackend, task_group: TaskGroup):
+    def __init__(
+        self,
+        registry: Registry,
+        backend: EmbeddedBackend,
+        task_group: TaskGroup,
+        *,
+        on_switch: Callable[[], None] | None = None,
+    ):
+        self._on_switch = on_switch
         self._registry = registry
         self._backend = backend
         self._task_group = task_group
@@ -111,3 +120,5 @@ class VersionRouter:
         if current.version == version:
             logger.info("%s:%s is ready and now serves", name, version)
             self._serving[name] = version
+            if self._on_switch is not None:
+                self._on_switch()

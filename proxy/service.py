@@ -146,7 +146,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             )
         )
         task_group = await stack.enter_async_context(anyio.create_task_group())
-        router = VersionRouter(registry, backend, task_group)
+        router = VersionRouter(registry, backend, task_group, on_switch=heartbeat.nudge)
         uploads = Uploads(
             registry,
             data_dir,
@@ -161,11 +161,12 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         admin = AdminOps(registry, backend, router, lambda: _status(backend, state, started))
         slots = {
             "predict": Slot("predict", predict.table()),
-            "admin": Slot("admin", admin.table()),
+            "admin": Slot("admin", admin.table(), on_done=heartbeat.nudge),
             "deploy": Slot(
                 "deploy",
                 DeployOps(registry, uploads, backend, router).table()
                 | ContainerOps(containers).table(),
+                on_done=heartbeat.nudge,
             ),
         }
         await _restore(registry, backend, router)

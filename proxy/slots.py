@@ -43,9 +43,18 @@ Operation = Callable[[str, dict[str, Any]], Awaitable[Any]]
 class Slot:
     """One slot's operations; ``handle`` is the bus Responder's handler."""
 
-    def __init__(self, name: str, operations: Mapping[str, Operation]) -> None:
+    def __init__(
+        self,
+        name: str,
+        operations: Mapping[str, Operation],
+        *,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_done`` runs after each operation that succeeded (the service uses it to
+        announce its status soon after a change)."""
         self.name = name
         self.operations = dict(operations)
+        self.on_done = on_done
 
     async def handle(self, request: Request) -> Any:
         body = request.body
@@ -59,4 +68,7 @@ class Slot:
             )
         assert isinstance(body, dict)
         logger.debug("%s %s from %s", self.name, op, request.origin_text)
-        return await operation(request.origin_text, body)
+        result = await operation(request.origin_text, body)
+        if self.on_done is not None:
+            self.on_done()
+        return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bus.errors import InvalidRequest, NotFound
-from tests.proxy.conftest import ProxyHarness
+from tests.proxy.conftest import ProxyHarness, wait_until
 from tests.proxy.test_service import summed
 
 
@@ -49,3 +49,19 @@ async def test_stopping_names_an_unknown_model_stops_nothing(memory_harness: Pro
         (model,) = await operator.get_all_models(verbose=True)
         assert not model["is_stopped"]
         assert (await operator.predict(model="thermal", input=[2.0, 2.0]))["output"] == 4.0
+
+
+async def test_dashboards_see_a_deploy_before_the_next_heartbeat(
+    memory_harness: ProxyHarness,
+) -> None:
+    """A change is announced at once (coalesced), not at the next 60-second beat."""
+    async with memory_harness.serving(heartbeat_interval_s=60.0) as service:
+        operator = service.operator
+        await operator.deploy_function("thermal", "1", summed(1), "doubles")
+        await operator.wait_ready("thermal", "1")
+
+        async def announced_ready() -> bool:
+            state = await operator.liveness()
+            return any(m["model"] == "thermal" and m["ready"] for m in state.status["models"])
+
+        await wait_until(announced_ready, timeout_s=10, what="the status shows thermal:1 ready")
