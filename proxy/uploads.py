@@ -1,9 +1,10 @@
 """Chunked transfer, the receiving side: upload sessions spooled to disk, resumable, verified.
 
 Each upload is a sparse spool file written chunk by chunk at its offset. The registry keeps the
-session; how many chunks from the start are acknowledged is written, before each acknowledgement,
-to a small progress file beside the spool file (and to the registry every half second and at the
-end), so a proxy restart resumes from exactly the last acknowledged chunk. ``commit`` hashes the whole file, compares it with the announced SHA-256 and moves it to
+session; how many chunks from the start are acknowledged is written, before each
+acknowledgement, to a small progress file beside the spool file (and to the registry every half
+second and at the end), so a proxy restart resumes from exactly the last acknowledged chunk.
+``commit`` hashes the whole file, compares it with the announced SHA-256 and moves it to
 ``artifacts/<sha256>`` — content-addressed, so a second upload of the same bytes is skipped.
 Limits: total size, chunk size, open uploads per sender, idle time. The wire operations are
 described in :mod:`bus.transfer`.
