@@ -13,6 +13,7 @@ replicas of every registered, unstopped version, so a restarted proxy serves wha
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -130,11 +131,9 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         backend = await stack.enter_async_context(
             EmbeddedBackend(data_dir / "replicas", image_runtime=image_runtime)
         )
-        state: dict[str, Any] = {}
         heartbeat = Heartbeat(
             service_uri,
             interval_s=settings.heartbeat_interval_s,
-            status=lambda: _status(backend, state, started),
         )
         client = await stack.enter_async_context(
             BusClient(
@@ -157,8 +156,9 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             ),
         )
         predict = PredictOps(registry, backend, router, timeout_s=settings.predict_timeout_s)
-        state["predict"] = predict
-        admin = AdminOps(registry, backend, router, lambda: _status(backend, state, started))
+        status = functools.partial(_status, backend, predict, started)
+        heartbeat.status = status  # set before the first beat: heartbeat.run starts below
+        admin = AdminOps(registry, backend, router, status)
         slots = {
             "predict": Slot("predict", predict.table()),
             "admin": Slot("admin", admin.table(), on_done=heartbeat.nudge),
@@ -236,8 +236,7 @@ async def _serve(
     )
 
 
-def _status(backend: EmbeddedBackend, state: dict[str, Any], started: float) -> dict[str, Any]:
-    predict = state.get("predict")
+def _status(backend: EmbeddedBackend, predict: PredictOps, started: float) -> dict[str, Any]:
     return {
         "version": VERSION,
         "uptime_s": round(time.monotonic() - started, 3),
@@ -251,7 +250,7 @@ def _status(backend: EmbeddedBackend, state: dict[str, Any], started: float) -> 
             }
             for name, version in backend.versions()
         ],
-        "served_default": predict.served_default if predict else 0,
+        "served_default": predict.served_default,
     }
 
 
