@@ -30,10 +30,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
-import anyio
 import click
 
-from bus import BusClient, Conflict, Entity, Grant, RequestTimeout, TransportError, Verifier
+from bus import BusClient, Conflict, Entity, Grant, RequestTimeout, TransportError, Verifier, runner
 from bus.artifact import build_closure_archive
 from bus.transfer import UploadProgress
 from container_manager import engine
@@ -390,7 +389,7 @@ def deploy(
     with contextlib.ExitStack() as stack:
         progress = _Progress(stack, f"uploading {name}:{version}")
         try:
-            info, sha256 = anyio.run(_deploy, client, plan, artifact, progress, backend="asyncio")
+            info, sha256 = runner.run(_deploy, client, plan, artifact, progress)
         except BaseException as exc:
             if _is_interruption(exc):
                 click.echo("\ninterrupted: run the same command again to resume", err=True)

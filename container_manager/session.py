@@ -17,10 +17,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any
 
-import anyio
 from anyio.from_thread import BlockingPortal
 
-from bus import BusClient, Entity, Grant, Verifier
+from bus import BusClient, Entity, Grant, Verifier, runner
 from bus.errors import TransportError
 from container_manager.loopback import LocalAuth, LoopbackServer
 from container_manager.rest import ClipperRest
@@ -51,7 +50,7 @@ class LoopThread:
 
     def _run(self) -> None:
         try:
-            anyio.run(self._main, backend="asyncio")
+            runner.run(self._main)
         except BaseException as exc:  # reported by __init__ or logged; the thread just ends
             self._error = exc
             logger.debug("the container manager's loop ended with %r", exc)

@@ -47,7 +47,7 @@ import zmq
 from paho.mqtt import client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bus import BusClient, Entity, Grant, PayloadObject, Request, Transport, Verifier
+from bus import BusClient, Entity, Grant, PayloadObject, Request, Transport, Verifier, runner
 from bus import envelope as envelopes
 from transports import open_transport
 
@@ -85,8 +85,8 @@ persistence false
 log_dest file {log}
 """
 _FORWARDER = (
-    "import sys, anyio; from transports.zeromq import Forwarder; "
-    "anyio.run(Forwarder(sys.argv[1]).serve_forever)"
+    "import sys; from bus import runner; from transports.zeromq import Forwarder; "
+    "runner.run(Forwarder(sys.argv[1]).serve_forever)"
 )
 
 
@@ -648,7 +648,7 @@ def check_bus_url(url: str) -> str:
 
 
 def _run(function: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    return anyio.run(function, *args, backend="asyncio")
+    return runner.run(function, *args)
 
 
 def _bench_one(url: str, label: str, settings: BenchSettings, notes: list[str]) -> BusResult:

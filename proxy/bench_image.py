@@ -39,7 +39,7 @@ from urllib.parse import quote, urlsplit
 import anyio
 import click
 
-from bus import BusClient
+from bus import BusClient, runner
 from container_manager import ServiceClient
 from container_manager.engine import export_image
 from proxy.bench_bus import own_buses
@@ -368,7 +368,7 @@ def run_image_bench(
         probe.unlink()
         rows.append(_direct(setup))
         for label, bus_url in stack.enter_context(own_buses(notes)):
-            rows.append(anyio.run(_ours, label, bus_url, setup, workdir, backend="asyncio"))
+            rows.append(runner.run(_ours, label, bus_url, setup, workdir))
     return rows, notes, size
 
 

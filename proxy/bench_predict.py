@@ -2,8 +2,9 @@
 
 For a trivial model (double the first feature) it measures, in one run (every server in a process
 of its own — ours is ``modelbus serve`` — and every client in this one): p50/p99 of one request
-at a time and predictions/s with 8 in flight — through our service over ZeroMQ and over MQTT
-(Mosquitto), through a minimal aiohttp server, and through MLServer's REST V2 API when
+at a time and predictions/s with 8 in flight — through our service on the ZeroMQ bus it runs
+itself (``modelbus serve``'s default), joined to a ZeroMQ forwarder in another process, and over
+MQTT (Mosquitto), through a minimal aiohttp server, and through MLServer's REST V2 API when
 ``MODELBUS_MLSERVER`` names an ``mlserver`` executable (MLServer 1.7.1 needs
 ``parallel_workers: 0`` or ``uvloop==0.21.0``; we set the former).
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import anyio
 import click
 
-from bus import BusClient
+from bus import BusClient, runner
 from container_manager import ServiceClient
 from proxy import bench_http
 from proxy.bench_bus import free_port_block, own_buses
@@ -31,6 +32,7 @@ from transports import open_transport
 __all__ = ["PredictRow", "run_predict_bench"]
 
 ROW = [1.5, 2.0, 3.0]
+EMBEDDED_LABEL = "modelbus, serve's own ZeroMQ bus"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +49,11 @@ def _row(label: str, latencies: list[float], per_s: float) -> PredictRow:
     return PredictRow(label, statistics.median(latencies) * 1e3, p99 * 1e3, per_s)
 
 
-async def _ours(bus_url: str, label: str, count: int, in_flight: int, workdir: Path) -> PredictRow:
-    with service_process(bus_url, Path(tempfile.mkdtemp(dir=workdir)) / "data") as service:
+async def _ours(
+    bus_url: str, label: str, count: int, in_flight: int, workdir: Path, embedded_bus: bool
+) -> PredictRow:
+    data_dir = Path(tempfile.mkdtemp(dir=workdir)) / "data"
+    with service_process(bus_url, data_dir, embedded_bus=embedded_bus) as service:
         user, grant = service.user_with_grant()
         async with BusClient(open_transport(bus_url), user, proofs=[[grant]]) as bus:
             client = ServiceClient(bus, service.service_uri)
@@ -88,30 +93,16 @@ def run_predict_bench(count: int, in_flight: int) -> tuple[list[PredictRow], lis
     rows: list[PredictRow] = []
     with tempfile.TemporaryDirectory(prefix="modelbus-bench-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
+        embedded = f"zmq://127.0.0.1:{free_port_block(3)}"
+        rows.append(runner.run(_ours, embedded, EMBEDDED_LABEL, count, in_flight, workdir, True))
         for label, url in stack.enter_context(own_buses(notes)):
             rows.append(
-                anyio.run(
-                    _ours,
-                    url,
-                    f"modelbus over {label}",
-                    count,
-                    in_flight,
-                    workdir,
-                    backend="asyncio",
-                )
+                runner.run(_ours, url, f"modelbus over {label}", count, in_flight, workdir, False)
             )
         base = free_port_block(1)
         url = stack.enter_context(bench_http.aiohttp_server(base, workdir))
-        rows.append(
-            anyio.run(
-                _http,
-                url,
-                "aiohttp server (HTTP/1.1)",
-                bench_http.plain_body(ROW),
-                count,
-                in_flight,
-            )
-        )
+        body = bench_http.plain_body(ROW)
+        rows.append(runner.run(_http, url, "aiohttp server (HTTP/1.1)", body, count, in_flight))
         executable = os.environ.get("MODELBUS_MLSERVER")
         if executable:
             base = free_port_block(3)
@@ -119,7 +110,9 @@ def run_predict_bench(count: int, in_flight: int) -> tuple[list[PredictRow], lis
                 bench_http.mlserver(executable, (base, base + 1, base + 2), workdir)
             )
             rows.append(
-                anyio.run(_http, url, "MLServer REST V2", bench_http.v2_body(ROW), count, in_flight)
+                runner.run(
+                    _http, url, "MLServer REST V2", bench_http.v2_body(ROW), count, in_flight
+                )
             )
         else:
             notes.append(

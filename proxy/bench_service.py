@@ -42,8 +42,12 @@ class ServiceUnderTest:
 
 
 @contextmanager
-def service_process(bus_url: str, data_dir: Path) -> Iterator[ServiceUnderTest]:
-    """Run ``modelbus serve`` on ``bus_url`` until the block ends (then SIGTERM, bounded)."""
+def service_process(
+    bus_url: str, data_dir: Path, *, embedded_bus: bool = False
+) -> Iterator[ServiceUnderTest]:
+    """Run ``modelbus serve`` on ``bus_url`` until the block ends (then SIGTERM, bounded).
+    ``embedded_bus``: the service runs the ZeroMQ bus itself at ``bus_url`` (a free ``zmq://``
+    address), as ``modelbus serve`` does by default, instead of joining a running one."""
     argv = [
         sys.executable,
         "-m",
@@ -53,7 +57,7 @@ def service_process(bus_url: str, data_dir: Path) -> Iterator[ServiceUnderTest]:
         "serve",
         "--data-dir",
         str(data_dir),
-        "--no-embedded-bus",
+        *(() if embedded_bus else ("--no-embedded-bus",)),
     ]
     log = data_dir.parent / f"{data_dir.name}.serve.log"
     with log.open("w") as errors:

@@ -30,7 +30,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-import anyio
 import click
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -43,6 +42,7 @@ from bus import (
     Verifier,
     decode_chain,
     key_from_text,
+    runner,
 )
 from bus import uri as uris
 from proxy.settings import DEFAULT_BUS
@@ -153,8 +153,8 @@ def pass_settings(command: Callable[..., _T]) -> Callable[..., _T]:
 
 
 def run_async(function: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-    """Run a command's coroutine on asyncio (the transports need it)."""
-    return anyio.run(functools.partial(function, *args, **kwargs), backend="asyncio")
+    """Run a command's coroutine on asyncio (the transports need it), on uvloop if installed."""
+    return runner.run(function, *args, **kwargs)
 
 
 def format_time_ns(ts_ns: int) -> str:

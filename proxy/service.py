@@ -27,6 +27,7 @@ from anyio.abc import TaskStatus
 from bus import BusClient, Entity, Heartbeat, Verifier, decode_chain
 from bus.errors import BusError, DecodeError, TransportError
 from bus.rpc import ServeGate
+from bus.transport import Transport
 from proxy.admin import AdminOps
 from proxy.backend import EmbeddedBackend
 from proxy.containers import ContainerEngine, ContainerOps
@@ -95,10 +96,12 @@ def _load_proofs(settings: ProxySettings) -> list[Any]:
 
 
 @asynccontextmanager
-async def _bus(settings: ProxySettings) -> AsyncIterator[bool]:
-    """Start the embedded ZeroMQ forwarder if asked to and no bus answers at the URL."""
+async def _bus(settings: ProxySettings) -> AsyncIterator[tuple[Transport, bool]]:
+    """The service's transport. With ``embed_bus`` and no bus answering at a ``zmq://`` URL, it
+    starts the ZeroMQ forwarder in this process and talks to it in-process (``inproc://``);
+    the flag says whether it did."""
     if not (settings.embed_bus and settings.bus_url.startswith("zmq://")):
-        yield False
+        yield open_transport(settings.bus_url), False
         return
     from transports.zeromq import Forwarder, ZmqTransport
 
@@ -106,13 +109,13 @@ async def _bus(settings: ProxySettings) -> AsyncIterator[bool]:
     try:
         await probe.connect()
     except TransportError:
-        async with Forwarder(settings.bus_url):
+        async with Forwarder(settings.bus_url) as forwarder:
             logger.info("started the embedded ZeroMQ bus at %s", settings.bus_url)
-            yield True
+            yield forwarder.local_transport(), True
         return
     finally:
         await probe.close()
-    yield False
+    yield open_transport(settings.bus_url), False
 
 
 @asynccontextmanager
@@ -125,7 +128,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
     data_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     async with AsyncExitStack() as stack:
-        embedded = await stack.enter_async_context(_bus(settings))
+        transport, embedded = await stack.enter_async_context(_bus(settings))
         registry = await stack.enter_async_context(Registry.open(data_dir / "registry.sqlite3"))
         image_runtime, containers = _container_engine(settings, stack)
         backend = await stack.enter_async_context(
@@ -137,7 +140,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         )
         client = await stack.enter_async_context(
             BusClient(
-                open_transport(settings.bus_url),
+                transport,
                 entity,
                 proofs=_load_proofs(settings),
                 verifier=Verifier(aliases=settings.aliases),
