@@ -273,14 +273,23 @@ class BusClient:
         return results
 
     async def request(
-        self, uri: str, body: Any, *, timeout_s: float = 10.0, request_id: str | None = None
+        self,
+        uri: str,
+        body: Any,
+        *,
+        timeout_s: float = 10.0,
+        request_id: str | None = None,
+        attachment: PayloadObject | None = None,
     ) -> Any:
         """Send ``body`` to the slot ``uri`` and return the reply's result, or raise the typed
         error the service replied with (or RequestTimeout). Retrying with the same
-        ``request_id`` returns the first reply instead of running the request twice."""
+        ``request_id`` returns the first reply instead of running the request twice.
+        ``attachment`` (a binary PO) travels beside the body, as :mod:`bus.rpc` describes."""
         if self._requester is None:
             self._requester = Requester(self)
-        return await self._requester.request(uri, body, timeout_s=timeout_s, request_id=request_id)
+        return await self._requester.request(
+            uri, body, timeout_s=timeout_s, request_id=request_id, attachment=attachment
+        )
 
     async def serve(
         self,

@@ -13,7 +13,10 @@ Wire form (msgpack)::
 The signature covers the exact body bytes, so receivers never re-encode to check it. Payload
 objects over 64 KiB travel *detached*: the body carries their SHA-256 and size, the bytes follow
 the signature in order. Ed25519 hashes what it signs twice; one SHA-256 of a 1 MiB chunk is
-several times cheaper, and the signed digest binds the bytes just as well.
+several times cheaper, and the signed digest binds the bytes just as well. A sender that already
+hashed a payload passes the digest in ``PayloadObject.sha256`` and sealing does not hash it
+again; a decoded detached payload carries its verified digest there, so a receiver that needs
+the bytes' SHA-256 (an upload's chunk) need not hash them again either.
 :func:`decode` checks the shape, limits, URI grammar, PO numbers and the signature; grants and
 freshness are the :class:`~bus.verifier.Verifier`'s job.
 """
@@ -91,7 +94,7 @@ def seal(
     for po in pos:
         check_po_number(po.number)
         if len(po.data) > DETACH_OVER:
-            entries.append([po.number, hashlib.sha256(po.data).digest(), len(po.data)])
+            entries.append([po.number, _digest_of(po), len(po.data)])
             blobs.append(po.data)
         else:
             entries.append([po.number, po.data])
@@ -108,7 +111,17 @@ def seal(
         ]
     )
     signature = entity.sign(_SIGNING_CONTEXT + body)
-    return codec.pack([body, signature, blobs] if blobs else [body, signature])
+    return codec.pack_bins([body, signature, blobs] if blobs else [body, signature])
+
+
+def _digest_of(po: PayloadObject) -> bytes:
+    """The SHA-256 of a detached PO: the one its creator already computed, if any (a wrong one
+    only makes receivers reject the frame), else hashed here."""
+    if po.sha256 is None:
+        return hashlib.sha256(po.data).digest()
+    if len(po.sha256) != DIGEST_BYTES:
+        raise DecodeError(f"a payload object's sha256 is {DIGEST_BYTES} bytes")
+    return po.sha256
 
 
 def decode(frame: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME) -> Envelope:
@@ -178,18 +191,19 @@ def _parse_pos(raw_pos: Any, blobs: list[bytes]) -> tuple[PayloadObject, ...]:
     pos = []
     for item in raw_pos:
         if isinstance(item, list) and len(item) == 2 and isinstance(item[1], bytes):
-            data = item[1]
+            pos.append(PayloadObject(check_po_number(item[0]), item[1]))
         elif isinstance(item, list) and len(item) == 3:
-            data = _detached(item, next(pending, None))
+            data, digest = _detached(item, next(pending, None))
+            pos.append(PayloadObject(check_po_number(item[0]), data, digest))
         else:
             raise DecodeError("a payload object is [po_number, bytes] or [po_number, sha256, size]")
-        pos.append(PayloadObject(check_po_number(item[0]), data))
     if next(pending, None) is not None:
         raise DecodeError("a frame carries more detached payloads than its body names")
     return tuple(pos)
 
 
-def _detached(item: list[Any], blob: bytes | None) -> bytes:
+def _detached(item: list[Any], blob: bytes | None) -> tuple[bytes, bytes]:
+    """A detached PO's bytes and their signed SHA-256, once they match."""
     _, digest, size = item
     if not (isinstance(digest, bytes) and len(digest) == DIGEST_BYTES and isinstance(size, int)):
         raise DecodeError("a detached payload object is [po_number, sha256 (32 bytes), size]")
@@ -197,4 +211,4 @@ def _detached(item: list[Any], blob: bytes | None) -> bytes:
         raise DecodeError("a detached payload object has no bytes after the signature")
     if len(blob) != size or hashlib.sha256(blob).digest() != digest:
         raise BadSignature("a detached payload does not match its signed digest")
-    return blob
+    return blob, digest

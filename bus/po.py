@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bus import codec
@@ -67,10 +67,17 @@ def check_po_number(number: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PayloadObject:
-    """A PO number and its bytes."""
+    """A PO number and its bytes.
+
+    ``sha256`` is the SHA-256 of ``data`` when it is already known, so that sealing a detached
+    PO need not hash it again (:func:`bus.envelope.seal`); a decoded detached PO carries the
+    digest its envelope signed and the bytes were checked against. It is not part of the wire
+    form of an inline PO, nor of equality. A wrong one only makes receivers reject the frame.
+    """
 
     number: str
     data: bytes
+    sha256: bytes | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def msgpack(cls, value: Any, number: str = PO_MSGPACK) -> PayloadObject:
@@ -85,8 +92,11 @@ class PayloadObject:
         return cls(number, json.dumps(value, separators=(",", ":")).encode())
 
     @classmethod
-    def binary(cls, value: bytes, number: str = PO_BINARY) -> PayloadObject:
-        return cls(number, bytes(value))
+    def binary(
+        cls, value: bytes, number: str = PO_BINARY, *, sha256: bytes | None = None
+    ) -> PayloadObject:
+        """Opaque bytes; pass ``sha256`` when the caller has already hashed ``value``."""
+        return cls(number, bytes(value), sha256)
 
     @property
     def kind(self) -> str:

@@ -6,6 +6,12 @@ requester's own signal, ``<prefix>/signal/reply/<requester key>``, as ``2.0.11.2
 ``{id, ok: true, result}`` or ``{id, ok: false, error: {code, message, details}}``. A request id
 seen again returns the cached reply instead of running twice; while the first is still running
 the duplicate is ignored (its reply will come).
+
+A request may carry one *attachment*: a binary PO (``1.x.x.x``) right after the request PO, for
+bulk bytes that should not be msgpack-encoded into the body (an upload's chunks). Over 64 KiB it
+travels detached, so the envelope's signed digest of it is its SHA-256
+(``Request.attachment.sha256``); a PO after the request PO that is not binary, or more than one,
+is answered ``invalid_request``.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class Request:
     origin: bytes
     id: str
     body: Any
+    attachment: PayloadObject | None = None
 
     @property
     def origin_text(self) -> str:
@@ -87,8 +94,17 @@ class Requester:
         self._route_lock = anyio.Lock()
 
     async def request(
-        self, uri: str, body: Any, *, timeout_s: float = 10.0, request_id: str | None = None
+        self,
+        uri: str,
+        body: Any,
+        *,
+        timeout_s: float = 10.0,
+        request_id: str | None = None,
+        attachment: PayloadObject | None = None,
     ) -> Any:
+        """``attachment``, a binary PO, travels next to the request PO (module docstring)."""
+        if attachment is not None and attachment.kind != "binary":
+            raise InvalidRequest(f"an attachment is a binary PO (1.x.x.x), not {attachment.number}")
         await self._ensure_route(reply_uri(uri, self._client.key_text))
         rid = request_id or uuid.uuid4().hex
         if rid in self._pending:
@@ -97,7 +113,9 @@ class Requester:
         self._pending[rid] = future
         try:
             request = PayloadObject.msgpack({"id": rid, "body": body}, PO_REQUEST)
-            await self._client.publish(uri, request)
+            await self._client.publish(
+                uri, request if attachment is None else (request, attachment)
+            )
             with anyio.fail_after(timeout_s):
                 reply = await future
         except TimeoutError:
@@ -225,6 +243,11 @@ class Responder:
             refused = InvalidRequest("a request must not be persisted (persist flag set)")
             await self._send(message.uri, message.origin, _error_reply(rid, refused))
             return
+        try:
+            attachment = _attachment(message.pos)
+        except InvalidRequest as refused:
+            await self._send(message.uri, message.origin, _error_reply(rid, refused))
+            return
         key = (message.origin, rid)
         if key in self._replies:
             await self._send(message.uri, message.origin, self._replies[key])
@@ -242,7 +265,7 @@ class Responder:
         else:
             self._in_flight.add(key)
             self._gate.enter()
-            request = Request(message.uri, message.origin, rid, value["body"])
+            request = Request(message.uri, message.origin, rid, value["body"], attachment)
             task_group.start_soon(self._handle, request)
 
     async def _handle(self, request: Request) -> None:
@@ -284,6 +307,21 @@ class Responder:
             await self._client.publish(target, PayloadObject.msgpack(reply, PO_REPLY))
         except BusError as error:
             logger.warning("could not reply on %s: %s", uri, error.message)
+
+
+def _attachment(pos: tuple[PayloadObject, ...]) -> PayloadObject | None:
+    """The PO after the request PO: none, or one binary PO; InvalidRequest otherwise."""
+    index = next(i for i, po in enumerate(pos) if po.number == PO_REQUEST)
+    after = pos[index + 1 :]
+    if not after:
+        return None
+    if len(after) > 1 or after[0].kind != "binary":
+        numbers = ", ".join(po.number for po in after[:4])
+        raise InvalidRequest(
+            "a request carries at most one attachment, a binary PO (1.x.x.x) right after "
+            f"its 2.0.11.1 PO; this one has {numbers}"
+        )
+    return after[0]
 
 
 def _error_reply(rid: str, error: BusError) -> dict[str, Any]:

@@ -4,9 +4,22 @@ The service answers four operations on one slot (each a request body with an ``o
 
     upload.begin  {name, kind, size, sha256 (hex), chunk_size, metadata}
                   → {upload_id, next_index, chunk_size, chunk_count, window, complete, artifact}
-    upload.chunk  {upload_id, index, sha256 (hex of this chunk), data (bytes)} → {next_index}
+    upload.chunk  {upload_id, index, sha256 (hex of this chunk)} + attachment → {next_index}
     upload.commit {upload_id} → {artifact (sha256 hex), size, kind}
     upload.abort  {upload_id} → {}
+
+A chunk's bytes travel as the request's *attachment* (:mod:`bus.rpc`): a ``1.0.0.0`` binary PO
+right after the request PO, not msgpack-encoded into the body. Over 64 KiB it is detached, so the
+envelope's signed digest of it is the chunk's SHA-256: the service checks the bytes against the
+signed digest when it verifies the envelope and compares that digest with the body's
+``sha256``, no second hash. A chunk may instead carry its bytes in the body as ``data`` (bin)
+with no attachment — simpler for other clients; the service then hashes them. Both, or neither,
+is ``invalid_request``.
+
+This side hashes the file before ``begin``, and every chunk at the same time in a second worker
+thread (the service is idle then); sealing a chunk reuses its digest. A file changed after that
+makes its chunks fail the service's digest check — they time out, and the upload stops with a
+``conflict`` saying the file changed.
 
 ``begin`` with the same sender, name, size, digest and chunk size as an open upload *resumes* it:
 the reply's ``next_index`` is the first chunk the service has not acknowledged contiguously. If
@@ -27,12 +40,20 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
 
-from bus.errors import BusError, DecodeError, RequestTimeout, TransportError
+from bus.errors import BusError, Conflict, DecodeError, RequestTimeout, TransportError
+from bus.po import PayloadObject
 
 if TYPE_CHECKING:
     from bus.client import BusClient
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "DEFAULT_WINDOW", "UploadProgress", "file_sha256", "upload_file"]
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "DEFAULT_WINDOW",
+    "UploadProgress",
+    "chunk_sha256s",
+    "file_sha256",
+    "upload_file",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +85,31 @@ def file_sha256(path: Path, *, block: int = 4 * 1024 * 1024) -> str:
     return digest.hexdigest()
 
 
+def chunk_sha256s(path: Path, chunk_size: int) -> list[bytes]:
+    """The SHA-256 of each ``chunk_size`` piece of a file, read into one reused buffer (call
+    through a worker thread)."""
+    digests: list[bytes] = []
+    buffer = bytearray(chunk_size)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as file:
+        while length := file.readinto(buffer):
+            digests.append(hashlib.sha256(view[:length]).digest())
+    return digests
+
+
+async def _digests(source: Path, chunk_size: int) -> tuple[str, list[bytes]]:
+    """The file's SHA-256 and its chunks', in two worker threads at once."""
+    whole: list[str] = []
+
+    async def hash_whole() -> None:
+        whole.append(await anyio.to_thread.run_sync(file_sha256, source))
+
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(hash_whole)
+        chunks = await anyio.to_thread.run_sync(chunk_sha256s, source, chunk_size)
+    return whole[0], chunks
+
+
 async def upload_file(
     client: BusClient,
     slot_uri: str,
@@ -82,8 +128,9 @@ async def upload_file(
     A lost connection or a timed-out chunk resumes from the service's acknowledged prefix,
     up to ``retries`` times."""
     source = Path(path)
-    size = source.stat().st_size
-    digest = await anyio.to_thread.run_sync(file_sha256, source)
+    stamp = _stamp(source)
+    size = stamp[0]
+    digest, chunk_digests = await _digests(source, chunk_size)
     begin = {
         "op": "upload.begin",
         "name": name,
@@ -100,6 +147,7 @@ async def upload_file(
             if opened.get("complete"):
                 return {"artifact": digest, "size": size, "kind": kind, "already_present": True}
             sender = _ChunkSender(client, slot_uri, source, opened, timeout_s, progress, name)
+            sender.check_layout(chunk_size, chunk_digests)
             await sender.send_all(min(window, int(opened.get("window", window))), started)
             return dict(
                 await client.request(
@@ -109,17 +157,28 @@ async def upload_file(
                 )
             )
         except (RequestTimeout, TransportError) as error:
+            if _stamp(source) != stamp:
+                raise Conflict(
+                    f"{source} changed while it was being uploaded; upload it again",
+                    path=str(source),
+                ) from error
             if attempt == retries:
                 raise
             logger.warning("upload of %s interrupted (%s); resuming", name, error.message)
     raise AssertionError("unreachable")
 
 
-def _read_chunk(file: BinaryIO, offset: int, size: int) -> tuple[bytes, str]:
-    """A chunk and its SHA-256, off the event loop (reading and hashing release the GIL)."""
+def _stamp(source: Path) -> tuple[int, int]:
+    """What tells a changed file: its size and modification time."""
+    status = source.stat()
+    return status.st_size, status.st_mtime_ns
+
+
+def _read_chunk(file: BinaryIO, offset: int, size: int, digest: bytes) -> PayloadObject:
+    """A chunk as a binary PO with the SHA-256 hashed before ``begin``, off the event loop;
+    sealing it reuses the digest."""
     file.seek(offset)
-    data = file.read(size)
-    return data, hashlib.sha256(data).hexdigest()
+    return PayloadObject.binary(file.read(size), sha256=digest)
 
 
 class _ChunkSender:
@@ -148,6 +207,16 @@ class _ChunkSender:
         self.name = name
         self.size = source.stat().st_size
         self.acked = 0
+        self.digests: list[bytes] = []  # each chunk's SHA-256
+
+    def check_layout(self, chunk_size: int, digests: list[bytes]) -> None:
+        """The service cuts the file as it was asked to (the chunks hashed before ``begin``)."""
+        if (self.chunk_size, self.chunk_count) != (chunk_size, len(digests)):
+            raise DecodeError(
+                f"the service's upload.begin reply has {self.chunk_count} chunks of "
+                f"{self.chunk_size} bytes; this file is {len(digests)} chunks of {chunk_size}"
+            )
+        self.digests = digests
 
     async def send_all(self, window: int, started: float) -> None:
         limiter = anyio.Semaphore(max(1, window))
@@ -157,10 +226,10 @@ class _ChunkSender:
                     for index in range(self.first, self.chunk_count):
                         await limiter.acquire()
                         offset = index * self.chunk_size
-                        data, digest = await anyio.to_thread.run_sync(
-                            _read_chunk, file, offset, self.chunk_size
+                        chunk = await anyio.to_thread.run_sync(
+                            _read_chunk, file, offset, self.chunk_size, self.digests[index]
                         )
-                        task_group.start_soon(self._send, index, data, digest, limiter, started)
+                        task_group.start_soon(self._send, index, chunk, limiter, started)
         except BaseExceptionGroup as group:
             # A failed chunk cancels the others; raise its own error (a timeout to resume
             # from, or the service's typed refusal), not the task group's wrapper.
@@ -173,17 +242,19 @@ class _ChunkSender:
             raise first from None
 
     async def _send(
-        self, index: int, data: bytes, digest: str, limiter: anyio.Semaphore, started: float
+        self, index: int, chunk: PayloadObject, limiter: anyio.Semaphore, started: float
     ) -> None:
+        assert chunk.sha256 is not None
         try:
             body = {
                 "op": "upload.chunk",
                 "upload_id": self.upload_id,
                 "index": index,
-                "sha256": digest,
-                "data": data,
+                "sha256": chunk.sha256.hex(),
             }
-            await self.client.request(self.slot_uri, body, timeout_s=self.timeout_s)
+            await self.client.request(
+                self.slot_uri, body, timeout_s=self.timeout_s, attachment=chunk
+            )
         finally:
             limiter.release()
         self.acked += 1

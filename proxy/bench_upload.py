@@ -1,8 +1,9 @@
 """``modelbus bench upload``: chunked upload throughput next to raw loopback TCP, in one run.
 
 Ours: a file of ``--mib`` MiB (random bytes) uploaded to a ``modelbus serve`` process with the
-chunked transfer (1 MiB chunks, window 16, every chunk signed and verified, spooled to disk,
-the whole digest checked at commit) over ZeroMQ and over MQTT (Mosquitto). Raw: the same bytes
+chunked transfer (1 MiB chunks as request attachments, window 16, every chunk signed and
+verified, spooled to disk, the whole digest computed as chunks arrive and checked at commit)
+over ZeroMQ and over MQTT (Mosquitto). Raw: the same bytes
 sent with ``socket.sendall`` in 1 MiB pieces to a receiver in another process that writes them
 to a file: the ceiling for moving bytes between two processes here.
 """

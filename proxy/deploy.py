@@ -18,7 +18,7 @@ from proxy.backend import EmbeddedBackend
 from proxy.records import ADAPTIVE_BATCH_SIZE, InputType, ModelName, Sha256
 from proxy.registry import Registry
 from proxy.routing import VersionRouter, start_model
-from proxy.slots import Body, Operation, parse_body
+from proxy.slots import Body, Operation, WithAttachment, parse_body
 from proxy.uploads import Uploads
 
 __all__ = ["MAX_REPLICAS", "DeployOps"]
@@ -59,7 +59,7 @@ class DeployOps:
     def table(self) -> dict[str, Operation]:
         return {
             "upload.begin": self.uploads.begin,
-            "upload.chunk": self.uploads.chunk,
+            "upload.chunk": WithAttachment(self.uploads.chunk),
             "upload.commit": self.uploads.commit,
             "upload.abort": self.uploads.abort,
             "model.deploy": self.deploy,

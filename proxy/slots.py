@@ -1,17 +1,24 @@
-"""Dispatch of a slot's requests by their ``op`` to a table of operations."""
+"""Dispatch of a slot's requests by their ``op`` to a table of operations.
+
+An operation is called with the sender's key text and the request body. A request may also carry
+an attachment (a binary PO, :mod:`bus.rpc`): only operations wrapped in :class:`WithAttachment`
+take one, as a third argument (None when the request has none); any other answers a request
+with an attachment ``invalid_request``.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from bus import Request
+from bus import PayloadObject, Request
 from bus.errors import InvalidRequest
 
-__all__ = ["Body", "Operation", "Slot", "parse_body"]
+__all__ = ["Body", "Operation", "Slot", "WithAttachment", "parse_body"]
 
 B = TypeVar("B", bound=BaseModel)
 
@@ -38,6 +45,16 @@ def parse_body(model: type[B], body: Any) -> B:
 logger = logging.getLogger(__name__)
 
 Operation = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class WithAttachment:
+    """An operation that takes the request's attachment: ``run(sender, body, attachment)``."""
+
+    run: Callable[[str, dict[str, Any], PayloadObject | None], Awaitable[Any]]
+
+    async def __call__(self, sender: str, body: dict[str, Any]) -> Any:
+        return await self.run(sender, body, None)
 
 
 class Slot:
@@ -68,7 +85,12 @@ class Slot:
             )
         assert isinstance(body, dict)
         logger.debug("%s %s from %s", self.name, op, request.origin_text)
-        result = await operation(request.origin_text, body)
+        if isinstance(operation, WithAttachment):
+            result = await operation.run(request.origin_text, body, request.attachment)
+        elif request.attachment is not None:
+            raise InvalidRequest(f"operation {op!r} takes no attachment", slot=self.name)
+        else:
+            result = await operation(request.origin_text, body)
         if self.on_done is not None:
             self.on_done()
         return result

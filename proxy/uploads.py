@@ -4,10 +4,14 @@ Each upload is a sparse spool file written chunk by chunk at its offset. The reg
 session; how many chunks from the start are acknowledged is written, before each
 acknowledgement, to a small progress file beside the spool file (and to the registry every half
 second and at the end), so a proxy restart resumes from exactly the last acknowledged chunk.
-``commit`` hashes the whole file, compares it with the announced SHA-256 and moves it to
-``artifacts/<sha256>`` — content-addressed, so a second upload of the same bytes is skipped.
-Limits: total size, chunk size, open uploads per sender, idle time. The wire operations are
-described in :mod:`bus.transfer`.
+A chunk's bytes come as the request's attachment (its digest already checked against the
+envelope's signature, so it is not hashed again) or inline in the body (hashed in a worker
+thread). The whole file's SHA-256 is computed as the acknowledged prefix advances
+(:mod:`proxy.upload_digest`); an acknowledged chunk is never written again. ``commit`` compares
+that digest — or, for an upload resumed after a restart, a hash of the whole spool file — with
+the announced one and moves the file to ``artifacts/<sha256>``: content-addressed, so a second
+upload of the same bytes is skipped. Limits: total size, chunk size, open uploads per sender,
+idle time. The wire operations are described in :mod:`bus.transfer`.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from typing import Annotated, Any, Literal
 import anyio
 from pydantic import Field, StringConstraints
 
+from bus import PayloadObject
 from bus.errors import InvalidRequest, LimitExceeded, NotFound
 from bus.transfer import file_sha256
 from proxy.records import Upload
 from proxy.registry import Registry
 from proxy.slots import Body, parse_body
+from proxy.upload_digest import PrefixDigest, write_at
 
 __all__ = ["UploadLimits", "Uploads"]
 
@@ -38,6 +44,8 @@ Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 REGISTRY_EVERY_S = 0.5
+HASH_ON_LOOP_MAX = 64 * 1024
+"""Inline chunk data up to this size is hashed on the event loop (a thread hop costs more)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +70,7 @@ class ChunkBody(Body):
     upload_id: str
     index: Annotated[int, Field(ge=0)]
     sha256: Sha256Hex
-    data: bytes
+    data: bytes | None = None
 
 
 class UploadRef(Body):
@@ -81,6 +89,7 @@ class Uploads:
         self._open: dict[str, Upload] = {}  # open uploads, acknowledged prefix up to date
         self._written: dict[str, tuple[int, float]] = {}  # prefix in the registry, and when
         self._locks: dict[str, anyio.Lock] = {}
+        self._digests: dict[str, PrefixDigest] = {}  # uploads opened by this process
 
     def artifact_path(self, sha256: str) -> Path:
         return self.artifact_dir / sha256
@@ -122,6 +131,7 @@ class Uploads:
             max_open_per_sender=self.limits.max_open_per_sender,
         )
         await anyio.to_thread.run_sync(_make_sparse, spool, request.size)
+        self._digests[upload_id] = PrefixDigest(spool, request.chunk_size, self.limits.window)
         logger.info(
             "upload %s of %s (%d bytes) opened by %s", upload_id, request.name, request.size, sender
         )
@@ -168,26 +178,29 @@ class Uploads:
             )
         return upload
 
-    async def chunk(self, sender: str, body: Any) -> dict[str, Any]:
+    async def chunk(
+        self, sender: str, body: Any, attachment: PayloadObject | None = None
+    ) -> dict[str, Any]:
+        """Check a chunk — its bytes are the attachment or the body's ``data`` — write it, and
+        acknowledge it with the new contiguous prefix."""
         request = parse_body(ChunkBody, body)
+        data = _chunk_bytes(request, attachment)
         upload = await self._open_upload(sender, request.upload_id)
         if request.index >= upload.chunk_count:
             raise InvalidRequest(
                 f"chunk {request.index} is past the last chunk ({upload.chunk_count - 1})"
             )
         expected = min(upload.chunk_size, upload.size - request.index * upload.chunk_size)
-        if len(request.data) != expected:
+        if len(data) != expected:
             raise InvalidRequest(
-                f"chunk {request.index} has {len(request.data)} bytes; expected {expected}"
+                f"chunk {request.index} has {len(data)} bytes; expected {expected}"
             )
-        if hashlib.sha256(request.data).hexdigest() != request.sha256:
+        if await _sha256_hex(data, attachment) != request.sha256:
             raise InvalidRequest(
                 f"chunk {request.index} does not match its SHA-256 (corrupted); send it again",
                 index=request.index,
             )
-        offset = request.index * upload.chunk_size
-        await anyio.to_thread.run_sync(_write_at, Path(upload.spool_path), offset, request.data)
-        return {"next_index": await self._acknowledge(upload, request.index)}
+        return {"next_index": await self._store(upload, request.index, data)}
 
     def _lock(self, upload_id: str) -> anyio.Lock:
         return self._locks.setdefault(upload_id, anyio.Lock())
@@ -208,18 +221,41 @@ class Uploads:
             self._written[upload.upload_id] = (touched.next_index, time.monotonic())
             return touched
 
-    async def _acknowledge(self, upload: Upload, index: int) -> int:
-        async with self._lock(upload.upload_id):
-            received = self._received.setdefault(upload.upload_id, set())
-            received.add(index)
+    async def _store(self, upload: Upload, index: int, data: bytes) -> int:
+        """Write a checked chunk, hash the prefix it completes and acknowledge it, one chunk of
+        an upload at a time. A chunk already acknowledged is not written again: its bytes are
+        hashed, and the spool file must stay what the digest says."""
+        upload_id = upload.upload_id
+        async with self._lock(upload_id):
             current = self._latest(upload)
+            if index < current.next_index:
+                return current.next_index
+            received = self._received.setdefault(upload_id, set())
             next_index = current.next_index
-            while next_index in received:
-                received.discard(next_index)
+            while next_index == index or next_index in received:
                 next_index += 1
+            await self._write(current, index, data, next_index)
+            received.add(index)
+            received.difference_update(range(current.next_index, next_index))
             if next_index != current.next_index:
                 await self._record(current, next_index)
             return next_index
+
+    async def _write(self, upload: Upload, index: int, data: bytes, next_index: int) -> None:
+        upload_id = upload.upload_id
+        digest = self._digests.get(upload_id)
+        if digest is not None and digest.next_index != upload.next_index:
+            logger.warning("upload %s: running digest out of step; hashing at commit", upload_id)
+            digest = self._digests.pop(upload_id, None)
+        spool = Path(upload.spool_path)
+        if digest is None:
+            await anyio.to_thread.run_sync(write_at, spool, index * upload.chunk_size, data)
+            return
+        try:
+            await anyio.to_thread.run_sync(digest.store, index, data, next_index)
+        except BaseException:
+            self._digests.pop(upload_id, None)  # half-advanced: commit hashes the file
+            raise
 
     async def _record(self, upload: Upload, next_index: int) -> None:
         """Make the acknowledged prefix durable before it is acknowledged: in the upload's
@@ -245,7 +281,7 @@ class Uploads:
                 next_index=upload.next_index,
             )
         spool = Path(upload.spool_path)
-        actual = await anyio.to_thread.run_sync(file_sha256, spool)
+        actual = await self._file_digest(upload)
         if actual != upload.sha256:
             await self._discard(upload)
             raise InvalidRequest(
@@ -260,6 +296,16 @@ class Uploads:
         self._forget(upload.upload_id)
         logger.info("upload %s committed as artifact %s", upload.upload_id, upload.sha256)
         return {"artifact": upload.sha256, "size": upload.size, "kind": upload.kind}
+
+    async def _file_digest(self, upload: Upload) -> str:
+        """The spool file's SHA-256: the running digest when this process saw every chunk,
+        else (a resumed upload after a restart) a hash of the whole file."""
+        async with self._lock(upload.upload_id):
+            digest = self._digests.get(upload.upload_id)
+            if digest is not None and digest.next_index == upload.chunk_count:
+                return digest.hexdigest()
+            logger.info("upload %s: hashing the spool file to commit", upload.upload_id)
+            return await anyio.to_thread.run_sync(file_sha256, Path(upload.spool_path))
 
     async def abort(self, sender: str, body: Any) -> dict[str, Any]:
         request = parse_body(UploadRef, body)
@@ -286,6 +332,28 @@ class Uploads:
         self._written.pop(upload_id, None)
         self._received.pop(upload_id, None)
         self._locks.pop(upload_id, None)
+        self._digests.pop(upload_id, None)
+
+
+def _chunk_bytes(request: ChunkBody, attachment: PayloadObject | None) -> bytes:
+    if attachment is not None and request.data is None:
+        return attachment.data
+    if attachment is None and request.data is not None:
+        return request.data
+    raise InvalidRequest(
+        f"chunk {request.index} carries its bytes either as the request's attachment or as "
+        "the body's data: exactly one of the two",
+        index=request.index,
+    )
+
+
+async def _sha256_hex(data: bytes, attachment: PayloadObject | None) -> str:
+    """A chunk's SHA-256: a detached attachment's was checked against the signed envelope."""
+    if attachment is not None and attachment.sha256 is not None:
+        return attachment.sha256.hex()
+    if len(data) <= HASH_ON_LOOP_MAX:
+        return hashlib.sha256(data).hexdigest()
+    return await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
 
 
 def _progress_path(upload: Upload) -> Path:
@@ -316,11 +384,3 @@ def _with_progress(upload: Upload) -> Upload:
 def _make_sparse(path: Path, size: int) -> None:
     with path.open("wb") as file:
         file.truncate(size)
-
-
-def _write_at(path: Path, offset: int, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)

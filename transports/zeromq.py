@@ -42,9 +42,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -70,6 +71,7 @@ _OK = b"ok"
 _ERROR = b"error"
 
 Parts = list[bytes]
+Frames = list[zmq.Frame]
 _SyncSocket = zmq.Socket[bytes]
 
 
@@ -94,16 +96,36 @@ def _split_url(url: str) -> tuple[str, int, bool]:
     return (f"tcp://[{host}]" if is_ipv6 else f"tcp://{host}"), port, is_ipv6
 
 
-class _SocketSet:
-    """A private context and the sockets made on it for one bus URL; ``close()`` is linger=0."""
+@dataclass(frozen=True)
+class _LocalLink:
+    """A running forwarder's in-process endpoints: its context and ``inproc://`` names."""
 
-    def __init__(self, url: str, *, hwm: int) -> None:
+    context: zmq.asyncio.Context
+    name: str
+
+    def endpoint(self, offset: int) -> str:
+        return f"inproc://{self.name}-{offset}"
+
+
+class _SocketSet:
+    """The sockets made for one bus URL, on a private context (or, ``local``, on an in-process
+    forwarder's context, to its ``inproc://`` endpoints); ``close()`` is linger=0."""
+
+    def __init__(self, url: str, *, hwm: int, local: _LocalLink | None = None) -> None:
         self.url = url
         self._base, self._port, self._is_ipv6 = _split_url(url)
         self._hwm = hwm
-        self._context = zmq.asyncio.Context()
+        self._local = local
+        self._context = zmq.asyncio.Context() if local is None else local.context
+        self._sockets: list[zmq.asyncio.Socket] = []
+
+    @property
+    def context(self) -> zmq.asyncio.Context:
+        return self._context
 
     def endpoint(self, offset: int) -> str:
+        if self._local is not None:
+            return self._local.endpoint(offset)
         return f"{self._base}:{self._port + offset}"
 
     def open(
@@ -115,6 +137,7 @@ class _SocketSet:
         settings |= {zmq.IPV6: int(self._is_ipv6), **(options or {})}
         try:
             sock = self._context.socket(kind)
+            self._sockets.append(sock)
             for option, value in settings.items():
                 sock.setsockopt(option, value)
             if is_bind:
@@ -129,7 +152,11 @@ class _SocketSet:
         return sock
 
     def close(self) -> None:
-        self._context.destroy(linger=0)
+        if self._local is None:
+            self._context.destroy(linger=0)
+            return
+        for sock in self._sockets:  # the context is the forwarder's: close only ours
+            sock.close(linger=0)
 
 
 def _drain(sock: _SyncSocket, handle: Callable[[Parts], None]) -> None:
@@ -142,17 +169,35 @@ def _drain(sock: _SyncSocket, handle: Callable[[Parts], None]) -> None:
         handle(parts)
 
 
+def _drain_frames(sock: _SyncSocket, handle: Callable[[Frames], None]) -> None:
+    """``_drain`` without copying the bytes out of ZeroMQ: each part a ``zmq.Frame``."""
+    for _ in range(_DRAIN_BATCH):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        handle(frames)
+
+
 class _Pump:
     """Drains sockets straight from the event loop's reader callbacks: no task, no future per
     wake-up. A ZeroMQ socket's FD is edge-triggered and any operation on the socket may consume
     the edge, so every run drains until ``EVENTS`` shows nothing readable, and ``kick()`` runs it
     after operations that could have swallowed an edge (subscribing, sending). Sockets given to a
-    pump must never be awaited through zmq.asyncio (that would claim the same FD)."""
+    pump must never be awaited through zmq.asyncio (that would claim the same FD). The sockets
+    in ``frames`` are drained without copying (their handlers take ``zmq.Frame`` parts)."""
 
-    def __init__(self, pairs: list[tuple[_SyncSocket, Callable[[Parts], None]]]) -> None:
+    def __init__(
+        self,
+        pairs: list[tuple[_SyncSocket, Callable[[Parts], None]]],
+        *,
+        frames: Sequence[tuple[_SyncSocket, Callable[[Frames], None]]] = (),
+    ) -> None:
         self._pairs = pairs
+        self._frame_pairs = list(frames)
         self._loop = asyncio.get_running_loop()
-        self._fds = [int(sock.getsockopt(zmq.FD)) for sock, _ in pairs]
+        sockets = [sock for sock, _ in pairs] + [sock for sock, _ in self._frame_pairs]
+        self._fds = [int(sock.getsockopt(zmq.FD)) for sock in sockets]
         self.failed: asyncio.Future[None] = self._loop.create_future()
         for fd in self._fds:
             self._loop.add_reader(fd, self.kick)
@@ -177,6 +222,10 @@ class _Pump:
             if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 _drain(sock, handle)
                 busy = True
+        for sock, on_frames in self._frame_pairs:
+            if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                _drain_frames(sock, on_frames)
+                busy = True
         return busy
 
     def stop(self) -> None:
@@ -197,18 +246,19 @@ class _Relay:
         self._router = router
         self._max_frame_bytes = max_frame_bytes
 
-    def on_data(self, parts: Parts) -> None:
-        if len(parts) != 2:
-            logger.debug("dropped a data message of %d parts (expected topic, frame)", len(parts))
-        elif len(parts[1]) > self._max_frame_bytes:
+    def on_data(self, frames: Frames) -> None:
+        """Forward a published message as the frames ZeroMQ received: its bytes never copied."""
+        if len(frames) != 2:
+            logger.debug("dropped a data message of %d parts (expected topic, frame)", len(frames))
+        elif len(frames[1]) > self._max_frame_bytes:
             logger.warning(
                 "dropped a frame of %d bytes on %r: the bus limit is %d bytes",
-                len(parts[1]),
-                parts[0][:100],
+                len(frames[1]),
+                frames[0].bytes[:100],
                 self._max_frame_bytes,
             )
         else:
-            _send(self._xpub, parts)
+            _send(self._xpub, frames)
 
     def on_subscription(self, parts: Parts) -> None:
         change = parts[0] if parts else b""
@@ -266,10 +316,11 @@ class _Relay:
         return reply
 
 
-def _send(sock: _SyncSocket, parts: Parts) -> None:
-    """Send without blocking: XPUB drops for a full subscriber, ROUTER for a vanished peer."""
+def _send(sock: _SyncSocket, parts: Parts | Frames) -> None:
+    """Send without blocking: XPUB drops for a full subscriber, ROUTER for a vanished peer.
+    Frames and large byte strings are handed to ZeroMQ without a copy."""
     try:
-        sock.send_multipart(parts, zmq.NOBLOCK)
+        sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
     except zmq.ZMQError as exc:
         logger.warning("could not forward a message: %s", exc)
 
@@ -277,8 +328,9 @@ def _send(sock: _SyncSocket, parts: Parts) -> None:
 class Forwarder:
     """The hub of a ZeroMQ bus: ``async with Forwarder(url) as fwd:`` serves until the block ends.
 
-    A command line runs it with ``anyio.run(Forwarder(url).serve_forever)``. ``max_frame_bytes``
-    bounds every frame it forwards or keeps; ``hwm`` is every socket's high-water mark.
+    A command line runs it with ``bus.runner.run(Forwarder(url).serve_forever)``.
+    ``max_frame_bytes`` bounds every frame it forwards or keeps; ``hwm`` is every socket's
+    high-water mark.
     """
 
     def __init__(
@@ -294,6 +346,7 @@ class Forwarder:
         _split_url(url)  # a bad URL fails here, not at __aenter__
         self._stack: AsyncExitStack | None = None
         self._sockets: dict[str, zmq.asyncio.Socket] = {}
+        self._link: _LocalLink | None = None
 
     async def __aenter__(self) -> Forwarder:
         if self._stack is not None:
@@ -301,7 +354,9 @@ class Forwarder:
         async with AsyncExitStack() as stack:
             sockets = _SocketSet(self.url, hwm=self._hwm)
             stack.callback(sockets.close)
-            self._sockets = self._bind(sockets)
+            link = _LocalLink(sockets.context, f"modelbus-bus-{secrets.token_hex(8)}")
+            self._sockets = self._bind(sockets, link)
+            self._link = link
             task_group = await stack.enter_async_context(anyio.create_task_group())
             task_group.start_soon(self._serve, self._sockets)
             stack.callback(task_group.cancel_scope.cancel)
@@ -314,7 +369,7 @@ class Forwarder:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        stack, self._stack, self._sockets = self._stack, None, {}
+        stack, self._stack, self._sockets, self._link = self._stack, None, {}, None
         if stack is not None:
             await stack.aclose()
 
@@ -331,7 +386,17 @@ class Forwarder:
             for role, sock in self._sockets.items()
         }
 
-    def _bind(self, sockets: _SocketSet) -> dict[str, zmq.asyncio.Socket]:
+    def local_transport(self, **options: Any) -> ZmqTransport:
+        """A transport to this running forwarder from its own process, over ``inproc://``
+        endpoints: the same bus, without TCP or ZeroMQ's I/O thread in between (the service
+        that embeds the bus talks to it this way). ``options`` as for :class:`ZmqTransport`."""
+        if self._link is None:
+            raise RuntimeError(f"the forwarder {self.url} is not running")
+        transport = ZmqTransport(self.url, **options)
+        transport._local = self._link
+        return transport
+
+    def _bind(self, sockets: _SocketSet, link: _LocalLink) -> dict[str, zmq.asyncio.Socket]:
         hard_limit = self.max_frame_bytes + _HARD_LIMIT_MARGIN
         bound = {
             "xsub": sockets.open(zmq.XSUB, 0, is_bind=True, options={zmq.MAXMSGSIZE: hard_limit}),
@@ -341,6 +406,8 @@ class Forwarder:
             ),
         }
         try:  # subscribe to everything, once; the XPUB filters per subscriber
+            for offset, role in enumerate(("xsub", "xpub", "router")):
+                bound[role].bind(link.endpoint(offset))
             zmq.Socket.shadow(bound["xsub"]).send(b"\x01")
         except zmq.ZMQError as exc:
             raise TransportError(f"cannot start the forwarder {self.url}: {exc}") from exc
@@ -351,12 +418,10 @@ class Forwarder:
             role: zmq.Socket.shadow(sock) for role, sock in sockets.items()
         }
         relay = _Relay(shadows["xpub"], shadows["router"], self.max_frame_bytes)
-        handlers = {
-            "xsub": relay.on_data,
-            "xpub": relay.on_subscription,
-            "router": relay.on_control,
-        }
-        pump = _Pump([(shadows[role], handlers[role]) for role in ("xsub", "xpub", "router")])
+        pump = _Pump(
+            [(shadows["xpub"], relay.on_subscription), (shadows["router"], relay.on_control)],
+            frames=[(shadows["xsub"], relay.on_data)],
+        )
         try:
             await pump.failed
         except zmq.ZMQError as exc:
@@ -415,6 +480,7 @@ class ZmqTransport:
         self._request_timeout_s = request_timeout_s
         self._flush_timeout_s = flush_timeout_s
         self._hwm = hwm
+        self._local: _LocalLink | None = None  # set by Forwarder.local_transport()
         self._conn: _Connection | None = None
         self._receiver: asyncio.Task[None] | None = None
         self._pump: _Pump | None = None
@@ -434,7 +500,7 @@ class ZmqTransport:
             logger.info(
                 "ZeroMQ has no Last Will; %s will not be published for %s", will.topic, self
             )
-        sockets = _SocketSet(self.url, hwm=self._hwm)
+        sockets = _SocketSet(self.url, hwm=self._hwm, local=self._local)
         try:
             conn = _Connection.open(sockets)
             with anyio.fail_after(self._connect_timeout_s):

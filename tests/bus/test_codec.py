@@ -119,3 +119,16 @@ def test_default_limit_is_sixteen_mebibytes() -> None:
 def test_floats_keep_their_value() -> None:
     assert codec.unpack(codec.pack(math.pi)) == math.pi
     assert math.isinf(codec.unpack(codec.pack(-math.inf)))
+
+
+byte_strings = st.binary(max_size=20) | st.sampled_from([b"x" * 255, b"x" * 256, b"x" * 70_000])
+
+
+@given(st.lists(byte_strings | st.lists(byte_strings, max_size=17), max_size=17))
+def test_pack_bins_makes_the_bytes_pack_makes(items: list[bytes | list[bytes]]) -> None:
+    assert codec.pack_bins(items) == codec.pack(items)
+
+
+def test_pack_bins_refuses_what_is_not_bytes() -> None:
+    with pytest.raises(DecodeError):
+        codec.pack_bins([[b"x", "text"]])

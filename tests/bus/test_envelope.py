@@ -6,6 +6,7 @@ that breaks the grammar; PROTOCOL.md 8 step 2 gives it its own code) or BadSigna
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 
@@ -102,6 +103,26 @@ def test_large_payloads_round_trip_detached_and_stay_bound_by_the_signature() ->
     tampered[-100] ^= 0x01  # inside the large payload's bytes
     with pytest.raises(BadSignature):
         envelopes.decode(bytes(tampered))
+
+
+def test_a_detached_payload_carries_its_verified_digest_and_sealing_reuses_a_known_one() -> None:
+    data = os.urandom(envelopes.DETACH_OVER + 1)
+    digest = hashlib.sha256(data).digest()
+    known = PayloadObject.binary(data, sha256=digest)
+    frame = envelopes.seal(SENDER, "ns/a", [PayloadObject.text("small"), known])
+    assert frame == envelopes.seal(
+        SENDER, "ns/a", [PayloadObject.text("small"), PayloadObject.binary(data)],
+        ts_ns=envelopes.parse(frame).ts_ns, nonce=envelopes.parse(frame).nonce,
+    )  # fmt: skip
+    small, big = envelopes.decode(frame).pos
+    assert (small.sha256, big.sha256) == (None, digest)  # inline POs carry none
+    assert big == PayloadObject.binary(data)  # the digest is no part of equality
+
+    wrong = PayloadObject.binary(data, sha256=hashlib.sha256(b"other").digest())
+    with pytest.raises(BadSignature):
+        envelopes.decode(envelopes.seal(SENDER, "ns/a", [wrong]))
+    with pytest.raises(DecodeError, match="32 bytes"):
+        envelopes.seal(SENDER, "ns/a", [PayloadObject.binary(data, sha256=b"short")])
 
 
 def test_parse_does_not_check_the_signature_but_decode_does() -> None:

@@ -103,6 +103,9 @@ def test_constructors_and_values() -> None:
     assert PayloadObject.json({"a": 1}).data == b'{"a":1}'
     assert PayloadObject.binary(bytearray(b"\x00\xff")).value() == b"\x00\xff"
     assert PayloadObject.msgpack({"val": 1, "ts": 2}, PO_METADATA).number == PO_METADATA
+    known = PayloadObject.binary(b"ab", sha256=bytes(32))
+    assert known.sha256 == bytes(32) and known == PayloadObject.binary(b"ab")
+    assert hash(known) == hash(PayloadObject.binary(b"ab"))
 
 
 @pytest.mark.parametrize(

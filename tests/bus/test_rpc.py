@@ -4,6 +4,7 @@ answered from the reply cache, back-pressure and timeouts."""
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -439,3 +440,71 @@ async def test_malformed_requests(caplog: pytest.LogCaptureFixture) -> None:
     assert seen[0]["ok"] is False and seen[0]["error"]["code"] == InvalidRequest.code
     malformed = [r for r in caplog.records if "malformed request" in r.getMessage()]
     assert len(malformed) == 5
+
+
+async def attachment_echo(request: Request) -> Any:
+    """The attachment as the handler sees it: bytes, and the digest the envelope verified."""
+    po = request.attachment
+    if po is None:
+        return None
+    return {"number": po.number, "data": po.data, "sha256": po.sha256}
+
+
+@pytest.mark.parametrize("size", [10, 70_000])
+async def test_an_attachment_reaches_the_handler_next_to_the_body(bus_url: str, size: int) -> None:
+    """Up to 64 KiB it travels inline (no digest); above, detached, with its verified SHA-256."""
+    service = Service()
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    async with (
+        connect(bus_url, service.server()) as server,
+        serving(server, service.slot(), attachment_echo),
+        connect(bus_url, service.requester()) as client,
+    ):
+        attached = PayloadObject.binary(data, "1.0.0.7")
+        result = await client.request(service.slot(), {"op": "x"}, attachment=attached)
+        assert await client.request(service.slot(), {"op": "x"}) is None
+    digest = hashlib.sha256(data).digest() if size > 65_536 else None
+    assert result == {"number": "1.0.0.7", "data": data, "sha256": digest}
+
+
+async def test_a_wrong_known_digest_makes_the_service_reject_the_frame() -> None:
+    """A sender's precomputed digest is trusted by sealing only: the receiver checks the bytes,
+    rejects the frame as a bad signature and does not answer (the requester times out)."""
+    service = Service()
+    url = memory_url()
+    async with (
+        connect(url, service.server()) as server,
+        serving(server, service.slot(), attachment_echo),
+        connect(url, service.requester()) as client,
+    ):
+        lying = PayloadObject.binary(b"y" * 70_000, sha256=hashlib.sha256(b"other").digest())
+        with pytest.raises(RequestTimeout):
+            await client.request(service.slot(), 1, attachment=lying, timeout_s=0.5)
+        assert server.verifier.rejected == {"bad_signature": 1}
+
+
+async def test_anything_but_one_binary_po_after_the_request_is_an_invalid_request() -> None:
+    service = Service()
+    url = memory_url()
+    async with (
+        connect(url, service.server()) as server,
+        serving(server, service.slot(), attachment_echo),
+        connect(url, service.namespace.as_member) as observer,
+        observer.subscribe(f"{service.prefix}/signal/reply/*") as replies,
+        connect(url, service.requester()) as client,
+    ):
+        with pytest.raises(InvalidRequest):  # refused locally, before publishing
+            await client.request(service.slot(), 1, attachment=PayloadObject.text("no"))
+        for index, extra in enumerate(
+            [
+                [PayloadObject.text("not binary")],
+                [PayloadObject.binary(b"a"), PayloadObject.binary(b"b")],
+            ]
+        ):
+            request = PayloadObject.msgpack({"id": f"r{index}", "body": 1}, PO_REQUEST)
+            await client.publish(service.slot(), [request, *extra])
+        seen = [(await next_message(replies)).value(PO_REPLY) for _ in range(2)]
+    assert [reply["id"] for reply in seen] == ["r0", "r1"]
+    for reply in seen:
+        assert reply["ok"] is False and reply["error"]["code"] == InvalidRequest.code
+        assert "at most one attachment" in reply["error"]["message"]

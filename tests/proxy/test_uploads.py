@@ -1,12 +1,19 @@
 """Chunked uploads and deploys through the service, and every way they go wrong: a corrupt chunk,
 a wrong total digest, an oversize upload, too many open uploads, an idle upload, an unknown model
 or artifact, a duplicate version, a deploy the backend cannot run — each a typed error, nothing
-half-registered. And resuming: from a prefix sent by hand; across a proxy killed mid-upload and
-started again; inside ``upload_file`` when a frozen proxy lets a chunk time out. The last two run
-the proxy as a separate process (``proxy_process.py``) on a ZeroMQ forwarder that outlives it.
+half-registered. Chunk bytes as the request's attachment or inline in the body, and an
+attachment whose verified digest is not the body's ``sha256``. The whole file's digest computed
+as the prefix advances (commit does not hash the file), chunks out of order included, and an
+acknowledged chunk never overwritten. A file changed during its upload stops it with a conflict.
+And resuming: from a prefix sent by hand; across a proxy
+killed mid-upload and started again (its commit hashes the spool file: the running digest died
+with the first process); inside ``upload_file`` when a frozen proxy lets a chunk time out. The
+last two run the proxy as a separate process (``proxy_process.py``) on a ZeroMQ forwarder that
+outlives it.
 
-Chunks are sent by hand with ``ServiceClient.call`` (the wire operations of ``bus.transfer``)
-where a test needs to misbehave; otherwise through ``upload_file``.
+Chunks are sent by hand with ``ServiceClient.call`` (inline ``data``) or ``send_attached`` (the
+wire operations of ``bus.transfer``) where a test needs to misbehave; otherwise through
+``upload_file``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 import proxy.service
-from bus import Entity
+import proxy.uploads
+from bus import Entity, PayloadObject
 from bus.artifact import build_closure_archive
 from bus.errors import (
     Conflict,
@@ -47,6 +55,7 @@ BIG_CHUNK = 256 * 1024
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROCESS_START_S = 30.0
 PROCESS_STOP_S = 20.0
+FALLBACK_LOG = "hashing the spool file to commit"
 
 
 def sha(data: bytes) -> str:
@@ -90,6 +99,39 @@ async def send_chunk(
         data=data,
     )
     return int(reply["next_index"])
+
+
+async def send_attached(
+    client: ServiceClient,
+    upload_id: str,
+    index: int,
+    data: bytes,
+    *,
+    digest: str | None = None,
+    inline: bytes | None = None,
+) -> int:
+    """A chunk as ``upload_file`` sends it: its bytes as the request's attachment."""
+    body: dict[str, Any] = {
+        "op": "upload.chunk",
+        "upload_id": upload_id,
+        "index": index,
+        "sha256": digest or sha(data),
+    }
+    if inline is not None:
+        body["data"] = inline
+    reply = await client.bus.request(
+        client.slot("deploy"), body, attachment=PayloadObject.binary(data), timeout_s=30
+    )
+    return int(reply["next_index"])
+
+
+def no_file_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make commit fail if it hashed the spool file instead of using the running digest."""
+
+    def refuse(path: Path) -> str:
+        raise AssertionError(f"commit hashed {path}: the running digest was not used")
+
+    monkeypatch.setattr(proxy.uploads, "file_sha256", refuse)
 
 
 def summed(factor: float) -> Callable[[list[list[float]]], list[float]]:
@@ -413,6 +455,7 @@ async def test_an_upload_resumes_after_the_proxy_is_killed(
                 assert seen and {p.resumed_from for p in seen} == {4}
                 assert len(seen) == chunk_count - 4
                 assert file_sha256(harness.data_dir / "artifacts" / digest) == digest
+                assert log_path.read_text().count(FALLBACK_LOG) == 1  # the running digest died
 
                 deployed = await operator.deploy_artifact("heavy", "1", "doubles", artifact)
                 assert deployed["container_name"] == f"closure@sha256:{digest}"
@@ -473,7 +516,124 @@ async def test_upload_file_resumes_by_itself_after_a_chunk_times_out(
 
     assert on_retry.retries == 1
     assert committed == {"artifact": sha(data), "size": len(data), "kind": "image"}
+    assert FALLBACK_LOG not in (tmp_path / "proxy.log").read_text()  # resumed, same process
     assert (harness.data_dir / "artifacts" / sha(data)).read_bytes() == data
     resumed = sorted({p.resumed_from for p in seen})
     assert resumed[0] == 0 and len(resumed) == 2 and resumed[1] >= 4
     assert seen[-1].chunks_acked == 12
+
+
+async def test_chunk_bytes_travel_attached_or_inline(
+    memory_harness: ProxyHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Detached attachments (over 64 KiB: the envelope verified their digest), a small inline
+    attachment (hashed by the service) and inline ``data`` mix in one upload."""
+    no_file_hashing(monkeypatch)
+    data = os.urandom(3 * BIG_CHUNK + 1000)
+    parts = chunks_of(data, BIG_CHUNK)
+    with anyio.fail_after(30):
+        async with memory_harness.serving() as service:
+            operator = service.operator
+            opened = await begin(operator, data, chunk_size=BIG_CHUNK)
+            upload_id = opened["upload_id"]
+            assert await send_attached(operator, upload_id, 0, parts[0]) == 1
+            assert await send_chunk(operator, upload_id, 1, parts[1]) == 2
+            assert await send_attached(operator, upload_id, 2, parts[2]) == 3
+            assert await send_attached(operator, upload_id, 3, parts[3]) == 4  # 1000 B: inline
+            committed = await operator.call("deploy", "upload.commit", upload_id=upload_id)
+            assert committed["artifact"] == sha(data)
+            assert (service.data_dir / "artifacts" / sha(data)).read_bytes() == data
+
+
+async def test_an_attachment_not_matching_the_body_digest_is_refused_unwritten(
+    memory_harness: ProxyHarness,
+) -> None:
+    """The envelope verified the attachment's bytes against its signed digest, but the body names
+    another SHA-256: invalid_request, nothing written, nothing acknowledged. Bytes both attached
+    and inline, or neither, and an attachment on an operation that takes none, are refused too."""
+    data = os.urandom(2 * BIG_CHUNK)
+    parts = chunks_of(data, BIG_CHUNK)
+    with anyio.fail_after(30):
+        async with memory_harness.serving() as service:
+            operator = service.operator
+            opened = await begin(operator, data, chunk_size=BIG_CHUNK)
+            upload_id = opened["upload_id"]
+            spool = service.data_dir / "spool" / upload_id
+            for small in (False, True):
+                attached = parts[0][:4096] if small else parts[0]
+                with pytest.raises(InvalidRequest) as mismatch:
+                    await send_attached(operator, upload_id, 0, attached, digest=sha(parts[1]))
+                if not small:
+                    assert mismatch.value.details == {"index": 0}
+            assert spool.read_bytes() == bytes(len(data))  # sparse: never written
+            with pytest.raises(InvalidRequest, match="exactly one"):
+                await send_attached(operator, upload_id, 0, parts[0], inline=parts[0])
+            with pytest.raises(InvalidRequest, match="exactly one"):
+                await operator.call(
+                    "deploy", "upload.chunk", upload_id=upload_id, index=0, sha256=sha(parts[0])
+                )
+            with pytest.raises(InvalidRequest, match="takes no attachment"):
+                await operator.bus.request(
+                    operator.slot("deploy"),
+                    {"op": "upload.commit", "upload_id": upload_id},
+                    attachment=PayloadObject.binary(b"stray"),
+                )
+            assert (await begin(operator, data, chunk_size=BIG_CHUNK))["next_index"] == 0
+            assert await send_attached(operator, upload_id, 0, parts[0]) == 1
+            assert await send_attached(operator, upload_id, 1, parts[1]) == 2
+            await operator.call("deploy", "upload.commit", upload_id=upload_id)
+            assert (service.data_dir / "artifacts" / sha(data)).read_bytes() == data
+
+
+async def test_the_running_digest_follows_chunks_out_of_order(
+    memory_harness: ProxyHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks ahead of the prefix are held (within the window of 16) or read back from the spool
+    file (beyond it) when the prefix reaches them; commit needs no pass over the file. An
+    acknowledged chunk sent again with other bytes (and their own digest) is not written: the
+    artifact is what the digest says."""
+    no_file_hashing(monkeypatch)
+    data = os.urandom(24 * CHUNK + 7)
+    parts = chunks_of(data)
+    order = [2, 1, 20, 0, *range(3, 20), *range(21, 25)]
+    with anyio.fail_after(30):
+        async with memory_harness.serving() as service:
+            operator = service.operator
+            opened = await begin(operator, data)
+            upload_id = opened["upload_id"]
+            assert opened["window"] == 16 and opened["chunk_count"] == len(parts) == 25
+            acknowledged = [
+                await send_attached(operator, upload_id, index, parts[index]) for index in order
+            ]
+            assert acknowledged[:4] == [0, 0, 0, 3] and acknowledged[-1] == 25
+            other = os.urandom(CHUNK)
+            assert await send_attached(operator, upload_id, 0, other) == 25
+            committed = await operator.call("deploy", "upload.commit", upload_id=upload_id)
+            assert committed["artifact"] == sha(data)
+            assert (service.data_dir / "artifacts" / sha(data)).read_bytes() == data
+
+
+async def test_a_file_changed_during_its_upload_stops_it_with_a_conflict(
+    memory_harness: ProxyHarness, tmp_path: Path
+) -> None:
+    """Chunks are hashed before ``begin``: once the file changes, its chunks no longer match the
+    digests sealed with them, the service rejects them unanswered, and the sender, seeing the
+    file's size or mtime changed, stops with a conflict instead of resuming."""
+    data = os.urandom(4 * BIG_CHUNK)
+    path = tmp_path / "moving.bin"
+    path.write_bytes(data)
+
+    def change_after_first(progress: UploadProgress) -> None:
+        if progress.chunks_acked == 1:
+            path.write_bytes(os.urandom(len(data)))
+            os.utime(path, ns=(1, 1))  # a different mtime, however coarse the clock
+
+    with anyio.fail_after(30):
+        async with memory_harness.serving() as service:
+            operator = service.operator
+            with pytest.raises(Conflict, match="changed while it was being uploaded"):
+                await upload_file(
+                    operator.bus, operator.slot("deploy"), path, name="moving", kind="closure",
+                    chunk_size=BIG_CHUNK, window=1, timeout_s=1.0, progress=change_after_first,
+                )  # fmt: skip
+            assert artifacts(service) == []
