@@ -175,8 +175,9 @@ class ServeGate:
 
     def leave(self) -> None:
         self.in_flight -= 1
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self.is_closed:  # someone may be draining: wake them
+            self._changed.set()
+            self._changed = anyio.Event()
 
     async def drain(self, timeout_s: float) -> int:
         """Close the gate and wait (shielded, at most ``timeout_s``) for requests in flight;

@@ -10,12 +10,11 @@ once, and fail on their second crash.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import anyio
 
 from bus.errors import BusError, InternalError, Overloaded
 
@@ -33,7 +32,7 @@ class Request:
         self.queued = 0  # of its inputs, how many are still on the queue
         self.error: BusError | None = None
         self.abandoned = False  # the caller gave up: whatever comes later is dropped
-        self.done = anyio.Event()
+        self.done = asyncio.Event()  # asyncio's own: a third of the cost of anyio's, per call
 
     def resolve(self, index: int, output: Any) -> None:
         if not self.done.is_set():

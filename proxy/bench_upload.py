@@ -20,10 +20,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 import click
 
-from bus import BusClient
+from bus import BusClient, runner
 from container_manager import ServiceClient
 from proxy.bench_bus import free_port_block, own_buses
 from proxy.bench_service import service_process
@@ -109,7 +108,7 @@ def run_upload_bench(mib: int, window: int) -> tuple[list[UploadRow], list[str]]
             UploadRow("raw loopback TCP (sendall → file)", _raw_tcp(source, workdir), megabytes)
         )
         for label, url in stack.enter_context(own_buses(notes)):
-            seconds = anyio.run(_ours, url, source, workdir, window, backend="asyncio")
+            seconds = runner.run(_ours, url, source, workdir, window)
             rows.append(UploadRow(f"modelbus chunked upload over {label}", seconds, megabytes))
     return rows, notes
 

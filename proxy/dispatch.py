@@ -147,12 +147,13 @@ class Dispatcher:
                 self._restart(replica, "it cannot be reached")
 
     async def receive_loop(self) -> None:
-        while True:
-            for identity, message in await self.channel.receive():
-                try:
-                    self._handle(identity, message)
-                except Exception:  # one bad message must not take the backend down
-                    logger.exception("failed to handle a %s from a worker", message.type)
+        await self.channel.serve(self._handle_safely)
+
+    def _handle_safely(self, identity: bytes, message: WorkerMessage) -> None:
+        try:
+            self._handle(identity, message)
+        except Exception:  # one bad message must not take the backend down
+            logger.exception("failed to handle a %s from a worker", message.type)
 
     async def heartbeat_loop(self) -> None:
         while True:

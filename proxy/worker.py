@@ -115,21 +115,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_batch(func: Callable[[list[Any]], Any], batch: Batch, batch_size: int) -> Result:
     """Call the model on a batch (in chunks of ``batch_size``); an error result if it fails."""
+    return _run_batch(func, batch, batch_size)[0]
+
+
+def _run_batch(
+    func: Callable[[list[Any]], Any], batch: Batch, batch_size: int
+) -> tuple[Result, bytes]:
+    """The result and its encoding (encoding is what proves the outputs can be sent)."""
     outputs: list[Any] = []
     try:
         for start in range(0, len(batch.inputs), batch_size):
             chunk = batch.inputs[start : start + batch_size]
             outputs.extend(_as_outputs(func(chunk), len(chunk)))
         result = Result(batch_id=batch.batch_id, outputs=outputs)
-        encode(result)
+        return result, encode(result)
     except _BadOutput as exc:
-        return _error_result(batch, "bad_output", str(exc))
+        failed = _error_result(batch, "bad_output", str(exc))
     except DecodeError:
-        return _error_result(batch, "bad_output", _unencodable(outputs))
+        failed = _error_result(batch, "bad_output", _unencodable(outputs))
     except BaseException as exc:  # even sys.exit() in a model is reported, not raised
         logger.exception("the model failed on batch %d", batch.batch_id)
-        return _error_result(batch, "model_error", f"{type(exc).__name__}: {exc}", type(exc))
-    return result
+        failed = _error_result(batch, "model_error", f"{type(exc).__name__}: {exc}", type(exc))
+    return failed, encode(failed)
 
 
 def _run(channel: DealerChannel, args: argparse.Namespace, token: str) -> int:
@@ -252,7 +259,7 @@ class _Server:
 
     def _model_loop(self) -> None:
         while (batch := self._batches.get()) is not None:
-            self._replies.put(encode(run_batch(self._func, batch, self._batch_size)))
+            self._replies.put(_run_batch(self._func, batch, self._batch_size)[1])
             try:
                 os.write(self._wake_write, b"!")
             except OSError:  # the main loop is gone

@@ -45,7 +45,7 @@ import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -68,6 +68,10 @@ _DRAIN_BATCH = 1000
 _PUMP_ROUNDS = 8
 _PROBE_PREFIX = b"\x00probe\x00"
 _OK = b"ok"
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_ZERO_COPY_OVER = 64 * 1024
 _ERROR = b"error"
 
 Parts = list[bytes]
@@ -159,24 +163,32 @@ class _SocketSet:
             sock.close(linger=0)
 
 
+def _publish(sock: _SyncSocket, parts: Parts) -> None:
+    """Send without blocking (``zmq.Again`` when full). Big frames are handed to ZeroMQ by
+    reference instead of copied (bytes are immutable; pyzmq keeps them alive until sent)."""
+    sock.send_multipart(parts, _NOBLOCK, copy=len(parts[-1]) < _ZERO_COPY_OVER)
+
+
+def _readable(sock: _SyncSocket) -> bool:
+    """Whether a whole message waits (plain ints: pyzmq's flag enums cost more than the call)."""
+    return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLIN)
+
+
 def _drain(sock: _SyncSocket, handle: Callable[[Parts], None]) -> None:
-    """Take what is queued, a batch at most, without awaiting (10x faster than awaiting each)."""
+    """Take what is queued, a batch at most, without awaiting (10x faster than awaiting each);
+    ``EVENTS`` is asked before each receive, which is cheaper than a ``zmq.Again`` raised."""
     for _ in range(_DRAIN_BATCH):
-        try:
-            parts = sock.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
+        if not _readable(sock):
             return
-        handle(parts)
+        handle(sock.recv_multipart(_NOBLOCK))
 
 
 def _drain_frames(sock: _SyncSocket, handle: Callable[[Frames], None]) -> None:
     """``_drain`` without copying the bytes out of ZeroMQ: each part a ``zmq.Frame``."""
     for _ in range(_DRAIN_BATCH):
-        try:
-            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-        except zmq.Again:
+        if not _readable(sock):
             return
-        handle(frames)
+        handle(sock.recv_multipart(_NOBLOCK, copy=False))
 
 
 class _Pump:
@@ -219,11 +231,11 @@ class _Pump:
     def _drain_once(self) -> bool:
         busy = False
         for sock, handle in self._pairs:
-            if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            if _readable(sock):
                 _drain(sock, handle)
                 busy = True
         for sock, on_frames in self._frame_pairs:
-            if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            if _readable(sock):
                 _drain_frames(sock, on_frames)
                 busy = True
         return busy
@@ -608,7 +620,7 @@ class ZmqTransport:
         with self._translating("publish"):
             if not self._send_lock.locked():
                 try:
-                    conn.pub_out.send_multipart(parts, zmq.NOBLOCK)
+                    _publish(conn.pub_out, parts)
                     return
                 except zmq.Again:
                     pass
@@ -623,7 +635,7 @@ class ZmqTransport:
             with anyio.fail_after(self._request_timeout_s):
                 while True:
                     try:
-                        conn.pub_out.send_multipart(parts, zmq.NOBLOCK)
+                        _publish(conn.pub_out, parts)
                         return
                     except zmq.Again:
                         await anyio.sleep(wait_s)

@@ -302,3 +302,33 @@ async def test_close_while_a_request_waits_raises_transport_closed(ns: str) -> N
             await transport.close()
 
     assert [type(exc).__name__ for exc in outcome] == ["TransportClosed"]
+
+
+async def test_a_local_transport_shares_the_bus_with_tcp_clients(ns: str) -> None:
+    """``Forwarder.local_transport()`` (how ``modelbus serve`` talks to the bus it embeds) is the
+    same bus over inproc: live frames both ways, persisted frames, queries, and closing it
+    leaves the forwarder serving everyone else."""
+    url = f"zmq://127.0.0.1:{free_port_block(3)}"
+    async with Forwarder(url) as forwarder:
+        local = forwarder.local_transport(request_timeout_s=2.0)
+        await local.connect()
+        async with connected(url) as remote:
+            from_remote = await local.subscribe(f"{ns}/to-local")
+            from_local = await remote.subscribe(f"{ns}/to-remote")
+            await remote.publish(f"{ns}/to-local", b"over tcp")
+            await local.publish(f"{ns}/to-remote", b"over inproc")
+            assert [d.frame for d in await receive(from_remote, 1)] == [b"over tcp"]
+            assert [d.frame for d in await receive(from_local, 1)] == [b"over inproc"]
+
+            await local.publish(f"{ns}/kept", b"state", persist=True)
+            assert await remote.query(f"{ns}/kept") == [Delivery(f"{ns}/kept", b"state")]
+
+            await local.close()
+            await remote.publish(f"{ns}/kept", b"still served", persist=True)
+            assert await remote.query(f"{ns}/kept") == [Delivery(f"{ns}/kept", b"still served")]
+
+
+async def test_a_local_transport_needs_a_running_forwarder() -> None:
+    forwarder = Forwarder(f"zmq://127.0.0.1:{free_port_block(3)}")
+    with pytest.raises(RuntimeError, match="not running"):
+        forwarder.local_transport()
