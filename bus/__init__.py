@@ -4,7 +4,7 @@ Import from here: ``from bus import BusClient, Entity, Grant, Heartbeat, Payload
 """
 
 from bus import uri
-from bus.client import BusClient, Message, MessageStream, Rejected, consume_right
+from bus.client import BusClient
 from bus.entity import Entity, key_from_text, key_to_text, public_key_of
 from bus.envelope import Envelope
 from bus.errors import (
@@ -33,8 +33,9 @@ from bus.errors import (
     VerificationError,
     error_from_wire,
 )
-from bus.grants import ChainVerdict, Grant, Permissions, decode_chain, encode_chain
+from bus.grants import ChainVerdict, Grant, Permissions, decode_chain, encode_chain, load_chain
 from bus.heartbeat import Heartbeat
+from bus.message import Message, MessageStream, Rejected, consume_right
 from bus.monitor import ServiceState, service_states
 from bus.po import (
     PO_BINARY,
@@ -110,6 +111,7 @@ __all__ = [
     "error_from_wire",
     "key_from_text",
     "key_to_text",
+    "load_chain",
     "public_key_of",
     "reply_uri",
     "service_states",

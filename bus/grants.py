@@ -14,9 +14,11 @@ TTL, the permissions of all grants together (AND) include the action's, and ever
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 from bus import codec
 from bus import uri as uris
@@ -40,6 +42,7 @@ __all__ = [
     "check_chain",
     "decode_chain",
     "encode_chain",
+    "load_chain",
 ]
 
 GRANT_VERSION = 1
@@ -188,6 +191,19 @@ def decode_chain(data: bytes) -> tuple[Grant, ...]:
     if not isinstance(items, list) or not _all_bytes(items):
         raise DecodeError("a chain is a list of encoded grants")
     return tuple(Grant.decode(item) for item in items)
+
+
+def load_chain(path: str | os.PathLike[str]) -> tuple[Grant, ...]:
+    """A grant chain file's grants (``modelbus grant -o FILE``): the one place chain files are
+    read. An unreadable file or one that is no chain is a DecodeError naming the file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DecodeError(f"cannot read the grant chain file {path}: {exc.strerror}") from exc
+    try:
+        return decode_chain(data)
+    except DecodeError as error:
+        raise DecodeError(f"{path} is not a grant chain file: {error.message}") from error
 
 
 @dataclass(frozen=True, slots=True)

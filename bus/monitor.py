@@ -16,7 +16,8 @@ from bus.heartbeat import LASTALIVE, STALE_AFTER_S, STATE, STATUS
 from bus.po import PO_METADATA, PO_STATE, PO_STATUS
 
 if TYPE_CHECKING:
-    from bus.client import BusClient, Message
+    from bus.client import BusClient
+    from bus.message import Message
 
 __all__ = ["ServiceState", "evaluate", "service_states"]
 

@@ -21,8 +21,9 @@ import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -42,10 +43,8 @@ from bus.errors import (
     RequestTimeout,
     error_from_wire,
 )
+from bus.message import Message, MessageStream, Rejected
 from bus.po import PO_REPLY, PO_REQUEST, PayloadObject
-
-if TYPE_CHECKING:
-    from bus.client import BusClient, Message, Rejected
 
 __all__ = ["MAX_ID_LENGTH", "Request", "Requester", "Responder", "ServeGate", "reply_uri"]
 
@@ -53,6 +52,23 @@ logger = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 128
 Handler = Callable[["Request"], Awaitable[Any]]
+
+
+class Endpoint(Protocol):
+    """What request/response needs of a bus client (:class:`bus.BusClient` is one)."""
+
+    @property
+    def key_text(self) -> str: ...
+
+    async def publish(
+        self, uri: str, pos: PayloadObject | tuple[PayloadObject, ...], *, persist: bool = False
+    ) -> None: ...
+
+    def subscribe(
+        self, pattern: str, *, include_rejected: bool = False, check_scope: bool = True
+    ) -> AbstractAsyncContextManager[MessageStream]: ...
+
+    def require_task_group(self) -> TaskGroup: ...
 
 
 def reply_uri(request_uri: str, requester: str) -> str:
@@ -87,7 +103,7 @@ def _request_id(message_value: Any) -> str | None:
 class Requester:
     """Sends requests for one client and routes replies back to the waiting callers."""
 
-    def __init__(self, client: BusClient) -> None:
+    def __init__(self, client: Endpoint) -> None:
         self._client = client
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._routes: set[str] = set()
@@ -195,7 +211,7 @@ class Responder:
 
     def __init__(
         self,
-        client: BusClient,
+        client: Endpoint,
         handler: Handler,
         *,
         max_concurrency: int = 64,
@@ -215,18 +231,21 @@ class Responder:
         return len(self._in_flight)
 
     async def run(self, pattern: str, *, task_status: TaskStatus[None]) -> None:
-        from bus.client import Rejected
-
         async with (
             self._client.subscribe(pattern, include_rejected=True, check_scope=False) as stream,
             anyio.create_task_group() as task_group,
         ):
             task_status.started()
             async for item in stream:
-                if isinstance(item, Rejected):
-                    await self._answer_rejection(item)
-                else:
-                    await self._accept(item, task_group)
+                try:
+                    if isinstance(item, Rejected):
+                        await self._answer_rejection(item)
+                    else:
+                        await self._accept(item, task_group)
+                except Exception as exc:  # one request never ends the responder
+                    logger.error(
+                        "unexpected %s accepting a request on %s", type(exc).__name__, pattern
+                    )
 
     async def _accept(self, message: Message, task_group: TaskGroup) -> None:
         try:
@@ -299,8 +318,10 @@ class Responder:
             rid = _request_id(po.value() if po else None)
         except BusError:
             return
-        if rid is not None:
-            await self._send(envelope.uri, envelope.origin, _error_reply(rid, rejected.error))
+        if rid is not None and envelope.uri == rejected.topic:
+            # The reply goes under the slot the frame arrived on, never a place the sender
+            # chose: a frame signed for another URI than its topic gets no answer at all.
+            await self._send(rejected.topic, envelope.origin, _error_reply(rid, rejected.error))
 
     async def _send(self, uri: str, origin: bytes, reply: dict[str, Any]) -> None:
         try:

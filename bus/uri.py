@@ -9,7 +9,7 @@ namespace: ``a/*/b`` matches ``a/b`` and ``a/x/y/b``. Wildcards match ``!`` segm
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 
 from bus.errors import InvalidUri
@@ -22,6 +22,7 @@ __all__ = [
     "matches",
     "namespace_of",
     "parse",
+    "with_namespace_key",
 ]
 
 MAX_URI_LENGTH = 1024
@@ -72,6 +73,14 @@ def _parse(uri: str, allow_wildcards: bool) -> tuple[str, ...]:
 def namespace_of(uri: str) -> str:
     """The first segment of a URI or pattern."""
     return uri.split("/", 1)[0]
+
+
+def with_namespace_key(uri: str, aliases: Mapping[str, str]) -> str:
+    """``uri`` (or a pattern) with an alias namespace replaced by its key: the one rule for
+    aliases. Any other namespace is left as it is (a key, or one nobody granted)."""
+    namespace, sep, rest = uri.partition("/")
+    key = aliases.get(namespace)
+    return f"{key}{sep}{rest}" if key else uri
 
 
 def literal_prefix(pattern: str) -> str:

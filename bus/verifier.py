@@ -57,9 +57,7 @@ class Verifier:
 
     def canonical(self, uri: str) -> str:
         """The URI with an alias namespace replaced by the namespace key."""
-        namespace, sep, rest = uri.partition("/")
-        key = self.aliases.get(namespace)
-        return f"{key}{sep}{rest}" if key else uri
+        return uris.with_namespace_key(uri, self.aliases)
 
     def check_frame(self, frame: bytes, *, right: str = "P") -> Envelope:
         """Decode and verify a frame; raise (and count and log) the specific error."""

@@ -41,7 +41,8 @@ from typing import Any
 
 from bus import Entity, Grant, Verifier, decode_chain
 from bus.artifact import build_closure_archive
-from bus.errors import DecodeError, InvalidRequest, NotFound, TransportError
+from bus.errors import InvalidRequest, NotFound, TransportError
+from bus.grants import load_chain
 from bus.transfer import UploadProgress
 from container_manager import engine
 from container_manager.loopback import LocalAuth
@@ -64,10 +65,7 @@ def _chain(proof: Sequence[Grant] | str | Path | bytes) -> tuple[Grant, ...]:
     if isinstance(proof, bytes):
         return decode_chain(proof)
     if isinstance(proof, str | Path):
-        try:
-            return decode_chain(Path(proof).read_bytes())
-        except OSError as exc:
-            raise DecodeError(f"cannot read the grant chain {proof}: {exc.strerror}") from exc
+        return load_chain(proof)
     return tuple(proof)
 
 

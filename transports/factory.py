@@ -8,13 +8,15 @@ mqtt://host:1883              an MQTT 5 broker; mqtts:// for TLS; user:password@
 from __future__ import annotations
 
 import importlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 from bus.errors import TransportError
 from bus.transport import Transport
 
-__all__ = ["open_transport", "transport_names"]
+__all__ = ["open_or_embed", "open_transport", "transport_names"]
 
 _TABLE: dict[str, tuple[str, str]] = {
     "memory": ("transports.memory", "MemoryTransport"),
@@ -44,3 +46,16 @@ def open_transport(url: str, **options: Any) -> Transport:
     else:
         transport = cls(url, **options)
     return transport
+
+
+@asynccontextmanager
+async def open_or_embed(url: str, *, embed: bool = True) -> AsyncIterator[tuple[Transport, bool]]:
+    """A service's transport, and whether this process runs the bus itself: with ``embed`` and
+    a ``zmq://`` URL nobody answers at, the ZeroMQ forwarder is started in this process for the
+    life of the context (:mod:`transports.zeromq.embed`); otherwise as :func:`open_transport`."""
+    if not (embed and urlsplit(url).scheme == "zmq"):
+        yield open_transport(url), False
+        return
+    embedding = importlib.import_module("transports.zeromq.embed")
+    async with embedding.embedded_or_connected(url) as (transport, embedded):
+        yield transport, embedded

@@ -45,7 +45,7 @@ from pathlib import Path, PurePosixPath
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from proxy.images import (  # noqa: E402 (the checkout's packages, whatever the caller's path)
+from proxy.backend.images import (  # noqa: E402 (the checkout's packages, whatever the caller's path)
     BASE_LABEL,
     ENTRY_LABEL,
     MODEL_CLOSURE_PATH,
@@ -171,7 +171,7 @@ def _walk(root: Path, *, skip: set[str]) -> Iterator[Path]:
 def _distributions(extra: Iterable[str]) -> list[str]:
     """Distributions the worker imports (asked of a fresh interpreter), plus ``extra`` and all
     they require."""
-    script = "import json, sys, proxy.worker; print(json.dumps(sorted(sys.modules)))"
+    script = "import json, sys, proxy.backend.worker; print(json.dumps(sorted(sys.modules)))"
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

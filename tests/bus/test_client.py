@@ -1,5 +1,8 @@
 """The bus client: publish, subscribe, persist and query — over memory, and over the real
-transports where the broker's behaviour matters (delivery, retained messages)."""
+transports where the broker's behaviour matters (delivery, retained messages).
+
+Covers bus/client.py and bus/message.py (verified messages, rejections, streams).
+"""
 
 from __future__ import annotations
 

@@ -22,22 +22,16 @@ from bus.entity import Entity, key_to_text, verify
 from bus.grants import Grant, check_chain, decode_chain, encode_chain
 from bus.po import PayloadObject
 from bus.verifier import Verifier
-from proxy import (
-    admin,
-    backend,
-    channel,
-    containers,
-    deploy,
-    images,
-    predict,
-    records,
-    routing,
-    runtime_docker,
-    settings,
-    slots,
-    uploads,
-)
-from proxy.service import service_uris
+from proxy.backend import channel, images
+from proxy.backend import docker as runtime_docker
+from proxy.backend import embedded as backend
+from proxy.registry import records
+from proxy.service import settings, slots
+from proxy.service import versions as routing
+from proxy.service.operations import admin, containers, deploy, predict
+from proxy.service.startup import service_uris
+from proxy.uploads import requests as upload_requests
+from proxy.uploads import sessions as uploads
 
 DOC = Path(bus.__file__).with_name("PROTOCOL.md")
 _VECTOR = re.compile(r"^```vector ([a-z0-9-]+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -261,18 +255,20 @@ def test_documented_limits_match_the_code() -> None:
 # -- the modelbus service (§17) ------------------------------------------------------------------
 
 
-def _slot_tables() -> dict[str, dict[str, slots.Operation]]:
-    """Each slot's operations, composed as ``proxy.service.running_proxy`` composes them."""
+def _slot_tables() -> dict[str, dict[str, slots.Op[Any]]]:
+    """Each slot's operations, composed as ``proxy.service.startup.running_proxy`` composes them."""
     anything: Any = SimpleNamespace(begin=None, chunk=None, commit=None, abort=None)
     return {
-        "predict": predict.PredictOps(anything, anything, anything, timeout_s=1.0).table(),
+        "predict": predict.PredictOps(
+            anything, anything, anything, anything, timeout_s=1.0
+        ).table(),
         "admin": admin.AdminOps(anything, anything, anything, dict).table(),
         "deploy": deploy.DeployOps(anything, anything, anything, anything).table()
         | containers.ContainerOps(None).table(),
     }
 
 
-# The body model each operation validates its request with (``parse_body`` in its method).
+# The body model each operation declares (the slot validates the request with it).
 BODIES: dict[str, type[BaseModel]] = {
     "predict": predict.PredictBody,
     "app.register": admin.AppBody,
@@ -294,11 +290,11 @@ BODIES: dict[str, type[BaseModel]] = {
     "model.stop_all": slots.Body,
     "model.logs": admin.LogsBody,
     "model.wait_ready": admin.WaitBody,
-    "status": slots.Body,
-    "upload.begin": uploads.BeginBody,
-    "upload.chunk": uploads.ChunkBody,
-    "upload.commit": uploads.UploadRef,
-    "upload.abort": uploads.UploadRef,
+    "status": slots.AnyBody,
+    "upload.begin": upload_requests.BeginRequest,
+    "upload.chunk": upload_requests.ChunkRequest,
+    "upload.commit": upload_requests.UploadRef,
+    "upload.abort": upload_requests.UploadRef,
     "model.deploy": deploy.DeployBody,
     "container.list": containers.ListBody,
     "container.run": containers.RunBody,
@@ -332,7 +328,10 @@ def test_every_service_operation_is_documented_on_its_slot() -> None:
 
 
 def test_every_body_field_is_documented() -> None:
-    assert set(BODIES) == {op for ops in _slot_tables().values() for op in ops}
+    declared = {
+        op: operation.body for ops in _slot_tables().values() for op, operation in ops.items()
+    }
+    assert declared == BODIES
     for ops in _documented_ops().values():
         for op, row in ops.items():
             for field in BODIES[op].model_fields:
@@ -393,7 +392,8 @@ async def test_the_worked_predict_examples() -> None:
     no_registry: Any = None
     router: Any = _Router(zone_a)
     service_backend: Any = _Backend()
-    ops = predict.PredictOps(no_registry, service_backend, router, timeout_s=30.0)
+    counters: Any = SimpleNamespace(served_default=0)
+    ops = predict.PredictOps(no_registry, service_backend, router, counters, timeout_s=30.0)
     for name in ("predict", "predict-batch", "predict-error"):
         request = examples[f"{name}-request"]
         service_backend.late = name == "predict-batch"
@@ -401,7 +401,9 @@ async def test_the_worked_predict_examples() -> None:
             reply = {
                 "id": request["id"],
                 "ok": True,
-                "result": await ops.predict("k", request["body"]),
+                "result": await ops.predict(
+                    "k", predict.PredictBody.model_validate(request["body"])
+                ),
             }
         except errors.BusError as error:
             reply = {"id": request["id"], "ok": False, "error": error.to_wire()}

@@ -202,8 +202,10 @@ def future_timestamp(h: Harness) -> Attack:
 
 
 def signed_for_another_topic(h: Harness) -> Attack:
+    """Signed for one URI, published on another: rejected, and never answered — the reply's
+    place would come from the signed URI, which the sender chose (PROTOCOL.md §11)."""
     frame = h.request_frame(h.good, "elsewhere", uri=f"{h.prefix}/slot/admin")
-    return Attack(frame, "verification", h.good, "elsewhere")
+    return Attack(frame, "verification")
 
 
 def garbage_bytes(h: Harness) -> Attack:

@@ -29,8 +29,8 @@ from anyio.from_thread import start_blocking_portal
 
 from bus import Entity, Grant, encode_chain
 from container_manager import BusContainerManager
-from proxy.service import load_or_create_entity, run_proxy
-from proxy.settings import ProxySettings
+from proxy.service.settings import ProxySettings
+from proxy.service.startup import load_or_create_entity, run_proxy
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.fixtures.podman import find_podman
 

@@ -1,7 +1,11 @@
 """clipper_admin 0.4.1, unchanged, driving a modelbus service through BusContainerManager over
 MQTT on Mosquitto: connect, applications, closure deploys the Clipper way, links, predictions on
 the query address, versions, replicas, logs, stopping — and what the manager refuses: a service
-that is absent or silent, and every deploy or container operation of a predict-only grant."""
+that is absent or silent, and every deploy or container operation of a predict-only grant.
+
+Covers container_manager/clipper.py, container_manager/deployers.py,
+container_manager/service.py, container_manager/session.py and container_manager/staging.py.
+"""
 
 from __future__ import annotations
 

@@ -29,8 +29,8 @@ import pytest
 
 from bus import BusClient, Entity, Grant
 from container_manager import ServiceClient
-from proxy.service import ServiceInfo, load_or_create_entity, run_proxy
-from proxy.settings import ProxySettings
+from proxy.service.settings import ProxySettings
+from proxy.service.startup import ServiceInfo, load_or_create_entity, run_proxy
 from transports import open_transport
 
 __all__ = [

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import anyio
 
-from proxy.service import run_proxy
-from proxy.settings import ProxySettings
+from proxy.service.settings import ProxySettings
+from proxy.service.startup import run_proxy
 
 
 def parse_settings(argv: list[str]) -> ProxySettings:

@@ -3,6 +3,9 @@
 Every test runs once per transport, on a fresh topic namespace (brokers may be shared between
 tests). Non-delivery is asserted with a sentinel: frames on one connection arrive in publish order,
 so once the sentinel is in, anything that should have come before it has.
+
+Covers transports/factory.py, transports/memory.py and the client transports
+(transports/zeromq/client.py, transports/mqtt/client.py) through that contract.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The MQTT transport against a real Mosquitto: mapping, acks, retained frames, Will, reconnect."""
+"""The MQTT transport against a real Mosquitto: mapping, acks, retained frames, Will, reconnect.
+
+Covers transports/mqtt/broker.py, transports/mqtt/topics.py and transports/mqtt/client.py.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 Raw zmq sockets here play hostile or foreign peers; the module under test is the only place that
 imports zmq in the packages.
+
+Covers transports/zeromq/sockets.py, transports/zeromq/forwarder.py,
+transports/zeromq/client.py and transports/zeromq/embed.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,147 @@
+"""``modelbus bench``: benchmarks that print ours next to a baseline measured in the same run.
+
+    modelbus bench bus [--bus URL]... [--count N] [--requests N] [--size BYTES] [--qos 0|1|2]
+    modelbus bench predict [--count N] [--in-flight 8]
+    modelbus bench upload [--mib 256] [--window 16]
+    modelbus bench upload --image [--image-mib 300] [--docker-url URL]
+
+Each subcommand imports its measuring program (:mod:`proxy.bench`) only when it runs, so the
+other commands start without the benchmarks' baselines.
+"""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["bench"]
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: ours next to the raw library, measured in the same run."""
+
+
+@bench.command("bus")
+@click.option(
+    "--bus",
+    "buses",
+    multiple=True,
+    metavar="URL",
+    help="A loopback zmq:// or mqtt:// bus to measure (repeatable). Default: start a ZeroMQ "
+    "forwarder and, if installed, a Mosquitto on free ports.",
+)
+@click.option(
+    "--count",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="One-way messages per stream.",
+)
+@click.option(
+    "--requests",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Round trips, one at a time.",
+)
+@click.option(
+    "--size",
+    default=100,
+    show_default=True,
+    type=click.IntRange(8, 1024 * 1024),
+    help="Payload bytes.",
+)
+@click.option("--qos", default=1, show_default=True, type=click.IntRange(0, 2), help="MQTT QoS.")
+@click.option(
+    "--profile/--no-profile",
+    default=True,
+    show_default=True,
+    help="Profile our path when it misses a target.",
+)
+def bus(
+    buses: tuple[str, ...], count: int, requests: int, size: int, qos: int, profile: bool
+) -> None:
+    """Signed+verified BusClient vs raw paho / pyzmq: round trips and messages/s."""
+    from proxy.bench.bus import BenchSettings, check_bus_url, run_bench
+
+    for url in buses:
+        try:
+            check_bus_url(url)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--bus") from None
+    settings = BenchSettings(
+        buses=buses, count=count, requests=requests, size=size, qos=qos, profile=profile
+    )
+    click.echo(run_bench(settings, progress=lambda line: click.echo(line, err=True)))
+
+
+@bench.command("predict")
+@click.option(
+    "--count",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(16, 1_000_000),
+    help="Predictions per measurement.",
+)
+@click.option(
+    "--in-flight",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Outstanding requests for the throughput measurement.",
+)
+def predict(count: int, in_flight: int) -> None:
+    """Prediction round trips over the bus vs aiohttp and MLServer (MODELBUS_MLSERVER)."""
+    from proxy.bench.predict import print_predict_table, run_predict_bench
+
+    rows, notes = run_predict_bench(count, in_flight)
+    print_predict_table(rows, notes, in_flight)
+
+
+@bench.command("upload")
+@click.option(
+    "--mib",
+    default=256,
+    show_default=True,
+    type=click.IntRange(1, 65536),
+    help="Size of the artifact to upload.",
+)
+@click.option(
+    "--window", default=16, show_default=True, type=click.IntRange(1, 256), help="Chunks in flight."
+)
+@click.option(
+    "--image",
+    is_flag=True,
+    help="Instead: save, upload and load a container image vs docker save | docker load.",
+)
+@click.option(
+    "--image-mib",
+    default=300,
+    show_default=True,
+    type=click.IntRange(1, 65536),
+    help="With --image: random bytes in the test image (1024 for the 1 GB memory check).",
+)
+@click.option(
+    "--docker-url",
+    envvar="DOCKER_HOST",
+    metavar="URL",
+    help="With --image: the engine (unix:// or loopback tcp://) [default: $DOCKER_HOST, else "
+    "start a podman system service].",
+)
+def upload(mib: int, window: int, image: bool, image_mib: int, docker_url: str | None) -> None:
+    """Chunked upload MB/s over ZeroMQ and MQTT vs raw loopback TCP; with --image, an image
+    deploy (save, upload, load) vs docker save | docker load on the same engine."""
+    if image:
+        from proxy.bench.image import check_docker_url, print_image_table, run_image_bench
+
+        try:
+            url = check_docker_url(docker_url) if docker_url else None
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--docker-url") from None
+        image_rows, image_notes, size = run_image_bench(image_mib, window, url)
+        print_image_table(image_rows, image_notes, image_mib, size)
+        return
+    from proxy.bench.upload import print_upload_table, run_upload_bench
+
+    rows, notes = run_upload_bench(mib, window)
+    print_upload_table(rows, notes, mib)

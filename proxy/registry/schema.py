@@ -1,0 +1,119 @@
+"""The registry's SQLite schema, as an ordered list of migrations.
+
+``MIGRATIONS[n]`` takes a file from schema version ``n`` to ``n + 1``; a new file starts at 0
+(``PRAGMA user_version``). :class:`proxy.registry.registry.Registry` applies the pending ones in one
+transaction when it opens a file and refuses a file whose version is newer than
+:data:`SCHEMA_VERSION`.
+
+Rules for whoever adds a migration:
+- append, never edit a shipped one: files in the field were built by it;
+- plain statements, one per string (no ``executescript``: it would commit on its own);
+- tables are ``STRICT``; a table rebuild (SQLite's 12-step ``ALTER``) must keep the
+  foreign keys valid, since the migration runs with ``foreign_keys`` on.
+
+History:
+1. the Clipper management surface: applications, model versions (immutable, with a trigger),
+   the stack of current versions per model (its top is current; rollback pops it), links.
+2. runtime state: model replicas and chunked uploads.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+_INPUT_TYPES = "('integers', 'floats', 'doubles', 'bytes', 'strings')"
+_ARTIFACT_KINDS = "('closure', 'image')"
+
+_V1 = (
+    f"""
+    CREATE TABLE applications (
+        name TEXT PRIMARY KEY,
+        input_type TEXT NOT NULL CHECK (input_type IN {_INPUT_TYPES}),
+        default_output TEXT NOT NULL,
+        latency_slo_micros INTEGER NOT NULL CHECK (latency_slo_micros > 0),
+        description TEXT NOT NULL,
+        created_ns INTEGER NOT NULL
+    ) STRICT
+    """,
+    f"""
+    CREATE TABLE models (
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        input_type TEXT NOT NULL CHECK (input_type IN {_INPUT_TYPES}),
+        labels TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        artifact_kind TEXT NOT NULL CHECK (artifact_kind IN {_ARTIFACT_KINDS}),
+        artifact_sha256 TEXT NOT NULL,
+        artifact_path TEXT NOT NULL,
+        image TEXT,
+        batch_size INTEGER NOT NULL CHECK (batch_size = -1 OR batch_size > 0),
+        desired_replicas INTEGER NOT NULL CHECK (desired_replicas >= 0),
+        stopped_ns INTEGER,
+        created_ns INTEGER NOT NULL,
+        PRIMARY KEY (name, version)
+    ) STRICT
+    """,
+    """
+    CREATE TRIGGER models_are_immutable
+    BEFORE UPDATE OF name, version, input_type, labels, metadata, artifact_kind,
+        artifact_sha256, artifact_path, image, batch_size, created_ns ON models
+    BEGIN
+        SELECT RAISE(ABORT, 'a registered model version is immutable');
+    END
+    """,
+    """
+    CREATE TABLE current_versions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        model_name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        set_ns INTEGER NOT NULL,
+        FOREIGN KEY (model_name, version) REFERENCES models (name, version)
+    ) STRICT
+    """,
+    "CREATE INDEX current_versions_by_model ON current_versions (model_name, seq)",
+    """
+    CREATE TABLE links (
+        app_name TEXT PRIMARY KEY REFERENCES applications (name) ON DELETE CASCADE,
+        model_name TEXT NOT NULL,
+        linked_ns INTEGER NOT NULL
+    ) STRICT
+    """,
+    "CREATE INDEX links_by_model ON links (model_name)",
+)
+
+_V2 = (
+    """
+    CREATE TABLE replicas (
+        model_name TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        replica_id INTEGER NOT NULL CHECK (replica_id >= 0),
+        state TEXT NOT NULL CHECK (state IN ('starting', 'ready', 'failed', 'stopped')),
+        handle TEXT,
+        updated_ns INTEGER NOT NULL,
+        PRIMARY KEY (model_name, model_version, replica_id),
+        FOREIGN KEY (model_name, model_version) REFERENCES models (name, version)
+    ) STRICT
+    """,
+    f"""
+    CREATE TABLE uploads (
+        upload_id TEXT PRIMARY KEY,
+        sender TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN {_ARTIFACT_KINDS}),
+        size INTEGER NOT NULL CHECK (size >= 0),
+        sha256 TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        chunk_size INTEGER NOT NULL CHECK (chunk_size > 0),
+        next_index INTEGER NOT NULL CHECK (next_index >= 0),
+        spool_path TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('open', 'committed', 'aborted')),
+        created_ns INTEGER NOT NULL,
+        touched_ns INTEGER NOT NULL
+    ) STRICT
+    """,
+    "CREATE INDEX open_uploads_by_sender ON uploads (sender) WHERE state = 'open'",
+    "CREATE INDEX open_uploads_by_touch ON uploads (touched_ns) WHERE state = 'open'",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+SCHEMA_VERSION = len(MIGRATIONS)

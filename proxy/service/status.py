@@ -1,0 +1,43 @@
+"""The service's rich status: what it announces on its status signal and answers ``status`` with.
+
+Built first, from the backend, so that every part that reports into it (the predict operations
+count default outputs) and every part that reads it (the heartbeat, the ``status`` operation)
+gets it at construction.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from proxy.backend import EmbeddedBackend
+
+__all__ = ["VERSION", "ServiceStatus"]
+
+VERSION = "0.1.0"
+
+
+class ServiceStatus:
+    def __init__(self, backend: EmbeddedBackend) -> None:
+        self.backend = backend
+        self.started = time.monotonic()
+        self.served_default = 0
+        """Predictions answered with an application's default output (SLO missed, or failed)."""
+
+    def snapshot(self) -> dict[str, Any]:
+        backend = self.backend
+        return {
+            "version": VERSION,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "models": [
+                {
+                    "model": name,
+                    "version": version,
+                    "ready": backend.is_ready(name, version),
+                    "replicas": len(backend.replicas(name, version)),
+                    "queued": backend.stats(name, version).queued,
+                }
+                for name, version in backend.versions()
+            ],
+            "served_default": self.served_default,
+        }

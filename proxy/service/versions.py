@@ -1,0 +1,124 @@
+"""Which version of a model takes traffic.
+
+A model's *current* version (in the registry) changes at once when an operator sets it; the
+version that *serves* changes only when one of its replicas is ready, so the previous version
+keeps answering meanwhile and no request fails during a switch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from anyio.abc import TaskGroup
+
+from bus.errors import BusError, NotFound
+from proxy.backend.embedded import EmbeddedBackend
+from proxy.registry.records import Application, InputType, ModelVersion
+from proxy.registry.registry import Registry
+
+__all__ = ["DEFAULT_BATCH_SIZE", "VersionRouter", "is_running", "start_model"]
+
+logger = logging.getLogger(__name__)
+
+READY_WAIT_S = 600.0
+DEFAULT_BATCH_SIZE = 64
+"""The batch cap for Clipper's adaptive batch size (-1): batches still only grow under load."""
+
+
+def is_running(backend: EmbeddedBackend, name: str, version: str) -> bool:
+    return (name, version) in backend.versions()
+
+
+async def start_model(backend: EmbeddedBackend, model: ModelVersion, replicas: int) -> None:
+    """Start ``replicas`` replicas of a registered version (or resize it if it runs)."""
+    if is_running(backend, model.name, model.version):
+        await backend.set_replicas(model.name, model.version, replicas)
+        return
+    if replicas > 0:
+        batch_size = model.batch_size if model.batch_size > 0 else DEFAULT_BATCH_SIZE
+        await backend.start_version(
+            model.name,
+            model.version,
+            model.artifact_path,
+            replicas=replicas,
+            batch_size=batch_size,
+            image=model.image,
+        )
+
+
+class VersionRouter:
+    def __init__(
+        self,
+        registry: Registry,
+        backend: EmbeddedBackend,
+        task_group: TaskGroup,
+        *,
+        on_switch: Callable[[], None] | None = None,
+    ):
+        self._on_switch = on_switch
+        self._registry = registry
+        self._backend = backend
+        self._task_group = task_group
+        self._serving: dict[str, str] = {}
+        self._apps: dict[str, tuple[int, Application]] = {}
+        self._input_types: dict[tuple[str, str], InputType] = {}
+
+    async def application(self, name: str) -> Application:
+        """The application, from memory while the registry's applications are unchanged."""
+        generation = self._registry.apps_generation
+        cached = self._apps.get(name)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        app = await self._registry.get_application(name)
+        self._apps[name] = (generation, app)
+        return app
+
+    async def input_type(self, name: str, version: str) -> InputType:
+        """A version's input type (versions are immutable, so it is read once)."""
+        key = (name, version)
+        if key not in self._input_types:
+            self._input_types[key] = (await self._registry.get_model(name, version)).input_type
+        return self._input_types[key]
+
+    def serving(self, name: str) -> str | None:
+        return self._serving.get(name)
+
+    async def version_for(self, name: str, version: str | None) -> str:
+        """The asked version, or the serving one, or (before any is ready) the current one."""
+        if version is not None:
+            return version
+        serving = self._serving.get(name)
+        if serving is not None:
+            return serving
+        try:
+            return (await self._registry.current_version(name)).version
+        except NotFound:
+            raise NotFound(f"no model named {name!r} is registered", model=name) from None
+
+    def switch(self, name: str, version: str) -> None:
+        """Serve ``version`` as soon as one of its replicas is ready."""
+        if self._backend.is_ready(name, version) or name not in self._serving:
+            self._serving[name] = version
+        if not self._backend.is_ready(name, version):
+            self._task_group.start_soon(self._switch_when_ready, name, version)
+
+    def forget(self, name: str, version: str) -> None:
+        if self._serving.get(name) == version:
+            del self._serving[name]
+
+    async def _switch_when_ready(self, name: str, version: str) -> None:
+        try:
+            await self._backend.wait_ready(name, version, timeout_s=READY_WAIT_S)
+        except BusError as error:
+            logger.warning("%s:%s never became ready: %s", name, version, error.message)
+            return
+        try:
+            current = await self._registry.current_version(name)
+        except NotFound:
+            return
+        if current.version == version:
+            logger.info("%s:%s is ready and now serves", name, version)
+            self._serving[name] = version
+            if self._on_switch is not None:
+                self._on_switch()

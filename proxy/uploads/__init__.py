@@ -1,0 +1,10 @@
+"""Chunked uploads, the receiving side: sessions spooled to disk, resumable, digest-checked.
+
+Door: it uses the registry (upload rows); not the service or the backend. The operations' bodies
+(:mod:`proxy.uploads.requests`) are validated by the deploy slot before they reach it.
+"""
+
+from proxy.uploads.requests import BeginRequest, ChunkRequest, UploadRef
+from proxy.uploads.sessions import UploadLimits, Uploads
+
+__all__ = ["BeginRequest", "ChunkRequest", "UploadLimits", "UploadRef", "Uploads"]

@@ -1,0 +1,359 @@
+"""Chunked transfer, the receiving side: upload sessions spooled to disk, resumable, verified.
+
+Each upload is a sparse spool file written chunk by chunk at its offset. The registry keeps the
+session; how many chunks from the start are acknowledged is written, before each
+acknowledgement, to a small progress file beside the spool file (and to the registry every half
+second and at the end), so a proxy restart resumes from exactly the last acknowledged chunk.
+A chunk's bytes come as the request's attachment (its digest already checked against the
+envelope's signature, so it is not hashed again) or inline in the body (hashed in a worker
+thread). The whole file's SHA-256 is computed as the acknowledged prefix advances
+(:mod:`proxy.uploads.digest`); an acknowledged chunk is never written again. ``commit`` compares
+that digest — or, for an upload resumed after a restart, a hash of the whole spool file — with
+the announced one and moves the file to ``artifacts/<sha256>``: content-addressed, so a second
+upload of the same bytes is skipped. Limits: total size, chunk size, open uploads per sender,
+idle time. The wire operations are described in :mod:`bus.transfer`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bus import PayloadObject
+from bus.errors import InvalidRequest, LimitExceeded, NotFound
+from bus.transfer import file_sha256
+from proxy.registry.records import Upload
+from proxy.registry.registry import Registry
+from proxy.uploads.digest import PrefixDigest, write_at
+from proxy.uploads.requests import BeginRequest, ChunkRequest, UploadRef
+
+__all__ = ["UploadLimits", "Uploads"]
+
+logger = logging.getLogger(__name__)
+
+
+REGISTRY_EVERY_S = 0.5
+HASH_ON_LOOP_MAX = 64 * 1024
+"""Inline chunk data up to this size is hashed on the event loop (a thread hop costs more)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLimits:
+    max_bytes: int = 8 * 1024**3
+    max_chunk_bytes: int = 8 * 1024 * 1024
+    max_open_per_sender: int = 4
+    idle_timeout_s: float = 3600.0
+    window: int = 16
+
+
+class Uploads:
+    def __init__(self, registry: Registry, data_dir: Path, limits: UploadLimits) -> None:
+        self.registry = registry
+        self.limits = limits
+        self.spool_dir = data_dir / "spool"
+        self.artifact_dir = data_dir / "artifacts"
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        self._received: dict[str, set[int]] = {}
+        self._open: dict[str, Upload] = {}  # open uploads, acknowledged prefix up to date
+        self._written: dict[str, tuple[int, float]] = {}  # prefix in the registry, and when
+        self._locks: dict[str, anyio.Lock] = {}
+        self._digests: dict[str, PrefixDigest] = {}  # uploads opened by this process
+
+    def artifact_path(self, sha256: str) -> Path:
+        return self.artifact_dir / sha256
+
+    def has_artifact(self, sha256: str) -> bool:
+        return self.artifact_path(sha256).is_file()
+
+    async def begin(self, sender: str, request: BeginRequest) -> dict[str, Any]:
+        if self.has_artifact(request.sha256):
+            return {"complete": True, "artifact": request.sha256}
+        self._check_limits(request)
+        for upload in await self.registry.list_open_uploads(sender):
+            if (upload.name, upload.sha256, upload.size, upload.chunk_size) == (
+                request.name,
+                request.sha256,
+                request.size,
+                request.chunk_size,
+            ):
+                logger.info(
+                    "resuming upload %s of %s at chunk %d",
+                    upload.upload_id,
+                    upload.name,
+                    upload.next_index,
+                )
+                return self._opened(await self._touch(upload))
+        upload_id = uuid.uuid4().hex
+        spool = self.spool_dir / upload_id
+        upload = await self.registry.create_upload(
+            upload_id,
+            sender=sender,
+            name=request.name,
+            kind=request.kind,
+            size=request.size,
+            sha256=request.sha256,
+            chunk_size=request.chunk_size,
+            spool_path=str(spool),
+            metadata=request.metadata,
+            max_open_per_sender=self.limits.max_open_per_sender,
+        )
+        await anyio.to_thread.run_sync(_make_sparse, spool, request.size)
+        self._digests[upload_id] = PrefixDigest(spool, request.chunk_size, self.limits.window)
+        logger.info(
+            "upload %s of %s (%d bytes) opened by %s", upload_id, request.name, request.size, sender
+        )
+        return self._opened(upload)
+
+    def _check_limits(self, request: BeginRequest) -> None:
+        if request.size > self.limits.max_bytes:
+            raise LimitExceeded(
+                f"{request.size} bytes is over this service's upload limit of "
+                f"{self.limits.max_bytes} bytes",
+                size=request.size,
+                limit=self.limits.max_bytes,
+            )
+        if request.chunk_size > self.limits.max_chunk_bytes:
+            raise LimitExceeded(
+                f"chunks of {request.chunk_size} bytes are over the limit of "
+                f"{self.limits.max_chunk_bytes}",
+                limit=self.limits.max_chunk_bytes,
+            )
+
+    def _opened(self, upload: Upload) -> dict[str, Any]:
+        return {
+            "complete": False,
+            "upload_id": upload.upload_id,
+            "next_index": upload.next_index,
+            "chunk_size": upload.chunk_size,
+            "chunk_count": upload.chunk_count,
+            "window": self.limits.window,
+        }
+
+    async def _open_upload(self, sender: str, upload_id: str) -> Upload:
+        upload = self._open.get(upload_id)
+        if upload is None:
+            try:
+                upload = await self.registry.get_upload(upload_id)
+            except NotFound:
+                upload = None
+            if upload is not None and upload.state == "open":
+                upload = self._open[upload_id] = _with_progress(upload)
+        if upload is None or upload.sender != sender or upload.state != "open":
+            raise NotFound(
+                f"no open upload {upload_id!r} of yours; begin (or resume) it again",
+                upload_id=upload_id,
+            )
+        return upload
+
+    async def chunk(
+        self, sender: str, request: ChunkRequest, attachment: PayloadObject | None = None
+    ) -> dict[str, Any]:
+        """Check a chunk — its bytes are the attachment or the body's ``data`` — write it, and
+        acknowledge it with the new contiguous prefix."""
+        data = _chunk_bytes(request, attachment)
+        upload = await self._open_upload(sender, request.upload_id)
+        if request.index >= upload.chunk_count:
+            raise InvalidRequest(
+                f"chunk {request.index} is past the last chunk ({upload.chunk_count - 1})"
+            )
+        expected = min(upload.chunk_size, upload.size - request.index * upload.chunk_size)
+        if len(data) != expected:
+            raise InvalidRequest(
+                f"chunk {request.index} has {len(data)} bytes; expected {expected}"
+            )
+        if await _sha256_hex(data, attachment) != request.sha256:
+            raise InvalidRequest(
+                f"chunk {request.index} does not match its SHA-256 (corrupted); send it again",
+                index=request.index,
+            )
+        return {"next_index": await self._store(upload, request.index, data)}
+
+    def _lock(self, upload_id: str) -> anyio.Lock:
+        return self._locks.setdefault(upload_id, anyio.Lock())
+
+    def _latest(self, upload: Upload) -> Upload:
+        """The upload as last written by this service (a read may be older than that)."""
+        cached = self._open.get(upload.upload_id)
+        if cached is None or upload.next_index > cached.next_index:
+            cached = self._open[upload.upload_id] = upload
+        return cached
+
+    async def _touch(self, upload: Upload) -> Upload:
+        """Restart a resumed upload's idle time (a resumed upload is not idle)."""
+        async with self._lock(upload.upload_id):
+            current = self._latest(_with_progress(upload))
+            touched = await self.registry.advance_upload(upload.upload_id, current.next_index)
+            self._open[upload.upload_id] = touched
+            self._written[upload.upload_id] = (touched.next_index, time.monotonic())
+            return touched
+
+    async def _store(self, upload: Upload, index: int, data: bytes) -> int:
+        """Write a checked chunk, hash the prefix it completes and acknowledge it, one chunk of
+        an upload at a time. A chunk already acknowledged is not written again: its bytes are
+        hashed, and the spool file must stay what the digest says."""
+        upload_id = upload.upload_id
+        async with self._lock(upload_id):
+            current = self._latest(upload)
+            if index < current.next_index:
+                return current.next_index
+            received = self._received.setdefault(upload_id, set())
+            next_index = current.next_index
+            while next_index == index or next_index in received:
+                next_index += 1
+            await self._write(current, index, data, next_index)
+            received.add(index)
+            received.difference_update(range(current.next_index, next_index))
+            if next_index != current.next_index:
+                await self._record(current, next_index)
+            return next_index
+
+    async def _write(self, upload: Upload, index: int, data: bytes, next_index: int) -> None:
+        upload_id = upload.upload_id
+        digest = self._digests.get(upload_id)
+        if digest is not None and digest.next_index != upload.next_index:
+            logger.warning("upload %s: running digest out of step; hashing at commit", upload_id)
+            digest = self._digests.pop(upload_id, None)
+        spool = Path(upload.spool_path)
+        if digest is None:
+            await anyio.to_thread.run_sync(write_at, spool, index * upload.chunk_size, data)
+            return
+        try:
+            await anyio.to_thread.run_sync(digest.store, index, data, next_index)
+        except BaseException:
+            self._digests.pop(upload_id, None)  # half-advanced: commit hashes the file
+            raise
+
+    async def _record(self, upload: Upload, next_index: int) -> None:
+        """Make the acknowledged prefix durable before it is acknowledged: in the upload's
+        progress file at once (8 bytes beside the spool file, so a restarted service resumes
+        from exactly there), in the registry when the upload completes and at most every
+        REGISTRY_EVERY_S otherwise (a registry transaction per chunk serialized the upload)."""
+        _write_progress(upload, next_index)
+        updated = upload.model_copy(update={"next_index": next_index})
+        now = time.monotonic()
+        written_at = self._written.get(upload.upload_id, (0, 0.0))[1]
+        if next_index == upload.chunk_count or now - written_at >= REGISTRY_EVERY_S:
+            updated = await self.registry.advance_upload(upload.upload_id, next_index)
+            self._written[upload.upload_id] = (next_index, now)
+        self._open[upload.upload_id] = updated
+
+    async def commit(self, sender: str, request: UploadRef) -> dict[str, Any]:
+        upload = await self._open_upload(sender, request.upload_id)
+        if upload.next_index < upload.chunk_count:
+            raise InvalidRequest(
+                f"upload {upload.upload_id} is missing chunks from {upload.next_index} of "
+                f"{upload.chunk_count}; resume it before committing",
+                next_index=upload.next_index,
+            )
+        spool = Path(upload.spool_path)
+        actual = await self._file_digest(upload)
+        if actual != upload.sha256:
+            await self._discard(upload)
+            raise InvalidRequest(
+                f"the uploaded bytes hash to {actual}, not the announced {upload.sha256}; "
+                "the upload was discarded — upload again",
+                expected=upload.sha256,
+                actual=actual,
+            )
+        os.replace(spool, self.artifact_path(upload.sha256))
+        _progress_path(upload).unlink(missing_ok=True)
+        await self.registry.finish_upload(upload.upload_id, "committed")
+        self._forget(upload.upload_id)
+        logger.info("upload %s committed as artifact %s", upload.upload_id, upload.sha256)
+        return {"artifact": upload.sha256, "size": upload.size, "kind": upload.kind}
+
+    async def _file_digest(self, upload: Upload) -> str:
+        """The spool file's SHA-256: the running digest when this process saw every chunk,
+        else (a resumed upload after a restart) a hash of the whole file."""
+        async with self._lock(upload.upload_id):
+            digest = self._digests.get(upload.upload_id)
+            if digest is not None and digest.next_index == upload.chunk_count:
+                return digest.hexdigest()
+            logger.info("upload %s: hashing the spool file to commit", upload.upload_id)
+            return await anyio.to_thread.run_sync(file_sha256, Path(upload.spool_path))
+
+    async def abort(self, sender: str, request: UploadRef) -> dict[str, Any]:
+        await self._discard(await self._open_upload(sender, request.upload_id))
+        return {}
+
+    async def expire_idle(self) -> int:
+        """Abort uploads idle longer than the limit; returns how many."""
+        horizon = time.time_ns() - int(self.limits.idle_timeout_s * 1e9)
+        idle = await self.registry.list_idle_uploads(horizon)
+        for upload in idle:
+            logger.info("upload %s of %s idle too long; aborted", upload.upload_id, upload.name)
+            await self._discard(upload)
+        return len(idle)
+
+    async def _discard(self, upload: Upload) -> None:
+        await self.registry.finish_upload(upload.upload_id, "aborted")
+        Path(upload.spool_path).unlink(missing_ok=True)
+        _progress_path(upload).unlink(missing_ok=True)
+        self._forget(upload.upload_id)
+
+    def _forget(self, upload_id: str) -> None:
+        self._open.pop(upload_id, None)
+        self._written.pop(upload_id, None)
+        self._received.pop(upload_id, None)
+        self._locks.pop(upload_id, None)
+        self._digests.pop(upload_id, None)
+
+
+def _chunk_bytes(request: ChunkRequest, attachment: PayloadObject | None) -> bytes:
+    if attachment is not None and request.data is None:
+        return attachment.data
+    if attachment is None and request.data is not None:
+        return request.data
+    raise InvalidRequest(
+        f"chunk {request.index} carries its bytes either as the request's attachment or as "
+        "the body's data: exactly one of the two",
+        index=request.index,
+    )
+
+
+async def _sha256_hex(data: bytes, attachment: PayloadObject | None) -> str:
+    """A chunk's SHA-256: a detached attachment's was checked against the signed envelope."""
+    if attachment is not None and attachment.sha256 is not None:
+        return attachment.sha256.hex()
+    if len(data) <= HASH_ON_LOOP_MAX:
+        return hashlib.sha256(data).hexdigest()
+    return await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
+
+
+def _progress_path(upload: Upload) -> Path:
+    return Path(upload.spool_path + ".acked")
+
+
+def _write_progress(upload: Upload, next_index: int) -> None:
+    """The acknowledged prefix, 8 bytes big-endian, rewritten in place (a page-cache write)."""
+    fd = os.open(_progress_path(upload), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, next_index.to_bytes(8, "big"), 0)
+    finally:
+        os.close(fd)
+
+
+def _with_progress(upload: Upload) -> Upload:
+    """``upload`` with the prefix its progress file records, when that is further along (the
+    registry is written less often than the file)."""
+    try:
+        recorded = int.from_bytes(_progress_path(upload).read_bytes()[:8], "big")
+    except OSError:
+        return upload
+    if upload.next_index < recorded <= upload.chunk_count:
+        return upload.model_copy(update={"next_index": recorded})
+    return upload
+
+
+def _make_sparse(path: Path, size: int) -> None:
+    with path.open("wb") as file:
+        file.truncate(size)
