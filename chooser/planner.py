@@ -31,7 +31,7 @@ from itertools import pairwise
 from typing import TypeVar
 
 from chooser.coverage import covered_points
-from chooser.index import Candidate, CandidateIndex
+from chooser.index import Candidate, CandidateIndex, ModelRef
 from chooser.places import Place, PlaceTree
 from chooser.plan import Choice, Composition, Gap, Plan, Query, Segment, VerdictRequest, Verdicts
 from chooser.timegrid import NS, Grid
@@ -74,8 +74,8 @@ class _Planner:
         self.verdicts = verdicts
         self.grid = query.grid
         self.ranked = cache(self._ranked)
-        self.serves = cache(self._serves)
-        self.able = cache(self._able)
+        self._able_by_ref: dict[ModelRef, tuple[bool, ...]] = {}
+        self._serves_by_ref: dict[ModelRef, tuple[bool, ...]] = {}
         self._changes: tuple[int, ...] | None = None
 
     def _ranked(self, place: Place) -> tuple[_Ranked, ...]:
@@ -90,8 +90,21 @@ class _Planner:
         ]
         return tuple(sorted(found, key=lambda ranked: ranked.key))
 
-    def _able(self, candidate: Candidate) -> tuple[bool, ...]:
+    def able(self, candidate: Candidate) -> tuple[bool, ...]:
         """Per point: does the candidate's coverage (or its verdicts) include the interval?"""
+        found = self._able_by_ref.get(candidate.ref)
+        if found is None:
+            found = self._able_by_ref[candidate.ref] = self._able(candidate)
+        return found
+
+    def serves(self, candidate: Candidate) -> tuple[bool, ...]:
+        """Per point: able, and at a resolution that tiles the point's interval."""
+        found = self._serves_by_ref.get(candidate.ref)
+        if found is None:
+            found = self._serves_by_ref[candidate.ref] = self._serves(candidate)
+        return found
+
+    def _able(self, candidate: Candidate) -> tuple[bool, ...]:
         meta = candidate.metadata
         if meta.coverage is not None:
             return tuple(covered_points(meta.coverage, self.grid))

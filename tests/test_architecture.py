@@ -34,6 +34,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
     ),
     "aiosqlite": ("proxy/registry.py",),
     "docker": ("proxy/runtime_docker.py",),
+    "rdflib": ("chooser/places.py",),
 }
 
 
