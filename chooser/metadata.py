@@ -174,8 +174,11 @@ class Coverage(BaseModel):
     def _some_and_sound(self) -> Coverage:
         if not self.ranges and not self.rules:
             raise ValueError("give at least one range or rule (or has_can_predict instead)")
-        for date_range in self.ranges:
-            date_range.check(self.timezone)
+        for number, date_range in enumerate(self.ranges):
+            try:
+                date_range.check(self.timezone)
+            except ValueError as exc:
+                raise ValueError(f"ranges.{number}: {exc}") from None
         return self
 
 

@@ -4,7 +4,8 @@ Instants are parsed from text with an explicit zone and kept as integer nanoseco
 Unix epoch (UTC), exact and msgpack-native. Accepted forms:
 
 - ISO 8601 with an offset or ``Z``: ``2018-01-30T00:00:00-08:00``, ``2018-01-30T08:00:00Z``;
-- a local date-time and a zone: ``2018-01-30 00:00:00 PST``, ``2018-01-30 00:00 America/Denver``.
+- a local date-time (or date: midnight) and a zone: ``2018-01-30 00:00:00 PST``,
+  ``2018-01-30 00:00 America/Denver``, ``2018-01-30 UTC``.
   A named IANA zone applies its rules for that date; an abbreviation (table ``ABBREVIATIONS``)
   is a fixed offset: ``PST`` is always UTC-8, also in July. A local time that a DST change skips
   (02:30 on 2018-03-11 in Los Angeles) is refused; one it repeats (01:30 on 2018-11-04) is the
@@ -56,7 +57,9 @@ ABBREVIATIONS: dict[str, float] = {
     "CST": -6, "CDT": -5, "EST": -5, "EDT": -4,
 }  # fmt: skip
 
-_LOCAL = re.compile(r"(\d{4}-\d{2}-\d{2})[ T](\d{1,2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?) +(\S+)")
+_LOCAL = re.compile(
+    r"(\d{4}-\d{2}-\d{2})(?:[ T](\d{1,2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?))? +([A-Za-z][^\s]*)"
+)
 _STEP = re.compile(r"([1-9]\d{0,8})(s|min|h|d)")
 _UNIT_S = {"s": 1, "min": 60, "h": 3600, "d": 86400}
 _MAX_TEXT = 64
@@ -105,7 +108,7 @@ def parse_instant(text: str, *, field: str = "start") -> datetime:
         raise TimeGridError(field, "an instant is a string of 1 to 64 characters")
     local = _LOCAL.fullmatch(text.strip())
     if local is not None:
-        naive = _fromiso(f"{local[1]}T{local[2]}", field)
+        naive = _fromiso(f"{local[1]}T{local[2] or '00:00'}", field)
         return _localize(naive, parse_zone(local[3], field=field), field)
     parsed = _fromiso(text.strip(), field)
     if parsed.tzinfo is None:
