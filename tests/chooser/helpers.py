@@ -59,3 +59,9 @@ def day_query(
     return Query.parse(
         model_type, context, f"{day} 00:00 {zone}", f"{next_day} 00:00 {zone}", granularity
     )
+
+
+def ranged(first_hour: int, last_hour: int, **kwargs: Any) -> ModelMetadata:
+    """A model covering 2018-01-30 from ``first_hour`` to ``last_hour`` (24: midnight after), LA."""
+    end = f"2018-01-30 {last_hour:02}:00" if last_hour < 24 else "2018-01-31 00:00"
+    return meta([(f"2018-01-30 {first_hour:02}:00", end)], **kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from chooser import Candidate, CandidateIndex, ModelRef, Place
 from tests.chooser.helpers import meta
 
@@ -9,8 +11,8 @@ WHOLE = [("2018-01-01 00:00", "2019-01-01 00:00")]
 A = Place("zone", "A")
 
 
-def candidate(name: str, version: str = "1", **kwargs: object) -> Candidate:
-    return Candidate(ModelRef(name, version), meta(WHOLE, **kwargs), created_ns=0)  # type: ignore[arg-type]
+def candidate(name: str, version: str = "1", **kwargs: Any) -> Candidate:
+    return Candidate(ModelRef(name, version), meta(WHOLE, **kwargs), created_ns=0)
 
 
 def test_find_is_by_type_and_exact_place() -> None:

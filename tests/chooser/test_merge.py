@@ -16,15 +16,10 @@ from chooser import (
     validate_output,
 )
 from chooser.plan import Segment
-from tests.chooser.helpers import SODA_TTL, day_query, index_of, meta
+from tests.chooser.helpers import SODA_TTL, day_query, index_of, ranged
 
 DAY = "2018-01-30"
 NS = 10**9
-
-
-def ranged(h0: int, h1: int, **kwargs: object) -> object:
-    end = f"{DAY} {h1:02}:00" if h1 < 24 else "2018-01-31 00:00"
-    return meta([(f"{DAY} {h0:02}:00", end)], **kwargs)  # type: ignore[arg-type]
 
 
 def answer_all(result: Plan, value_of: dict[str, float] | None = None) -> Answer:

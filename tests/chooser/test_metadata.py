@@ -33,7 +33,7 @@ def test_good_metadata_is_accepted_and_frozen() -> None:
     assert meta.aggregation_rule == "mean"
     assert meta.coverage is not None and meta.coverage.rules[0].hours == [8, 9]
     with pytest.raises(ValueError, match="frozen"):
-        meta.type = "weather"  # type: ignore[misc]
+        meta.type = "weather"
 
 
 def test_can_predict_replaces_coverage() -> None:

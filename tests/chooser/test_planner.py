@@ -14,7 +14,7 @@ from chooser import (
     verdict_requests,
 )
 from chooser.timegrid import to_ns
-from tests.chooser.helpers import LA, SODA_TTL, day_query, index_of, meta
+from tests.chooser.helpers import LA, SODA_TTL, day_query, index_of, meta, ranged
 
 DAY = "2018-01-30"
 
@@ -25,11 +25,6 @@ def at(local: str, zone: str = LA) -> int:
 
 def hour(h: int, day: str = DAY) -> int:
     return at(f"{day} {h:02}:00") if h < 24 else at("2018-01-31 00:00")
-
-
-def ranged(h0: int, h1: int, **kwargs: object) -> object:
-    end = f"{DAY} {h1:02}:00" if h1 < 24 else "2018-01-31 00:00"
-    return meta([(f"{DAY} {h0:02}:00", end)], **kwargs)  # type: ignore[arg-type]
 
 
 def layout(result: Plan) -> list[tuple[int, int, str]]:
