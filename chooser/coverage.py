@@ -37,8 +37,8 @@ def covered_intervals(coverage: Coverage, start_ns: int, end_ns: int) -> list[In
     found = [(start_ns, end_ns)]
     if coverage.ranges:
         found = _intersect(found, _merge([r.bounds_ns(coverage.timezone) for r in coverage.ranges]))
-    if coverage.rules:
-        found = _intersect(found, _rule_intervals(coverage, start_ns, end_ns))
+    if coverage.rules:  # walked only inside the ranges
+        found = _merge([part for s, e in found for part in _rule_intervals(coverage, s, e)])
     return found
 
 

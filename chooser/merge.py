@@ -30,10 +30,13 @@ __all__ = ["Answer", "Answered", "Failed", "SegmentOutcome", "stitch"]
 
 @dataclass(frozen=True, slots=True)
 class Answered:
-    """A segment answered by ``choice`` (the first choice, or a fallback)."""
+    """A segment answered by ``choice`` (the first choice, or a fallback); ``is_cached`` when
+    the wiring took it from the model's result cache (``cache_ttl_s``), keyed by the
+    ``SegmentRequest`` (hashable: model, type, place, span and step)."""
 
     choice: Choice
     series: ModelSeries
+    is_cached: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +53,31 @@ SegmentOutcome = Answered | Failed
 class Answer:
     """The series on exactly the asked grid: ``values[i]`` for ``grid.points_ns[i]`` (None in a
     gap), ``provenance[i]`` the models that made it (one, or one per child when composed; empty in
-    a gap), ``gaps`` sorted and merged, ``is_composed`` when any point was composed."""
+    a gap), ``gaps`` sorted and merged, ``is_composed`` when any point was composed, ``cached``
+    the ``(start_ns, end_ns)`` spans answered from a result cache."""
 
     grid: Grid
     values: tuple[float | None, ...]
     provenance: tuple[tuple[ModelRef, ...], ...]
     gaps: tuple[Gap, ...]
     is_composed: bool
+    cached: tuple[tuple[int, int], ...] = ()
+
+    def to_wire(self) -> dict[str, object]:
+        """A msgpack/JSON-able form: ``points`` as ``[ts_ns, value or None, [[name, version],
+        ...]]``, ``gaps`` as ``[start_ns, end_ns, reason]``, ``composed``, ``cached``, ``step``."""
+        return {
+            "step": str(self.grid.step),
+            "points": [
+                [instant, value, [[ref.name, ref.version] for ref in refs]]
+                for instant, value, refs in zip(
+                    self.grid.points_ns, self.values, self.provenance, strict=True
+                )
+            ],
+            "gaps": [[gap.start_ns, gap.end_ns, gap.reason] for gap in self.gaps],
+            "composed": self.is_composed,
+            "cached": [list(span) for span in self.cached],
+        }
 
 
 def stitch(plan: Plan, outcomes: Mapping[Segment, SegmentOutcome]) -> Answer:
@@ -66,12 +87,15 @@ def stitch(plan: Plan, outcomes: Mapping[Segment, SegmentOutcome]) -> Answer:
     values: list[float | None] = [None] * size
     provenance: list[tuple[ModelRef, ...]] = [()] * size
     gaps = list(plan.gaps)
+    cached: list[tuple[int, int]] = []
     for segment in plan.segments:
         lo, hi = index[segment.start_ns], index[segment.end_ns]
         outcome = outcomes.get(segment, Failed("the model was not called"))
         if isinstance(outcome, Failed):
             gaps.append(Gap(segment.start_ns, segment.end_ns, outcome.reason))
             continue
+        if outcome.is_cached:
+            cached.append((segment.start_ns, segment.end_ns))
         edges = plan.grid.edges_ns[lo : hi + 1]
         resampled = _resample(outcome.series, edges, outcome.choice.aggregation)
         for offset, value in enumerate(resampled):
@@ -83,9 +107,14 @@ def stitch(plan: Plan, outcomes: Mapping[Segment, SegmentOutcome]) -> Answer:
                 provenance[lo + offset] = (outcome.choice.ref,)
     for composition in plan.compositions:
         lo = index[composition.start_ns]
-        gaps += _compose(composition, outcomes, values, provenance, lo)
+        gaps += _compose(composition, outcomes, values, provenance, lo, cached)
     return Answer(
-        plan.grid, tuple(values), tuple(provenance), tuple(_merge(gaps)), plan.is_composed
+        plan.grid,
+        tuple(values),
+        tuple(provenance),
+        tuple(_merge(gaps)),
+        plan.is_composed,
+        tuple(sorted(cached)),
     )
 
 
@@ -95,9 +124,11 @@ def _compose(
     values: list[float | None],
     provenance: list[tuple[ModelRef, ...]],
     lo: int,
+    cached: list[tuple[int, int]],
 ) -> list[Gap]:
     """Sum the children's answers into ``values[lo:]``; return the gaps, named by child."""
     answers = [stitch(part, outcomes) for part in composition.parts]
+    cached += [span for answer in answers for span in answer.cached]
     gaps = [
         Gap(gap.start_ns, gap.end_ns, f"{part.place}: {gap.reason}")
         for part, answer in zip(composition.parts, answers, strict=True)

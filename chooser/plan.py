@@ -15,13 +15,21 @@ A plan splits the asked grid into runs of points, each exactly one of:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from chooser.index import ModelRef
 from chooser.metadata import AGGREGATION, Aggregation
-from chooser.places import Place, parse_context
-from chooser.timegrid import MAX_POINTS, Grid, build_grid, parse_instant, parse_step
+from chooser.places import Place, PlacesError, parse_context
+from chooser.timegrid import (
+    MAX_POINTS,
+    Grid,
+    TimeGridError,
+    build_grid,
+    parse_instant,
+    parse_step,
+)
 
 __all__ = [
     "Choice",
@@ -29,10 +37,24 @@ __all__ = [
     "Gap",
     "Plan",
     "Query",
+    "QueryError",
     "Segment",
     "VerdictRequest",
     "Verdicts",
 ]
+
+_TYPE = re.compile(r"[a-z][a-z0-9_\-]{0,63}")
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered as asked; ``field`` is type, context, start, end or
+    granularity, ``reason`` says what to fix (``GridTooLargeError`` is the ``__cause__`` when the
+    grid is too large)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +78,24 @@ class Query:
         aggregation: Aggregation | None = None,
         max_points: int = MAX_POINTS,
     ) -> Query:
-        """From a user's terms; raises ``TimeGridError`` or ``PlacesError`` (both ValueError)."""
-        step = parse_step(granularity)
-        grid = build_grid(
-            parse_instant(start, field="start"),
-            parse_instant(end, field="end"),
-            step,
-            max_points=max_points,
-        )
+        """From a user's (untrusted) terms; every failure is a ``QueryError`` naming the field."""
+        if not isinstance(model_type, str) or not _TYPE.fullmatch(model_type):
+            raise QueryError("type", "a model type is [a-z][a-z0-9_-]{0,63}, e.g. thermal")
+        try:
+            place = parse_context(context)
+        except PlacesError as exc:
+            raise QueryError("context", exc.reason) from None
+        try:
+            grid = build_grid(
+                parse_instant(start, field="start"),
+                parse_instant(end, field="end"),
+                parse_step(granularity),
+                max_points=max_points,
+            )
+        except TimeGridError as exc:
+            raise QueryError(exc.field, exc.reason) from exc
         rule = aggregation or AGGREGATION.get(model_type, "mean")
-        return cls(model_type, parse_context(context), grid, rule)
+        return cls(model_type, place, grid, rule)
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,3 +138,23 @@ def test_a_failed_child_makes_a_gap_naming_the_child() -> None:
     answer = stitch(result, outcomes)
     assert answer.values == (None,) * 48
     assert [gap.reason for gap in answer.gaps] == ["zone=B: model b:1 failed"]
+
+
+def test_cached_spans_and_the_wire_form() -> None:
+    index = index_of(("a", ranged(0, 12)), ("b", ranged(12, 24, resolution_s=1800)))
+    result = plan(day_query(), index)
+    first, second = result.segments
+    outcomes: dict[Segment, SegmentOutcome] = {}
+    for segment, cached in ((first, True), (second, False)):
+        request = SegmentRequest.for_choice("thermal", segment, segment.choices[0])
+        series = validate_output(request, [1.0] * request.points)
+        outcomes[segment] = Answered(segment.choices[0], series, is_cached=cached)
+    answer = stitch(result, outcomes)
+    assert answer.cached == ((first.start_ns, first.end_ns),)
+    wire = answer.to_wire()
+    assert wire["step"] == "30min" and wire["composed"] is False and wire["gaps"] == []
+    assert wire["cached"] == [[first.start_ns, first.end_ns]]
+    points = wire["points"]
+    assert isinstance(points, list) and len(points) == 48
+    assert points[0] == [result.grid.start_ns, 1.0, [["a", "1"]]]
+    assert points[-1][2] == [["b", "1"]]
