@@ -44,7 +44,7 @@ T = TypeVar("T")
 Usable = Callable[[Candidate], bool]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _Ranked:
     candidate: Candidate
     distance: int
@@ -172,7 +172,7 @@ class _Planner:
                     start, end = self._span(sub_lo, sub_hi)
                     compositions.append(Composition(place, start, end, parts))
                 else:
-                    gaps.append(Gap(*self._span(sub_lo, sub_hi), self._reason(ranked, sub_lo)))
+                    gaps += self._gaps(ranked, sub_lo, sub_hi)
         sub_grid = Grid(self.grid.edges_ns[lo : hi + 1], self.grid.step)
         return Plan(
             self.query.model_type,
@@ -214,6 +214,10 @@ class _Planner:
 
     def _span(self, lo: int, hi: int) -> tuple[int, int]:
         return self.grid.edges_ns[lo], self.grid.edges_ns[hi]
+
+    def _gaps(self, ranked: tuple[_Ranked, ...], lo: int, hi: int) -> list[Gap]:
+        reasons = [self._reason(ranked, i) for i in range(lo, hi)]
+        return [Gap(*self._span(a, b), reason) for a, b, reason in _runs(reasons, lo)]
 
     def _reason(self, ranked: tuple[_Ranked, ...], i: int) -> str:
         if not ranked:

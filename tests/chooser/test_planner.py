@@ -217,3 +217,12 @@ def test_composition_recurses_down_the_tree() -> None:
     assert [part.place for part in composition.parts] == [Place("floor", "1"), Place("floor", "2")]
     assert all(part.is_composed for part in composition.parts)
     assert len(result.calls()) == 4
+
+
+def test_each_gap_run_carries_its_own_reason() -> None:
+    index = index_of(("a", ranged(0, 6)), ("hourly", ranged(12, 24, resolution_s=3600)))
+    result = plan(day_query(), index)
+    assert [(g.start_ns, g.end_ns, g.reason) for g in result.gaps] == [
+        (hour(6), hour(12), "no usable model can predict this time"),
+        (hour(12), hour(24), "no usable model at a resolution dividing the 30min step"),
+    ]
