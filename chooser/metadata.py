@@ -15,12 +15,13 @@ The JSON shape (``ModelMetadata.parse`` accepts it; every bad field is named in 
      "cache_ttl_s": 600,                     # optional: cache results of outside calls
      "aggregation": "mean"}                  # optional: overrides the table below
 
-Coverage: an instant is covered when it lies inside one of ``ranges`` (or there are none) AND it
-matches one of ``rules`` (or there are none); at least one range or rule is required. A rule matches
-a local time whose weekday (Monday = 0), hour and month are in its lists; an empty or missing list
-matches everything. Dates without a zone are read in ``timezone``. With ``has_can_predict`` there is
-no ``coverage``: the model's own ``can_predict(start, end, resolution)`` decides, run by the wiring
-in the model's worker; the planner only receives its verdicts.
+Coverage: an instant is covered when it lies inside one of ``ranges`` (or there are none) AND
+it matches one of ``rules`` (or there are none); at least one range or rule is required. A rule
+matches a local time whose weekday (Monday = 0), hour and month are in its lists; an empty or
+missing list matches everything. Dates without a zone are read in ``timezone`` (in UTC for
+``training_range``). With ``has_can_predict`` there is no ``coverage``: the model's own
+``can_predict(start, end, resolution)`` decides, run by the wiring in the model's worker; the
+planner only receives its verdicts.
 
 Aggregation per type (``AGGREGATION``), used to resample and to compose places:
 
@@ -34,6 +35,9 @@ Aggregation per type (``AGGREGATION``), used to resample and to compose places:
     occupancy      mean   a rate or count at an instant
     other types    mean   unless the metadata says ``sum``
     =============  =====  ===================================
+
+A model's own ``aggregation`` decides how its series is resampled; a query's aggregation (which
+decides composition and whether ancestors may answer) is the table's, or the query's own.
 """
 
 from __future__ import annotations
