@@ -20,7 +20,7 @@ abbreviation, an ISO offset) a day is 24 hours.
 
 A grid is ``n + 1`` edges; point ``i`` stands for the interval ``[edges[i], edges[i + 1])``.
 The end must fall exactly on an edge (a whole number of steps); a grid has at most
-``MAX_POINTS`` points.
+``MAX_POINTS`` points. Years are bounded (``MIN_YEAR``-``MAX_YEAR``).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 MAX_POINTS = 100_000
+MIN_YEAR, MAX_YEAR = 1900, 2200  # keeps every grid (≤ MAX_POINTS days) inside datetime's range
 NS = 1_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -108,12 +109,18 @@ def parse_instant(text: str, *, field: str = "start") -> datetime:
         raise TimeGridError(field, "an instant is a string of 1 to 64 characters")
     local = _LOCAL.fullmatch(text.strip())
     if local is not None:
-        naive = _fromiso(f"{local[1]}T{local[2] or '00:00'}", field)
+        naive = _check_year(_fromiso(f"{local[1]}T{local[2] or '00:00'}", field), field)
         return _localize(naive, parse_zone(local[3], field=field), field)
-    parsed = _fromiso(text.strip(), field)
+    parsed = _check_year(_fromiso(text.strip(), field), field)
     if parsed.tzinfo is None:
         raise TimeGridError(field, "an instant needs a zone: an offset, 'Z', 'PST' or an IANA name")
     return parsed
+
+
+def _check_year(instant: datetime, field: str) -> datetime:
+    if not MIN_YEAR <= instant.year <= MAX_YEAR:
+        raise TimeGridError(field, f"the year must be within {MIN_YEAR}-{MAX_YEAR}")
+    return instant
 
 
 def _fromiso(text: str, field: str) -> datetime:
@@ -189,6 +196,8 @@ def build_grid(start: datetime, end: datetime, step: Step, *, max_points: int = 
     """The grid from ``start`` to ``end`` (exclusive) by ``step``; see the module docstring."""
     if start.tzinfo is None or end.tzinfo is None:
         raise TimeGridError("start", "start and end must carry a zone")
+    _check_year(start, "start")
+    _check_year(end, "end")
     start_ns, end_ns = to_ns(start), to_ns(end)
     if end_ns <= start_ns:
         raise TimeGridError("end", "end must be after start")

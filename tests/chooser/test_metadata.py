@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chooser import AGGREGATION, MetadataError, ModelMetadata, Place
 
@@ -118,3 +120,35 @@ def test_aggregation_table_and_override() -> None:
     assert ModelMetadata.parse(with_(type="solar-kwh")).aggregation_rule == "mean"
     assert ModelMetadata.parse(with_(type="solar-kwh", aggregation="sum")).aggregation_rule == "sum"
     assert ModelMetadata.parse(with_(type=" Weather ")).type == "weather"
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=1000, derandomize=True)
+@given(
+    st.sampled_from([*sorted(GOOD), "coverage.timezone", "coverage.ranges", "coverage.rules"]), JSON
+)
+def test_any_field_value_is_accepted_or_a_metadata_error(field: str, value: object) -> None:
+    data = dict(GOOD)
+    if field.startswith("coverage."):
+        data["coverage"] = {**GOOD["coverage"], field.partition(".")[2]: value}
+    else:
+        data[field] = value
+    try:
+        ModelMetadata.parse(data)
+    except MetadataError as exc:
+        assert exc.errors
+
+
+@settings(max_examples=100, deadline=1000, derandomize=True)
+@given(JSON)
+def test_any_json_is_metadata_or_a_metadata_error(value: object) -> None:
+    with pytest.raises(MetadataError):
+        ModelMetadata.parse(value)

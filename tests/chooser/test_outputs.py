@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chooser import ModelOutputError, ModelRef, Place, SegmentRequest, validate_output
 
@@ -80,3 +82,26 @@ def test_the_message_never_repeats_the_models_values() -> None:
     with pytest.raises(ModelOutputError) as caught:
         validate_output(REQUEST, [1, 2, 3, "<script>secret</script>"])
     assert "secret" not in str(caught.value)
+
+
+ITEMS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5)
+OUTPUTS = (
+    ITEMS
+    | st.lists(ITEMS, max_size=6)
+    | st.lists(
+        st.lists(ITEMS, max_size=3) | st.tuples(st.integers(START - NS, START + 4000 * NS), ITEMS),
+        max_size=6,
+    )
+)
+
+
+@settings(max_examples=300, deadline=1000, derandomize=True)
+@given(OUTPUTS)
+def test_any_output_is_a_series_or_a_model_output_error(output: object) -> None:
+    try:
+        series = validate_output(REQUEST, output)
+    except ModelOutputError as error:
+        assert error.model == MODEL
+        return
+    assert len(series.values) == REQUEST.points
+    assert all(value is None or math.isfinite(value) for value in series.values)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chooser import GridTooLargeError, TimeGridError, build_grid, parse_instant, parse_step
 from chooser.timegrid import NS, to_ns
@@ -115,3 +118,29 @@ def test_grids_are_bounded() -> None:
         grid_of("2018-01-01 00:00 UTC", "2019-01-01 00:00 UTC", "1s")
     assert caught.value.limit == 100_000
     assert caught.value.points > 100_000
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["9999-12-31 23:00 PST", "0001-01-01 00:00 EST", "2201-01-01T00:00:00Z", "1899-12-31 UTC"],
+)
+def test_years_are_bounded(text: str) -> None:
+    with pytest.raises(TimeGridError, match="year must be within"):
+        parse_instant(text)
+
+
+@settings(max_examples=300, deadline=1000, derandomize=True)
+@given(st.text(max_size=70) | st.from_regex(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}( [A-Za-z/_]+)?"))
+def test_any_text_is_an_instant_or_a_time_grid_error(text: str) -> None:
+    try:
+        instant = parse_instant(text)
+    except TimeGridError:
+        return
+    assert instant.tzinfo is not None
+
+
+@settings(max_examples=300, deadline=1000, derandomize=True)
+@given(st.text(max_size=20))
+def test_any_text_is_a_step_or_a_time_grid_error(text: str) -> None:
+    with contextlib.suppress(TimeGridError):
+        assert parse_step(text).nominal_s > 0
