@@ -12,7 +12,7 @@ each place at most one parent; the planner uses it twice:
 ``PlaceTree.from_turtle`` reads a Brick model in Turtle from a string the caller supplies (no file
 or network I/O here): instances of ``brick:Building``, ``brick:Floor``, ``brick:Room``,
 ``brick:HVAC_Zone`` and ``brick:Zone`` joined by ``brick:hasPart`` or ``brick:isPartOf``. A place's
-identifier is its ``rdfs:label`` if it has one, else the last segment of its IRI.
+identifier is its ``rdfs:label`` when that is a valid id, else the last segment of its IRI.
 """
 
 from __future__ import annotations
@@ -161,8 +161,11 @@ def _brick_edges(text: str) -> list[tuple[Place, Place]]:
         kind = _BRICK_KINDS.get(_brick_name(brick_class) or "")
         if kind is not None:
             label = graph.value(node, RDFS.label)
-            ident = str(label) if label is not None else _local_name(node)
-            places[node] = parse_context({kind: ident})
+            names = [str(label)] if label is not None else []
+            ident = next((n for n in [*names, _local_name(node)] if _ID.fullmatch(n)), None)
+            if ident is None:
+                raise PlacesError(f"{kind} {str(node)[:80]!r} has no usable identifier")
+            places[node] = Place(kind, ident)
     edges: list[tuple[Place, Place]] = []
     for subject, predicate, obj in graph:
         relation = _brick_name(predicate)

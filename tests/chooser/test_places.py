@@ -49,3 +49,16 @@ def test_two_parents_and_cycles_are_refused() -> None:
         PlaceTree([(FLOOR1, A), (FLOOR2, A)])
     with pytest.raises(PlacesError, match="cycle"):
         PlaceTree([(FLOOR1, A), (A, FLOOR1)])
+
+
+def test_a_label_that_is_no_identifier_falls_back_to_the_iri() -> None:
+    text = """@prefix brick: <https://brickschema.org/schema/1.1/Brick#> .
+    @prefix rdfs: <http://www.w3.org/2000/01/rdf-schema#> .
+    <urn:x#F3> a brick:Floor ; rdfs:label "Third floor" ; brick:hasPart <urn:x#Z9> .
+    <urn:x#Z9> a brick:Zone .
+    <urn:x#bad%20name> a brick:Room ; brick:isPartOf <urn:x#F3> ; rdfs:label "R 1" .
+    """
+    with pytest.raises(PlacesError, match="no usable identifier"):
+        PlaceTree.from_turtle(text)
+    tree = PlaceTree.from_turtle(text.replace("bad%20name", "R1"))
+    assert tree.children(Place("floor", "F3")) == (Place("room", "R1"), Place("zone", "Z9"))
