@@ -1,18 +1,19 @@
 """Where on a grid a model's declared coverage holds: metadata → one boolean per grid point.
 
-A grid point is covered when its whole interval ``[edges[i], edges[i + 1])`` is covered. Ranges are
-merged into disjoint UTC intervals; rules are walked in local time, hour by hour (or day by day when
-no rule restricts hours), from the grid's start to its end. Zone offsets change on those boundaries
-(true for every zone in use today), so the rules' verdict is constant between two steps of the walk.
+A grid point is covered when its whole interval ``[edges[i], edges[i + 1])`` is covered. Ranges
+are merged into disjoint UTC intervals; rules are evaluated day by day in local time, inside the
+ranges only: each local day, the hours some rule matches become UTC intervals from the wall clock
+(an hour a DST change repeats counts twice, one it skips not at all). Cost: a few conversions per
+local day of the asked range (at most ~110,000 days: years are bounded).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from chooser.metadata import Coverage
+from chooser.metadata import Coverage, RecurringRule
 from chooser.timegrid import NS, Grid, to_ns
 
 __all__ = ["covered_intervals", "covered_points"]
@@ -67,22 +68,47 @@ def _intersect(left: list[Interval], right: list[Interval]) -> list[Interval]:
 
 
 def _rule_intervals(coverage: Coverage, start_ns: int, end_ns: int) -> list[Interval]:
+    """Day by day in local time: the hours the rules match that day, as UTC intervals."""
     zone = ZoneInfo(coverage.timezone)
-    hourly = any(rule.hours for rule in coverage.rules)
+    day = _local_date(start_ns, zone)
+    last = _local_date(end_ns - 1, zone)
     found: list[Interval] = []
-    now = start_ns
-    while now < end_ns:
-        local = datetime.fromtimestamp(now // NS, UTC).astimezone(zone)
-        after = max(min(_next_boundary(now, local, hourly), end_ns), now + NS)
-        if any(rule.matches(local) for rule in coverage.rules):
-            found.append((now, min(after, end_ns)))
-        now = after
-    return _merge(found)
+    while day <= last:
+        for first, after in _hour_runs(_hours_matched(coverage.rules, day)):
+            low, high = _wall_ns(day, first, zone), _wall_ns(day, after, zone)
+            if low < high:  # empty for an hour a DST change skips
+                found.append((low, high))
+        day += timedelta(days=1)
+    return _intersect([(start_ns, end_ns)], _merge(found))
 
 
-def _next_boundary(now: int, local: datetime, hourly: bool) -> int:
-    """The next local hour (or midnight) boundary after ``now`` (``local`` in the zone)."""
-    if hourly:
-        return (now // NS + 3600 - local.minute * 60 - local.second) * NS
-    midnight = (local.replace(tzinfo=None) + timedelta(days=1)).replace(hour=0, minute=0, second=0)
-    return to_ns(midnight.replace(tzinfo=local.tzinfo))
+def _local_date(ns: int, zone: ZoneInfo) -> date:
+    return datetime.fromtimestamp(ns // NS, UTC).astimezone(zone).date()
+
+
+def _hours_matched(rules: list[RecurringRule], day: date) -> set[int]:
+    hours: set[int] = set()
+    for rule in rules:
+        if (not rule.days or day.weekday() in rule.days) and (
+            not rule.months or day.month in rule.months
+        ):
+            hours.update(rule.hours or range(24))
+    return hours
+
+
+def _hour_runs(hours: set[int]) -> list[tuple[int, int]]:
+    """Consecutive hours as ``[first, after)`` runs: {1, 2, 5} → [(1, 3), (5, 6)]."""
+    runs: list[tuple[int, int]] = []
+    for hour in sorted(hours):
+        if runs and runs[-1][1] == hour:
+            runs[-1] = (runs[-1][0], hour + 1)
+        else:
+            runs.append((hour, hour + 1))
+    return runs
+
+
+def _wall_ns(day: date, hour: int, zone: ZoneInfo) -> int:
+    """The first instant the wall clock shows ``hour``:00 on ``day`` (24: the next midnight); an
+    hour a DST change skips maps to the instant of the change."""
+    wall = datetime.combine(day, time(0), zone) + timedelta(hours=hour)
+    return to_ns(wall.replace(fold=0))
