@@ -226,3 +226,18 @@ def test_each_gap_run_carries_its_own_reason() -> None:
         (hour(6), hour(12), "no usable model can predict this time"),
         (hour(12), hour(24), "no usable model at a resolution dividing the 30min step"),
     ]
+
+
+def test_verdicts_are_asked_for_children_of_an_additive_place() -> None:
+    tree = PlaceTree.from_turtle(SODA_TTL)
+    index = index_of(
+        ("a", ranged(0, 24, model_type="consumption", context="zone=A")),
+        ("b-flex", meta(model_type="consumption", context="zone=B", has_can_predict=True)),
+    )
+    query = day_query(model_type="consumption", context="floor=1")
+    requests = verdict_requests(query, index, tree)
+    assert [(r.ref.name, r.start_ns, r.end_ns) for r in requests] == [("b-flex", hour(0), hour(24))]
+    result = plan(query, index, tree, verdicts=dict.fromkeys(requests, True))
+    assert layout(result) == [(hour(0), hour(24), "composed")]
+    assert layout(plan(query, index, tree, verdicts={}))[0][2] == "gap"
+    assert verdict_requests(day_query(), index, tree) == ()  # thermal: none of these
