@@ -36,6 +36,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
     "aiosqlite": ("proxy/registry/registry.py",),
     "docker": ("proxy/backend/docker.py",),
     "aiohttp": ("proxy/bench/http.py",),
+    "rdflib": ("chooser/places.py",),
 }
 TOP_PACKAGES = ("bus", "transports", "proxy", "container_manager", "chooser")
 MAX_MODULE_LINES = 500

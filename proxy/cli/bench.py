@@ -4,6 +4,7 @@
     modelbus bench predict [--count N] [--in-flight 8]
     modelbus bench upload [--mib 256] [--window 16]
     modelbus bench upload --image [--image-mib 300] [--docker-url URL]
+    modelbus bench choose [--repeats 300]
 
 Each subcommand imports its measuring program (:mod:`proxy.bench`) only when it runs, so the
 other commands start without the benchmarks' baselines.
@@ -145,3 +146,19 @@ def upload(mib: int, window: int, image: bool, image_mib: int, docker_url: str |
 
     rows, notes = run_upload_bench(mib, window)
     print_upload_table(rows, notes, mib)
+
+
+@bench.command("choose")
+@click.option(
+    "--repeats",
+    default=300,
+    show_default=True,
+    type=click.IntRange(3, 100_000),
+    help="Decisions timed per index size (the median is reported).",
+)
+def choose(repeats: int) -> None:
+    """The chooser's decision time with 10, 1,000 and 10,000 registered models."""
+    from proxy.bench.choose import run_choose_bench
+
+    for line in run_choose_bench(repeats=repeats):
+        click.echo(line)
