@@ -26,7 +26,7 @@ from bus import (
     decode_chain,
     encode_chain,
 )
-from bus.grants import MAX_CHAIN, VerdictCache, check_chain
+from bus.grants import MAX_CHAIN, check_chain
 from tests.bus.helpers import HOUR_NS, Namespace, make_grant
 
 NOW = time.time_ns()
@@ -361,56 +361,3 @@ def test_patterns_intersect_along_the_chain() -> None:
         verdict.authorize(key, namespace.uri("a", "b", "y"), "P", now_ns=NOW)  # not */x
     with pytest.raises(OutOfScope):
         verdict.authorize(key, namespace.uri("b", "x"), "P", now_ns=NOW)  # not a/*
-
-
-# -- the verdict cache ----------------------------------------------------------------------------
-
-
-def test_steady_traffic_verifies_the_chain_once() -> None:
-    namespace = Namespace()
-    member = namespace.member("a", "P", ttl=1).delegate(namespace.uri("a"), "P")
-    cache = VerdictCache()
-    verdicts = {id(cache.verdict(member.proof, now_ns=NOW + i)) for i in range(50)}
-    assert len(verdicts) == 1
-    assert (cache.misses, cache.hits) == (1, 49)
-
-
-def test_failed_chains_are_not_cached() -> None:
-    namespace = Namespace()
-    member = namespace.member("a", "P", expires_ns=NOW)
-    cache = VerdictCache()
-    for _ in range(3):
-        with pytest.raises(GrantExpired):
-            cache.verdict(member.proof, now_ns=NOW)
-    assert (cache.misses, cache.hits) == (3, 0)
-
-
-def test_cached_verdicts_are_not_used_past_their_expiry() -> None:
-    namespace = Namespace()
-    member = namespace.member("a", "P", expires_ns=NOW + 10)
-    cache = VerdictCache()
-    cache.verdict(member.proof, now_ns=NOW)
-    with pytest.raises(GrantExpired):
-        cache.verdict(member.proof, now_ns=NOW + 10)
-    assert (cache.misses, cache.hits) == (2, 0)
-
-
-def test_cache_is_keyed_by_the_chain_and_bounded() -> None:
-    namespace = Namespace()
-    members = [namespace.member("a", "P") for _ in range(3)]
-    cache = VerdictCache(size=2)
-    receivers = [cache.verdict(m.proof, now_ns=NOW).receiver for m in members]
-    assert receivers == [m.entity.public_key for m in members]
-    cache.verdict(members[2].proof, now_ns=NOW)
-    cache.verdict(members[0].proof, now_ns=NOW)  # evicted (least recently used): verified again
-    assert (cache.misses, cache.hits) == (4, 1)
-
-
-def test_tampered_proof_is_not_served_from_the_cache() -> None:
-    namespace = Namespace()
-    member = namespace.member("a", "P")
-    cache = VerdictCache()
-    cache.verdict(member.proof, now_ns=NOW)
-    tampered = Grant.decode(_reencoded(member.chain[0], 4, "C*P"))
-    with pytest.raises(BadSignature):
-        cache.verdict((tampered.encode(),), now_ns=NOW)
