@@ -261,9 +261,10 @@ def check_structure(chain: tuple[Grant, ...], *, now_ns: int) -> ChainVerdict:
             namespace=key_to_text(namespace),
             first_giver=key_to_text(chain[0].giver),
         )
+    namespace_text = uris.namespace_of(chain[0].pattern)  # canonical: one text per key
     permissions = chain[0].permissions
     for index, grant in enumerate(chain):
-        if grant.namespace != namespace:
+        if uris.namespace_of(grant.pattern) != namespace_text:
             raise BrokenChain("the grants in a proof are for different namespaces")
         if index and chain[index - 1].receiver != grant.giver:
             raise BrokenChain(f"grant {index} is not given by the receiver of grant {index - 1}")

@@ -9,9 +9,11 @@ envelope's. For a chain not in the cache, :meth:`VerdictCache.authorize` runs, i
    ``failure_ttl_s`` fails again with the same error, for the cost of two hashes;
 2. every check that needs no signature (:func:`bus.grants.check_structure`, then the sender,
    namespace, rights and scope of :meth:`~bus.grants.ChainVerdict.authorize`);
-3. the grants' signatures, root first, skipping any grant whose exact bytes verified before (an
-   LRU of grant digests): a chain copied from the bus with a forged grant appended costs one
-   signature check, not one per grant.
+3. the grants' signatures, root first.
+
+Grants are remembered by their exact bytes (LRU, ``grant_size``) with their decoded form and,
+once checked, whether their signature holds: a chain copied from the bus with a forged grant
+appended costs one decode and one signature check, not one per grant.
 
 A failure at 2 or 3 is remembered (at most ``failure_size``, oldest dropped first). Every failure
 is final: no check depends on the time except expiry, and a chain only gets older.
@@ -24,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bus.errors import BusError
+from bus.errors import BadSignature, BusError
 from bus.grants import ChainVerdict, Grant, check_structure
 
 __all__ = ["VerdictCache"]
@@ -44,6 +46,15 @@ class _Failure:
     until_ns: int
 
 
+@dataclass(slots=True)
+class _KnownGrant:
+    """A grant's decoded form and, once checked, the outcome of its signature check."""
+
+    grant: Grant
+    signature_error: BadSignature | None = None
+    is_verified: bool = False
+
+
 class VerdictCache:
     """Chain verdicts, verified grants and recent failures; one per Verifier (one event loop)."""
 
@@ -51,7 +62,7 @@ class VerdictCache:
         self,
         size: int = 1024,
         *,
-        grant_size: int = 4096,
+        grant_size: int = 1024,
         failure_size: int = 4096,
         failure_ttl_s: float = 30.0,
     ) -> None:
@@ -63,7 +74,7 @@ class VerdictCache:
         self.misses = 0
         self.failure_hits = 0
         self._verdicts: OrderedDict[bytes, ChainVerdict] = OrderedDict()
-        self._good_grants: OrderedDict[bytes, None] = OrderedDict()
+        self._grants: OrderedDict[bytes, _KnownGrant] = OrderedDict()
         self._failures: OrderedDict[bytes, _Failure] = OrderedDict()
 
     def verdict(self, proof: tuple[bytes, ...], *, now_ns: int) -> ChainVerdict:
@@ -74,9 +85,9 @@ class VerdictCache:
         if cached is not None:
             return cached
         self.misses += 1
-        chain = tuple(Grant.decode(p) for p in proof)
-        verdict = check_structure(chain, now_ns=now_ns)
-        self._check_signatures(chain)
+        known = self._decoded(proof)
+        verdict = check_structure(tuple(entry.grant for entry in known), now_ns=now_ns)
+        self._check_signatures(known)
         return self._store(key, verdict)
 
     def authorize(
@@ -98,10 +109,10 @@ class VerdictCache:
             raise failure.rebuild()
         self.misses += 1
         try:
-            chain = tuple(Grant.decode(p) for p in proof)
-            verdict = check_structure(chain, now_ns=now_ns)
+            known = self._decoded(proof)
+            verdict = check_structure(tuple(entry.grant for entry in known), now_ns=now_ns)
             verdict.authorize(sender, asked, right, now_ns=now_ns)
-            self._check_signatures(chain)
+            self._check_signatures(known)
         except BusError as error:
             self._remember_failure(failure_key, error, now_ns)
             raise
@@ -121,16 +132,33 @@ class VerdictCache:
             self._verdicts.popitem(last=False)
         return verdict
 
-    def _check_signatures(self, chain: tuple[Grant, ...]) -> None:
-        for grant in chain:
-            digest = hashlib.sha256(grant.signature + grant.body).digest()
-            if digest in self._good_grants:
-                self._good_grants.move_to_end(digest)
-                continue
-            grant.check_signature()
-            self._good_grants[digest] = None
-            if len(self._good_grants) > self.grant_size:
-                self._good_grants.popitem(last=False)
+    def _decoded(self, proof: tuple[bytes, ...]) -> list[_KnownGrant]:
+        grants = self._grants
+        known = []
+        for data in proof:
+            entry = grants.get(data)
+            if entry is None:
+                entry = grants[data] = _KnownGrant(Grant.decode(data))
+                if len(grants) > self.grant_size:
+                    grants.popitem(last=False)
+            else:
+                grants.move_to_end(data)
+            known.append(entry)
+        return known
+
+    @staticmethod
+    def _check_signatures(known: list[_KnownGrant]) -> None:
+        for entry in known:
+            if entry.signature_error is not None:
+                error = entry.signature_error
+                raise BadSignature(error.message, **error.details)
+            if not entry.is_verified:
+                try:
+                    entry.grant.check_signature()
+                except BadSignature as error:
+                    entry.signature_error = error
+                    raise
+                entry.is_verified = True
 
     def _remember_failure(self, key: bytes, error: BusError, now_ns: int) -> None:
         failures = self._failures
