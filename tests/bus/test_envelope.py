@@ -349,7 +349,7 @@ def deep_array(depth: int) -> bytes:
 
 
 def test_the_deep_version_frame_of_issue_11_is_a_decode_error() -> None:
-    """``92 c6 <u32 length> (91 × 1000) c0 c4 40 <64 zero bytes>``: a body nested 1000 deep.
+    """``92 c6 <u32 length> (91 x 1000) c0 c4 40 <64 zero bytes>``: a body nested 1000 deep.
     Its version field used to be repr'd into the error message: RecursionError, not a BusError,
     ended every subscriber."""
     body = deep_array(1000)
