@@ -144,7 +144,17 @@ def test_decode_refuses_a_bad_pattern_with_invalid_uri() -> None:
         Grant.decode(_reencoded(grant, 3, namespace.uri("a", "", "b")))
 
 
-VALID_GRANT = Namespace().grant(Entity.generate(), "a/*", "C*P", ttl=2).encode()
+VALID = Namespace().grant(Entity.generate(), "a/*", "C*P", ttl=2)
+VALID_GRANT = VALID.encode()
+any_field = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=50)
+    | st.binary(max_size=70)
+    | st.sampled_from([VALID.giver, VALID.pattern, "C*P", 3, VALID.expires_ns, [1], {"a": 1}])
+)
 
 
 @given(
@@ -156,6 +166,7 @@ VALID_GRANT = Namespace().grant(Entity.generate(), "a/*", "C*P", ttl=2).encode()
             + VALID_GRANT[change[0] + 1 :]
         )
     )
+    | st.tuples(st.integers(0, 7), any_field).map(lambda change: _reencoded(VALID, *change))
 )
 def test_random_grant_bytes_raise_a_documented_error_or_decode_faithfully(data: bytes) -> None:
     """Bytes are refused with DecodeError/InvalidUri, or decode into a grant that says exactly
@@ -171,6 +182,8 @@ def test_random_grant_bytes_raise_a_documented_error_or_decode_faithfully(data: 
     assert len(grant.giver) == len(grant.receiver) == 32 and len(grant.signature) == 64
     assert grant.permissions == Permissions.parse(perms)
     assert (ttl, expires_ns, created_ns) == (grant.ttl, grant.expires_ns, grant.created_ns)
+    assert all(type(n) is int for n in (grant.ttl, grant.expires_ns, grant.created_ns))
+    assert isinstance(grant.pattern, str) and isinstance(perms, str)
     assert key_to_text(grant.namespace) == pattern.split("/", 1)[0]
 
 
