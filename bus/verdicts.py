@@ -63,7 +63,7 @@ class VerdictCache:
         size: int = 1024,
         *,
         grant_size: int = 1024,
-        failure_size: int = 4096,
+        failure_size: int = 1024,
         failure_ttl_s: float = 30.0,
     ) -> None:
         self.size = size

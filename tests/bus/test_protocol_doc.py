@@ -264,8 +264,8 @@ def test_documented_limits_match_the_code() -> None:
 def test_documented_cache_bounds_match_the_code() -> None:
     flat = _flat_doc()
     cache = VerdictCache()
-    assert cache.failure_ttl_ns == 30 * 10**9 and "for **30 s**, at most **4096**" in flat
-    assert cache.failure_size == 4096 and cache.size == 1024
+    assert cache.failure_ttl_ns == 30 * 10**9 and "for **30 s**, at most **1024**" in flat
+    assert cache.failure_size == 1024 and cache.size == 1024
     assert cache.grant_size == 1024 and "the last **1024** distinct grants" in flat
     verifier = Verifier()
     assert verifier.replay_capacity == 1_000_000 and "at most 1,000,000 entries" in flat
