@@ -43,7 +43,7 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)
 # fixmap, fixarray, array 16/32, map 16/32: every byte that can start an array or map header.
 _CONTAINER_HEADERS = bytes([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
 _NOT_CONTAINER_HEADERS = bytes(b for b in range(256) if b not in _CONTAINER_HEADERS)
-_SCAN_UP_TO = 4096  # bytes; above, the walk is cheaper than a pass over every byte
+_SCAN_UP_TO = 512  # bytes; above, the walk of an envelope body costs less than the scan
 
 
 def pack(value: Any) -> bytes:
