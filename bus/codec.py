@@ -3,6 +3,14 @@
 ``pack`` is deterministic for the same input (maps keep insertion order, bytes stay ``bin``,
 strings stay ``str``); ``unpack`` accepts only what ``pack`` makes — no extension types, strict
 map keys, bounded sizes — and every failure is a :class:`~bus.errors.DecodeError`.
+
+Unpacking is for hostile bytes: the input is at most ``max_bytes`` long (else
+:class:`~bus.errors.FrameTooLarge`, before msgpack sees it), no string, byte string, array or map
+may claim more than the input holds, and arrays and maps nest at most :data:`MAX_DEPTH` levels
+(msgpack itself allows 1024, deeper than Python's recursion limit: ``repr``, ``==`` or a
+validator recursing over such a value raises ``RecursionError``). Whatever msgpack raises becomes
+a ``DecodeError``; messages describe a bad value by :func:`describe` (type and size), never by
+``repr``.
 ``pack_bins`` makes the same bytes as ``pack`` for an array of byte strings (and arrays of them),
 copying each byte string once: msgpack's packer copies a large one twice (into its buffer,
 then into the result), and frames carry chunks of megabytes.
@@ -18,9 +26,24 @@ import msgpack
 
 from bus.errors import DecodeError, FrameTooLarge
 
-__all__ = ["DEFAULT_MAX_BYTES", "pack", "pack_bins", "unpack"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MAX_DEPTH",
+    "check_depth",
+    "describe",
+    "pack",
+    "pack_bins",
+    "unpack",
+]
 
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 64
+_CONTAINERS = frozenset((list, dict))
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+# fixmap, fixarray, array 16/32, map 16/32: every byte that can start an array or map header.
+_CONTAINER_HEADERS = bytes([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
+_NOT_CONTAINER_HEADERS = bytes(b for b in range(256) if b not in _CONTAINER_HEADERS)
+_SCAN_UP_TO = 512  # bytes; above, the walk of an envelope body costs less than the scan
 
 
 def pack(value: Any) -> bytes:
@@ -67,29 +90,90 @@ def _header(marker: int, length: int) -> bytes:
 
 def unpack(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
     """Decode exactly one msgpack value from ``data``; raise DecodeError on anything else."""
-    if not isinstance(data, bytes | bytearray | memoryview):
+    if not isinstance(data, _BYTES_LIKE):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
-    if len(data) > max_bytes:
+    size = len(data)
+    if size > max_bytes:
         raise FrameTooLarge(
-            f"{len(data)} bytes is over the {max_bytes}-byte limit",
-            size=len(data),
-            limit=max_bytes,
+            f"{size} bytes is over the {max_bytes}-byte limit", size=size, limit=max_bytes
         )
     try:
-        return msgpack.unpackb(
+        value = msgpack.unpackb(
             data,
             raw=False,
             use_list=True,
             strict_map_key=False,
             ext_hook=_refuse_ext,
             max_ext_len=0,  # the timestamp extension (-1) bypasses ext_hook; refuse it too
+            max_str_len=size,
+            max_bin_len=size,
+            max_array_len=size,
+            max_map_len=size // 2,
         )
     except DecodeError:
         raise
-    except (ValueError, TypeError, msgpack.UnpackException, msgpack.ExtraData) as exc:
-        raise DecodeError(f"malformed msgpack: {exc}") from exc
-    except Exception as exc:  # msgpack raises a few odd types on hostile input
-        raise DecodeError(f"malformed msgpack ({type(exc).__name__}): {exc}") from exc
+    except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, ExtraData, ...
+        raise DecodeError(f"malformed msgpack in {size} bytes ({_reason(exc)})") from exc
+    if type(value) is list or type(value) is dict:
+        _bound_depth(value, data)
+    return value
+
+
+def _bound_depth(value: list[Any] | dict[Any, Any], data: bytes | bytearray | memoryview) -> None:
+    """The depth check, skipped when a cheaper look proves it unneeded: a list of scalars (a
+    frame's ``[body, signature]``), or a small input with no more than MAX_DEPTH bytes that
+    could be an array or map header (an envelope body: about 10)."""
+    if type(value) is list and _CONTAINERS.isdisjoint(map(type, value)):
+        return
+    if len(data) <= _SCAN_UP_TO:
+        scanned = data if type(data) is bytes else bytes(data)
+        if len(scanned.translate(None, _NOT_CONTAINER_HEADERS)) <= MAX_DEPTH:
+            return
+    check_depth(value)
+
+
+def check_depth(value: Any, max_depth: int = MAX_DEPTH) -> None:
+    """Raise DecodeError if ``value``'s lists and dicts nest deeper than ``max_depth``.
+
+    Level by level, without recursion, keeping only each level's containers; a list without a
+    container in it costs one pass of ``map(type, ...)`` (about 10 ns an item). Map keys need no
+    look: a list or dict cannot be one."""
+    level = [value]
+    for _ in range(max_depth):
+        inner: list[Any] = []
+        for container in level:
+            items = container if type(container) is list else container.values()
+            if not _CONTAINERS.isdisjoint(map(type, items)):
+                inner += [item for item in items if type(item) in _CONTAINERS]
+        if not inner:
+            return
+        level = inner
+    raise DecodeError(f"arrays and maps nest at most {max_depth} levels deep")
+
+
+def describe(value: object) -> str:
+    """A value from the bus described by its type and size, safe to put in a message (never its
+    ``repr``: that may recurse without bound, or be megabytes long)."""
+    kind = type(value).__name__
+    if isinstance(value, bool | int | float) or value is None:
+        text = str(value)
+        return f"{kind} {text}" if len(text) <= 24 else f"{kind} of {len(text)} digits"
+    if isinstance(value, str):
+        return f"str of {len(value)} characters"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"{kind} of {len(value)} bytes"
+    if isinstance(value, list | tuple | dict):
+        return f"{kind} of {len(value)} items"
+    return kind
+
+
+def _reason(exc: BaseException) -> str:
+    """msgpack's own message, bounded (its messages do not quote the input)."""
+    try:
+        text = str(exc)
+    except Exception:  # a hostile value's __str__ cannot get here, but never let a message fail
+        text = ""
+    return f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:

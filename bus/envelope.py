@@ -19,6 +19,15 @@ again; a decoded detached payload carries its verified digest there, so a receiv
 the bytes' SHA-256 (an upload's chunk) need not hash them again either.
 :func:`decode` checks the shape, limits, URI grammar, PO numbers and the signature; grants and
 freshness are the :class:`~bus.verifier.Verifier`'s job.
+
+Frames are hostile: :func:`parse` raises only :class:`~bus.errors.DecodeError` (its subclass
+:class:`~bus.errors.FrameTooLarge` for a frame over the limit, before any decoding),
+:class:`~bus.errors.InvalidUri` for a signed URI that breaks the grammar, or
+:class:`~bus.errors.BadSignature` for a detached payload that does not match its digest — any
+other exception from one frame is a bug turned into a ``DecodeError``. Messages describe a bad
+value by type and size (:func:`bus.codec.describe`), never by ``repr``. :func:`seal` refuses to
+make a frame over the limit (``FrameTooLarge``, which is also a ``LimitExceeded``), so an
+oversized message fails at its sender, typed, before anything is sent.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from typing import Any
 from bus import codec
 from bus import uri as uris
 from bus.entity import KEY_BYTES, SIGNATURE_BYTES, Entity, verify
-from bus.errors import BadSignature, DecodeError
+from bus.errors import BadSignature, BusError, DecodeError, FrameTooLarge
 from bus.grants import MAX_CHAIN
 from bus.po import PayloadObject, check_po_number
 
@@ -41,6 +50,7 @@ __all__ = [
     "ENVELOPE_VERSION",
     "MAX_POS",
     "Envelope",
+    "check_frame_size",
     "decode",
     "parse",
     "seal",
@@ -86,8 +96,10 @@ def seal(
     proof: tuple[bytes, ...] = (),
     ts_ns: int | None = None,
     nonce: bytes | None = None,
+    max_bytes: int = DEFAULT_MAX_FRAME,
 ) -> bytes:
-    """Sign and encode an envelope; returns the frame bytes."""
+    """Sign and encode an envelope; returns the frame bytes. A frame over ``max_bytes`` raises
+    FrameTooLarge (before signing when the payloads alone are over it)."""
     uris.parse(uri)
     entries: list[list[Any]] = []
     blobs: list[bytes] = []
@@ -110,8 +122,23 @@ def seal(
             list(proof),
         ]
     )
+    check_frame_size(len(body) + sum(len(blob) for blob in blobs), max_bytes)  # a lower bound
     signature = entity.sign(_SIGNING_CONTEXT + body)
-    return codec.pack_bins([body, signature, blobs] if blobs else [body, signature])
+    frame = codec.pack_bins([body, signature, blobs] if blobs else [body, signature])
+    check_frame_size(len(frame), max_bytes)
+    return frame
+
+
+def check_frame_size(size: int, max_bytes: int = DEFAULT_MAX_FRAME) -> None:
+    """Raise FrameTooLarge (a DecodeError and a LimitExceeded) when a frame of ``size`` bytes is
+    over ``max_bytes``; for a transport to call on a frame it did not seal itself."""
+    if size > max_bytes:
+        raise FrameTooLarge(
+            f"a frame of {size} bytes is over the {max_bytes}-byte limit (large files travel "
+            "as a chunked transfer, PROTOCOL.md section 14)",
+            size=size,
+            limit=max_bytes,
+        )
 
 
 def _digest_of(po: PayloadObject) -> bytes:
@@ -134,6 +161,15 @@ def decode(frame: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME) -> Envelope:
 def parse(frame: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME) -> Envelope:
     """Decode a frame WITHOUT checking its signature (the Verifier checks it after cheaper
     checks); never trust the result before ``check_signature()``."""
+    try:
+        return _parse(frame, max_bytes)
+    except BusError:
+        raise
+    except Exception as exc:  # a bug on hostile input: still one frame's decode error
+        raise DecodeError(f"malformed frame ({type(exc).__name__})") from exc
+
+
+def _parse(frame: bytes, max_bytes: int) -> Envelope:
     outer = codec.unpack(frame, max_bytes=max_bytes)
     if not (isinstance(outer, list) and len(outer) in (2, 3)):
         raise DecodeError("a frame is [body, signature] or [body, signature, blobs]")
@@ -152,7 +188,9 @@ def _parse_body(fields: Any, signature: bytes, body: bytes, blobs: list[bytes]) 
     if not isinstance(fields, list) or not fields:
         raise DecodeError("an envelope body is a list")
     if type(fields[0]) is not int or fields[0] != ENVELOPE_VERSION:  # msgpack true == 1
-        raise DecodeError(f"unsupported envelope version {fields[0]!r}; this side speaks 1")
+        raise DecodeError(
+            f"unsupported envelope version ({codec.describe(fields[0])}); this side speaks 1"
+        )
     if len(fields) != 8:
         raise DecodeError("an envelope body has 8 fields")
     _, uri, raw_pos, origin, ts_ns, nonce, persist, proof = fields

@@ -9,7 +9,8 @@ small dict of facts). Over the bus an error travels as a reply ``{code, message,
     ├── TransportError            the broker or socket failed or went away
     │   └── TransportClosed       used after close()
     ├── DecodeError               bytes from the bus are not a valid frame / payload
-    │   └── FrameTooLarge
+    │   └── FrameTooLarge         also a LimitExceeded: a frame over the size limit, refused
+    │                             on receipt (as a decode error) and before sending (as a limit)
     ├── InvalidUri                a URI or pattern breaks the grammar
     ├── VerificationError         a message was rejected by signature or grant checks
     │   ├── BadSignature
@@ -24,6 +25,7 @@ small dict of facts). Over the bus an error travels as a reply ``{code, message,
     ├── NotFound
     ├── Conflict
     ├── LimitExceeded             a size, count or rate limit
+    │   ├── FrameTooLarge         (the same class as above)
     │   └── Overloaded            the service is saturated; retry later
     ├── RequestTimeout            no reply in time
     ├── InvalidRequest            well-formed frame, but the request body is wrong
@@ -89,10 +91,6 @@ class DecodeError(BusError):
     code = "decode"
 
 
-class FrameTooLarge(DecodeError):
-    code = "frame_too_large"
-
-
 class InvalidUri(BusError):
     code = "invalid_uri"
 
@@ -147,6 +145,12 @@ class Conflict(BusError):
 
 class LimitExceeded(BusError):
     code = "limit_exceeded"
+
+
+class FrameTooLarge(DecodeError, LimitExceeded):
+    """A frame over the size limit: a decode error when received, a limit when sent."""
+
+    code = "frame_too_large"
 
 
 class Overloaded(LimitExceeded):

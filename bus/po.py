@@ -106,7 +106,8 @@ class PayloadObject:
         ]
 
     def value(self) -> Any:
-        """Decode the bytes by the PO range; any failure is a DecodeError."""
+        """Decode the bytes by the PO range; any failure is a DecodeError. JSON and msgpack
+        values nest at most :data:`bus.codec.MAX_DEPTH` levels deep."""
         kind = self.kind
         if kind == "binary":
             return self.data
@@ -114,6 +115,12 @@ class PayloadObject:
             return codec.unpack(self.data)
         try:
             text = self.data.decode()
-            return text if kind == "text" else json.loads(text)
-        except ValueError as exc:
-            raise DecodeError(f"PO {self.number} is not valid {kind}: {exc}") from exc
+            value = text if kind == "text" else json.loads(text)
+        except (ValueError, RecursionError) as exc:  # json recurses: '[' * 10**5 is not valid
+            reason = str(exc)[:120] if isinstance(exc, ValueError) else "nested too deep"
+            raise DecodeError(
+                f"PO {self.number} is not valid {kind} ({len(self.data)} bytes): {reason}"
+            ) from exc
+        if type(value) is list or type(value) is dict:
+            codec.check_depth(value)
+        return value

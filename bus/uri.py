@@ -56,7 +56,7 @@ def _parse(uri: str, allow_wildcards: bool) -> tuple[str, ...]:
             continue
         if not _SEGMENT.fullmatch(segment):
             raise InvalidUri(
-                f"segment {index} ({segment!r}) is empty or has characters outside "
+                f"segment {index} ({segment[:40]!r}) is empty or has characters outside "
                 "[A-Za-z0-9-_.,()$] (one leading '!' allowed)",
                 uri=uri,
             )

@@ -1,8 +1,15 @@
 """The receiving side's checks: is this message from whom it says, and was that entity allowed?
 
 Order of checks, cheapest first: decode and limits → timestamp skew (live messages) → grant chain
-(verdict cached by chain hash) → the envelope signature → the replay cache (live messages; only
+(every check without a signature before any signature; verdicts, verified grants and failures
+cached, :mod:`bus.verdicts`) → the envelope signature → the replay cache (live messages; only
 signed messages are recorded, so forgeries cannot poison it).
+
+The replay cache remembers each accepted live (origin, nonce) for twice the skew window — as
+long as a copy of the frame could pass the skew check — and forgets it only then. It holds at
+most ``replay_capacity`` entries: when it is full of entries still inside the window, a new live
+frame is refused with ``overloaded`` (counted) rather than a nonce forgotten early, which would
+let a replay through.
 
 Persisted messages are state, not commands: they may be redelivered long after they were signed,
 so skew and replay checks apply only to envelopes with ``persist = false``.
@@ -19,8 +26,15 @@ from bus import envelope as envelopes
 from bus import uri as uris
 from bus.entity import key_to_text
 from bus.envelope import Envelope
-from bus.errors import BusError, ClockSkew, ReplayedNonce, VerificationError
-from bus.grants import VerdictCache
+from bus.errors import (
+    BusError,
+    ClockSkew,
+    DecodeError,
+    Overloaded,
+    ReplayedNonce,
+    VerificationError,
+)
+from bus.verdicts import VerdictCache
 
 __all__ = ["Verifier"]
 
@@ -32,7 +46,8 @@ class Verifier:
 
     ``aliases`` maps namespace aliases (first URI segment) to namespace keys in text form.
     ``skew_s`` is how far a live message's timestamp may be from this clock; the replay cache
-    remembers every live (origin, nonce) for twice that long, up to ``replay_capacity``.
+    remembers every live (origin, nonce) for twice that long, and refuses new live frames
+    (``Overloaded``) while it holds ``replay_capacity`` entries still inside that window.
     """
 
     def __init__(
@@ -73,7 +88,16 @@ class Verifier:
     def check(self, envelope: Envelope, *, right: str = "P", replay_scope: Hashable = None) -> None:
         """Verify a parsed envelope: skew, grants, signature, replay. A frame is a replay when
         it was accepted before in the same ``replay_scope`` (one per subscription: the same
-        frame delivered to two subscriptions of one client is not a replay)."""
+        frame delivered to two subscriptions of one client is not a replay). Raises only
+        BusError: anything else one frame causes is a bug, raised as a DecodeError."""
+        try:
+            self._check(envelope, right, replay_scope)
+        except BusError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"the frame could not be checked ({type(exc).__name__})") from exc
+
+    def _check(self, envelope: Envelope, right: str, replay_scope: Hashable) -> None:
         now_ns = self.clock_ns()
         if not envelope.persist and abs(now_ns - envelope.ts_ns) > self.skew_ns:
             raise ClockSkew(
@@ -101,8 +125,7 @@ class Verifier:
         if uris.namespace_of(asked) == key_to_text(sender):
             return
         now_ns = self.clock_ns() if now_ns is None else now_ns
-        verdict = self.verdicts.verdict(proof, now_ns=now_ns)
-        verdict.authorize(sender, asked, right, now_ns=now_ns)
+        self.verdicts.authorize(sender, proof, asked, right, now_ns=now_ns)
 
     def _remember_nonce(self, envelope: Envelope, now_ns: int, scope: Hashable) -> None:
         key = (scope, envelope.origin, envelope.nonce)
@@ -110,12 +133,17 @@ class Verifier:
             raise ReplayedNonce(
                 "this message was already received (replayed nonce)", uri=envelope.uri
             )
-        self._seen[key] = now_ns
+        seen = self._seen
         horizon = now_ns - 2 * self.skew_ns
-        while self._seen and (
-            len(self._seen) > self.replay_capacity or next(iter(self._seen.values())) < horizon
-        ):
-            self._seen.popitem(last=False)
+        while seen and next(iter(seen.values())) < horizon:
+            seen.popitem(last=False)  # the oldest first; entries are added in clock order
+        if len(seen) >= self.replay_capacity:
+            raise Overloaded(
+                f"the replay cache is full ({self.replay_capacity} messages in the last "
+                f"{2 * self.skew_ns / 1e9:.0f} s); retry shortly",
+                limit=self.replay_capacity,
+            )
+        seen[key] = now_ns
 
     def record_rejection(self, error: BusError, envelope: Envelope | None) -> None:
         """Count a rejection and log it (at most once a second per error code)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import io
@@ -301,5 +300,9 @@ def test_mangled_archives_raise_only_documented_errors(data: st.DataObject) -> N
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "mangled.zip"
         path.write_bytes(bytes(mangled))
-        with contextlib.suppress(DecodeError, InvalidRequest):
-            load_closure(path)
+        try:
+            func = load_closure(path)
+        except (DecodeError, InvalidRequest):
+            return
+    # A byte the reader does not depend on (a timestamp, a comment) changed: the same model.
+    assert func([1.0, 2.5]) == models.double([1.0, 2.5]) == [2.0, 5.0]

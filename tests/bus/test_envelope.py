@@ -25,6 +25,7 @@ from bus import (
     Entity,
     FrameTooLarge,
     InvalidUri,
+    LimitExceeded,
     PayloadObject,
     codec,
 )
@@ -338,3 +339,81 @@ def test_detached_payload_bookkeeping_errors() -> None:
     plain = codec.pack(body_fields(SENDER, "ns/a", [PayloadObject.text("x")]))
     with pytest.raises(DecodeError, match="more detached"):
         envelopes.decode(codec.pack([plain, SENDER.sign(ENVELOPE_CONTEXT + plain), [b"x"]]))
+
+
+# -- hostile nesting and sizes (issue 11) -------------------------------------------------------
+
+
+def deep_array(depth: int) -> bytes:
+    return b"\x91" * depth + b"\xc0"  # [[[…[nil]…]]]
+
+
+def test_the_deep_version_frame_of_issue_11_is_a_decode_error() -> None:
+    """``92 c6 <u32 length> (91 x 1000) c0 c4 40 <64 zero bytes>``: a body nested 1000 deep.
+    Its version field used to be repr'd into the error message: RecursionError, not a BusError,
+    ended every subscriber."""
+    body = deep_array(1000)
+    frame = b"\x92\xc6" + len(body).to_bytes(4, "big") + body + b"\xc4\x40" + bytes(64)
+    with pytest.raises(DecodeError, match="nest at most") as caught:
+        envelopes.parse(frame)
+    assert len(caught.value.message) < 200
+    with pytest.raises(DecodeError):
+        envelopes.decode(frame)
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_deep_nesting_in_any_body_field_is_a_short_decode_error(index: int) -> None:
+    packed = [codec.pack(field) for field in body_fields(SENDER, "ns/a")]
+    packed[index] = deep_array(900)
+    frame = hand_frame(SENDER, raw_body(*packed))
+    with pytest.raises(DecodeError) as caught:
+        envelopes.parse(frame)
+    assert "[[" not in caught.value.message and len(caught.value.message) < 200
+
+
+@pytest.mark.parametrize("depth", [codec.MAX_DEPTH - 2, codec.MAX_DEPTH + 5])
+def test_a_bad_version_is_described_not_repr_d(depth: int) -> None:
+    packed = [codec.pack(field) for field in body_fields(SENDER, "ns/a")]
+    packed[0] = deep_array(depth)
+    with pytest.raises(DecodeError) as caught:
+        envelopes.parse(hand_frame(SENDER, raw_body(*packed)))
+    assert "[" not in caught.value.message and "None" not in caught.value.message
+
+
+def test_a_lying_length_header_is_a_decode_error() -> None:
+    for lie in (b"\xdd\xff\xff\xff\xff", b"\xc6\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff"):
+        with pytest.raises(DecodeError):
+            envelopes.parse(b"\x92" + lie + b"\xc4\x40" + bytes(64))
+
+
+def test_seal_refuses_a_frame_over_the_limit_before_sending() -> None:
+    pos = [PayloadObject.binary(b"x" * 1000)]
+    frame = envelopes.seal(SENDER, "ns/a", pos, max_bytes=10_000)
+    with pytest.raises(FrameTooLarge) as caught:
+        envelopes.seal(SENDER, "ns/a", pos, max_bytes=len(frame) - 1)
+    assert isinstance(caught.value, LimitExceeded) and isinstance(caught.value, DecodeError)
+    assert caught.value.code == "frame_too_large"
+    assert caught.value.details == {"size": len(frame), "limit": len(frame) - 1}
+    assert envelopes.seal(SENDER, "ns/a", pos, max_bytes=len(frame), ts_ns=1, nonce=bytes(16))
+
+
+def test_seal_refuses_payloads_over_sixteen_mebibytes_with_the_default_limit() -> None:
+    big = PayloadObject.binary(bytes(envelopes.DEFAULT_MAX_FRAME))  # detached, + the body
+    with pytest.raises(FrameTooLarge, match="over the 16777216-byte limit"):
+        envelopes.seal(SENDER, "ns/a", [big])
+    just_fits = PayloadObject.binary(bytes(envelopes.DEFAULT_MAX_FRAME - 1024))
+    frame = envelopes.seal(SENDER, "ns/a", [just_fits])
+    assert envelopes.decode(frame).pos[0].data == just_fits.data
+
+
+def test_check_frame_size_is_the_same_rule_for_transports() -> None:
+    envelopes.check_frame_size(envelopes.DEFAULT_MAX_FRAME)
+    with pytest.raises(FrameTooLarge) as caught:
+        envelopes.check_frame_size(envelopes.DEFAULT_MAX_FRAME + 1)
+    assert caught.value.details["limit"] == envelopes.DEFAULT_MAX_FRAME
+
+
+def test_an_oversize_frame_is_refused_before_any_decoding() -> None:
+    garbage = b"\xc1" * (envelopes.DEFAULT_MAX_FRAME + 1)  # not even msgpack
+    with pytest.raises(FrameTooLarge):
+        envelopes.parse(garbage)

@@ -21,6 +21,7 @@ from bus import uri as uris
 from bus.entity import Entity, key_to_text, verify
 from bus.grants import Grant, check_chain, decode_chain, encode_chain
 from bus.po import PayloadObject
+from bus.verdicts import VerdictCache
 from bus.verifier import Verifier
 from proxy.backend import channel, images
 from proxy.backend import docker as runtime_docker
@@ -250,6 +251,19 @@ def test_documented_limits_match_the_code() -> None:
     assert f"**{uris.MAX_SEGMENTS} segments**" in text
     assert f"1 … {rpc.MAX_ID_LENGTH} characters" in text
     assert envelopes.DETACH_OVER == 65_536 and "64 KiB (65,536 bytes)" in text
+    assert f"nest at most **{codec.MAX_DEPTH} levels** deep" in _flat_doc()
+    assert f"{codec.MAX_DEPTH} levels of arrays and maps" in text
+
+
+def test_documented_cache_bounds_match_the_code() -> None:
+    flat = _flat_doc()
+    cache = VerdictCache()
+    assert cache.failure_ttl_ns == 30 * 10**9 and "for **30 s**, at most **1024**" in flat
+    assert cache.failure_size == 1024 and cache.size == 1024
+    assert cache.grant_size == 1024 and "the last **1024** distinct grants" in flat
+    verifier = Verifier()
+    assert verifier.replay_capacity == 1_000_000 and "at most 1,000,000 entries" in flat
+    assert verifier.skew_ns == 30 * 10**9
 
 
 # -- the modelbus service (§17) ------------------------------------------------------------------

@@ -16,7 +16,9 @@ from bus import (
     Entity,
     FrameTooLarge,
     GrantExpired,
+    LimitExceeded,
     OutOfScope,
+    Overloaded,
     PayloadObject,
     PermissionMissing,
     ReplayedNonce,
@@ -113,7 +115,11 @@ def test_forgeries_cannot_poison_the_replay_cache(namespace: Namespace) -> None:
     genuine = frame(member, namespace.uri("a"))
     with pytest.raises(BadSignature):
         verifier.check_frame(forged(genuine))
-    verifier.check_frame(genuine)  # its nonce was not remembered from the forgery
+    accepted = verifier.check_frame(genuine)  # its nonce was not remembered from the forgery
+    assert accepted.nonce == envelopes.parse(genuine).nonce
+    assert verifier.rejected == {"bad_signature": 1}
+    with pytest.raises(ReplayedNonce):  # the genuine one was remembered
+        verifier.check_frame(genuine)
 
 
 def test_replay_is_judged_per_scope(namespace: Namespace) -> None:
@@ -128,6 +134,72 @@ def test_replay_is_judged_per_scope(namespace: Namespace) -> None:
         verifier.check(envelope, replay_scope=first_scope)
 
 
+class Clock:
+    """A clock the test moves by hand: no sleeping."""
+
+    def __init__(self, now_ns: int) -> None:
+        self.now_ns = now_ns
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+
+def test_a_nonce_is_remembered_as_long_as_a_copy_could_pass_the_skew_check(
+    namespace: Namespace,
+) -> None:
+    member = namespace.member("a", "P")
+    clock = Clock(NOW)
+    verifier = Verifier(clock_ns=clock, skew_s=SKEW_S)
+    uri = namespace.uri("a")
+    ahead = frame(member, uri, ts_ns=NOW + SKEW_S * 10**9)  # as far ahead as the window allows
+    verifier.check_frame(ahead)
+    clock.now_ns = NOW + 2 * SKEW_S * 10**9  # the last instant a copy passes the skew check
+    verifier.check_frame(frame(member, uri, ts_ns=clock.now_ns))  # traffic goes on (and prunes)
+    with pytest.raises(ReplayedNonce):
+        verifier.check_frame(ahead)
+    clock.now_ns += 1  # from now on the copy is stale: skew, not replay, rejects it
+    with pytest.raises(ClockSkew):
+        verifier.check_frame(ahead)
+    assert verifier.rejected == {"replayed_nonce": 1, "clock_skew": 1}
+
+
+def test_nonces_are_forgotten_after_the_window(namespace: Namespace) -> None:
+    member = namespace.member("a", "P")
+    clock = Clock(NOW)
+    verifier = Verifier(clock_ns=clock, skew_s=SKEW_S, replay_capacity=1)
+    uri = namespace.uri("a")
+    verifier.check_frame(frame(member, uri, ts_ns=NOW))
+    clock.now_ns = NOW + 2 * SKEW_S * 10**9 + 1  # the first nonce has left the window
+    verifier.check_frame(frame(member, uri, ts_ns=clock.now_ns))  # room for the new one
+    assert not verifier.rejected
+
+
+@pytest.mark.parametrize("capacity", [1, 2])
+def test_a_full_replay_cache_refuses_rather_than_forgets(
+    namespace: Namespace, capacity: int
+) -> None:
+    """A, B, A with a small capacity: the second A is a replay, whatever came between."""
+    member = namespace.member("a", "P")
+    verifier = fixed_clock_verifier(replay_capacity=capacity)
+    uri = namespace.uri("a")
+    a, b, c = (frame(member, uri) for _ in range(3))
+    verifier.check_frame(a)
+    if capacity == 1:
+        with pytest.raises(Overloaded) as caught:
+            verifier.check_frame(b)
+        assert caught.value.details == {"limit": 1}
+        assert isinstance(caught.value, LimitExceeded)
+    else:
+        verifier.check_frame(b)
+    with pytest.raises(ReplayedNonce):
+        verifier.check_frame(a)
+    with pytest.raises(Overloaded):
+        verifier.check_frame(c)
+    assert verifier.rejected == {"replayed_nonce": 1, "overloaded": 3 - capacity}
+    persisted = frame(member, uri, persist=True)  # not remembered, so not refused
+    assert verifier.check_frame(persisted).persist
+
+
 @pytest.mark.parametrize("offset_s", [-(SKEW_S + 1), SKEW_S + 1, -3600, 3600])
 def test_skewed_timestamps_are_clock_skew(namespace: Namespace, offset_s: int) -> None:
     member = namespace.member("a", "P")
@@ -137,12 +209,18 @@ def test_skewed_timestamps_are_clock_skew(namespace: Namespace, offset_s: int) -
     assert verifier.rejected == {"clock_skew": 1}
 
 
-@pytest.mark.parametrize("offset_s", [-(SKEW_S - 1), 0, SKEW_S - 1])
-def test_timestamps_within_the_window_are_accepted(namespace: Namespace, offset_s: int) -> None:
+@pytest.mark.parametrize("offset_ns", [-SKEW_S * 10**9, -1, 0, 1, SKEW_S * 10**9])
+def test_timestamps_within_the_window_are_accepted(namespace: Namespace, offset_ns: int) -> None:
     member = namespace.member("a", "P")
-    fixed_clock_verifier().check_frame(
-        frame(member, namespace.uri("a"), ts_ns=NOW + offset_s * 10**9)
-    )
+    verifier = fixed_clock_verifier()
+    envelope = verifier.check_frame(frame(member, namespace.uri("a"), ts_ns=NOW + offset_ns))
+    assert envelope.ts_ns == NOW + offset_ns
+    assert not verifier.rejected
+    with pytest.raises(ClockSkew):  # one nanosecond further out is outside the window
+        sign = 1 if offset_ns >= 0 else -1
+        verifier.check_frame(
+            frame(member, namespace.uri("a"), ts_ns=NOW + sign * (SKEW_S * 10**9 + 1))
+        )
 
 
 def test_persisted_messages_are_exempt_from_skew_and_replay(namespace: Namespace) -> None:
@@ -278,3 +356,16 @@ def test_the_real_clock_is_the_default(namespace: Namespace) -> None:
     )
     with pytest.raises(ClockSkew):
         Verifier().check_frame(stale)
+
+
+def test_anything_a_frame_causes_is_a_typed_error(namespace: Namespace) -> None:
+    """Even a fault that is no BusError (here a clock that fails) leaves check_frame typed."""
+
+    def broken_clock() -> int:
+        raise ZeroDivisionError
+
+    verifier = Verifier(clock_ns=broken_clock)
+    with pytest.raises(DecodeError, match="could not be checked") as caught:
+        verifier.check_frame(frame(namespace.as_member, namespace.uri("a")))
+    assert isinstance(caught.value.__cause__, ZeroDivisionError)
+    assert verifier.rejected == {"decode": 1}
