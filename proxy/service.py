@@ -9,16 +9,22 @@ allow predicting without deploying:
 
 and announces its liveness under ``S/!meta/…`` (bus.heartbeat). On start it restarts the
 replicas of every registered, unstopped version, so a restarted proxy serves what it served.
+
+Closures run sandboxed (:mod:`proxy.sandbox`): the service refuses to start where bubblewrap is
+missing (SandboxUnavailable) unless ``unsafe_no_sandbox`` is set, and makes itself not dumpable.
+Its data directory is made 0700 and its registry file 0600.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -35,7 +41,8 @@ from proxy.deploy import DeployOps
 from proxy.predict import PredictOps
 from proxy.registry import Registry
 from proxy.routing import VersionRouter, start_model
-from proxy.runtime import ImageRuntime
+from proxy.runtime import ImageRuntime, ProcessRuntime
+from proxy.sandbox import make_undumpable
 from proxy.settings import ProxySettings
 from proxy.slots import Slot
 from proxy.uploads import UploadLimits, Uploads
@@ -125,14 +132,25 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
     namespace = settings.namespace or entity.key_text
     service_uri, interface_uri = service_uris(namespace, settings.service_path)
     data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _private_files(data_dir)
+    make_undumpable()
+    runtime = ProcessRuntime(
+        data_dir / "replicas",
+        sandbox_limits=settings.sandbox_limits,
+        unsafe_no_sandbox=settings.unsafe_no_sandbox,
+    )
+    if await runtime.sandbox() is None:
+        logger.warning(
+            "UNSAFE: bubblewrap is missing and --unsafe-no-sandbox is set: deployed model code "
+            "runs unconfined, as this service's user, and can read its keys and registry"
+        )
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         transport, embedded = await stack.enter_async_context(_bus(settings))
         registry = await stack.enter_async_context(Registry.open(data_dir / "registry.sqlite3"))
         image_runtime, containers = _container_engine(settings, stack)
         backend = await stack.enter_async_context(
-            EmbeddedBackend(data_dir / "replicas", image_runtime=image_runtime)
+            EmbeddedBackend(data_dir / "replicas", runtime=runtime, image_runtime=image_runtime)
         )
         heartbeat = Heartbeat(
             service_uri,
@@ -255,6 +273,15 @@ def _status(backend: EmbeddedBackend, predict: PredictOps, started: float) -> di
         ],
         "served_default": predict.served_default,
     }
+
+
+def _private_files(data_dir: Path) -> None:
+    """The data directory 0700 (nobody else may enter it) and the registry file 0600."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    registry = data_dir / "registry.sqlite3"
+    os.close(os.open(registry, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(registry, 0o600)
 
 
 def _container_engine(

@@ -7,6 +7,7 @@ interrupted, publish its death and exit 0.
 from __future__ import annotations
 
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,8 @@ def _start(zmq_bus_url: str, data_dir: Path, log: Path) -> tuple[subprocess.Pope
         "--no-embedded-bus",
         "--heartbeat-interval",
         "0.5",
+        "--namespace-key",
+        str(data_dir.parent / "namespace.key"),
     ]
     with log.open("w") as errors:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True)
@@ -62,7 +65,7 @@ async def test_serve_drains_in_flight_requests_and_announces_its_death(
 ) -> None:
     process, service_uri = _start(zmq_bus_url, tmp_path / "data", tmp_path / "serve.log")
     try:
-        owner = Entity.load(tmp_path / "data" / "proxy.key")
+        owner = Entity.load(tmp_path / "namespace.key")
         async with BusClient(open_transport(zmq_bus_url), owner) as bus:
             service = ServiceClient(bus, service_uri)
             await service.check_alive()  # the first heartbeat precedes the announcement
@@ -96,3 +99,12 @@ async def test_serve_drains_in_flight_requests_and_announces_its_death(
         assert process.stdout is not None
         process.stdout.close()
     assert "draining" in (tmp_path / "serve.log").read_text()
+    # The namespace key lives outside the data directory; the service ran with its own key.
+    data = tmp_path / "data"
+    assert not any(path.read_bytes().find(owner.key_text.encode()) >= 0 and "secret" in
+                   path.read_text(errors="replace") for path in data.glob("*.key"))
+    service_key = Entity.load(data / "service.key")
+    assert service_key.key_text != owner.key_text
+    assert stat.S_IMODE((data).stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "registry.sqlite3").stat().st_mode) == 0o600
+    assert "keep it OFFLINE" in (tmp_path / "serve.log").read_text()
