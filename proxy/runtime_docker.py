@@ -7,9 +7,10 @@ docker-py blocks, so :class:`DockerEngine` (synchronous) is called on worker thr
 
 Images: :meth:`DockerRuntime.load` checks the tarball first (:mod:`proxy.images`: it holds the
 image, which says where its model is) and loads it, streamed from the file, only if the engine
-lacks the image's id. ``prepare`` (before a version starts; again after a restart of the
-service, or of a version stopped earlier: its tarball is kept) loads it the same way and tags it
-``modelbus/<name>:<version>``. A version runs its image by id.
+lacks the image's id — an untagged copy holding only that image (:mod:`proxy.image_tarball`), so
+a tarball never re-points a tag. ``prepare`` (before a version starts; again after a restart of
+the service, or of a version stopped earlier: its tarball is kept) loads it the same way and tags
+it ``modelbus/<name>:<version>`` (its only tag). A version runs its image by id.
 
 Containers run with host networking (the worker connects to the backend's ROUTER on 127.0.0.1),
 an init process (so ``stop`` reaches the worker), the start token in ``MODELBUS_REPLICA_TOKEN``,
@@ -32,6 +33,7 @@ import hashlib
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,7 @@ from bus.errors import (
 )
 from proxy.channel import TOKEN_ENV
 from proxy.containers import ContainerInfo
+from proxy.image_tarball import untagged_copy
 from proxy.images import WORKER_COMMAND, Entry, SavedImage, check_saved_image
 from proxy.runtime import ReplicaHandle, ReplicaSpec, _safe, _tail
 
@@ -335,13 +338,23 @@ class DockerRuntime:
         saved = await anyio.to_thread.run_sync(check_saved_image, tarball, image)
         if not await self._call(self.engine.has_image, saved.id):
             started = time.monotonic()
-            await anyio.to_thread.run_sync(self.engine.load, tarball, limiter=self._slow)
+            await anyio.to_thread.run_sync(self._load_untagged, tarball, limiter=self._slow)
             logger.info("loaded %s in %.1f s", image, time.monotonic() - started)
             if not await self._call(self.engine.has_image, saved.id):
                 raise InternalError(
                     f"the engine loaded {image} but shows no image {saved.id}", image=image
                 )
         return saved
+
+    def _load_untagged(self, tarball: Path) -> None:
+        """Load the tarball's one image without any tag (proxy.image_tarball): a tarball
+        cannot re-point a tag on the engine."""
+        copy = tarball.with_name(f".{tarball.name}.{uuid.uuid4().hex[:8]}.load.tar")
+        try:
+            untagged_copy(tarball, copy)
+            self.engine.load(copy)
+        finally:
+            copy.unlink(missing_ok=True)
 
     # --- replicas (the Runtime protocol) ----------------------------------------------------------
 
