@@ -12,7 +12,11 @@ a tarball never re-points a tag. ``prepare`` (before a version starts; again aft
 the service, or of a version stopped earlier: its tarball is kept) loads it the same way and tags
 it ``modelbus/<name>:<version>`` (its only tag). A version runs its image by id.
 
-Containers run with host networking (the worker connects to the backend's ROUTER on 127.0.0.1),
+Containers are confined at least as ``container.run``'s are: no network (``network_mode=none``;
+the worker reaches the backend through its unix socket, the channel directory mounted read-only
+at ``/run/modelbus``, over ZeroMQ ``ipc://``), every capability dropped, ``no-new-privileges``,
+user ``65534:65534``, a read-only root filesystem with a size-capped tmpfs ``/tmp``, and memory,
+pids and CPU limits (:class:`~proxy.sandbox.SandboxLimits`). They run with
 an init process (so ``stop`` reaches the worker), the start token in ``MODELBUS_REPLICA_TOKEN``,
 labels ``modelbus.model``, ``modelbus.version``, ``modelbus.replica`` and ``modelbus.owner`` (this
 service's data directory, hashed), and the name ``modelbus-<name>-<version>-r<i>-<token hash>``.
@@ -31,6 +35,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -42,6 +47,7 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 import docker
 import docker.errors
+import docker.tls
 
 from bus.errors import (
     BusError,
@@ -56,11 +62,13 @@ from proxy.containers import ContainerInfo
 from proxy.image_tarball import untagged_copy
 from proxy.images import WORKER_COMMAND, Entry, SavedImage, check_saved_image
 from proxy.runtime import ReplicaHandle, ReplicaSpec, _safe, _tail
+from proxy.sandbox import NOBODY, SANDBOX_CHANNEL_DIR, SandboxLimits, admit_channel
 
 __all__ = ["DockerEngine", "DockerRuntime", "ServiceContainers"]
 
 logger = logging.getLogger(__name__)
 
+REPLICA_USER = f"{NOBODY}:{NOBODY}"
 MODEL_LABEL = "modelbus.model"
 VERSION_LABEL = "modelbus.version"
 REPLICA_LABEL = "modelbus.replica"
@@ -78,6 +86,7 @@ class DockerEngine:
 
     def __init__(self, base_url: str, *, timeout_s: float = 600.0) -> None:
         self.base_url = base_url
+        self._tls = _engine_tls(base_url)
         self._timeout_s = timeout_s
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
@@ -88,7 +97,10 @@ class DockerEngine:
             if self._client is None:
                 with _translated(self.base_url, "connect"):
                     self._client = docker.DockerClient(
-                        base_url=self.base_url, timeout=int(self._timeout_s), max_pool_size=64
+                        base_url=self.base_url,
+                        timeout=int(self._timeout_s),
+                        max_pool_size=64,
+                        tls=self._tls or False,
                     )
             return self._client
 
@@ -155,8 +167,11 @@ class DockerEngine:
         entrypoint: list[str] | None,
         environment: dict[str, str],
         labels: dict[str, str],
+        channel_dir: Path,
+        limits: SandboxLimits,
     ) -> tuple[str, int | None]:
-        """Start a detached container on the host's network; its id and main pid."""
+        """Start a detached, confined container (see :data:`REPLICA_USER` and the module
+        docstring) with ``channel_dir`` at ``/run/modelbus``; its id and main pid."""
         with _translated(self.base_url, f"run {name}"):
             container = self.client.containers.run(
                 image_id,
@@ -166,8 +181,17 @@ class DockerEngine:
                 detach=True,
                 environment=environment,
                 labels=labels,
-                network_mode="host",
                 init=True,
+                network_mode="none",
+                volumes={str(channel_dir): {"bind": str(SANDBOX_CHANNEL_DIR), "mode": "ro"}},
+                user=REPLICA_USER,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                read_only=True,
+                tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmp_bytes},mode=1777"},
+                mem_limit=limits.memory_bytes or None,
+                pids_limit=limits.processes or None,
+                nano_cpus=round(limits.cpus * 1e9),
             )
             container.reload()
             pid = container.attrs.get("State", {}).get("Pid") or None
@@ -284,9 +308,15 @@ class DockerRuntime:
     """Replicas of image versions as containers; see the module docstring."""
 
     def __init__(
-        self, base_url: str, data_dir: Path, *, engine: DockerEngine | None = None
+        self,
+        base_url: str,
+        data_dir: Path,
+        *,
+        engine: DockerEngine | None = None,
+        limits: SandboxLimits | None = None,
     ) -> None:
         self.engine = engine or DockerEngine(base_url)
+        self.limits = limits or SandboxLimits()
         self.log_dir = Path(data_dir) / "logs"
         self.owner = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
         self._prepared: dict[tuple[str, str], _Prepared] = {}
@@ -362,8 +392,13 @@ class DockerRuntime:
         prepared = self._prepared.get((spec.name, spec.version))
         if prepared is None:
             raise InternalError(f"{spec.label}: its image was not prepared", replica=spec.replica)
+        if spec.channel_socket is None:
+            raise InternalError(f"{spec.label}: the backend has no unix socket for a container")
+        channel_dir = spec.channel_socket.parent
+        await anyio.to_thread.run_sync(admit_channel, channel_dir, NOBODY)
+        backend = f"ipc://{SANDBOX_CHANNEL_DIR / spec.channel_socket.name}"
         command = [
-            *("--backend", spec.backend_url, "--name", spec.name, "--version", spec.version),
+            *("--backend", backend, "--name", spec.name, "--version", spec.version),
             *("--replica", str(spec.replica), "--batch-size", str(spec.batch_size)),
             *("--heartbeat-s", str(spec.heartbeat_s), *prepared.entry.worker_args()),
         ]
@@ -373,13 +408,15 @@ class DockerRuntime:
             name=_container_name(spec),
             command=command,
             entrypoint=None if prepared.has_entrypoint else list(WORKER_COMMAND),
-            environment={TOKEN_ENV: spec.token, "PYTHONUNBUFFERED": "1"},
+            environment={TOKEN_ENV: spec.token, "PYTHONUNBUFFERED": "1", "HOME": "/tmp"},
             labels={
                 MODEL_LABEL: spec.name,
                 VERSION_LABEL: spec.version,
                 REPLICA_LABEL: str(spec.replica),
                 OWNER_LABEL: self.owner,
             },
+            channel_dir=channel_dir,
+            limits=self.limits,
         )
         self._alive.add(container_id)
         self._forget_previous((spec.name, spec.version, spec.replica), container_id)
@@ -529,6 +566,30 @@ def _translated(base_url: str, doing: str) -> Iterator[None]:
             f"cannot reach the container engine at {base_url} to {doing}: {exc}",
             docker_url=base_url,
         ) from exc
+
+
+def _engine_tls(base_url: str) -> docker.tls.TLSConfig | None:
+    """TLS for an engine URL on TCP, from ``DOCKER_CERT_PATH`` (``ca.pem``, ``cert.pem``,
+    ``key.pem``, as docker's own client reads them); None for a local socket. An engine API on
+    plain TCP gives whoever reaches the port root on the host: refused (InvalidRequest)."""
+    scheme = base_url.partition("://")[0].lower()
+    if scheme in ("unix", "npipe", "ssh", "http+unix"):
+        return None
+    cert_path = os.environ.get("DOCKER_CERT_PATH")
+    if scheme not in ("tcp", "https") or not cert_path or os.environ.get("DOCKER_TLS_VERIFY") != "1":
+        raise InvalidRequest(
+            f"refusing the container engine at {base_url}: an engine API on plain TCP lets "
+            "anyone who reaches it run containers as root; use its unix socket "
+            "(unix:///run/podman/podman.sock) or TLS with client certificates "
+            "(DOCKER_TLS_VERIFY=1 and DOCKER_CERT_PATH holding ca.pem, cert.pem, key.pem)",
+            docker_url=base_url,
+        )
+    certs = Path(cert_path)
+    return docker.tls.TLSConfig(
+        client_cert=(str(certs / "cert.pem"), str(certs / "key.pem")),
+        ca_cert=str(certs / "ca.pem"),
+        verify=True,
+    )
 
 
 def _explanation(exc: docker.errors.APIError) -> str:

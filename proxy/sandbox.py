@@ -57,6 +57,7 @@ __all__ = [
     "SANDBOX_PACKAGES",
     "Sandbox",
     "SandboxLimits",
+    "admit_channel",
     "make_undumpable",
 ]
 
@@ -90,6 +91,8 @@ class SandboxLimits(BaseModel):
     """RLIMIT_FSIZE: the largest file the worker may write, its log file included."""
     tmp_bytes: Annotated[int, Field(gt=0)] = 64 * _MIB
     """The size of the private ``/tmp`` (memory)."""
+    cpus: Annotated[float, Field(gt=0)] = 1.0
+    """CPUs an image replica's container may use (the engine's ``--cpus``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,10 +212,8 @@ class Sandbox:
 
     def admit(self, channel_dir: Path) -> None:
         """Let the sandbox's user reach the channel: own the directory and the socket in it."""
-        if self.uid is None:
-            return
-        for path in (channel_dir, *channel_dir.iterdir()):
-            os.chown(path, self.uid, self.uid, follow_symlinks=False)
+        if self.uid is not None:
+            admit_channel(channel_dir, self.uid)
 
     def _bwrap_args(self, *, channel_dir: Path | None, artifact_fd: int | None) -> list[str]:
         args = [
@@ -253,6 +254,19 @@ class Sandbox:
             args += ["--perms", "0444", "--ro-bind-data", str(artifact_fd), str(SANDBOX_ARTIFACT)]
         args += ["--chdir", "/tmp"]
         return args
+
+
+def admit_channel(channel_dir: Path, uid: int | None) -> None:
+    """Let ``uid`` reach the backend's socket in ``channel_dir``: as root, give it the directory
+    and the socket; otherwise (a rootless engine maps ``uid`` to a subordinate id) make the
+    socket connectable by all and the directory traversable, not listable."""
+    if uid is not None and os.geteuid() == 0:
+        for path in (channel_dir, *channel_dir.iterdir()):
+            os.chown(path, uid, uid, follow_symlinks=False)
+        return
+    os.chmod(channel_dir, 0o711)
+    for path in channel_dir.iterdir():
+        os.chmod(path, 0o666)
 
 
 def make_undumpable() -> bool:

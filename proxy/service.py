@@ -292,7 +292,9 @@ def _container_engine(
         return None, None
     from proxy.runtime_docker import DockerRuntime, ServiceContainers  # docker-py only if used
 
-    runtime = DockerRuntime(settings.docker_url, settings.data_dir / "replicas")
+    runtime = DockerRuntime(
+        settings.docker_url, settings.data_dir / "replicas", limits=settings.sandbox_limits
+    )
     stack.callback(runtime.engine.close)  # once the backend has stopped its containers
     return runtime, ServiceContainers(runtime.engine, runtime.owner)
 
