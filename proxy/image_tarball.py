@@ -10,7 +10,7 @@ A tarball comes from a deployer, so two things in it must not reach the engine:
   knows it only by its id until the runtime tags it ``modelbus/<name>:<version>``.
 - **a decompression bomb.** A compressed tarball (gzip, bzip2, xz) is decompressed while it is
   read; :func:`open_tarball` stops with :class:`~bus.errors.LimitExceeded` once the decompressed
-  position passes ``max(64 MiB, 32 × the compressed size)`` or :data:`MAX_UNPACKED_BYTES`.
+  position passes ``max(64 MiB, 32 times the compressed size)`` or :data:`MAX_UNPACKED_BYTES`.
 """
 
 from __future__ import annotations

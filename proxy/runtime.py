@@ -3,8 +3,9 @@
 A runtime knows nothing of batches or predictions: it starts a worker from a :class:`ReplicaSpec`
 (the worker then connects back to the backend by itself, see :mod:`proxy.worker`), tells when it
 exits, stops it and shows its log. :class:`ProcessRuntime` runs ``python -m proxy.worker`` as a
-child process, in a bubblewrap sandbox (:mod:`proxy.sandbox`); :class:`~proxy.runtime_docker.DockerRuntime` (an :class:`ImageRuntime`) runs it in
-a container of the version's image. :class:`RuntimeByKind` hands each replica to the right one.
+child process, in a bubblewrap sandbox (:mod:`proxy.sandbox`);
+:class:`~proxy.runtime_docker.DockerRuntime` (an :class:`ImageRuntime`) runs it in a container of
+the version's image. :class:`RuntimeByKind` hands each replica to the right one.
 """
 
 from __future__ import annotations
@@ -203,7 +204,9 @@ class ProcessRuntime:
         artifact_fd: int | None = None
         try:
             if sandbox is None:
-                logger.warning("UNSAFE: %s runs without a sandbox (--unsafe-no-sandbox)", spec.label)
+                logger.warning(
+                    "UNSAFE: %s runs without a sandbox (--unsafe-no-sandbox)", spec.label
+                )
                 command, env, cwd = self._command(spec), self._environment(spec), self.log_dir
             else:
                 artifact_fd = os.open(spec.artifact, os.O_RDONLY | os.O_CLOEXEC)

@@ -576,7 +576,11 @@ def _engine_tls(base_url: str) -> docker.tls.TLSConfig | None:
     if scheme in ("unix", "npipe", "ssh", "http+unix"):
         return None
     cert_path = os.environ.get("DOCKER_CERT_PATH")
-    if scheme not in ("tcp", "https") or not cert_path or os.environ.get("DOCKER_TLS_VERIFY") != "1":
+    if (
+        scheme not in ("tcp", "https")
+        or not cert_path
+        or os.environ.get("DOCKER_TLS_VERIFY") != "1"
+    ):
         raise InvalidRequest(
             f"refusing the container engine at {base_url}: an engine API on plain TCP lets "
             "anyone who reaches it run containers as root; use its unix socket "

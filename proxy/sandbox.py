@@ -162,9 +162,7 @@ class Sandbox:
                 status=done.returncode,
             )
 
-    def command(
-        self, worker: Sequence[str], *, channel_dir: Path, artifact_fd: int
-    ) -> list[str]:
+    def command(self, worker: Sequence[str], *, channel_dir: Path, artifact_fd: int) -> list[str]:
         """The command line running ``worker`` (a full argv whose paths are the sandbox's:
         :data:`SANDBOX_ARTIFACT`, a socket in :data:`SANDBOX_CHANNEL_DIR`) in the sandbox.
 

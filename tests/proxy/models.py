@@ -12,7 +12,6 @@ import signal
 import time
 from typing import Any
 
-
 _PROCESS_ID: list[str] = []  # pickled empty with each model; filled in the worker process
 
 

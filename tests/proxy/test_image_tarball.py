@@ -45,7 +45,11 @@ def _saved(
             _add(archive, f"{digest}.json", config)
             _add(archive, f"layer{index}/layer.tar", b"\0" * 1024)
             manifest.append(
-                {"Config": f"{digest}.json", "RepoTags": tags, "Layers": [f"layer{index}/layer.tar"]}
+                {
+                    "Config": f"{digest}.json",
+                    "RepoTags": tags,
+                    "Layers": [f"layer{index}/layer.tar"],
+                }
             )
             ids.append(f"sha256:{digest}")
         _add(archive, "manifest.json", json.dumps(manifest).encode())

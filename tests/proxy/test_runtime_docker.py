@@ -465,9 +465,7 @@ async def test_an_image_replica_runs_confined(
     assert attrs["NetworkSettings"].get("IPAddress") in ("", None)
 
 
-def test_an_engine_on_plain_tcp_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_engine_on_plain_tcp_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DOCKER_TLS_VERIFY", raising=False)
     for url in ("tcp://127.0.0.1:2375", "http://10.0.0.1:2375", "https://engine:2376"):
         with pytest.raises(InvalidRequest, match="plain TCP"):
