@@ -649,3 +649,22 @@ def test_the_readme_python_example_runs(world: World, zmq_bus_url: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{{'twice': 42, 'asked_by': '{world.alice.key_text}'}}\n"
+
+
+@pytest.mark.mqtt
+def test_sub_never_prints_the_bus_password(world: World, mosquitto_url: str) -> None:
+    host = mosquitto_url.removeprefix("mqtt://")
+    url = f"mqtt://alice:s3cret-pw@{host}"  # the test broker takes anonymous and named clients
+    result = invoke("sub", "ns/buildings/*", "--timeout", "0.5", env=world.env(bus_url=url))
+    assert result.exit_code == 0, result.output
+    assert f"on mqtt://alice:***@{host}" in result.stderr
+    assert "s3cret-pw" not in result.output + result.stderr
+
+
+def test_redacted_urls() -> None:
+    from proxy.redaction import redact_url
+
+    assert redact_url("mqtt://u:p%40ss@broker:1883") == "mqtt://u:***@broker:1883"
+    assert redact_url("mqtts://u:pw@[::1]:8883") == "mqtts://u:***@[::1]:8883"
+    assert redact_url("mqtt://u@broker") == "mqtt://u@broker"
+    assert redact_url("zmq://127.0.0.1:7700") == "zmq://127.0.0.1:7700"

@@ -106,3 +106,32 @@ async def test_serve_drains_in_flight_requests_and_announces_its_death(
     assert stat.S_IMODE((data).stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "registry.sqlite3").stat().st_mode) == 0o600
     assert "keep it OFFLINE" in (tmp_path / "serve.log").read_text()
+
+
+@pytest.mark.mqtt
+def test_serve_never_prints_the_bus_password(mosquitto_url: str, tmp_path: Path) -> None:
+    host = mosquitto_url.removeprefix("mqtt://")
+    url = f"mqtt://alice:s3cret-pw@{host}"  # the test broker takes anonymous and named clients
+    argv = [sys.executable, "-m", "proxy.cli", "--bus", url, "serve", "--data-dir"]
+    argv += [str(tmp_path / "data"), "--namespace-key", str(tmp_path / "namespace.key")]
+    log = tmp_path / "serve.log"
+    with log.open("w") as errors:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True)
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.strip().startswith("modelbus grant"):
+                break
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+    banner = "".join(lines)
+    assert f"modelbus serving on mqtt://alice:***@{host}" in banner, banner + log.read_text()
+    assert "s3cret-pw" not in banner + log.read_text()
