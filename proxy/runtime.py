@@ -154,6 +154,8 @@ class ProcessRuntime:
     through its unix socket (``spec.channel_socket``). Only with ``unsafe_no_sandbox`` does a
     worker run unconfined where bubblewrap is missing — as the service's user, able to read
     everything the service can — with a warning per start.
+    A sandboxed replica's ``pid`` is bubblewrap's: it leads the process group of the sandbox
+    (the worker's own pid is 2 in its PID namespace), and the sandbox dies with it.
 
     Output goes to ``<data_dir>/logs/<name>-<version>-<hash>-r<N>.log`` (appended across
     restarts, rotated once past ``max_log_bytes``) — never to a pipe nobody reads. The worker gets
