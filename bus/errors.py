@@ -30,6 +30,7 @@ small dict of facts). Over the bus an error travels as a reply ``{code, message,
     ├── RequestTimeout            no reply in time
     ├── InvalidRequest            well-formed frame, but the request body is wrong
     └── InternalError             the service failed; details are in its log
+        └── SandboxUnavailable    untrusted code cannot be sandboxed here (no bubblewrap)
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ __all__ = [
     "PermissionMissing",
     "ReplayedNonce",
     "RequestTimeout",
+    "SandboxUnavailable",
     "TransportClosed",
     "TransportError",
     "TtlExceeded",
@@ -167,6 +169,10 @@ class InvalidRequest(BusError):
 
 class InternalError(BusError):
     code = "internal"
+
+
+class SandboxUnavailable(InternalError):
+    code = "sandbox_unavailable"
 
 
 def _all_subclasses(cls: type[BusError]) -> list[type[BusError]]:

@@ -34,7 +34,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
         "proxy/bench/raw.py",
     ),
     "aiosqlite": ("proxy/registry/registry.py",),
-    "docker": ("proxy/backend/docker.py",),
+    "docker": ("proxy/backend/docker_engine.py",),
     "aiohttp": ("proxy/bench/http.py",),
     "rdflib": ("chooser/places.py",),
 }

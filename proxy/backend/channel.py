@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, cast
 
 import zmq
@@ -24,6 +27,7 @@ from bus.errors import DecodeError, TransportError
 __all__ = [
     "EXIT_BACKEND_LOST",
     "EXIT_LOAD_FAILED",
+    "IPC_SOCKET_NAME",
     "MAX_MESSAGE_BYTES",
     "PROTOCOL",
     "TOKEN_ENV",
@@ -49,6 +53,7 @@ logger = logging.getLogger(__name__)
 PROTOCOL = 1
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 TOKEN_ENV = "MODELBUS_REPLICA_TOKEN"
+IPC_SOCKET_NAME = "backend.sock"
 EXIT_LOAD_FAILED = 2  # the model cannot be loaded here: restarting will not help
 EXIT_BACKEND_LOST = 3  # nothing heard from the backend for too long, or the service died
 _HWM = 10_000
@@ -155,7 +160,9 @@ def _decode(adapter: TypeAdapter[_T], data: bytes) -> _T:
 
 
 class RouterChannel:
-    """The backend's ROUTER socket, bound to a free port on ``host``; use from one event loop.
+    """The backend's ROUTER socket, bound to a free port on ``host`` and to a unix socket
+    (``ipc://``, :attr:`ipc_path`, in a private directory of its own that sandboxed workers get
+    bound in); use from one event loop.
 
     Messages are taken straight from the event loop's reader callback on the socket's file
     descriptor (:meth:`serve`), not through zmq.asyncio's per-call futures: on the prediction
@@ -177,7 +184,9 @@ class RouterChannel:
             self._socket.setsockopt(zmq.LINGER, 0)
             self._socket.bind(f"tcp://{host}:*")
             self.url: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        except zmq.ZMQError as exc:
+            self.ipc_path: Path = _socket_dir() / IPC_SOCKET_NAME
+            self._socket.bind(f"ipc://{self.ipc_path}")
+        except (zmq.ZMQError, OSError) as exc:
             self.close()
             raise TransportError(f"cannot bind the replica channel on {host}: {exc}") from exc
 
@@ -264,6 +273,17 @@ class RouterChannel:
             self._socket.close(linger=0)
         if not self._context.closed:
             self._context.term()
+        if (path := getattr(self, "ipc_path", None)) is not None:
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def _socket_dir() -> Path:
+    """A new private directory for the channel's unix socket, with a path short enough for one
+    (``sun_path`` holds 107 bytes)."""
+    base = tempfile.gettempdir()
+    if len(base) > 60:
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix="modelbus-", dir=base))
 
 
 async def _readable(fd: int) -> None:

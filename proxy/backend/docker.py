@@ -1,17 +1,21 @@
 """The docker runtime: replicas as containers of a model image, on any Docker-API engine.
 
-The only module that imports docker (docker-py). It talks to Docker, or to Podman's
-``podman system service``, at a base URL (``unix:///run/podman/podman.sock``, ``tcp://…``).
-docker-py blocks, so :class:`DockerEngine` (synchronous) is called on worker threads by
-:class:`DockerRuntime`; docker's errors become modelbus errors in :func:`_translated`.
+It drives the engine through :class:`~proxy.backend.docker_engine.DockerEngine` (the only
+importer of docker-py), on worker threads: docker-py blocks.
 
 Images: :meth:`DockerRuntime.load` checks the tarball first (:mod:`proxy.backend.images`: it holds
 the image, which says where its model is) and loads it, streamed from the file, only if the engine
-lacks the image's id. ``prepare`` (before a version starts; again after a restart of the
-service, or of a version stopped earlier: its tarball is kept) loads it the same way and tags it
-``modelbus/<name>:<version>``. A version runs its image by id.
+lacks the image's id — an untagged copy holding only that image
+(:mod:`proxy.backend.image_tarball`), so
+a tarball never re-points a tag. ``prepare`` (before a version starts; again after a restart of
+the service, or of a version stopped earlier: its tarball is kept) loads it the same way and tags
+it ``modelbus/<name>:<version>`` (its only tag). A version runs its image by id.
 
-Containers run with host networking (the worker connects to the backend's ROUTER on 127.0.0.1),
+Containers are confined at least as ``container.run``'s are: no network (``network_mode=none``;
+the worker reaches the backend through its unix socket, the channel directory mounted read-only
+at ``/run/modelbus``, over ZeroMQ ``ipc://``), every capability dropped, ``no-new-privileges``,
+user ``65534:65534``, a read-only root filesystem with a size-capped tmpfs ``/tmp``, and memory,
+pids and CPU limits (:class:`~proxy.backend.sandbox.SandboxLimits`). They run with
 an init process (so ``stop`` reaches the worker), the start token in ``MODELBUS_REPLICA_TOKEN``,
 labels ``modelbus.model``, ``modelbus.version``, ``modelbus.replica`` and ``modelbus.owner`` (this
 service's data directory, hashed), and the name ``modelbus-<name>-<version>-r<i>-<token hash>``.
@@ -26,248 +30,44 @@ When the service stops, containers go but images stay, for its next start.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 import anyio
-import docker
-import docker.errors
 
 from bus.errors import (
     BusError,
-    Conflict,
     InternalError,
-    InvalidRequest,
     NotFound,
-    TransportError,
 )
 from proxy.backend.channel import TOKEN_ENV
-from proxy.backend.containers import ContainerInfo
+from proxy.backend.docker_engine import (
+    MODEL_LABEL,
+    OWNER_LABEL,
+    REPLICA_LABEL,
+    VERSION_LABEL,
+    DockerEngine,
+)
+from proxy.backend.image_tarball import untagged_copy
 from proxy.backend.images import WORKER_COMMAND, Entry, SavedImage, check_saved_image
 from proxy.backend.runtime import ReplicaHandle, ReplicaSpec, _safe, _tail
+from proxy.backend.sandbox import NOBODY, SANDBOX_CHANNEL_DIR, SandboxLimits, admit_channel
 
-__all__ = ["DockerEngine", "DockerRuntime", "ServiceContainers"]
+__all__ = ["DockerRuntime"]
 
 logger = logging.getLogger(__name__)
 
-MODEL_LABEL = "modelbus.model"
-VERSION_LABEL = "modelbus.version"
-REPLICA_LABEL = "modelbus.replica"
-OWNER_LABEL = "modelbus.owner"
 _LOG_LINES_KEPT = 2_000  # of an exited container, appended to its replica's log file
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-
-
-class DockerEngine:
-    """docker-py behind modelbus errors; blocking calls, safe to use from several threads.
-
-    The client connects on first use (docker-py asks the engine its API version)."""
-
-    def __init__(self, base_url: str, *, timeout_s: float = 600.0) -> None:
-        self.base_url = base_url
-        self._timeout_s = timeout_s
-        self._client: docker.DockerClient | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def client(self) -> docker.DockerClient:
-        with self._lock:
-            if self._client is None:
-                with _translated(self.base_url, "connect"):
-                    self._client = docker.DockerClient(
-                        base_url=self.base_url, timeout=int(self._timeout_s), max_pool_size=64
-                    )
-            return self._client
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
-
-    # --- images -----------------------------------------------------------------------------------
-
-    def has_image(self, ref: str) -> bool:
-        try:
-            with _translated(self.base_url, f"inspect image {ref}"):
-                self.client.images.get(ref)
-        except NotFound:
-            return False
-        return True
-
-    def image_id(self, ref: str) -> str:
-        with _translated(self.base_url, f"inspect image {ref}"):
-            return str(self.client.images.get(ref).id)
-
-    def load(self, tarball: Path) -> None:
-        """``docker load`` the tarball, streamed from the file."""
-        with _translated(self.base_url, f"load {tarball.name}"), tarball.open("rb") as data:
-            for chunk in self.client.api.load_image(data):
-                if isinstance(chunk, dict) and chunk.get("error"):
-                    raise InvalidRequest(f"the engine could not load the image: {chunk['error']}")
-
-    def tag(self, image_id: str, ref: str) -> None:
-        repository, _, tag = ref.rpartition(":")
-        with _translated(self.base_url, f"tag {image_id} as {ref}"):
-            self.client.api.tag(image_id, repository, tag)
-
-    def remove_image(self, ref: str, *, force: bool = False) -> None:
-        with contextlib.suppress(NotFound), _translated(self.base_url, f"remove image {ref}"):
-            self.client.images.remove(ref, force=force)
-
-    def build(self, context: Path, tag: str, *, buildargs: dict[str, str] | None = None) -> str:
-        """Build ``context`` (a directory with a Dockerfile) as ``tag``; the image id."""
-        with _translated(self.base_url, f"build {tag}"):
-            image, _ = self.client.images.build(
-                path=str(context), tag=tag, buildargs=buildargs or {}, rm=True, forcerm=True
-            )
-            return str(image.id)
-
-    def save(self, ref: str, path: Path) -> None:
-        """``docker save`` one image with its tag into ``path``, streamed."""
-        with _translated(self.base_url, f"save {ref}"):
-            image = self.client.images.get(ref)
-            with path.open("wb") as file:
-                for chunk in image.save(chunk_size=1024 * 1024, named=True):
-                    file.write(chunk)
-
-    # --- containers -------------------------------------------------------------------------------
-
-    def run(
-        self,
-        image_id: str,
-        *,
-        name: str,
-        command: list[str],
-        entrypoint: list[str] | None,
-        environment: dict[str, str],
-        labels: dict[str, str],
-    ) -> tuple[str, int | None]:
-        """Start a detached container on the host's network; its id and main pid."""
-        with _translated(self.base_url, f"run {name}"):
-            container = self.client.containers.run(
-                image_id,
-                command=command,
-                entrypoint=entrypoint,
-                name=name,
-                detach=True,
-                environment=environment,
-                labels=labels,
-                network_mode="host",
-                init=True,
-            )
-            container.reload()
-            pid = container.attrs.get("State", {}).get("Pid") or None
-            return str(container.id), pid
-
-    def wait(self, container_id: str) -> int:
-        """Block until the container exits; its exit code."""
-        with _translated(self.base_url, f"wait for {container_id[:12]}"):
-            result = self.client.api.wait(container_id, timeout=None)
-            return int(result.get("StatusCode", -1))
-
-    def stop(self, container_id: str, *, grace_s: float) -> None:
-        with contextlib.suppress(NotFound), _translated(self.base_url, "stop a container"):
-            self.client.api.stop(container_id, timeout=max(1, round(grace_s)))
-
-    def remove(self, container_id: str) -> None:
-        with contextlib.suppress(NotFound), _translated(self.base_url, "remove a container"):
-            self.client.api.remove_container(container_id, force=True)
-
-    def logs(self, container_id: str, *, tail: int) -> str:
-        try:
-            with _translated(self.base_url, "read a container's log"):
-                data = self.client.api.logs(container_id, tail=max(0, tail))
-        except NotFound:
-            return ""
-        return bytes(data).decode("utf-8", errors="replace")
-
-    def containers(self, **filters: Any) -> list[str]:
-        """Ids of containers, running or not, matching docker's ``filters``."""
-        with _translated(self.base_url, "list containers"):
-            found = self.client.api.containers(all=True, filters=filters)
-            return [str(item["Id"]) for item in found]
-
-
-class ServiceContainers:
-    """The proxied part of the Docker API
-    (:class:`proxy.service.operations.containers.ContainerEngine`), confined
-    to this service's containers: it lists only containers with the service's owner label and
-    runs containers from images the engine already holds (never pulling) with no network, no
-    mounts, every capability dropped and no new privileges."""
-
-    def __init__(self, engine: DockerEngine, owner: str) -> None:
-        self.engine = engine
-        self.owner = owner
-
-    async def list_containers(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
-        wanted = [f"{OWNER_LABEL}={self.owner}", *(f"{k}={v}" for k, v in labels.items())]
-        return await anyio.to_thread.run_sync(self._list, wanted)
-
-    def _list(self, wanted: list[str]) -> list[ContainerInfo]:
-        with _translated(self.engine.base_url, "list containers"):
-            found = self.engine.client.containers.list(all=True, filters={"label": wanted})
-            return [_info(container) for container in found]
-
-    async def run_container(
-        self, image: str, name: str, env: Mapping[str, str], labels: Mapping[str, str]
-    ) -> ContainerInfo:
-        return await anyio.to_thread.run_sync(self._run, image, name, dict(env), dict(labels))
-
-    def _run(
-        self, image: str, name: str, env: dict[str, str], labels: dict[str, str]
-    ) -> ContainerInfo:
-        if not self.engine.has_image(image):
-            raise NotFound(
-                f"the image {image!r} is not on this service's engine (it never pulls); "
-                "upload and deploy it first",
-                image=image,
-            )
-        if self._exists(name):  # Podman answers a taken name with 500, Docker with 409
-            raise Conflict(f"a container named {name!r} already exists", name=name)
-        with _translated(self.engine.base_url, f"run {name}"):
-            container = self.engine.client.containers.run(
-                image,
-                name=name,
-                detach=True,
-                environment=env,
-                labels={**labels, OWNER_LABEL: self.owner},
-                network_mode="none",
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
-                pids_limit=512,
-            )
-            container.reload()
-            return _info(container)
-
-    def _exists(self, name: str) -> bool:
-        try:
-            with _translated(self.engine.base_url, f"inspect container {name}"):
-                self.engine.client.containers.get(name)
-        except NotFound:
-            return False
-        return True
-
-
-def _info(container: Any) -> ContainerInfo:
-    tags = container.image.tags if container.image is not None else []
-    return ContainerInfo(
-        id=str(container.id),
-        name=str(container.name),
-        image=str(tags[0] if tags else container.attrs.get("Image", "")),
-        state=str(container.status),
-        labels={str(k): str(v) for k, v in (container.labels or {}).items()},
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,9 +82,15 @@ class DockerRuntime:
     """Replicas of image versions as containers; see the module docstring."""
 
     def __init__(
-        self, base_url: str, data_dir: Path, *, engine: DockerEngine | None = None
+        self,
+        base_url: str,
+        data_dir: Path,
+        *,
+        engine: DockerEngine | None = None,
+        limits: SandboxLimits | None = None,
     ) -> None:
         self.engine = engine or DockerEngine(base_url)
+        self.limits = limits or SandboxLimits()
         self.log_dir = Path(data_dir) / "logs"
         self.owner = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
         self._prepared: dict[tuple[str, str], _Prepared] = {}
@@ -336,7 +142,7 @@ class DockerRuntime:
         saved = await anyio.to_thread.run_sync(check_saved_image, tarball, image)
         if not await self._call(self.engine.has_image, saved.id):
             started = time.monotonic()
-            await anyio.to_thread.run_sync(self.engine.load, tarball, limiter=self._slow)
+            await anyio.to_thread.run_sync(self._load_untagged, tarball, limiter=self._slow)
             logger.info("loaded %s in %.1f s", image, time.monotonic() - started)
             if not await self._call(self.engine.has_image, saved.id):
                 raise InternalError(
@@ -344,14 +150,29 @@ class DockerRuntime:
                 )
         return saved
 
+    def _load_untagged(self, tarball: Path) -> None:
+        """Load the tarball's one image without any tag (proxy.backend.image_tarball): a tarball
+        cannot re-point a tag on the engine."""
+        copy = tarball.with_name(f".{tarball.name}.{uuid.uuid4().hex[:8]}.load.tar")
+        try:
+            untagged_copy(tarball, copy)
+            self.engine.load(copy)
+        finally:
+            copy.unlink(missing_ok=True)
+
     # --- replicas (the Runtime protocol) ----------------------------------------------------------
 
     async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
         prepared = self._prepared.get((spec.name, spec.version))
         if prepared is None:
             raise InternalError(f"{spec.label}: its image was not prepared", replica=spec.replica)
+        if spec.channel_socket is None:
+            raise InternalError(f"{spec.label}: the backend has no unix socket for a container")
+        channel_dir = spec.channel_socket.parent
+        await anyio.to_thread.run_sync(admit_channel, channel_dir, NOBODY)
+        backend = f"ipc://{SANDBOX_CHANNEL_DIR / spec.channel_socket.name}"
         command = [
-            *("--backend", spec.backend_url, "--name", spec.name, "--version", spec.version),
+            *("--backend", backend, "--name", spec.name, "--version", spec.version),
             *("--replica", str(spec.replica), "--batch-size", str(spec.batch_size)),
             *("--heartbeat-s", str(spec.heartbeat_s), *prepared.entry.worker_args()),
         ]
@@ -361,13 +182,15 @@ class DockerRuntime:
             name=_container_name(spec),
             command=command,
             entrypoint=None if prepared.has_entrypoint else list(WORKER_COMMAND),
-            environment={TOKEN_ENV: spec.token, "PYTHONUNBUFFERED": "1"},
+            environment={TOKEN_ENV: spec.token, "PYTHONUNBUFFERED": "1", "HOME": "/tmp"},
             labels={
                 MODEL_LABEL: spec.name,
                 VERSION_LABEL: spec.version,
                 REPLICA_LABEL: str(spec.replica),
                 OWNER_LABEL: self.owner,
             },
+            channel_dir=channel_dir,
+            limits=self.limits,
         )
         self._alive.add(container_id)
         self._forget_previous((spec.name, spec.version, spec.replica), container_id)
@@ -491,33 +314,3 @@ def _container_name(spec: ReplicaSpec) -> str:
     """``modelbus-<name>-<version>-r<i>-<hash of the token>``: unique per start, not the secret."""
     token = hashlib.sha256(spec.token.encode()).hexdigest()[:8]
     return f"modelbus-{_safe(spec.name)}-{_safe(spec.version)}-r{spec.replica}-{token}"
-
-
-@contextlib.contextmanager
-def _translated(base_url: str, doing: str) -> Iterator[None]:
-    """docker-py's errors (and the requests errors it lets through) as modelbus errors."""
-    try:
-        yield
-    except BusError:
-        raise
-    except docker.errors.NotFound as exc:
-        raise NotFound(f"the container engine cannot {doing}: {_explanation(exc)}") from exc
-    except docker.errors.BuildError as exc:
-        log = "".join(str(item.get("stream", "")) for item in exc.build_log or [])
-        raise InvalidRequest(f"cannot {doing}: {exc.msg}\n{log[-4000:]}") from exc
-    except docker.errors.APIError as exc:
-        message = f"the container engine cannot {doing}: {_explanation(exc)}"
-        if exc.status_code == 409:
-            raise Conflict(message) from exc
-        if exc.is_client_error():
-            raise InvalidRequest(message) from exc
-        raise InternalError(message) from exc
-    except (docker.errors.DockerException, OSError) as exc:  # requests' errors are OSErrors
-        raise TransportError(
-            f"cannot reach the container engine at {base_url} to {doing}: {exc}",
-            docker_url=base_url,
-        ) from exc
-
-
-def _explanation(exc: docker.errors.APIError) -> str:
-    return str(exc.explanation or exc)[:2000]

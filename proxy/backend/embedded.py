@@ -347,6 +347,7 @@ class EmbeddedBackend:
             batch_size=state.queue.batch_size,
             heartbeat_s=self.settings.heartbeat_s,
             image=self._images.get((replica.model, replica.version)),
+            channel_socket=self._running()[1].channel.ipc_path,
         )
 
     def _exited(self, replica: Replica) -> None:

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import re
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from bus.errors import DecodeError, InvalidRequest
+from proxy.backend.image_tarball import check_single_image, open_tarball
 
 __all__ = [
     "BASE_LABEL",
@@ -90,30 +93,37 @@ def parse_entry(value: str | None, image: str) -> Entry:
 
 
 def read_saved_images(path: str | Path) -> list[SavedImage]:
-    """The images a ``docker save`` tarball holds; DecodeError if it is not one."""
+    """The images a ``docker save`` tarball holds; DecodeError if it is not one, LimitExceeded
+    if it is compressed and unpacks to too much (:mod:`proxy.backend.image_tarball`)."""
     try:
-        with tarfile.open(path, "r:*") as archive:
+        with open_tarball(Path(path)) as archive:
             manifest = _read_json(archive, "manifest.json", path)
             if not isinstance(manifest, list):
                 raise DecodeError(f"{path}: manifest.json is not a list of images")
             return [_saved_image(archive, item, path) for item in manifest]
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise DecodeError(
             f"the artifact is not a `docker save` tarball: {exc}", path=str(path)
         ) from exc
 
 
 def check_saved_image(path: str | Path, ref: str) -> SavedImage:
-    """The image ``ref`` in the tarball, if a modelbus replica can run it: it holds the image,
-    and the image says where its model is. DecodeError or InvalidRequest otherwise."""
-    image = find_saved_image(path, ref)
+    """The image ``ref`` in the tarball, if a modelbus replica can run it: it holds that image
+    and no other, under at most one tag, and the image says where its model is. DecodeError,
+    InvalidRequest or LimitExceeded otherwise."""
+    images = read_saved_images(path)
+    check_single_image(len(images), sum(len(i.tags) for i in images), Path(path))
+    image = _find(images, ref)
     image.entry  # noqa: B018 (raises InvalidRequest for an image without a usable entry)
     return image
 
 
 def find_saved_image(path: str | Path, ref: str) -> SavedImage:
     """The image ``ref`` (``name[:tag]``, or an id) in the tarball; InvalidRequest if absent."""
-    images = read_saved_images(path)
+    return _find(read_saved_images(path), ref)
+
+
+def _find(images: list[SavedImage], ref: str) -> SavedImage:
     wanted = _normalize(ref)
     for image in images:
         if _matches_id(ref, image.id) or wanted in {_normalize(tag) for tag in image.tags}:

@@ -4,9 +4,9 @@ A runtime knows nothing of batches or predictions: it starts a worker from a :cl
 (the worker then connects back to the backend by itself, see :mod:`proxy.backend.worker`), tells
 when it
 exits, stops it and shows its log. :class:`ProcessRuntime` runs ``python -m proxy.backend.worker``
-as a
-child process; :class:`~proxy.backend.docker.DockerRuntime` (an :class:`ImageRuntime`) runs it in
-a container of the version's image. :class:`RuntimeByKind` hands each replica to the right one.
+as a child process, in a bubblewrap sandbox (:mod:`proxy.backend.sandbox`);
+:class:`~proxy.backend.docker.DockerRuntime` (an :class:`ImageRuntime`) runs it in a container of
+the version's image. :class:`RuntimeByKind` hands each replica to the right one.
 """
 
 from __future__ import annotations
@@ -30,6 +30,12 @@ import anyio.abc
 
 from bus.errors import InternalError
 from proxy.backend.channel import TOKEN_ENV
+from proxy.backend.sandbox import (
+    SANDBOX_ARTIFACT,
+    SANDBOX_CHANNEL_DIR,
+    Sandbox,
+    SandboxLimits,
+)
 
 __all__ = [
     "ImageRuntime",
@@ -59,6 +65,7 @@ class ReplicaSpec:
     batch_size: int
     heartbeat_s: float
     image: str | None = None  # an image version's image (``artifact`` is then its tarball)
+    channel_socket: Path | None = None  # the backend's unix socket (``ipc://``), if it has one
 
     @property
     def label(self) -> str:
@@ -149,10 +156,18 @@ class ProcessRuntime:
     """Workers as child processes: ``sys.executable -m proxy.backend.worker``, each in its own
     session.
 
+    Each worker runs in a bubblewrap sandbox (:class:`~proxy.backend.sandbox.Sandbox`, detected on
+    the first start unless given; SandboxUnavailable where there is none) and reaches the backend
+    through its unix socket (``spec.channel_socket``). Only with ``unsafe_no_sandbox`` does a
+    worker run unconfined where bubblewrap is missing — as the service's user, able to read
+    everything the service can — with a warning per start.
+    A sandboxed replica's ``pid`` is bubblewrap's: it leads the process group of the sandbox
+    (the worker's own pid is 2 in its PID namespace), and the sandbox dies with it.
+
     Output goes to ``<data_dir>/logs/<name>-<version>-<hash>-r<N>.log`` (appended across
     restarts, rotated once past ``max_log_bytes``) — never to a pipe nobody reads. The worker gets
-    a small environment: ``PATH``, ``HOME``, locale and the like plus ``env``, not the service's
-    whole environment, so model code does not see the service's secrets.
+    a small environment (the sandbox's, or ``PATH``, ``HOME``, locale and the like) plus ``env``,
+    not the service's.
     """
 
     def __init__(
@@ -162,8 +177,14 @@ class ProcessRuntime:
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
         max_log_bytes: int = 8 * 1024 * 1024,
+        sandbox: Sandbox | None = None,
+        sandbox_limits: SandboxLimits | None = None,
+        unsafe_no_sandbox: bool = False,
     ) -> None:
         self.log_dir = Path(data_dir) / "logs"
+        self._sandbox = sandbox
+        self._sandbox_limits = sandbox_limits
+        self._unsafe = unsafe_no_sandbox
         self._python = python
         self._env = dict(env or {})
         self._max_log_bytes = max_log_bytes
@@ -175,22 +196,48 @@ class ProcessRuntime:
         stem = f"{_safe(spec.name)}-{_safe(spec.version)}-{digest}-r{spec.replica}"
         return self.log_dir / f"{stem}.log"
 
+    async def sandbox(self) -> Sandbox | None:
+        """The sandbox workers run in (detected once); None only when unsafe_no_sandbox lets
+        them run without one. Raises SandboxUnavailable."""
+        if self._sandbox is None:
+            try:
+                self._sandbox = await anyio.to_thread.run_sync(Sandbox.detect, self._sandbox_limits)
+            except InternalError:
+                if not self._unsafe:
+                    raise
+        return self._sandbox
+
     async def start(self, spec: ReplicaSpec) -> ReplicaHandle:
+        sandbox = await self.sandbox()
         log = await anyio.to_thread.run_sync(self._open_log, spec)
+        artifact_fd: int | None = None
         try:
+            if sandbox is None:
+                logger.warning(
+                    "UNSAFE: %s runs without a sandbox (--unsafe-no-sandbox)", spec.label
+                )
+                command, env, cwd = self._command(spec), self._environment(spec), self.log_dir
+            else:
+                artifact_fd = os.open(spec.artifact, os.O_RDONLY | os.O_CLOEXEC)
+                command = self._sandboxed(sandbox, spec, artifact_fd)
+                env = sandbox.environment(TOKEN_ENV, spec.token, self._env)
+                cwd = Path("/")
             process = await anyio.open_process(
-                self._command(spec),
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=self.log_dir,
-                env=self._environment(spec),
+                cwd=cwd,
+                env=env,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the service, not workers
+                pass_fds=() if artifact_fd is None else (artifact_fd,),
             )
         except OSError as exc:
             raise InternalError(f"cannot start {spec.label}: {exc}", replica=spec.replica) from exc
         finally:
             log.close()
+            if artifact_fd is not None:
+                os.close(artifact_fd)
         ref = f"{process.pid}.{next(self._serial)}"
         self._children[ref] = process
         logger.info("started %s as pid %d", spec.label, process.pid)
@@ -234,13 +281,25 @@ class ProcessRuntime:
     async def logs(self, handle: ReplicaHandle, *, tail: int = 200) -> str:
         return await anyio.to_thread.run_sync(_tail, self.log_path(handle.spec), tail)
 
-    def _command(self, spec: ReplicaSpec) -> list[str]:
+    def _sandboxed(self, sandbox: Sandbox, spec: ReplicaSpec, artifact_fd: int) -> list[str]:
+        """The sandbox's command line: the worker reaches the backend over its unix socket."""
+        if spec.channel_socket is None:
+            raise InternalError(f"{spec.label}: the backend has no unix socket for a sandbox")
+        channel_dir = spec.channel_socket.parent
+        sandbox.admit(channel_dir)
+        url = f"ipc://{SANDBOX_CHANNEL_DIR / spec.channel_socket.name}"
+        worker = self._command(spec, backend_url=url, artifact=str(SANDBOX_ARTIFACT))
+        return sandbox.command(worker, channel_dir=channel_dir, artifact_fd=artifact_fd)
+
+    def _command(
+        self, spec: ReplicaSpec, *, backend_url: str | None = None, artifact: str | None = None
+    ) -> list[str]:
         return [
             self._python,
             "-m",
             "proxy.backend.worker",
             "--backend",
-            spec.backend_url,
+            backend_url or spec.backend_url,
             "--name",
             spec.name,
             "--version",
@@ -248,7 +307,7 @@ class ProcessRuntime:
             "--replica",
             str(spec.replica),
             "--artifact",
-            str(spec.artifact.resolve()),
+            artifact or str(spec.artifact.resolve()),
             "--batch-size",
             str(spec.batch_size),
             "--heartbeat-s",

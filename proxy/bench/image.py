@@ -42,7 +42,7 @@ import click
 from bus import BusClient, runner
 from container_manager import ServiceClient
 from container_manager.engine import export_image
-from proxy.backend.docker import DockerEngine
+from proxy.backend.docker_engine import DockerEngine
 from proxy.backend.images import ENTRY_LABEL, MODEL_CLOSURE_PATH
 from proxy.bench.bus import own_buses
 from proxy.bench.service import service_process
@@ -330,6 +330,9 @@ async def _ours(label: str, bus_url: str, setup: _Setup, workdir: Path) -> Image
                 usage = Usage(client_mb, serve_mb, client_cpu_s, serve_cpu_s, serve.growth_mb())
     if not await anyio.to_thread.run_sync(setup.engine.has_image, setup.id):
         raise RuntimeError(f"the service deployed the image but the engine shows no {setup.id}")
+    # The service loads an untagged copy (a tarball never re-points a tag): tag it again for the
+    # next row's export (untimed).
+    await anyio.to_thread.run_sync(setup.engine.tag, setup.id, setup.tag)
     return ImageRow(f"modelbus over {label}", save_s, upload_s, load_s, usage)
 
 

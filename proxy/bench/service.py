@@ -47,7 +47,9 @@ def service_process(
 ) -> Iterator[ServiceUnderTest]:
     """Run ``modelbus serve`` on ``bus_url`` until the block ends (then SIGTERM, bounded).
     ``embedded_bus``: the service runs the ZeroMQ bus itself at ``bus_url`` (a free ``zmq://``
-    address), as ``modelbus serve`` does by default, instead of joining a running one."""
+    address), as ``modelbus serve`` does by default, instead of joining a running one. The
+    namespace key is made beside the data directory, never in the user's own config."""
+    namespace_key = data_dir.parent / f"{data_dir.name}.namespace.key"
     argv = [
         sys.executable,
         "-m",
@@ -57,13 +59,15 @@ def service_process(
         "serve",
         "--data-dir",
         str(data_dir),
+        "--namespace-key",
+        str(namespace_key),
         *(() if embedded_bus else ("--no-embedded-bus",)),
     ]
     log = data_dir.parent / f"{data_dir.name}.serve.log"
     with log.open("w") as errors:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True)
     try:
-        yield ServiceUnderTest(_service_uri(process, log), data_dir / "proxy.key")
+        yield ServiceUnderTest(_service_uri(process, log), namespace_key)
     finally:
         process.terminate()
         try:

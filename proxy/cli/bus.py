@@ -42,6 +42,7 @@ from bus import (
 )
 from bus.heartbeat import STALE_AFTER_S
 from bus.po import check_po_number
+from proxy.cli.redaction import redact_url
 from proxy.cli.root import Settings, format_time_ns, pass_settings, run_async
 from transports import open_transport
 
@@ -245,7 +246,7 @@ async def _subscribe(
             _connected(settings) as client,
             client.subscribe(pattern, include_rejected=True) as stream,
         ):
-            click.echo(f"subscribed to {pattern} on {settings.bus_url}", err=True)
+            click.echo(f"subscribed to {pattern} on {redact_url(settings.bus_url)}", err=True)
             async for item in stream:
                 click.echo(describe(item))
                 received += isinstance(item, Message)

@@ -125,9 +125,7 @@ def pass_settings(command: Callable[..., _T]) -> Callable[..., _T]:
     def wrapper(*args: Any, **kwargs: Any) -> _T:
         settings = click.get_current_context().find_root().obj
         if not isinstance(settings, Settings):
-            raise RuntimeError(
-                "run this command through proxy.cli.root.main, which builds the settings"
-            )
+            raise RuntimeError("run this command as part of the modelbus command (proxy.cli.main)")
         return command(settings, *args, **kwargs)
 
     return wrapper

@@ -1,9 +1,19 @@
-"""``modelbus serve``: run the service until Ctrl-C or SIGTERM."""
+"""``modelbus serve``: run the service until Ctrl-C or SIGTERM.
+
+Keys: with no ``--entity``, ``--namespace`` or ``--proof``, the service runs with a service key
+of its own, granted what serving needs by a namespace key kept outside the data directory
+(:mod:`proxy.service.keys`; the banner says where, and that it belongs offline). With
+``--entity`` the operator's keys are used as before: that entity is the namespace owner unless
+``--namespace`` (and ``--proof``) say otherwise.
+
+Files are created private (umask 077). The bus URL's password is never printed.
+"""
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -11,7 +21,9 @@ from typing import Any
 import anyio
 import click
 
+from proxy.cli.redaction import redact_url
 from proxy.cli.root import Settings, pass_settings, run_async
+from proxy.service.keys import ServiceKeys, default_namespace_key_file, provision
 from proxy.service.settings import DEFAULT_SERVICE_PATH, ProxySettings, default_data_dir
 from proxy.service.startup import ServiceInfo, run_proxy
 
@@ -62,6 +74,20 @@ logger = logging.getLogger(__name__)
     help="Container engine API for image deploys: Docker, or Podman's `podman system service` "
     "(e.g. unix:///run/podman/podman.sock) [default: $DOCKER_HOST; none: closures only].",
 )
+@click.option(
+    "--namespace-key",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="The namespace key that grants this service its rights, created on first start and "
+    "kept outside the data directory (keep it offline) [default: $MODELBUS_NAMESPACE_KEY or "
+    "~/.config/modelbus/namespace.key]. Not used with --entity.",
+)
+@click.option(
+    "--unsafe-no-sandbox",
+    is_flag=True,
+    help="Where bubblewrap is missing, run deployed model code unconfined instead of refusing "
+    "to start. Only when every deployer is trusted: their code can read this service's keys.",
+)
 @pass_settings
 def serve(
     settings: Settings,
@@ -72,28 +98,39 @@ def serve(
     max_concurrency: int,
     heartbeat_interval: float,
     docker_url: str | None,
+    namespace_key: Path | None,
+    unsafe_no_sandbox: bool,
 ) -> None:
     """Run the modelbus service: bus proxy, registry, model backend, heartbeats.
 
     With no options everything runs on this machine: the ZeroMQ bus embedded (if none answers
     at --bus), the registry in SQLite under the data directory, models in worker processes.
     """
+    os.umask(0o077)  # registry, artifacts, spool, logs: readable by this user only
     if namespace is not None and namespace in settings.aliases:
         namespace = settings.aliases[namespace]
+    data_dir = data_dir or default_data_dir()
+    entity_path, proof_paths = settings.entity_path, settings.proof_paths
+    keys: ServiceKeys | None = None
+    if entity_path is None and namespace is None and not proof_paths:
+        keys = provision(data_dir, service_path, namespace_key or default_namespace_key_file())
+        entity_path, proof_paths = keys.entity_path, keys.proof_paths
+        namespace = None if keys.legacy else keys.namespace
     proxy_settings = ProxySettings(
         bus_url=settings.bus_url,
         embed_bus=not no_embedded_bus,
-        data_dir=data_dir or default_data_dir(),
-        entity_path=settings.entity_path,
+        data_dir=data_dir,
+        entity_path=entity_path,
         namespace=namespace,
         service_path=service_path,
-        proof_paths=settings.proof_paths,
+        proof_paths=proof_paths,
         aliases=settings.aliases,
         max_concurrency=max_concurrency,
         heartbeat_interval_s=heartbeat_interval,
+        unsafe_no_sandbox=unsafe_no_sandbox,
         **_engine(docker_url),
     )
-    run_async(_serve, proxy_settings)
+    run_async(_serve, proxy_settings, keys)
 
 
 def _engine(docker_url: str | None) -> dict[str, Any]:
@@ -101,12 +138,12 @@ def _engine(docker_url: str | None) -> dict[str, Any]:
     return {"docker_url": docker_url} if docker_url else {}
 
 
-async def _serve(settings: ProxySettings) -> None:
+async def _serve(settings: ProxySettings, keys: ServiceKeys | None) -> None:
     stop = anyio.Event()
     async with anyio.create_task_group() as task_group:
         info: ServiceInfo = await task_group.start(run_proxy, settings, stop)
         gc.freeze()  # what start-up made lives as long as the process: keep it out of GC passes
-        _announce(info, settings)
+        _announce(info, settings, keys)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for received in signals:
                 click.echo(
@@ -118,19 +155,41 @@ async def _serve(settings: ProxySettings) -> None:
     click.echo("stopped", err=True)
 
 
-def _announce(info: ServiceInfo, settings: ProxySettings) -> None:
+def _announce(info: ServiceInfo, settings: ProxySettings, keys: ServiceKeys | None) -> None:
     embedded = " (embedded ZeroMQ bus)" if info.embedded_bus else ""
     key_file = settings.entity_file
-    click.echo(f"modelbus serving on {info.bus_url}{embedded}")
+    granting = keys.namespace_key if keys is not None and keys.namespace_key else key_file
+    click.echo(f"modelbus serving on {redact_url(info.bus_url)}{embedded}")
     click.echo(f"  namespace  {info.namespace}")
     click.echo(f"  service    {info.service_uri}")
     for slot in ("predict", "admin", "deploy"):
         click.echo(f"  slot       {info.slot(slot)}")
     click.echo(f"  entity     {info.entity_key} ({key_file})")
+    if keys is not None and keys.namespace_key is not None:
+        click.echo(f"  ns key     {keys.namespace_key} (the service does not hold it)")
     click.echo(f"  data       {info.data_dir}")
+    _key_advice(keys)
     click.echo("Give a user access (predict, manage and deploy):")
     click.echo(
-        f"  modelbus grant --from {key_file} --to USER.key "
+        f"  modelbus grant --from {granting} --to USER.key "
         f"--uri '{info.service_uri}/*' --perms C*P --expires 30d -o user.grant"
     )
     click.echo("Ctrl-C stops the service.", err=True)
+
+
+def _key_advice(keys: ServiceKeys | None) -> None:
+    if keys is None:
+        return
+    if keys.legacy:
+        click.echo(
+            f"warning: {keys.entity_path} is the namespace root key and the running service "
+            "holds it; a new data directory keeps them apart (see 'modelbus serve --help')",
+            err=True,
+        )
+    elif keys.created_namespace_key:
+        click.echo(
+            f"Created the namespace key {keys.namespace_key}: it signs every grant here. Copy it "
+            "somewhere safe and keep it OFFLINE; the service needs it only to renew its own "
+            "grants (yearly).",
+            err=True,
+        )

@@ -8,6 +8,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from proxy.backend.sandbox import SandboxLimits
+
 __all__ = ["DEFAULT_BUS", "DEFAULT_SERVICE_PATH", "ProxySettings", "default_data_dir"]
 
 DEFAULT_BUS = "zmq://127.0.0.1:7700"
@@ -48,6 +50,11 @@ class ProxySettings(BaseModel):
     docker_url: str | None = Field(default_factory=lambda: os.environ.get("DOCKER_HOST") or None)
     """The container engine's API (Docker, or ``podman system service``) for image deploys;
     None: this service runs closures only."""
+    sandbox_limits: SandboxLimits = SandboxLimits()
+    """Resource limits of each sandboxed closure replica (see proxy.backend.sandbox)."""
+    unsafe_no_sandbox: bool = False
+    """Run closures unconfined where bubblewrap is missing (with a warning), instead of refusing
+    to start. Only for a service whose every deployer is trusted."""
 
     @property
     def entity_file(self) -> Path:

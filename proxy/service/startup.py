@@ -10,14 +10,21 @@ allow predicting without deploying:
 
 and announces its liveness under ``S/!meta/…`` (bus.heartbeat). On start it restarts the
 replicas of every registered, unstopped version, so a restarted proxy serves what it served.
+
+Closures run sandboxed (:mod:`proxy.backend.sandbox`): the service refuses to start where
+bubblewrap is
+missing (SandboxUnavailable) unless ``unsafe_no_sandbox`` is set, and makes itself not dumpable.
+Its data directory is made 0700 and its registry file 0600.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
@@ -26,11 +33,12 @@ from bus import BusClient, Entity, Grant, Heartbeat, Verifier
 from bus.errors import BusError
 from bus.grants import load_chain
 from bus.rpc import ServeGate
-from proxy.backend.embedded import EmbeddedBackend
-from proxy.backend.runtime import ImageRuntime
+from proxy.backend import ContainerEngine, EmbeddedBackend
+from proxy.backend.runtime import ImageRuntime, ProcessRuntime
+from proxy.backend.sandbox import make_undumpable
 from proxy.registry.registry import Registry
 from proxy.service.operations.admin import AdminOps
-from proxy.service.operations.containers import ContainerEngine, ContainerOps
+from proxy.service.operations.containers import ContainerOps
 from proxy.service.operations.deploy import DeployOps
 from proxy.service.operations.predict import PredictOps
 from proxy.service.settings import ProxySettings
@@ -94,7 +102,18 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
     namespace = settings.namespace or entity.key_text
     service_uri, interface_uri = service_uris(namespace, settings.service_path)
     data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    _private_files(data_dir)
+    make_undumpable()
+    runtime = ProcessRuntime(
+        data_dir / "replicas",
+        sandbox_limits=settings.sandbox_limits,
+        unsafe_no_sandbox=settings.unsafe_no_sandbox,
+    )
+    if await runtime.sandbox() is None:
+        logger.warning(
+            "UNSAFE: bubblewrap is missing and --unsafe-no-sandbox is set: deployed model code "
+            "runs unconfined, as this service's user, and can read its keys and registry"
+        )
     async with AsyncExitStack() as stack:
         transport, embedded = await stack.enter_async_context(
             open_or_embed(settings.bus_url, embed=settings.embed_bus)
@@ -102,7 +121,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         registry = await stack.enter_async_context(Registry.open(data_dir / "registry.sqlite3"))
         image_runtime, containers = _container_engine(settings, stack)
         backend = await stack.enter_async_context(
-            EmbeddedBackend(data_dir / "replicas", image_runtime=image_runtime)
+            EmbeddedBackend(data_dir / "replicas", runtime=runtime, image_runtime=image_runtime)
         )
         status = ServiceStatus(backend)
         heartbeat = Heartbeat(
@@ -209,15 +228,27 @@ async def _serve(
     )
 
 
+def _private_files(data_dir: Path) -> None:
+    """The data directory 0700 (nobody else may enter it) and the registry file 0600."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    registry = data_dir / "registry.sqlite3"
+    os.close(os.open(registry, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(registry, 0o600)
+
+
 def _container_engine(
     settings: ProxySettings, stack: AsyncExitStack
 ) -> tuple[ImageRuntime | None, ContainerEngine | None]:
     """The docker runtime for image versions and the engine behind ``container.*``, or none."""
     if settings.docker_url is None:
         return None, None
-    from proxy.backend.docker import DockerRuntime, ServiceContainers  # docker-py only if used
+    from proxy.backend.docker import DockerRuntime  # docker-py only if used
+    from proxy.backend.docker_engine import ServiceContainers
 
-    runtime = DockerRuntime(settings.docker_url, settings.data_dir / "replicas")
+    runtime = DockerRuntime(
+        settings.docker_url, settings.data_dir / "replicas", limits=settings.sandbox_limits
+    )
     stack.callback(runtime.engine.close)  # once the backend has stopped its containers
     return runtime, ServiceContainers(runtime.engine, runtime.owner)
 

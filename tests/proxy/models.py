@@ -1,6 +1,8 @@
 """Model functions the backend tests deploy: each takes a list of inputs, returns a list of outputs.
 
 They are pickled by value (this module is not installed), so workers need not import it.
+A model cannot name its worker by pid: each sandboxed worker has its own PID namespace, where its
+pid is the same small number; :func:`process_id` tells worker processes apart instead.
 """
 
 from __future__ import annotations
@@ -10,14 +12,23 @@ import signal
 import time
 from typing import Any
 
+_PROCESS_ID: list[str] = []  # pickled empty with each model; filled in the worker process
+
+
+def process_id() -> str:
+    """A random name of the worker process running the model, the same for all its calls."""
+    if not _PROCESS_ID:
+        _PROCESS_ID.append(os.urandom(8).hex())
+    return _PROCESS_ID[0]
+
 
 def double(inputs: list[float]) -> list[float]:
     return [x * 2 for x in inputs]
 
 
 def with_pid(inputs: list[Any]) -> list[list[Any]]:
-    """Echo each input with the worker's pid, to tell replicas apart."""
-    return [[x, os.getpid()] for x in inputs]
+    """Echo each input with the worker's :func:`process_id`, to tell replicas apart."""
+    return [[x, process_id()] for x in inputs]
 
 
 def batch_lengths(inputs: list[Any]) -> list[int]:
@@ -32,9 +43,9 @@ def slow_square(inputs: list[float]) -> list[float]:
 
 
 def sleepy(inputs: list[Any]) -> list[list[Any]]:
-    """1 s per call, long enough to kill the worker mid-batch; outputs carry the worker's pid."""
+    """1 s per call, long enough to kill the worker mid-batch; outputs carry its process_id."""
     time.sleep(1.0)
-    return [[x, os.getpid()] for x in inputs]
+    return [[x, process_id()] for x in inputs]
 
 
 def fragile(inputs: list[Any]) -> list[Any]:

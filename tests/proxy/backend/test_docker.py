@@ -31,8 +31,9 @@ import pytest
 from bus.artifact import build_closure_archive
 from bus.errors import Conflict, DecodeError, InvalidRequest, NotFound, OutOfScope
 from bus.transfer import UploadProgress, upload_file
-from proxy.backend.docker import DockerEngine
+from proxy.backend.docker_engine import DockerEngine
 from proxy.backend.images import check_saved_image, find_saved_image, parse_entry
+from proxy.backend.sandbox import SandboxLimits
 from tests.proxy.conftest import ProxyHarness, Service, wait_until
 
 pytestmark = pytest.mark.slow
@@ -423,3 +424,55 @@ async def test_container_operations_are_confined_and_granted(
                 await service.viewer.list_containers()
         finally:
             await anyio.to_thread.run_sync(engine.remove, ran["id"])
+
+
+@pytest.mark.timeout(300)
+async def test_an_image_replica_runs_confined(
+    memory_harness: ProxyHarness, docker_url: str, engine: DockerEngine, model_images: ModelImages
+) -> None:
+    """Inspected through the engine's API: no network but the mounted channel, no capabilities,
+    no new privileges, not root, a read-only root, limits — and it still predicts."""
+    model = model_images.function
+    limits = SandboxLimits(memory_bytes=512 * 1024 * 1024, processes=64, cpus=0.5)
+    async with memory_harness.serving(docker_url=docker_url, sandbox_limits=limits) as service:
+        artifact = await _upload(service, model)
+        await _deploy(service, "1", model, artifact)
+        await service.operator.wait_ready("thermal", "1")
+        await _predicts(service, "1", [1.0, 2.0], 60.0)
+
+        def inspected() -> list[dict[str, Any]]:
+            filters = {"label": ["modelbus.model=thermal", "modelbus.version=1"]}
+            found = engine.client.containers.list(filters=filters)
+            return [c.attrs for c in found if c.labels.get("modelbus.owner")]
+
+        [attrs] = await anyio.to_thread.run_sync(inspected)
+    host, config = attrs["HostConfig"], attrs["Config"]
+    assert host["NetworkMode"] == "none"
+    engine_defaults = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "NET_BIND_SERVICE", "NET_RAW"}
+    engine_defaults |= {"SETGID", "SETUID", "SETPCAP", "SYS_CHROOT", "MKNOD", "SETFCAP"}
+    assert "ALL" in host["CapDrop"] or engine_defaults <= set(host["CapDrop"])  # podman: each
+    assert not host.get("CapAdd")
+    assert "no-new-privileges" in " ".join(host["SecurityOpt"])
+    assert config["User"] == "65534:65534"
+    assert host["ReadonlyRootfs"] is True
+    assert host["Memory"] == 512 * 1024 * 1024
+    assert host["PidsLimit"] == 64
+    assert host["NanoCpus"] == 500_000_000
+    assert f"size={64 * 1024 * 1024}" in host["Tmpfs"]["/tmp"]
+    [mount] = [m for m in attrs["Mounts"] if m["Destination"] == "/run/modelbus"]
+    assert mount["RW"] is False
+    assert all(m["Destination"] in ("/run/modelbus",) for m in attrs["Mounts"])
+    assert attrs["NetworkSettings"].get("IPAddress") in ("", None)
+
+
+def test_an_engine_on_plain_tcp_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOCKER_TLS_VERIFY", raising=False)
+    for url in ("tcp://127.0.0.1:2375", "http://10.0.0.1:2375", "https://engine:2376"):
+        with pytest.raises(InvalidRequest, match="plain TCP"):
+            DockerEngine(url)
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("not checked until connecting\n")
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    monkeypatch.setenv("DOCKER_CERT_PATH", str(tmp_path))
+    assert DockerEngine("tcp://engine:2376").base_url == "tcp://engine:2376"  # TLS: accepted
+    DockerEngine("unix:///run/podman/podman.sock")  # a local socket needs no TLS

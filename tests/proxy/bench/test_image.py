@@ -15,7 +15,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from proxy.backend.docker import DockerEngine
+from proxy.backend.docker_engine import DockerEngine
 from proxy.cli.bench import bench
 
 _N = r"[\d.]+"

@@ -37,8 +37,8 @@ from bus import (
 )
 from bus import envelope as envelopes
 from bus.grants import check_chain
-from proxy.cli import main
 from proxy.cli.keys import parse_expiry
+from proxy.cli.root import main
 from tests.fixtures.ports import free_port_block
 from transports import open_transport
 
@@ -377,7 +377,7 @@ def test_a_command_loads_no_library_it_does_not_use() -> None:
     the benchmarks' aiohttp) are still imported only when used."""
     probe = (
         "import sys\n"
-        "from proxy.cli import main\n"
+        "from proxy.cli.root import main\n"
         "main(['keys', '--help'], standalone_mode=False)\n"
         "print(sorted(m for m in sys.modules if m.partition('.')[0] in ('paho', 'docker',"
         " 'aiohttp') or m in ('transports.mqtt', 'proxy.bench.bus')))\n"
@@ -678,3 +678,22 @@ def test_the_demo_runs_end_to_end_on_the_embedded_bus(tmp_path: Path) -> None:
     assert "thermal:1 → 48 steps" in out
     assert "viewer deploy refused: out_of_scope" in out
     assert "demo complete" in out
+
+
+@pytest.mark.mqtt
+def test_sub_never_prints_the_bus_password(world: World, mosquitto_url: str) -> None:
+    host = mosquitto_url.removeprefix("mqtt://")
+    url = f"mqtt://alice:s3cret-pw@{host}"  # the test broker takes anonymous and named clients
+    result = invoke("sub", "ns/buildings/*", "--timeout", "0.5", env=world.env(bus_url=url))
+    assert result.exit_code == 0, result.output
+    assert f"on mqtt://alice:***@{host}" in result.stderr
+    assert "s3cret-pw" not in result.output + result.stderr
+
+
+def test_redacted_urls() -> None:
+    from proxy.cli.redaction import redact_url
+
+    assert redact_url("mqtt://u:p%40ss@broker:1883") == "mqtt://u:***@broker:1883"
+    assert redact_url("mqtts://u:pw@[::1]:8883") == "mqtts://u:***@[::1]:8883"
+    assert redact_url("mqtt://u@broker") == "mqtt://u@broker"
+    assert redact_url("zmq://127.0.0.1:7700") == "zmq://127.0.0.1:7700"

@@ -7,6 +7,7 @@ interrupted, publish its death and exit 0.
 from __future__ import annotations
 
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,8 @@ def _start(zmq_bus_url: str, data_dir: Path, log: Path) -> tuple[subprocess.Pope
         "--no-embedded-bus",
         "--heartbeat-interval",
         "0.5",
+        "--namespace-key",
+        str(data_dir.parent / "namespace.key"),
     ]
     with log.open("w") as errors:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True)
@@ -62,7 +65,7 @@ async def test_serve_drains_in_flight_requests_and_announces_its_death(
 ) -> None:
     process, service_uri = _start(zmq_bus_url, tmp_path / "data", tmp_path / "serve.log")
     try:
-        owner = Entity.load(tmp_path / "data" / "proxy.key")
+        owner = Entity.load(tmp_path / "namespace.key")
         async with BusClient(open_transport(zmq_bus_url), owner) as bus:
             service = ServiceClient(bus, service_uri)
             await service.check_alive()  # the first heartbeat precedes the announcement
@@ -96,3 +99,39 @@ async def test_serve_drains_in_flight_requests_and_announces_its_death(
         assert process.stdout is not None
         process.stdout.close()
     assert "draining" in (tmp_path / "serve.log").read_text()
+    # The namespace key lives outside the data directory; the service ran with its own key.
+    data = tmp_path / "data"
+    assert [path.name for path in data.glob("*.key")] == ["service.key"]
+    assert Entity.load(data / "service.key").key_text != owner.key_text
+    assert stat.S_IMODE((data).stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "registry.sqlite3").stat().st_mode) == 0o600
+    assert "keep it OFFLINE" in (tmp_path / "serve.log").read_text()
+
+
+@pytest.mark.mqtt
+def test_serve_never_prints_the_bus_password(mosquitto_url: str, tmp_path: Path) -> None:
+    host = mosquitto_url.removeprefix("mqtt://")
+    url = f"mqtt://alice:s3cret-pw@{host}"  # the test broker takes anonymous and named clients
+    argv = [sys.executable, "-m", "proxy.cli", "--bus", url, "serve", "--data-dir"]
+    argv += [str(tmp_path / "data"), "--namespace-key", str(tmp_path / "namespace.key")]
+    log = tmp_path / "serve.log"
+    with log.open("w") as errors:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True)
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.strip().startswith("modelbus grant"):
+                break
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+    banner = "".join(lines)
+    assert f"modelbus serving on mqtt://alice:***@{host}" in banner, banner + log.read_text()
+    assert "s3cret-pw" not in banner + log.read_text()
