@@ -359,7 +359,8 @@ def test_a_file_that_is_no_chain_is_an_error(world: World) -> None:
 
 
 COMMANDS = {
-    "bench", "bus", "demo", "deploy", "grant", "keys", "pub", "query", "serve", "status", "sub"
+    "apps", "bench", "bus", "containers", "demo", "deploy", "grant", "keys", "pub", "query",
+    "serve", "service-status", "status", "sub", "versions",
 }  # fmt: skip
 
 
