@@ -106,8 +106,8 @@ async def _serve(settings: ProxySettings) -> None:
     async with anyio.create_task_group() as task_group:
         info: ServiceInfo = await task_group.start(run_proxy, settings, stop)
         gc.freeze()  # what start-up made lives as long as the process: keep it out of GC passes
-        _announce(info, settings)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            _announce(info, settings)  # once Ctrl-C is handled: the banner says it stops
             async for received in signals:
                 click.echo(
                     f"{signal.Signals(received).name}: draining requests in flight, then stopping",

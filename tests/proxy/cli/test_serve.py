@@ -96,3 +96,40 @@ async def test_serve_drains_in_flight_requests_and_announces_its_death(
         assert process.stdout is not None
         process.stdout.close()
     assert "draining" in (tmp_path / "serve.log").read_text()
+
+
+def test_a_second_serve_on_one_data_directory_is_refused(zmq_bus_url: str, tmp_path: Path) -> None:
+    """Two ``modelbus serve`` on one data directory: the second exits 1 naming the first; once
+    the first is SIGKILLed (no clean-up at all), a new one starts."""
+    data = tmp_path / "data"
+    first, _ = _start(zmq_bus_url, data, tmp_path / "first.log")
+    try:
+        second = subprocess.run(
+            [
+                *(sys.executable, "-m", "proxy.cli", "--bus", zmq_bus_url, "serve"),
+                *("--data-dir", str(data), "--no-embedded-bus"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert second.stderr.splitlines()[-1] == (
+            f"error: the data directory {data} is in use by another modelbus service "
+            f"(pid {first.pid}); stop it, or give this one its own --data-dir"
+        )
+        assert "modelbus serving" not in second.stdout
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        third, _ = _start(zmq_bus_url, data, tmp_path / "third.log")
+        third.send_signal(signal.SIGINT)
+        assert third.wait(timeout=60) == 0
+    finally:
+        for process in (first, locals().get("third")):
+            if isinstance(process, subprocess.Popen):
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+                if process.stdout is not None:
+                    process.stdout.close()
