@@ -38,6 +38,7 @@ from bus.transfer import UploadProgress
 from container_manager import engine
 from container_manager.clipper import CLOSURE_IMAGE_PREFIX
 from container_manager.service import DEFAULT_SERVICE_PATH, ServiceClient
+from proxy.cli.diagnose import asking
 from proxy.cli.linking import check_link
 from proxy.cli.root import CliError, Settings, pass_settings
 from transports import open_transport
@@ -418,6 +419,7 @@ def deploy(
         ready_timeout_s=ready_timeout,
         service=service,
     )
+    asking(plan.service_uri)
     spool = (cache_dir or default_cache_dir()) / f"{name}-{version}"
     if function_spec is not None:
         artifact = _function_artifact(function_spec, spool)

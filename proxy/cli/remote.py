@@ -21,6 +21,7 @@ import click
 from bus import BusClient
 from bus.errors import VerificationError
 from container_manager.service import DEFAULT_SERVICE_PATH, ServiceClient
+from proxy.cli.diagnose import asking
 from proxy.cli.root import Settings, run_async
 from transports import open_transport
 
@@ -75,6 +76,7 @@ def call_service(
 ) -> _T:
     """Run ``call`` against the service named by ``--service``, after a liveness check."""
     uri = service_uri(settings, service)
+    asking(uri)
     client = BusClient(
         open_transport(settings.bus_url),
         settings.entity(),

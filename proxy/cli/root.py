@@ -212,6 +212,10 @@ def _expected(error: BaseException, ctx: click.Context) -> BaseException:
         return error
     message = leaf.message
     settings = ctx.obj
+    if isinstance(settings, Settings):
+        from proxy.cli.diagnose import explain  # it builds on this module
+
+        message = explain(leaf, settings, ctx)
     if isinstance(settings, Settings) and settings.verbose and leaf.details:
         facts = "".join(f"\n  {key}: {value}" for key, value in sorted(leaf.details.items()))
         message = f"{message} [{leaf.code}]{facts}"

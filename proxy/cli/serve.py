@@ -126,7 +126,8 @@ def _announce(info: ServiceInfo, settings: ProxySettings) -> None:
     click.echo(f"  service    {info.service_uri}")
     for slot in ("predict", "admin", "deploy"):
         click.echo(f"  slot       {info.slot(slot)}")
-    click.echo(f"  entity     {info.entity_key} ({key_file})")
+    source = "--entity/MODELBUS_ENTITY" if settings.entity_path else "the data directory's key"
+    click.echo(f"  entity     {info.entity_key} ({key_file}: {source})")
     click.echo(f"  data       {info.data_dir}")
     click.echo("Give a user access (predict, manage and deploy):")
     click.echo(

@@ -242,7 +242,11 @@ def test_redelegation_with_proof_respects_ttl_and_scope(world: World) -> None:
         env=env,
     )  # fmt: skip
     assert too_deep.exit_code == 1
-    assert too_deep.stderr == "error: grant 0 allows 1 re-delegations; the proof has 2 after it\n"
+    assert too_deep.stderr == (
+        "error: grant 0 allows 1 re-delegations; the proof has 2 after it\n"
+        "  grant 0 was made with --ttl 1: at most 1 re-delegation may follow it; ask its giver "
+        "for a grant made with a larger --ttl\n"
+    )
     assert not world.path("c.grant").exists()
 
     # nor may alice give more than she holds

@@ -16,6 +16,9 @@ import pytest
 
 from bus import BusClient, Entity, service_states
 from container_manager import ServiceClient
+from proxy.cli.serve import _announce
+from proxy.service.settings import ProxySettings
+from proxy.service.startup import ServiceInfo
 from tests.proxy.conftest import wait_until
 from transports import open_transport
 
@@ -133,3 +136,28 @@ def test_a_second_serve_on_one_data_directory_is_refused(zmq_bus_url: str, tmp_p
                     process.wait()
                 if process.stdout is not None:
                     process.stdout.close()
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_the_banner_says_which_identity_serves_and_where_its_key_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], named: bool
+) -> None:
+    key = tmp_path / "operator.key"
+    settings = ProxySettings(data_dir=tmp_path / "data", entity_path=key if named else None)
+    info = ServiceInfo(
+        bus_url="zmq://127.0.0.1:7700",
+        namespace="NS",
+        service_uri="NS/s.modelbus/_",
+        interface_uri="NS/s.modelbus/_/i.modelbus",
+        entity_key="KEY",
+        data_dir=str(tmp_path / "data"),
+        embedded_bus=False,
+    )
+    _announce(info, settings)
+    lines = capsys.readouterr().out.splitlines()
+    expected = (
+        f"{key}: --entity/MODELBUS_ENTITY"
+        if named
+        else f"{tmp_path / 'data' / 'proxy.key'}: the data directory's key"
+    )
+    assert f"  entity     KEY ({expected})" in lines
