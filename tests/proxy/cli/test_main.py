@@ -145,6 +145,22 @@ def test_keys_show_of_a_missing_file_is_an_error_not_a_traceback(tmp_path: Path)
     assert "Traceback" not in result.output
 
 
+def test_a_key_file_others_may_read_is_refused_with_the_chmod_that_fixes_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "alice.key"
+    assert invoke("keys", "new", str(path)).exit_code == 0
+    path.chmod(0o644)
+    result = invoke("keys", "show", str(path))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {path} holds a secret key and others may read it (mode 0644); refusing to use "
+        f"it: run chmod 600 {path}\n"
+    )
+    path.chmod(0o600)
+    assert invoke("keys", "show", str(path)).exit_code == 0
+
+
 # ---- grant -----------------------------------------------------------------------------------
 
 
