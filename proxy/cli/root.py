@@ -15,6 +15,8 @@ does), and hands the settings to the subcommand as ``ctx.obj``. The subcommands 
 :mod:`proxy.cli.main` with ordinary imports. Every expected failure (a :class:`bus.BusError`, an
 unreadable file) prints
 ``error: <message>`` on stderr and exits 1; there is no traceback and no secret seed in any output.
+A usage error (an unknown, missing or malformed option or argument) is click's: the usage and
+``Error: <message>``, exit status 2 — as ``modelbus --help`` says (:data:`EXIT_STATUS`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from bus.grants import load_chain
 from proxy.service.settings import DEFAULT_BUS
 
 __all__ = [
+    "EXIT_STATUS",
     "CliError",
     "Settings",
     "format_time_ns",
@@ -229,7 +232,16 @@ def _configure_logging(verbose: int) -> None:
     )
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_STATUS = (
+    "Exit status: 0 done; 1 a failure, printed as 'error: <message>' on stderr; 2 a usage "
+    "error (an unknown, missing or malformed option or argument), printed with the usage "
+    "as 'Error: <message>'."
+)
+
+
+@click.group(
+    cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_STATUS
+)
 @click.option(
     "--bus",
     "bus_url",

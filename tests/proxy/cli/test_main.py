@@ -329,6 +329,19 @@ def test_a_bad_expiry_is_a_usage_error(world: World) -> None:
 # ---- errors and the command table ------------------------------------------------------------
 
 
+def test_the_help_names_the_exit_statuses_and_a_usage_error_exits_2() -> None:
+    shown = invoke("--help")
+    assert shown.exit_code == 0
+    assert " ".join(shown.stdout.split()).endswith(
+        "Exit status: 0 done; 1 a failure, printed as 'error: <message>' on stderr; 2 a usage "
+        "error (an unknown, missing or malformed option or argument), printed with the usage as "
+        "'Error: <message>'."
+    )
+    unknown = invoke("keys", "show", "--no-such-option")
+    assert unknown.exit_code == 2
+    assert unknown.stderr.splitlines()[-1].startswith("Error: No such option")
+
+
 def test_a_signing_command_without_an_entity_says_how_to_get_one(world: World) -> None:
     env = {**world.env(), "MODELBUS_ENTITY": ""}
     result = invoke("pub", "ns/buildings/a", "hi", env=env)
