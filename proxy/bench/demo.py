@@ -100,11 +100,20 @@ async def _tour(info: ServiceInfo, owner: Entity, bus_url: str) -> None:
         await _deploy_and_predict(service)
         await _upgrade(service)
         await _viewer(ServiceClient(view_bus, info.service_uri))
-        _step("liveness, as a dashboard sees it")
+        _step("liveness, as a dashboard sees it, and the models as they are now")
         for found in await service_states(op_bus, f"{info.service_uri}"):
+            age = found.age_s(time.time_ns())
             click.echo(
-                f"{found.service}: {'ALIVE' if found.is_alive else 'DEAD'} "
-                f"({found.reason}), models {found.status.get('models')}"
+                f"{found.service}: {'ALIVE' if found.is_alive else 'DEAD'} ({found.reason}), "
+                f"lastalive {'never' if age is None else f'{age:.1f} s ago'}"
+            )
+        # The heartbeat's status is a snapshot from its last beat; the status operation answers
+        # with the state at this moment.
+        for model in (await service.status())["models"]:
+            ready = "ready" if model["ready"] else "NOT READY"
+            click.echo(
+                f"  {model['model']}:{model['version']} {ready}, {model['replicas']} "
+                f"replica(s), {model['queued']} queued"
             )
 
 

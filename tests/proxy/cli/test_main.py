@@ -711,4 +711,12 @@ def test_the_demo_runs_end_to_end_on_the_embedded_bus(tmp_path: Path) -> None:
     assert "starting the service: embedded ZeroMQ bus" in out
     assert "thermal:1 → 48 steps" in out
     assert "viewer deploy refused: out_of_scope" in out
+    liveness = out.split("== liveness, as a dashboard sees it, and the models as they are now")[1]
+    lines = liveness.strip().splitlines()
+    assert lines[0].split()[1:3] == ["ALIVE", "(alive),"]
+    # the state as it is: both versions ready (1 has just answered, 2 answered before)
+    assert lines[1:3] == [
+        "  thermal:1 ready, 1 replica(s), 0 queued",
+        "  thermal:2 ready, 1 replica(s), 0 queued",
+    ]
     assert "demo complete" in out
