@@ -12,6 +12,7 @@ from proxy.cli.bus import bus, pub, query, status, sub
 from proxy.cli.containers import containers, service_status
 from proxy.cli.demo import demo
 from proxy.cli.deploy import deploy
+from proxy.cli.diagnose import explain
 from proxy.cli.keys import grant, keys
 from proxy.cli.root import main
 from proxy.cli.serve import serve
@@ -37,3 +38,4 @@ for _command in (
     versions,
 ):
     main.add_command(_command)
+main.explain = explain  # grant errors name the proof files and the grant to ask for

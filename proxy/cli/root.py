@@ -183,7 +183,11 @@ class _Alias(click.ParamType[tuple[str, str]]):
 
 
 class _Group(click.Group):
-    """The root group: expected errors of any subcommand print as ``error: <message>``."""
+    """The root group: expected errors of any subcommand print as ``error: <message>``;
+    ``explain`` (set by :mod:`proxy.cli.main`: :func:`proxy.cli.diagnose.explain`) may say more
+    than an error's message."""
+
+    explain: Callable[[BusError, Settings, click.Context], str] | None = None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -215,9 +219,8 @@ def _expected(error: BaseException, ctx: click.Context) -> BaseException:
         return error
     message = leaf.message
     settings = ctx.obj
-    if isinstance(settings, Settings):
-        from proxy.cli.diagnose import explain  # it builds on this module
-
+    explain = getattr(ctx.find_root().command, "explain", None)
+    if isinstance(settings, Settings) and explain is not None:
         message = explain(leaf, settings, ctx)
     if isinstance(settings, Settings) and settings.verbose and leaf.details:
         facts = "".join(f"\n  {key}: {value}" for key, value in sorted(leaf.details.items()))
