@@ -40,6 +40,7 @@ from container_manager.clipper import CLOSURE_IMAGE_PREFIX
 from container_manager.service import DEFAULT_SERVICE_PATH, ServiceClient
 from proxy.cli.diagnose import asking
 from proxy.cli.linking import check_link
+from proxy.cli.remote import service_uri
 from proxy.cli.root import CliError, Settings, pass_settings
 from transports import open_transport
 
@@ -404,11 +405,10 @@ def deploy(
         proofs=settings.proofs(),
         verifier=settings.verifier(),
     )
-    canonical = settings.canonical(service.strip("/"))
     plan = _Plan(
         name=name,
         version=version,
-        service_uri=canonical if "/" in canonical else f"{canonical}/{DEFAULT_SERVICE_PATH}",
+        service_uri=service_uri(settings, service),
         input_type=input_type,
         replicas=replicas,
         batch_size=batch_size,

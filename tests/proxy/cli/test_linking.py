@@ -6,13 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
-from bus import NotFound
+from bus import BusClient, Heartbeat, NotFound
 from container_manager import ServiceClient
 from tests.container_manager.conftest import RunningService
 from tests.proxy.cli.test_apps import unique
 from tests.proxy.cli.test_deploy import as_operator, environment, invoke, model_file
+from transports import open_transport
 
 pytestmark = pytest.mark.mqtt
 
@@ -112,3 +114,34 @@ def test_a_refused_deploy_keeps_no_cache_and_the_next_run_reuses_nothing(
     assert "reusing" not in done.stderr
     info = as_operator(service, lambda s: s.get_model_info(name, "1"))
     assert info["labels"] == ["x"]
+
+
+def test_a_dead_service_is_named_without_claiming_an_interrupted_upload(
+    service: RunningService, model_file: Path, tmp_path: Path
+) -> None:
+    """A service whose heartbeat says it died: the deploy stops before uploading and says only
+    that (no "interrupted: run the same command again to resume")."""
+    dead = f"{service.owner.key_text}/s.gone/_"
+
+    async def live_then_die() -> None:
+        async with (
+            BusClient(open_transport(service.bus_url), service.owner) as bus,
+            anyio.create_task_group() as task_group,
+        ):
+            await task_group.start(Heartbeat(dead).run, bus)
+            task_group.cancel_scope.cancel()  # publishes its death
+
+    anyio.run(live_then_die)
+    service.owner.save(tmp_path / "owner.key")
+    env = {
+        **environment(service, tmp_path),
+        "MODELBUS_ENTITY": str(tmp_path / "owner.key"),
+        "MODELBUS_SERVICE": dead,
+    }
+    result = invoke("deploy", unique("m"), "1", "--function", f"{model_file}:predict", env=env)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"error: the modelbus service at {dead} is not alive (died)"
+    )
+    assert "interrupted" not in result.stderr
+    assert "uploading" not in result.stderr
