@@ -93,7 +93,7 @@ def explain(error: BusError, settings: Settings, ctx: click.Context) -> str:
             f"no proof you present is for the namespace asked for "
             f"({namespace}{_alias_of(namespace, settings)}); the bus said: {error.message}"
         )
-    if not covering:
+    if not covering or isinstance(error, OutOfScope | PermissionMissing):
         lines.append("  ask the namespace's owner for a grant, e.g.:")
         lines.append(f"    {_grant_line(asked, settings, error.details.get('needed'))}")
     return "\n".join([headline, *lines])

@@ -99,8 +99,17 @@ def test_a_predict_only_grant_cannot_manage_applications(
     env = environment(service, tmp_path, who="viewer")
     result = invoke("apps", "list", env=env)
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: ")
-    assert "slot/admin" in result.stderr
+    lines = result.stderr.splitlines()
+    admin = service.slot("admin")
+    assert lines[0].startswith(
+        f"error: none of the 2 grant chains this entity holds lets it 'P' on '{admin}'"
+    )
+    assert lines[1] == f"  asked for:  {service.service_uri}"
+    assert sum(line.startswith("  proof:      ") for line in lines) == 2
+    assert lines[-1] == (
+        f"    modelbus grant --from OWNER.key --to {service.viewer.key_text} "
+        f"--uri '{service.service_uri}/*' --perms C*P --expires 30d -o you.grant"
+    )
 
 
 def test_usage_errors_exit_2(service: RunningService, tmp_path: Path) -> None:
