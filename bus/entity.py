@@ -12,6 +12,8 @@ import base64
 import binascii
 import json
 import os
+import shlex
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -106,9 +108,11 @@ class Entity:
 
     @classmethod
     def load(cls, path: str | Path) -> Entity:
+        """The entity in ``path``; refused if others than its owner may read the file."""
         document = _read_entity_file(path)
         if "secret_seed" not in document:
             raise DecodeError(f"{path} holds only a public key; signing needs the entity file")
+        _check_private(path)
         entity = cls(key_from_text(document["secret_seed"]), comment=document.get("comment", ""))
         if entity.key_text != document.get("public_key"):
             raise DecodeError(f"{path}: the public key does not match the secret seed")
@@ -124,6 +128,20 @@ def public_key_of(spec: str) -> bytes:
         return key_from_text(spec)
     document = _read_entity_file(spec)
     return key_from_text(str(document.get("public_key")))
+
+
+def _check_private(path: str | Path) -> None:
+    """Refuse a secret key that others may read, as ssh does, with the command that fixes it."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        raise DecodeError(f"cannot read entity file {path}: {exc.strerror}") from exc
+    if mode & 0o077:
+        raise DecodeError(
+            f"{path} holds a secret key and others may read it (mode {mode:04o}); refusing to "
+            f"use it: run chmod 600 {shlex.quote(str(path))}",
+            mode=f"{mode:04o}",
+        )
 
 
 def _read_entity_file(path: str | Path) -> dict[str, Any]:

@@ -268,6 +268,14 @@ class ServiceClient:
     async def stop_versioned_models(self, versions: dict[str, list[str]]) -> list[str]:
         return list(await self.call("admin", "model.stop", versions=versions))
 
+    async def stop(
+        self, names: list[str] | None = None, versions: dict[str, list[str]] | None = None
+    ) -> list[str]:
+        """Stop every version of each of ``names`` and the ``versions`` named (all or none)."""
+        return list(
+            await self.call("admin", "model.stop", names=names or [], versions=versions or {})
+        )
+
     async def stop_inactive_model_versions(self, names: list[str]) -> list[str]:
         return list(await self.call("admin", "model.stop_inactive", names=names))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -66,8 +67,22 @@ def _step(text: str) -> None:
 async def run_demo(data_dir: Path) -> None:
     """The whole demo; its service keeps its registry and artifacts in ``data_dir``."""
     bus_url = f"zmq://127.0.0.1:{_free_base_port()}"
-    settings = ProxySettings(bus_url=bus_url, data_dir=data_dir, heartbeat_interval_s=2.0)
+    # The demo deploys only its own functions, so without bubblewrap it may run them unconfined;
+    # `modelbus serve` refuses to (untrusted deployers), unless told --unsafe-no-sandbox.
+    unsandboxed = shutil.which("bwrap") is None
+    settings = ProxySettings(
+        bus_url=bus_url,
+        data_dir=data_dir,
+        heartbeat_interval_s=2.0,
+        unsafe_no_sandbox=unsandboxed,
+    )
     _step(f"starting the service: embedded ZeroMQ bus at {bus_url}, data in {data_dir}")
+    if unsandboxed:
+        click.secho(
+            "note: bubblewrap is not installed, so the demo's own models run unsandboxed; "
+            "'modelbus serve' refuses that (apt-get install bubblewrap)",
+            fg="yellow",
+        )
     async with anyio.create_task_group() as task_group:
         info: ServiceInfo = await task_group.start(run_proxy, settings)
         click.echo(f"service {info.service_uri}")
@@ -100,11 +115,20 @@ async def _tour(info: ServiceInfo, owner: Entity, bus_url: str) -> None:
         await _deploy_and_predict(service)
         await _upgrade(service)
         await _viewer(ServiceClient(view_bus, info.service_uri))
-        _step("liveness, as a dashboard sees it")
+        _step("liveness, as a dashboard sees it, and the models as they are now")
         for found in await service_states(op_bus, f"{info.service_uri}"):
+            age = found.age_s(time.time_ns())
             click.echo(
-                f"{found.service}: {'ALIVE' if found.is_alive else 'DEAD'} "
-                f"({found.reason}), models {found.status.get('models')}"
+                f"{found.service}: {'ALIVE' if found.is_alive else 'DEAD'} ({found.reason}), "
+                f"lastalive {'never' if age is None else f'{age:.1f} s ago'}"
+            )
+        # The heartbeat's status is a snapshot from its last beat; the status operation answers
+        # with the state at this moment.
+        for model in (await service.status())["models"]:
+            ready = "ready" if model["ready"] else "NOT READY"
+            click.echo(
+                f"  {model['model']}:{model['version']} {ready}, {model['replicas']} "
+                f"replica(s), {model['queued']} queued"
             )
 
 

@@ -42,6 +42,7 @@ from bus import (
 )
 from bus.heartbeat import STALE_AFTER_S
 from bus.po import check_po_number
+from proxy.cli.diagnose import asking
 from proxy.cli.redaction import redact_url
 from proxy.cli.root import Settings, format_time_ns, pass_settings, run_async
 from transports import open_transport
@@ -158,6 +159,7 @@ def pub(
         default = PO_TEXT if message is not None else PO_BINARY
         pos = [_payload(data, PO_JSON if as_json else po_number or default)]
     canonical = settings.canonical(uri)
+    asking(canonical)
     run_async(_publish, settings, canonical, pos, persist or unpersist)
     what = "tombstone" if unpersist else f"{pos[0].number}, {len(pos[0].data)} bytes"
     click.echo(f"published {'persisted ' if persist else ''}{canonical} ({what})")
@@ -227,6 +229,7 @@ def _jsonable(value: Any) -> Any:
 def sub(settings: Settings, pattern: str, count: int | None, timeout_s: float | None) -> None:
     """Print live messages on PATTERN as they arrive, verified (Ctrl-C stops)."""
     canonical = settings.canonical(pattern)
+    asking(canonical)
     received, is_timed_out = run_async(_subscribe, settings, canonical, count, timeout_s)
     if is_timed_out and count is not None and timeout_s is not None:
         raise RequestTimeout(
@@ -272,6 +275,7 @@ async def _subscribe(
 def query(settings: Settings, pattern: str, timeout_s: float) -> None:
     """Print the persisted messages matching PATTERN, verified."""
     canonical = settings.canonical(pattern)
+    asking(canonical)
     items = run_async(_query, settings, canonical, timeout_s)
     for item in items:
         click.echo(describe(item))
@@ -302,6 +306,7 @@ async def _query(settings: Settings, pattern: str, timeout_s: float) -> list[Mes
 def status(settings: Settings, pattern: str, watch: bool, stale_after_s: float) -> None:
     """Show which services under PATTERN ('ns/*') are alive, from their heartbeats."""
     canonical = settings.canonical(pattern)
+    asking(canonical)
     run_async(_status, settings, canonical, watch, stale_after_s)
 
 

@@ -32,13 +32,16 @@ from typing import Any
 
 import click
 
-from bus import BusClient, Conflict, RequestTimeout, TransportError, runner
+from bus import BusClient, BusError, Conflict, RequestTimeout, TransportError, runner
 from bus.artifact import build_closure_archive
 from bus.transfer import UploadProgress
 from container_manager import engine
 from container_manager.clipper import CLOSURE_IMAGE_PREFIX
 from container_manager.service import DEFAULT_SERVICE_PATH, ServiceClient
-from proxy.cli.root import Settings, pass_settings
+from proxy.cli.diagnose import asking
+from proxy.cli.linking import check_link
+from proxy.cli.remote import service_uri
+from proxy.cli.root import CliError, Settings, pass_settings
 from transports import open_transport
 
 __all__ = ["deploy"]
@@ -217,21 +220,39 @@ class _Plan:
     link_app: str | None
     wait: bool
     ready_timeout_s: float
+    service: str
+    """The --service as given, for the follow-up commands printed after a partial success."""
+
+
+@dataclass
+class _Outcome:
+    """How far a run got: ``stage`` is ``checking``, ``uploading``, ``deploying`` or
+    ``deployed``; past ``deployed``, ``step`` names the follow-up under way and ``then`` the
+    command that finishes it if it fails."""
+
+    stage: str = "checking"
+    sha256: str = ""
+    step: str = ""
+    then: str = ""
 
 
 async def _deploy(
-    client: BusClient, plan: _Plan, artifact: Artifact, progress: _Progress
-) -> tuple[dict[str, Any], str]:
+    client: BusClient, plan: _Plan, artifact: Artifact, progress: _Progress, outcome: _Outcome
+) -> dict[str, Any]:
     async with client as bus:
         service = ServiceClient(bus, plan.service_uri)
         await service.check_alive()
+        if plan.link_app is not None:
+            await check_link(service, plan.link_app, plan.name, plan.input_type, plan.service)
         key = (plan.name, plan.version)
+        outcome.stage = "uploading"
         sha256 = await service.upload_artifact(
             artifact.path,
             name=f"{plan.name}:{plan.version}",
             kind=artifact.kind,
             progress=progress,
         )
+        outcome.stage, outcome.sha256 = "deploying", sha256
         try:
             await service.deploy_artifact(
                 *key,
@@ -249,11 +270,51 @@ async def _deploy(
             if found.get("container_name") != artifact.container_name(sha256):
                 raise
             click.echo(f"{plan.name}:{plan.version} was already deployed from it", err=True)
+        outcome.stage = "deployed"
+        artifact.forget()
+        where = f"--service {plan.service}"
         if plan.wait and plan.replicas > 0:
+            outcome.step = "waiting for a ready replica"
+            outcome.then = (
+                f"modelbus versions wait {plan.name} {plan.version} {where}; "
+                f"modelbus versions logs {plan.name} {plan.version} {where}"
+            )
             await service.wait_ready(*key, timeout_s=plan.ready_timeout_s)
         if plan.link_app and plan.name not in await service.get_linked_models(plan.link_app):
+            outcome.step = f"linking it to application {plan.link_app}"
+            outcome.then = f"modelbus apps link {plan.link_app} {plan.name} {where}"
             await service.link_model_to_app(plan.link_app, plan.name)
-        return await service.get_model_info(*key), sha256
+        outcome.step = "reading its record"
+        outcome.then = f"modelbus versions info {plan.name} {plan.version} {where}"
+        return await service.get_model_info(*key)
+
+
+def _failed(error: BaseException, plan: _Plan, artifact: Artifact, outcome: _Outcome) -> None:
+    """Say what a failed run did: a deploy that was done is reported done (then the failed
+    follow-up and the command that finishes it, exit 1); an interrupted upload or deploy is kept
+    to resume; anything else removes what the run built, so only an interrupted run leaves
+    something to reuse."""
+    if outcome.stage == "deployed":
+        raise CliError(
+            f"deployed {plan.name}:{plan.version} ({artifact.kind} sha256:"
+            f"{outcome.sha256[:12]}); {outcome.step} failed: {_message(error)}\n"
+            f"  to finish: {outcome.then}"
+        ) from None
+    if not _is_interruption(error):
+        artifact.forget()
+    elif outcome.stage in ("uploading", "deploying"):
+        click.echo("\ninterrupted: run the same command again to resume", err=True)
+
+
+def _message(error: BaseException) -> str:
+    """The message of the one expected error inside ``error`` (a group's only leaf)."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    if isinstance(error, BusError):
+        return error.message
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(error).__name__}: {error}"
 
 
 def _is_interruption(error: BaseException) -> bool:
@@ -344,11 +405,10 @@ def deploy(
         proofs=settings.proofs(),
         verifier=settings.verifier(),
     )
-    canonical = settings.canonical(service.strip("/"))
     plan = _Plan(
         name=name,
         version=version,
-        service_uri=canonical if "/" in canonical else f"{canonical}/{DEFAULT_SERVICE_PATH}",
+        service_uri=service_uri(settings, service),
         input_type=input_type,
         replicas=replicas,
         batch_size=batch_size,
@@ -357,7 +417,9 @@ def deploy(
         link_app=link_app,
         wait=wait,
         ready_timeout_s=ready_timeout,
+        service=service,
     )
+    asking(plan.service_uri)
     spool = (cache_dir or default_cache_dir()) / f"{name}-{version}"
     if function_spec is not None:
         artifact = _function_artifact(function_spec, spool)
@@ -366,15 +428,15 @@ def deploy(
     else:
         assert image is not None
         artifact = _image_artifact(image, spool)
+    outcome = _Outcome()
     with contextlib.ExitStack() as stack:
         progress = _Progress(stack, f"uploading {name}:{version}")
         try:
-            info, sha256 = runner.run(_deploy, client, plan, artifact, progress)
+            info = runner.run(_deploy, client, plan, artifact, progress, outcome)
         except BaseException as exc:
-            if _is_interruption(exc):
-                click.echo("\ninterrupted: run the same command again to resume", err=True)
+            _failed(exc, plan, artifact, outcome)
             raise
-    artifact.forget()
+    sha256 = outcome.sha256
     ready = "" if not (wait and replicas) else f"; {replicas} replica(s), ready"
     click.echo(f"deployed {name}:{version} ({artifact.kind} sha256:{sha256[:12]}){ready}")
     if link_app:

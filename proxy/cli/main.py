@@ -6,15 +6,36 @@ benchmarks). Each subcommand module holds its commands; adding one is an import 
 
 from __future__ import annotations
 
+from proxy.cli.apps import apps
 from proxy.cli.bench import bench
 from proxy.cli.bus import bus, pub, query, status, sub
+from proxy.cli.containers import containers, service_status
 from proxy.cli.demo import demo
 from proxy.cli.deploy import deploy
+from proxy.cli.diagnose import explain
 from proxy.cli.keys import grant, keys
 from proxy.cli.root import main
 from proxy.cli.serve import serve
+from proxy.cli.versions import versions
 
 __all__ = ["main"]
 
-for _command in (bench, bus, demo, deploy, grant, keys, pub, query, serve, status, sub):
+for _command in (
+    apps,
+    bench,
+    bus,
+    containers,
+    demo,
+    deploy,
+    grant,
+    keys,
+    pub,
+    query,
+    serve,
+    service_status,
+    status,
+    sub,
+    versions,
+):
     main.add_command(_command)
+main.explain = explain  # grant errors name the proof files and the grant to ask for

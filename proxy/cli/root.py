@@ -15,6 +15,8 @@ does), and hands the settings to the subcommand as ``ctx.obj``. The subcommands 
 :mod:`proxy.cli.main` with ordinary imports. Every expected failure (a :class:`bus.BusError`, an
 unreadable file) prints
 ``error: <message>`` on stderr and exits 1; there is no traceback and no secret seed in any output.
+A usage error (an unknown, missing or malformed option or argument) is click's: the usage and
+``Error: <message>``, exit status 2 — as ``modelbus --help`` says (:data:`EXIT_STATUS`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from bus.grants import load_chain
 from proxy.service.settings import DEFAULT_BUS
 
 __all__ = [
+    "EXIT_STATUS",
     "CliError",
     "Settings",
     "format_time_ns",
@@ -178,7 +181,11 @@ class _Alias(click.ParamType[tuple[str, str]]):
 
 
 class _Group(click.Group):
-    """The root group: expected errors of any subcommand print as ``error: <message>``."""
+    """The root group: expected errors of any subcommand print as ``error: <message>``;
+    ``explain`` (set by :mod:`proxy.cli.main`: :func:`proxy.cli.diagnose.explain`) may say more
+    than an error's message."""
+
+    explain: Callable[[BusError, Settings, click.Context], str] | None = None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -210,6 +217,9 @@ def _expected(error: BaseException, ctx: click.Context) -> BaseException:
         return error
     message = leaf.message
     settings = ctx.obj
+    explain = getattr(ctx.find_root().command, "explain", None)
+    if isinstance(settings, Settings) and explain is not None:
+        message = explain(leaf, settings, ctx)
     if isinstance(settings, Settings) and settings.verbose and leaf.details:
         facts = "".join(f"\n  {key}: {value}" for key, value in sorted(leaf.details.items()))
         message = f"{message} [{leaf.code}]{facts}"
@@ -223,7 +233,16 @@ def _configure_logging(verbose: int) -> None:
     )
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_STATUS = (
+    "Exit status: 0 done; 1 a failure, printed as 'error: <message>' on stderr; 2 a usage "
+    "error (an unknown, missing or malformed option or argument), printed with the usage "
+    "as 'Error: <message>'."
+)
+
+
+@click.group(
+    cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_STATUS
+)
 @click.option(
     "--bus",
     "bus_url",

@@ -143,8 +143,8 @@ async def _serve(settings: ProxySettings, keys: ServiceKeys | None) -> None:
     async with anyio.create_task_group() as task_group:
         info: ServiceInfo = await task_group.start(run_proxy, settings, stop)
         gc.freeze()  # what start-up made lives as long as the process: keep it out of GC passes
-        _announce(info, settings, keys)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            _announce(info, settings, keys)  # once Ctrl-C is handled: the banner says it stops
             async for received in signals:
                 click.echo(
                     f"{signal.Signals(received).name}: draining requests in flight, then stopping",
@@ -164,7 +164,13 @@ def _announce(info: ServiceInfo, settings: ProxySettings, keys: ServiceKeys | No
     click.echo(f"  service    {info.service_uri}")
     for slot in ("predict", "admin", "deploy"):
         click.echo(f"  slot       {info.slot(slot)}")
-    click.echo(f"  entity     {info.entity_key} ({key_file})")
+    if keys is None:
+        source = "--entity/MODELBUS_ENTITY" if settings.entity_path else "the data directory's key"
+    elif keys.legacy:
+        source = "the data directory's key, which is also the namespace root"
+    else:
+        source = "the service's own key, granted by the namespace key"
+    click.echo(f"  entity     {info.entity_key} ({key_file}: {source})")
     if keys is not None and keys.namespace_key is not None:
         click.echo(f"  ns key     {keys.namespace_key} (the service does not hold it)")
     click.echo(f"  data       {info.data_dir}")

@@ -37,6 +37,7 @@ from proxy.backend import ContainerEngine, EmbeddedBackend
 from proxy.backend.runtime import ImageRuntime, ProcessRuntime
 from proxy.backend.sandbox import make_undumpable
 from proxy.registry.registry import Registry
+from proxy.service.datalock import lock_data_dir
 from proxy.service.operations.admin import AdminOps
 from proxy.service.operations.containers import ContainerOps
 from proxy.service.operations.deploy import DeployOps
@@ -97,7 +98,15 @@ def _load_proofs(settings: ProxySettings) -> list[tuple[Grant, ...]]:
 
 @asynccontextmanager
 async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
-    """Run the whole service while the context is open."""
+    """Run the whole service while the context is open; the data directory is locked for it
+    (:mod:`proxy.service.datalock`: a second service on it is refused with Conflict)."""
+    with lock_data_dir(settings.data_dir):
+        async with _running_proxy(settings) as info:
+            yield info
+
+
+@asynccontextmanager
+async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
     entity = load_or_create_entity(settings)
     namespace = settings.namespace or entity.key_text
     service_uri, interface_uri = service_uris(namespace, settings.service_path)

@@ -96,6 +96,7 @@ def test_save_refuses_to_overwrite(tmp_path: Path) -> None:
 
 def _write(path: Path, document: object) -> Path:
     path.write_text(json.dumps(document))
+    path.chmod(0o600)  # refused for what it holds, not for who may read it
     return path
 
 
@@ -117,10 +118,30 @@ def test_load_rejects_bad_files(tmp_path: Path) -> None:
         path = tmp_path / name
         if isinstance(document, str):
             path.write_text(document)
+            path.chmod(0o600)
         elif document is not None:
             _write(path, document)
         with pytest.raises(DecodeError):
             Entity.load(path)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o666])
+def test_a_secret_key_others_may_read_is_refused_with_the_chmod_that_fixes_it(
+    tmp_path: Path, mode: int
+) -> None:
+    path = tmp_path / "svc.ent"
+    Entity.generate().save(path)
+    path.chmod(mode)
+    with pytest.raises(DecodeError) as refused:
+        Entity.load(path)
+    assert refused.value.message == (
+        f"{path} holds a secret key and others may read it (mode {mode:04o}); refusing to use "
+        f"it: run chmod 600 {path}"
+    )
+    path.chmod(0o600)
+    assert Entity.load(path).public_key == public_key_of(str(path))
+    path.chmod(0o400)  # read-only for its owner is fine too
+    Entity.load(path)
 
 
 def test_public_key_of_a_public_only_file(tmp_path: Path) -> None:

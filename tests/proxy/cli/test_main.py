@@ -145,6 +145,22 @@ def test_keys_show_of_a_missing_file_is_an_error_not_a_traceback(tmp_path: Path)
     assert "Traceback" not in result.output
 
 
+def test_a_key_file_others_may_read_is_refused_with_the_chmod_that_fixes_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "alice.key"
+    assert invoke("keys", "new", str(path)).exit_code == 0
+    path.chmod(0o644)
+    result = invoke("keys", "show", str(path))
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {path} holds a secret key and others may read it (mode 0644); refusing to use "
+        f"it: run chmod 600 {path}\n"
+    )
+    path.chmod(0o600)
+    assert invoke("keys", "show", str(path)).exit_code == 0
+
+
 # ---- grant -----------------------------------------------------------------------------------
 
 
@@ -242,7 +258,11 @@ def test_redelegation_with_proof_respects_ttl_and_scope(world: World) -> None:
         env=env,
     )  # fmt: skip
     assert too_deep.exit_code == 1
-    assert too_deep.stderr == "error: grant 0 allows 1 re-delegations; the proof has 2 after it\n"
+    assert too_deep.stderr == (
+        "error: grant 0 allows 1 re-delegations; the proof has 2 after it\n"
+        "  grant 0 was made with --ttl 1: at most 1 re-delegation may follow it; ask its giver "
+        "for a grant made with a larger --ttl\n"
+    )
     assert not world.path("c.grant").exists()
 
     # nor may alice give more than she holds
@@ -309,6 +329,19 @@ def test_a_bad_expiry_is_a_usage_error(world: World) -> None:
 # ---- errors and the command table ------------------------------------------------------------
 
 
+def test_the_help_names_the_exit_statuses_and_a_usage_error_exits_2() -> None:
+    shown = invoke("--help")
+    assert shown.exit_code == 0
+    assert " ".join(shown.stdout.split()).endswith(
+        "Exit status: 0 done; 1 a failure, printed as 'error: <message>' on stderr; 2 a usage "
+        "error (an unknown, missing or malformed option or argument), printed with the usage as "
+        "'Error: <message>'."
+    )
+    unknown = invoke("keys", "show", "--no-such-option")
+    assert unknown.exit_code == 2
+    assert unknown.stderr.splitlines()[-1].startswith("Error: No such option")
+
+
 def test_a_signing_command_without_an_entity_says_how_to_get_one(world: World) -> None:
     env = {**world.env(), "MODELBUS_ENTITY": ""}
     result = invoke("pub", "ns/buildings/a", "hi", env=env)
@@ -359,7 +392,8 @@ def test_a_file_that_is_no_chain_is_an_error(world: World) -> None:
 
 
 COMMANDS = {
-    "bench", "bus", "demo", "deploy", "grant", "keys", "pub", "query", "serve", "status", "sub"
+    "apps", "bench", "bus", "containers", "demo", "deploy", "grant", "keys", "pub", "query",
+    "serve", "service-status", "status", "sub", "versions",
 }  # fmt: skip
 
 
@@ -677,6 +711,14 @@ def test_the_demo_runs_end_to_end_on_the_embedded_bus(tmp_path: Path) -> None:
     assert "starting the service: embedded ZeroMQ bus" in out
     assert "thermal:1 → 48 steps" in out
     assert "viewer deploy refused: out_of_scope" in out
+    liveness = out.split("== liveness, as a dashboard sees it, and the models as they are now")[1]
+    lines = liveness.strip().splitlines()
+    assert lines[0].split()[1:3] == ["ALIVE", "(alive),"]
+    # the state as it is: both versions ready (1 has just answered, 2 answered before)
+    assert lines[1:3] == [
+        "  thermal:1 ready, 1 replica(s), 0 queued",
+        "  thermal:2 ready, 1 replica(s), 0 queued",
+    ]
     assert "demo complete" in out
 
 

@@ -17,6 +17,9 @@ import pytest
 
 from bus import BusClient, Entity, service_states
 from container_manager import ServiceClient
+from proxy.cli.serve import _announce
+from proxy.service.settings import ProxySettings
+from proxy.service.startup import ServiceInfo
 from tests.proxy.conftest import wait_until
 from transports import open_transport
 
@@ -135,3 +138,65 @@ def test_serve_never_prints_the_bus_password(mosquitto_url: str, tmp_path: Path)
     banner = "".join(lines)
     assert f"modelbus serving on mqtt://alice:***@{host}" in banner, banner + log.read_text()
     assert "s3cret-pw" not in banner + log.read_text()
+
+
+def test_a_second_serve_on_one_data_directory_is_refused(zmq_bus_url: str, tmp_path: Path) -> None:
+    """Two ``modelbus serve`` on one data directory: the second exits 1 naming the first; once
+    the first is SIGKILLed (no clean-up at all), a new one starts."""
+    data = tmp_path / "data"
+    first, _ = _start(zmq_bus_url, data, tmp_path / "first.log")
+    try:
+        second = subprocess.run(
+            [
+                *(sys.executable, "-m", "proxy.cli", "--bus", zmq_bus_url, "serve"),
+                *("--data-dir", str(data), "--no-embedded-bus"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert second.stderr.splitlines()[-1] == (
+            f"error: the data directory {data} is in use by another modelbus service "
+            f"(pid {first.pid}); stop it, or give this one its own --data-dir"
+        )
+        assert "modelbus serving" not in second.stdout
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        third, _ = _start(zmq_bus_url, data, tmp_path / "third.log")
+        third.send_signal(signal.SIGINT)
+        assert third.wait(timeout=60) == 0
+    finally:
+        for process in (first, locals().get("third")):
+            if isinstance(process, subprocess.Popen):
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+                if process.stdout is not None:
+                    process.stdout.close()
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_the_banner_says_which_identity_serves_and_where_its_key_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], named: bool
+) -> None:
+    key = tmp_path / "operator.key"
+    settings = ProxySettings(data_dir=tmp_path / "data", entity_path=key if named else None)
+    info = ServiceInfo(
+        bus_url="zmq://127.0.0.1:7700",
+        namespace="NS",
+        service_uri="NS/s.modelbus/_",
+        interface_uri="NS/s.modelbus/_/i.modelbus",
+        entity_key="KEY",
+        data_dir=str(tmp_path / "data"),
+        embedded_bus=False,
+    )
+    _announce(info, settings, None)
+    lines = capsys.readouterr().out.splitlines()
+    expected = (
+        f"{key}: --entity/MODELBUS_ENTITY"
+        if named
+        else f"{tmp_path / 'data' / 'proxy.key'}: the data directory's key"
+    )
+    assert f"  entity     KEY ({expected})" in lines
