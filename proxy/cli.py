@@ -70,6 +70,7 @@ COMMANDS: dict[str, str] = {
     "bench": "proxy.bench:bench",
     "bus": "proxy.cli_bus:bus",
     "demo": "proxy.demo:demo",
+    "dashboard": "proxy.cli_dashboard:dashboard",
     "deploy": "container_manager.cli:deploy",
     "grant": "proxy.cli_keys:grant",
     "keys": "proxy.cli_keys:keys",
