@@ -153,7 +153,7 @@ class Dashboard:
                 await anyio.sleep(COALESCE_S)
             self._changed.clear()
             if self.monitor.is_link_up:
-                self.fleet.judge(time.time_ns())
+                self.fleet.judge(self.monitor.confirmed_ns)
             rows = self.fleet.changed_since(sent)
             now_link = self.monitor.link()
             if not rows and now_link == link:

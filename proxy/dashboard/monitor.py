@@ -8,8 +8,9 @@ asks the transport for the persisted frames of one topic nobody publishes (a che
 the broker or forwarder); a failed probe marks the link down, and the first good one after that
 marks it up and queries the persisted values again (what was missed while down). If the client
 itself fails (its connection could not be made, a subscription ended), it is rebuilt with a
-backoff. While the link is down records keep their last state: staleness is not judged, since
-the dashboard, not the services, is blind.
+backoff. Staleness is judged as of ``confirmed_ns``, the latest instant the link was known to
+work (a probe answered, a message arrived), so a service does not turn dead because the dashboard
+went blind: while the link is down records keep their last state.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class FleetMonitor:
         self.reconnects = 0
         self.messages = 0
         self.rejected = 0
+        self.confirmed_ns = 0  # the latest instant the link was known to work (probe, message)
 
     async def run(self) -> None:
         """Connect, follow the fleet and reconnect (with a backoff) until cancelled."""
@@ -104,6 +106,7 @@ class FleetMonitor:
             for suffix in _SUFFIXES:
                 await task_group.start(self._consume, client, suffix)
             await self._resync(client)
+            self.confirmed_ns = self.clock_ns()
             self._set_link(True, "")
             task_group.start_soon(self._probe, client, task_group)
 
@@ -122,7 +125,7 @@ class FleetMonitor:
 
     def take(self, item: Message | Rejected, suffix: str) -> None:
         """Apply one delivery (verified or rejected) on a ``…/<suffix>`` topic to the fleet."""
-        now_ns = self.clock_ns()
+        now_ns = self.confirmed_ns = self.clock_ns()
         topic = item.uri if isinstance(item, Message) else item.topic
         service = topic[: -len(suffix) - 1]
         if isinstance(item, Rejected):
@@ -154,10 +157,11 @@ class FleetMonitor:
             await anyio.sleep(self.probe_s)
             try:
                 await client.transport.query(topic, timeout_s=self.probe_timeout_s)
-            except (TransportError, TimeoutError) as error:
-                message = error.message if isinstance(error, TransportError) else "no answer"
-                self._set_link(False, message)
+            except (TransportError, TimeoutError):
+                url = client.transport.url
+                self._set_link(False, f"{url} did not answer within {self.probe_timeout_s:g} s")
                 continue
+            self.confirmed_ns = self.clock_ns()
             if not self.is_link_up:
                 try:
                     await self._resync(client)

@@ -15,10 +15,13 @@ from bus import envelope as envelopes
 from bus.heartbeat import LASTALIVE
 from bus.po import PO_METADATA
 from tests.bus.helpers import Namespace, connect, new_entity
+from tests.fixtures.mosquitto import MosquittoBroker
 from tests.proxy.dashboard.helpers import (
     beating,
+    liveness_process,
     page_of,
     running_dashboard,
+    until,
 )
 
 pytestmark = pytest.mark.slow
@@ -99,3 +102,88 @@ async def test_services_appear_and_a_forged_heartbeat_is_untrusted(
         assert await page.locator("#banner").is_hidden()
         await page.screenshot(path=str(tmp_path / "fleet.png"), full_page=True)
         assert board.fleet.records[rogue].state == "untrusted"
+
+
+@pytest.mark.mqtt
+async def test_a_killed_service_turns_dead_by_its_last_will_on_mqtt(
+    mosquitto_url: str, namespace: Namespace, chromium: str, tmp_path: Path
+) -> None:
+    service = namespace.uri("site", "killed")
+    member = namespace.member("site/*", "P")
+    async with (
+        running_dashboard(mosquitto_url, namespace.as_member, namespace.uri("*")) as board,
+        # a long period: only the Will can make it dead within the test
+        liveness_process(mosquitto_url, member, service, 60.0, tmp_path) as process,
+        page_of(board.url, chromium) as page,
+    ):
+        await wait_card(page, service, "alive", timeout_s=10)
+        process.kill()  # SIGKILL: no clean shutdown, the broker publishes the Will
+        await wait_card(page, service, "dead", timeout_s=15)
+        reason = await page.locator(f'article[data-service="{service}"] .reason').inner_text()
+        assert reason == "Last Will"
+        await page.screenshot(path=str(tmp_path / "will.png"))
+
+
+async def test_a_killed_service_turns_dead_by_staleness_on_zeromq(
+    zmq_bus_url: str, namespace: Namespace, chromium: str, tmp_path: Path
+) -> None:
+    service = namespace.uri("site", "hung")
+    member = namespace.member("site/*", "P")
+    async with (
+        running_dashboard(zmq_bus_url, namespace.as_member, namespace.uri("*")) as board,
+        liveness_process(zmq_bus_url, member, service, 0.3, tmp_path) as process,
+        page_of(board.url, chromium) as page,
+    ):
+        await wait_card(page, service, "alive", timeout_s=10)
+        process.kill()  # ZeroMQ has no Will: three missed periods (0.9 s) make it dead
+        await wait_card(page, service, "dead", timeout_s=10)
+        reason = await page.locator(f'article[data-service="{service}"] .reason').inner_text()
+        assert reason.startswith("missed heartbeats")
+
+
+async def test_a_clean_shutdown_is_retired(
+    zmq_bus_url: str, namespace: Namespace, chromium: str, tmp_path: Path
+) -> None:
+    service = namespace.uri("site", "leaving")
+    member = namespace.member("site/*", "P")
+    async with (
+        running_dashboard(zmq_bus_url, namespace.as_member, namespace.uri("*")) as board,
+        page_of(board.url, chromium) as page,
+    ):
+        async with beating(zmq_bus_url, member, service, dict, interval_s=0.3):
+            await wait_card(page, service, "alive", timeout_s=10)
+        await wait_card(page, service, "retired", timeout_s=10)
+        assert board.fleet.records[service].reason == "clean shutdown"
+
+
+@pytest.mark.mqtt
+async def test_the_page_says_when_the_bus_is_down_and_recovers(
+    mosquitto: MosquittoBroker, namespace: Namespace, chromium: str, tmp_path: Path
+) -> None:
+    mosquitto.start()
+    service = namespace.uri("site", "steady")
+    member = namespace.member("site/*", "P")
+    async with (
+        running_dashboard(mosquitto.url, namespace.as_member, namespace.uri("*")) as board,
+        beating(mosquitto.url, member, service, dict, interval_s=0.5),
+        page_of(board.url, chromium) as page,
+    ):
+        await wait_card(page, service, "alive", timeout_s=10)
+        banner = page.locator("#banner")
+        try:
+            mosquitto.stop()
+            await banner.wait_for(state="visible", timeout=10_000)
+            assert "Bus link DOWN" in await banner.inner_text()
+            await page.screenshot(path=str(tmp_path / "bus-down.png"))
+            # (Mosquitto publishes its clients' Wills as it stops: the service may show dead
+            # "Last Will" now, and alive again with its first beat after the broker returns.)
+        finally:
+            mosquitto.start()
+        await banner.wait_for(state="hidden", timeout=20_000)
+        await wait_card(page, service, "alive", timeout_s=20)
+        stamp = board.fleet.records[service].last_alive_ns
+        await until(
+            lambda: board.fleet.records[service].last_alive_ns != stamp,
+            timeout_s=10,
+            what="a heartbeat arrives after the broker returned",
+        )
