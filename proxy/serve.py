@@ -57,6 +57,12 @@ logger = logging.getLogger(__name__)
     help="Seconds between liveness announcements.",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus /metrics on this loopback port (0: any free port) [default: off].",
+)
+@click.option(
     "--docker-url",
     default=None,
     help="Container engine API for image deploys: Docker, or Podman's `podman system service` "
@@ -71,6 +77,7 @@ def serve(
     no_embedded_bus: bool,
     max_concurrency: int,
     heartbeat_interval: float,
+    metrics_port: int | None,
     docker_url: str | None,
 ) -> None:
     """Run the modelbus service: bus proxy, registry, model backend, heartbeats.
@@ -91,6 +98,7 @@ def serve(
         aliases=settings.aliases,
         max_concurrency=max_concurrency,
         heartbeat_interval_s=heartbeat_interval,
+        metrics_port=metrics_port,
         **_engine(docker_url),
     )
     run_async(_serve, proxy_settings)
@@ -128,6 +136,8 @@ def _announce(info: ServiceInfo, settings: ProxySettings) -> None:
         click.echo(f"  slot       {info.slot(slot)}")
     click.echo(f"  entity     {info.entity_key} ({key_file})")
     click.echo(f"  data       {info.data_dir}")
+    if info.metrics_url:
+        click.echo(f"  metrics    {info.metrics_url}")
     click.echo("Give a user access (predict, manage and deploy):")
     click.echo(
         f"  modelbus grant --from {key_file} --to USER.key "

@@ -32,10 +32,12 @@ from proxy.admin import AdminOps
 from proxy.backend import EmbeddedBackend
 from proxy.containers import ContainerEngine, ContainerOps
 from proxy.deploy import DeployOps
+from proxy.metrics import ProxyMetrics, RequestRate, serve_metrics
 from proxy.predict import PredictOps
 from proxy.registry import Registry
 from proxy.routing import VersionRouter, start_model
 from proxy.runtime import ImageRuntime
+from proxy.service_metrics import replica_summary, service_sources
 from proxy.settings import ProxySettings
 from proxy.slots import Slot
 from proxy.uploads import UploadLimits, Uploads
@@ -64,6 +66,7 @@ class ServiceInfo:
     entity_key: str
     data_dir: str
     embedded_bus: bool
+    metrics_url: str | None = None
 
     def slot(self, name: str) -> str:
         return f"{self.interface_uri}/slot/{name}"
@@ -137,6 +140,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         heartbeat = Heartbeat(
             service_uri,
             interval_s=settings.heartbeat_interval_s,
+            plain_json=settings.bus_url.startswith(("mqtt://", "mqtts://")),
         )
         client = await stack.enter_async_context(
             BusClient(
@@ -148,6 +152,8 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             )
         )
         task_group = await stack.enter_async_context(anyio.create_task_group())
+        gate = ServeGate()
+        metrics = ProxyMetrics(service_sources(client, gate, backend, heartbeat))
         router = VersionRouter(registry, backend, task_group, on_switch=heartbeat.nudge)
         uploads = Uploads(
             registry,
@@ -159,21 +165,25 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             ),
         )
         predict = PredictOps(registry, backend, router, timeout_s=settings.predict_timeout_s)
-        status = functools.partial(_status, backend, predict, started)
+        status = functools.partial(
+            _status, backend, predict, started, uploads, RequestRate(lambda: metrics.total)
+        )
         heartbeat.status = status  # set before the first beat: heartbeat.run starts below
         admin = AdminOps(registry, backend, router, status)
         slots = {
-            "predict": Slot("predict", predict.table()),
-            "admin": Slot("admin", admin.table(), on_done=heartbeat.nudge),
+            "predict": Slot("predict", predict.table(), on_answer=metrics.record),
+            "admin": Slot(
+                "admin", admin.table(), on_done=heartbeat.nudge, on_answer=metrics.record
+            ),
             "deploy": Slot(
                 "deploy",
                 DeployOps(registry, uploads, backend, router).table()
                 | ContainerOps(containers).table(),
                 on_done=heartbeat.nudge,
+                on_answer=metrics.record,
             ),
         }
         await _restore(registry, backend, router)
-        gate = ServeGate()
         for name, slot in slots.items():
             await task_group.start(
                 _serve,
@@ -185,6 +195,12 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             )
         await task_group.start(heartbeat.run, client)
         task_group.start_soon(_sweep_uploads, uploads)
+        metrics_url = None
+        if settings.metrics_port is not None:
+            port = await task_group.start(
+                serve_metrics, metrics.registry, settings.metrics_host, settings.metrics_port
+            )
+            metrics_url = f"http://{settings.metrics_host}:{port}/metrics"
         info = ServiceInfo(
             bus_url=settings.bus_url,
             namespace=namespace,
@@ -193,6 +209,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             entity_key=entity.key_text,
             data_dir=str(data_dir),
             embedded_bus=embedded,
+            metrics_url=metrics_url,
         )
         try:
             yield info
@@ -239,7 +256,13 @@ async def _serve(
     )
 
 
-def _status(backend: EmbeddedBackend, predict: PredictOps, started: float) -> dict[str, Any]:
+def _status(
+    backend: EmbeddedBackend,
+    predict: PredictOps,
+    started: float,
+    uploads: Uploads,
+    request_rate: RequestRate,
+) -> dict[str, Any]:
     return {
         "version": VERSION,
         "uptime_s": round(time.monotonic() - started, 3),
@@ -250,10 +273,13 @@ def _status(backend: EmbeddedBackend, predict: PredictOps, started: float) -> di
                 "ready": backend.is_ready(name, version),
                 "replicas": len(backend.replicas(name, version)),
                 "queued": backend.stats(name, version).queued,
+                **replica_summary(backend.replicas(name, version)),
             }
             for name, version in backend.versions()
         ],
         "served_default": predict.served_default,
+        "requests_per_s": request_rate(),
+        "uploads": uploads.in_progress(),
     }
 
 

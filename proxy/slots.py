@@ -9,6 +9,7 @@ with an attachment ``invalid_request``.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bus import PayloadObject, Request
-from bus.errors import InvalidRequest
+from bus.errors import BusError, InvalidRequest
 
 __all__ = ["Body", "Operation", "Slot", "WithAttachment", "parse_body"]
 
@@ -45,6 +46,7 @@ def parse_body(model: type[B], body: Any) -> B:
 logger = logging.getLogger(__name__)
 
 Operation = Callable[[str, dict[str, Any]], Awaitable[Any]]
+Answered = Callable[[str, str, str, float, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +68,36 @@ class Slot:
         operations: Mapping[str, Operation],
         *,
         on_done: Callable[[], None] | None = None,
+        on_answer: Answered | None = None,
     ) -> None:
         """``on_done`` runs after each operation that succeeded (the service uses it to
-        announce its status soon after a change)."""
+        announce its status soon after a change); ``on_answer`` after every request, with the
+        slot, the operation (or "unknown"), the outcome ("ok" or the error code), the seconds
+        it took and the attachment's bytes (the service records metrics with it)."""
         self.name = name
         self.operations = dict(operations)
         self.on_done = on_done
+        self.on_answer = on_answer
 
     async def handle(self, request: Request) -> Any:
+        if self.on_answer is None:
+            return await self._run(request)
+        started = time.perf_counter()
+        outcome = "internal"
+        try:
+            result = await self._run(request)
+            outcome = "ok"
+            return result
+        except BusError as error:
+            outcome = error.code
+            raise
+        finally:
+            op = request.body.get("op") if isinstance(request.body, dict) else None
+            known = op if isinstance(op, str) and op in self.operations else "unknown"
+            size = len(request.attachment.data) if request.attachment is not None else 0
+            self.on_answer(self.name, known, outcome, time.perf_counter() - started, size)
+
+    async def _run(self, request: Request) -> Any:
         body = request.body
         op = body.get("op") if isinstance(body, dict) else None
         operation = self.operations.get(op) if isinstance(op, str) else None

@@ -14,6 +14,7 @@ SYSTEM_PREREQUISITES=(
     "podman:podman"        # the container engine behind the docker runtime's tests (its Docker API)
     "runc:runc"            # the OCI runtime the tests' containers.conf selects
     "catatonit:catatonit"  # the init process replicas run under (a podman recommendation only)
+    "chromium:chromium"    # the headless browser of the dashboard's page tests (Playwright drives it)
 )
 
 have() {
