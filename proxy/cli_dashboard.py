@@ -1,4 +1,5 @@
-"""``modelbus dashboard PATTERN``: the live fleet dashboard in a browser (proxy.dashboard)."""
+"""``modelbus dashboard PATTERN``: the live fleet dashboard in a browser (proxy.dashboard); and
+:func:`host_dashboard`, with which ``modelbus serve --dashboard-port`` hosts it on loopback."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import signal
 
 import anyio
 import click
+from anyio.abc import TaskStatus
 
-from bus import BusClient
+from bus import BusClient, Verifier, decode_chain
 from proxy.cli import CliError, Settings, pass_settings, run_async
 from proxy.dashboard import Dashboard, Fleet, FleetMonitor, is_loopback
+from proxy.service import ServiceInfo, load_or_create_entity
+from proxy.settings import ProxySettings
 from transports import open_transport
 
-__all__ = ["dashboard"]
+__all__ = ["dashboard", "host_dashboard"]
 
 DEFAULT_PORT = 8470
 
@@ -59,3 +63,25 @@ async def _run(settings: Settings, pattern: str, host: str, port: int, token: st
             async for _ in signals:
                 task_group.cancel_scope.cancel()
                 break
+
+
+async def host_dashboard(
+    settings: ProxySettings,
+    info: ServiceInfo,
+    port: int,
+    *,
+    task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the dashboard of the service's namespace (``NS/*``) on loopback, as the service's
+    own entity and grants, until cancelled; ``started`` gets its address."""
+    entity = load_or_create_entity(settings)
+    proofs = [decode_chain(path.read_bytes()) for path in settings.proof_paths]
+
+    def connect() -> BusClient:
+        verifier = Verifier(aliases=settings.aliases)
+        return BusClient(open_transport(settings.bus_url), entity, proofs=proofs, verifier=verifier)
+
+    board = Dashboard(FleetMonitor(connect, f"{info.namespace}/*", Fleet()))
+    async with anyio.create_task_group() as task_group:
+        bound = await task_group.start(board.run, "127.0.0.1", port)
+        task_status.started(f"http://127.0.0.1:{bound}/")

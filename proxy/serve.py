@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import click
+from anyio.abc import TaskStatus
 
 from proxy.cli import Settings, pass_settings, run_async
 from proxy.service import ServiceInfo, run_proxy
@@ -63,6 +64,12 @@ logger = logging.getLogger(__name__)
     help="Serve Prometheus /metrics on this loopback port (0: any free port) [default: off].",
 )
 @click.option(
+    "--dashboard-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also host the live dashboard of the namespace on this loopback port [default: off].",
+)
+@click.option(
     "--docker-url",
     default=None,
     help="Container engine API for image deploys: Docker, or Podman's `podman system service` "
@@ -78,6 +85,7 @@ def serve(
     max_concurrency: int,
     heartbeat_interval: float,
     metrics_port: int | None,
+    dashboard_port: int | None,
     docker_url: str | None,
 ) -> None:
     """Run the modelbus service: bus proxy, registry, model backend, heartbeats.
@@ -101,7 +109,7 @@ def serve(
         metrics_port=metrics_port,
         **_engine(docker_url),
     )
-    run_async(_serve, proxy_settings)
+    run_async(_serve, proxy_settings, dashboard_port)
 
 
 def _engine(docker_url: str | None) -> dict[str, Any]:
@@ -109,12 +117,16 @@ def _engine(docker_url: str | None) -> dict[str, Any]:
     return {"docker_url": docker_url} if docker_url else {}
 
 
-async def _serve(settings: ProxySettings) -> None:
+async def _serve(settings: ProxySettings, dashboard_port: int | None = None) -> None:
     stop = anyio.Event()
     async with anyio.create_task_group() as task_group:
         info: ServiceInfo = await task_group.start(run_proxy, settings, stop)
         gc.freeze()  # what start-up made lives as long as the process: keep it out of GC passes
         _announce(info, settings)
+        board = anyio.CancelScope()
+        if dashboard_port is not None:
+            address = await task_group.start(_host_dashboard, board, settings, info, dashboard_port)
+            click.echo(f"  dashboard  {address}")
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for received in signals:
                 click.echo(
@@ -122,8 +134,23 @@ async def _serve(settings: ProxySettings) -> None:
                     err=True,
                 )
                 stop.set()
+                board.cancel()
                 break
     click.echo("stopped", err=True)
+
+
+async def _host_dashboard(
+    scope: anyio.CancelScope,
+    settings: ProxySettings,
+    info: ServiceInfo,
+    port: int,
+    *,
+    task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    from proxy.cli_dashboard import host_dashboard  # the web stack only when asked
+
+    with scope:
+        await host_dashboard(settings, info, port, task_status=task_status)
 
 
 def _announce(info: ServiceInfo, settings: ProxySettings) -> None:

@@ -33,6 +33,13 @@
     if (s < 172800) return (s / 3600).toFixed(1) + " h";
     return (s / 86400).toFixed(1) + " d";
   }
+  function uptime(row) {
+    // the status' uptime, ticking on while the service is alive or late
+    const status = row.status || {};
+    if (typeof status.uptime_s !== "number") return undefined;
+    if ((row.state !== "alive" && row.state !== "stale") || typeof status.ts !== "number") return status.uptime_s;
+    return status.uptime_s + Math.max(0, now() - status.ts / 1e6) / 1000;
+  }
   function shortUri(uri) {
     // A namespace key is 43 characters: show its start, keep the rest readable.
     const [ns, ...rest] = uri.split("/");
@@ -133,7 +140,7 @@
     const status = row.status && typeof row.status === "object" ? row.status : {};
     const facts = el("div", "facts");
     const seen = el("span"); seen.append("seen ", el("b", "age", ago(row.last_alive_ms)));
-    const up = el("span"); up.append("up ", el("b", "uptime", duration(status.uptime_s)));
+    const up = el("span"); up.append("up ", el("b", "uptime", duration(uptime(row))));
     facts.append(seen, up);
     if (typeof status.requests_per_s === "number") {
       const r = el("span"); r.append(el("b", "", status.requests_per_s.toFixed(1)), " req/s"); facts.append(r);
@@ -223,6 +230,8 @@
       const row = rows.get(service);
       const age = c.el.querySelector(".age");
       if (age) age.textContent = ago(row.last_alive_ms);
+      const up = c.el.querySelector(".uptime");
+      if (up) up.textContent = duration(uptime(row));
     }
     $("clock").textContent = new Date(now()).toISOString().slice(11, 19) + " UTC";
     if (link && !link.up) banner();
