@@ -56,6 +56,7 @@ class ServiceRecord:
         default_factory=lambda: collections.deque(maxlen=HISTORY)
     )
     version: int = 0  # bumped on every change, so unchanged rows are not sent again
+    next_judge_ns: int = 0  # before this instant the clock cannot change the judgement
 
     def judge(self, now_ns: int) -> tuple[State, str]:
         """The state and its reason at ``now_ns``."""
@@ -70,10 +71,17 @@ class ServiceRecord:
             return "dead", "never announced lastalive"
         age_s = (now_ns - self.last_alive_ns) / _S
         if age_s > DEAD_PERIODS * self.interval_s:
-            return "dead", f"missed heartbeats ({age_s:.0f} s)"
+            return "dead", "missed heartbeats"
         if age_s > LATE_PERIODS * self.interval_s:
-            return "stale", f"late ({age_s:.0f} s)"
+            return "stale", "late"
         return "alive", "alive"
+
+    def settles_at(self) -> int:
+        """When the clock can next change the judgement (the record unchanged meanwhile)."""
+        if self.last_alive_ns is None or self.state not in ("alive", "stale"):
+            return 2**63
+        periods = LATE_PERIODS if self.state == "alive" else DEAD_PERIODS
+        return self.last_alive_ns + int(periods * self.interval_s * _S) + 1
 
     def row(self) -> dict[str, Any]:
         """The JSON the page and ``/api/services`` show."""
@@ -157,14 +165,19 @@ class Fleet:
     def _touch(self, record: ServiceRecord) -> None:
         self.version += 1
         record.version = self.version
+        record.next_judge_ns = 0
 
     def judge(self, now_ns: int) -> None:
-        """Re-judge every record (the clock moved); changes bump their version."""
+        """Re-judge the records the clock or a message may have changed; changes bump their
+        version. A record is skipped until its ``next_judge_ns``."""
         for record in self.records.values():
+            if now_ns < record.next_judge_ns:
+                continue
             state, reason = record.judge(now_ns)
             if (state, reason) != (record.state, record.reason):
                 record.state, record.reason = state, reason
                 self._touch(record)
+            record.next_judge_ns = record.settles_at()
 
     def changed_since(self, version: int) -> list[ServiceRecord]:
         return [record for record in self.records.values() if record.version > version]

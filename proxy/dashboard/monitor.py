@@ -1,8 +1,9 @@
 """The dashboard's bus side: keeps a :class:`Fleet` current from the liveness topics under a
 pattern, and knows whether its own link to the bus is up.
 
-It subscribes to ``P/!meta/lastalive``, ``P/!meta/state`` and ``P/!meta/status`` with rejected
-frames included (a frame that fails verification marks its service *untrusted*, never alive),
+It subscribes to ``P/!meta/+`` (one subscription for ``lastalive``, ``state`` and ``status``;
+other ``!meta/`` topics, such as the unsigned ``status.json``, are ignored) with rejected frames
+included (a frame that fails verification marks its service *untrusted*, never alive),
 then queries the persisted values once to start from the fleet as it is. Every ``probe_s`` it
 asks the transport for the persisted frames of one topic nobody publishes (a cheap round trip to
 the broker or forwarder); a failed probe marks the link down, and the first good one after that
@@ -34,7 +35,12 @@ __all__ = ["FleetMonitor", "probe_topic"]
 
 logger = logging.getLogger(__name__)
 
-_SUFFIXES = {LASTALIVE: PO_METADATA, STATE: PO_STATE, STATUS: PO_STATUS}
+_SUFFIXES = {
+    LASTALIVE.removeprefix("!meta/"): PO_METADATA,
+    STATE.removeprefix("!meta/"): PO_STATE,
+    STATUS.removeprefix("!meta/"): PO_STATUS,
+}
+_ORDER = {"status": 0, "state": 1, "lastalive": 2}
 _BACKOFF_S = (0.25, 5.0)
 _GRANT_CODES = {
     "untrusted_root",
@@ -101,33 +107,38 @@ class FleetMonitor:
             delay = min(delay * 2, _BACKOFF_S[1])
             self.reconnects += 1
 
+    @property
+    def liveness_pattern(self) -> str:
+        """One subscription for the three topics (and other ``!meta/`` ones, ignored)."""
+        return f"{self.pattern}/!meta/+"
+
     async def _follow(self, client: BusClient) -> None:
         async with anyio.create_task_group() as task_group:
-            for suffix in _SUFFIXES:
-                await task_group.start(self._consume, client, suffix)
+            await task_group.start(self._consume, client)
             await self._resync(client)
             self.confirmed_ns = self.clock_ns()
             self._set_link(True, "")
             task_group.start_soon(self._probe, client, task_group)
 
-    async def _consume(
-        self, client: BusClient, suffix: str, *, task_status: TaskStatus[None]
-    ) -> None:
-        pattern = f"{self.pattern}/{suffix}"
+    async def _consume(self, client: BusClient, *, task_status: TaskStatus[None]) -> None:
+        pattern = self.liveness_pattern
         async with client.subscribe(pattern, include_rejected=True) as stream:
             task_status.started()
-            await self._drain(stream, suffix)
+            await self._drain(stream)
         raise TransportError(f"the subscription to {pattern} ended")
 
-    async def _drain(self, stream: MessageStream, suffix: str) -> None:
+    async def _drain(self, stream: MessageStream) -> None:
         async for item in stream:
-            self.take(item, suffix)
+            self.take(item)
 
-    def take(self, item: Message | Rejected, suffix: str) -> None:
-        """Apply one delivery (verified or rejected) on a ``…/<suffix>`` topic to the fleet."""
-        now_ns = self.confirmed_ns = self.clock_ns()
+    def take(self, item: Message | Rejected) -> None:
+        """Apply one delivery (verified or rejected) on ``S/!meta/<suffix>`` to the fleet;
+        suffixes other than lastalive, state and status are ignored."""
         topic = item.uri if isinstance(item, Message) else item.topic
-        service = topic[: -len(suffix) - 1]
+        service, _, suffix = topic.rpartition("/!meta/")
+        if suffix not in _SUFFIXES or not service:
+            return
+        now_ns = self.confirmed_ns = self.clock_ns()
         if isinstance(item, Rejected):
             self.rejected += 1
             self.fleet.untrusted(service, _why(item.error.code), arrived_ns=now_ns)
@@ -136,9 +147,9 @@ class FleetMonitor:
             if not item.pos:
                 return  # a tombstone: the service was removed by hand
             value = _value(item, _SUFFIXES[suffix])
-            if suffix == LASTALIVE:
+            if suffix == "lastalive":
                 self.fleet.lastalive(service, value, arrived_ns=now_ns)
-            elif suffix == STATE:
+            elif suffix == "state":
                 self.fleet.state(service, value, sealed_ns=item.ts_ns)
             else:
                 self.fleet.status(service, value)
@@ -146,10 +157,9 @@ class FleetMonitor:
 
     async def _resync(self, client: BusClient) -> None:
         """Apply the persisted values, status first (it carries the period), lastalive last."""
-        for suffix in (STATUS, STATE, LASTALIVE):
-            items = await client.query(f"{self.pattern}/{suffix}", include_rejected=True)
-            for item in items:
-                self.take(item, suffix)
+        items = await client.query(self.liveness_pattern, include_rejected=True)
+        for item in sorted(items, key=_resync_order):
+            self.take(item)
 
     async def _probe(self, client: BusClient, task_group: TaskGroup) -> None:
         topic = probe_topic(self.pattern)
@@ -188,6 +198,11 @@ class FleetMonitor:
             "error": self.link_error,
             "reconnects": self.reconnects,
         }
+
+
+def _resync_order(item: Message | Rejected) -> int:
+    topic = item.uri if isinstance(item, Message) else item.topic
+    return _ORDER.get(topic.rpartition("/")[2], len(_ORDER))
 
 
 def _why(code: str) -> str:

@@ -27,8 +27,8 @@ def judged(fleet: Fleet, now_ns: int) -> tuple[str, str]:
 def test_a_silent_service_turns_late_then_dead_by_its_own_period() -> None:
     fleet = beating_fleet(interval_s=2.0)
     assert judged(fleet, T0 + 2 * S) == ("alive", "alive")
-    assert judged(fleet, T0 + 4 * S) == ("stale", "late (4 s)")
-    assert judged(fleet, T0 + 7 * S) == ("dead", "missed heartbeats (7 s)")
+    assert judged(fleet, T0 + 4 * S) == ("stale", "late")
+    assert judged(fleet, T0 + 7 * S) == ("dead", "missed heartbeats")
     fleet.lastalive("ns/a", {"ts": T0 + 7 * S}, arrived_ns=T0 + 7 * S)
     assert judged(fleet, T0 + 7 * S) == ("alive", "alive")
 
