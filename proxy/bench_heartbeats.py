@@ -5,7 +5,7 @@ aggregate rate of N services with a 10 s period (N/10 beats a second, each beat 
 liveness messages, as :class:`bus.Heartbeat` publishes them). This process runs the dashboard's
 monitor (:class:`proxy.dashboard.FleetMonitor` with its :class:`Fleet`, judged every 0.25 s as the
 dashboard does) and reports, over the measured window: its CPU share of one core, its resident
-memory, and the delay from a lastalive's publication (its ``ts``) to its record in the fleet.
+memory, and the delay from a beat's publication (its ``ts``) to its record in the fleet.
 The bus is a ZeroMQ forwarder in a third process (``modelbus bus``), or ``--bus URL``.
 
 Run the publisher alone: ``python -m proxy.bench_heartbeats publish URL KEYFILE CHAIN N SECONDS``.
@@ -40,16 +40,16 @@ _HOUR_NS = 3600 * 10**9
 
 
 class _TimedFleet(Fleet):
-    """A fleet that remembers each lastalive's delay from its publication."""
+    """A fleet that remembers each beat's delay from its publication."""
 
     def __init__(self) -> None:
         super().__init__()
         self.delays_ns: list[int] = []
 
-    def lastalive(self, service: str, value: Any, *, arrived_ns: int) -> None:
-        super().lastalive(service, value, arrived_ns=arrived_ns)
+    def status(self, service: str, value: Any, *, arrived_ns: int) -> None:
+        super().status(service, value, arrived_ns=arrived_ns)
         ts = value.get("ts") if isinstance(value, dict) else None
-        if isinstance(ts, int):
+        if isinstance(ts, int):  # the beat's time: the monitor counts the status as the beat
             self.delays_ns.append(arrived_ns - ts)
 
 

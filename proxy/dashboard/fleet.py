@@ -57,6 +57,7 @@ class ServiceRecord:
     )
     version: int = 0  # bumped on every change, so unchanged rows are not sent again
     next_judge_ns: int = 0  # before this instant the clock cannot change the judgement
+    status_seen_ns: int = 0  # arrival of the latest trusted status (a beat of its own)
 
     def judge(self, now_ns: int) -> tuple[State, str]:
         """The state and its reason at ``now_ns``."""
@@ -123,8 +124,14 @@ class Fleet:
         if isinstance(ts, int) and not isinstance(ts, bool):
             record.last_alive_ns = max(ts, record.last_alive_ns or 0)
         record.untrusted = None
-        record.arrivals.append((arrived_ns, True))
+        if not self.has_fresh_status(record, arrived_ns):  # else the status was the beat
+            record.arrivals.append((arrived_ns, True))
         self._touch(record)
+
+    @staticmethod
+    def has_fresh_status(record: ServiceRecord, now_ns: int) -> bool:
+        """Whether the service's status beats (so its lastalive says nothing more)."""
+        return now_ns - record.status_seen_ns < LATE_PERIODS * record.interval_s * _S
 
     def state(self, service: str, value: Any, *, sealed_ns: int) -> None:
         record = self._record(service)
@@ -143,7 +150,9 @@ class Fleet:
         record.untrusted = None
         self._touch(record)
 
-    def status(self, service: str, value: Any) -> None:
+    def status(self, service: str, value: Any, *, arrived_ns: int) -> None:
+        """A trusted status. Its ``ts`` is its beat's time (``Heartbeat`` stamps the lastalive
+        and the status of one beat alike), so it counts as a heartbeat too."""
         record = self._record(service)
         if record is None or not isinstance(value, dict):
             return
@@ -151,6 +160,12 @@ class Fleet:
         if isinstance(interval, int | float) and math.isfinite(interval) and interval > 0:
             record.interval_s = float(interval)
         record.status = _plain(value, depth=0)
+        ts = value.get("ts")
+        if isinstance(ts, int) and not isinstance(ts, bool) and ts > (record.last_alive_ns or 0):
+            record.last_alive_ns = ts
+            record.untrusted = None
+            record.status_seen_ns = arrived_ns
+            record.arrivals.append((arrived_ns, True))
         self._touch(record)
 
     def untrusted(self, service: str, why: str, *, arrived_ns: int) -> None:

@@ -98,3 +98,21 @@ async def test_binding_beyond_loopback_needs_a_token(namespace: Namespace) -> No
     monitor = FleetMonitor(lambda: connect(url, namespace.as_member), namespace.uri("*"), Fleet())
     with pytest.raises(InvalidRequest, match="--token"):
         await Dashboard(monitor).run("0.0.0.0", 0)
+
+
+async def test_repeats_are_not_verified_again_but_changes_are(namespace: Namespace) -> None:
+    url = memory_url()
+    service = namespace.uri("svc", "a")
+    member = namespace.member("svc/*", "P")
+    async with running_dashboard(url, namespace.as_member, namespace.uri("*")) as board:
+        monitor = board.board.monitor
+        async with beating(url, member, service, dict, interval_s=0.05):
+            # each beat: a lastalive (the status says the same) and a repeated birth skipped
+            await until(lambda: monitor.skipped >= 20, timeout_s=10, what="repeats skipped")
+            assert board.fleet.records[service].state == "alive"
+            verified = monitor.messages
+            assert verified < monitor.skipped + 5  # about one verified message per beat
+        # the clean shutdown's death differs from the births: verified and shown
+        await until(
+            lambda: board.fleet.records[service].state == "retired", timeout_s=10, what="retired"
+        )

@@ -12,7 +12,8 @@ SEQ = T0 - 100 * S
 
 def beating_fleet(interval_s: float = 2.0) -> Fleet:
     fleet = Fleet()
-    fleet.status("ns/a", {"seq": SEQ, "interval_s": interval_s, "models": [{"model": "m"}]})
+    status = {"seq": SEQ, "interval_s": interval_s, "models": [{"model": "m"}]}
+    fleet.status("ns/a", status, arrived_ns=T0)
     fleet.state("ns/a", {"online": True, "seq": SEQ, "ts": SEQ}, sealed_ns=T0)
     fleet.lastalive("ns/a", {"ts": T0, "val": "…"}, arrived_ns=T0)
     return fleet
@@ -78,7 +79,7 @@ def test_only_changed_rows_are_sent_again_and_memory_is_bounded() -> None:
 def test_hostile_status_values_are_bounded_and_json_safe() -> None:
     fleet = Fleet()
     hostile = {"interval_s": float("nan"), "x": "y" * 10_000, "deep": [[[[[[1]]]]]], "b": b"z"}
-    fleet.status("ns/a", hostile)
+    fleet.status("ns/a", hostile, arrived_ns=T0)
     record = fleet.records["ns/a"]
     assert record.interval_s == 10.0
     assert len(record.status["x"]) == 200 and record.status["b"] == "<1 bytes>"

@@ -12,8 +12,8 @@ import pytest
 
 from bus import PayloadObject
 from bus import envelope as envelopes
-from bus.heartbeat import LASTALIVE
-from bus.po import PO_METADATA
+from bus.heartbeat import LASTALIVE, STATUS
+from bus.po import PO_METADATA, PO_STATUS
 from tests.bus.helpers import Namespace, connect, new_entity
 from tests.fixtures.mosquitto import MosquittoBroker
 from tests.proxy.dashboard.helpers import (
@@ -61,11 +61,13 @@ async def wait_card(page: Any, service: str, state: str, *, timeout_s: float) ->
     )
 
 
-def forged_lastalive(service: str) -> bytes:
-    """A well-formed, signed lastalive from an entity the namespace never granted anything."""
+def forged(service: str, suffix: str = LASTALIVE) -> bytes:
+    """A well-formed, signed lastalive (or status) from an entity granted nothing."""
     rogue = new_entity("rogue")
-    uri = f"{service}/{LASTALIVE}"
+    uri = f"{service}/{suffix}"
     po = PayloadObject.msgpack({"val": "now", "ts": time.time_ns()}, PO_METADATA)
+    if suffix == STATUS:
+        po = PayloadObject.msgpack({"seq": 1, "ts": time.time_ns(), "models": []}, PO_STATUS)
     return envelopes.seal(rogue, uri, (po,), persist=True, proof=())
 
 
@@ -90,12 +92,12 @@ async def test_services_appear_and_a_forged_heartbeat_is_untrusted(
             await wait_card(page, service, "alive", timeout_s=10)
         rogue = f"{b}/rogue-meter"
         async with connect(zmq_bus_url, services) as forger:
-            await forger.transport.publish(f"{rogue}/{LASTALIVE}", forged_lastalive(rogue))
+            await forger.transport.publish(f"{rogue}/{LASTALIVE}", forged(rogue))
             await wait_card(page, rogue, "untrusted", timeout_s=10)
             # a genuine service's beat with a broken signature is untrusted too, never alive
-            frame = bytearray(forged_lastalive(f"{a}/thermal"))
+            frame = bytearray(forged(f"{a}/thermal", STATUS))
             frame[-5] ^= 0xFF
-            await forger.transport.publish(f"{a}/thermal/{LASTALIVE}", bytes(frame))
+            await forger.transport.publish(f"{a}/thermal/{STATUS}", bytes(frame))
             await wait_card(page, f"{a}/thermal", "untrusted", timeout_s=10)
         text = await page.inner_text("main")
         assert "thermal:3" in text and "hvac:7" in text and "thermal-v3.tar 61 %" in text
