@@ -99,9 +99,12 @@ async def _measure(url: str, pattern: str, owner: Entity, count: int, seconds: f
         warmup_s = min(PERIOD_S, seconds / 3)
         await anyio.sleep(warmup_s)
         fleet.delays_ns.clear()
+        counted0 = (monitor.messages + monitor.rejected, monitor.skipped)
         cpu0, wall0 = time.process_time(), time.monotonic()
         await anyio.sleep(seconds - warmup_s - 1)
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        verified = monitor.messages + monitor.rejected - counted0[0]
+        skipped = monitor.skipped - counted0[1]
         delays = sorted(fleet.delays_ns)
         task_group.cancel_scope.cancel()
     if not delays:
@@ -110,7 +113,8 @@ async def _measure(url: str, pattern: str, owner: Entity, count: int, seconds: f
     return (
         f"{count:>7}  {len(delays) / wall:>8.0f}  {100 * cpu / wall:>6.1f} %  "
         f"{_rss_mib():>7.0f} MiB  {p50:>7.1f} ms  {p99:>7.1f} ms  "
-        f"{statistics.fmean(delays) / 1e6:>7.1f} ms  {len(fleet.records):>8}"
+        f"{statistics.fmean(delays) / 1e6:>7.1f} ms  {len(fleet.records):>8}  "
+        f"{verified / wall:>8.0f}  {skipped / wall:>8.0f}"
     )
 
 
@@ -136,7 +140,10 @@ def run_bench(
     """Measure each N in ``counts``; return the table."""
     owner, member = Entity.generate(), Entity.generate()
     pattern = f"{owner.key_text}/bench/*"
-    header = "  N       beats/s  CPU      RSS       delay p50  p99        mean       services"
+    header = (
+        "  N       beats/s  CPU      RSS       delay p50  p99        mean       services  "
+        "verified/s skipped/s"
+    )
     lines = [f"monitor of N services beating every {PERIOD_S:g} s (aggregate rate)", header]
     with tempfile.TemporaryDirectory(prefix="modelbus-bench-hb-") as tmp:
         key, chain = Path(tmp, "member.key"), Path(tmp, "member.chain")

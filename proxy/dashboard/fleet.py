@@ -161,11 +161,13 @@ class Fleet:
             record.interval_s = float(interval)
         record.status = _plain(value, depth=0)
         ts = value.get("ts")
-        if isinstance(ts, int) and not isinstance(ts, bool) and ts > (record.last_alive_ns or 0):
+        last = record.last_alive_ns or 0
+        if isinstance(ts, int) and not isinstance(ts, bool) and ts >= last:
+            if ts > last:  # (== : its beat's lastalive came first and was counted)
+                record.arrivals.append((arrived_ns, True))
             record.last_alive_ns = ts
             record.untrusted = None
             record.status_seen_ns = arrived_ns
-            record.arrivals.append((arrived_ns, True))
         self._touch(record)
 
     def untrusted(self, service: str, why: str, *, arrived_ns: int) -> None:

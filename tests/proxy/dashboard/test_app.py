@@ -110,8 +110,8 @@ async def test_repeats_are_not_verified_again_but_changes_are(namespace: Namespa
             # each beat: a lastalive (the status says the same) and a repeated birth skipped
             await until(lambda: monitor.skipped >= 20, timeout_s=10, what="repeats skipped")
             assert board.fleet.records[service].state == "alive"
-            verified = monitor.messages
-            assert verified < monitor.skipped + 5  # about one verified message per beat
+            # per beat one verified (the status), two skipped: more skipped than verified
+            assert monitor.skipped > monitor.messages
         # the clean shutdown's death differs from the births: verified and shown
         await until(
             lambda: board.fleet.records[service].state == "retired", timeout_s=10, what="retired"
