@@ -4,17 +4,21 @@ as requests are answered and frames rejected, and the recording hooks keep label
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bus import BusClient, Entity, PayloadObject
 from bus import envelope as envelopes
 from bus.errors import BusError
+from bus.plain_status import PLAIN_STATUS
 from bus.po import PO_REQUEST
 from proxy.metrics import LATENCY_BUCKETS, ProxyMetrics, rejection_reason
+from tests.bus.test_plain_status import read_retained
 from tests.proxy.conftest import ProxyHarness, wait_until
 from transports import open_transport
 
@@ -105,3 +109,20 @@ def test_recording_keeps_labels_bounded_and_buckets_cumulative() -> None:
     assert rejection_reason("bad_signature") == "signature"
     assert rejection_reason("replayed_nonce") == "replay"
     assert rejection_reason(str(time.time())) == "other"
+
+
+@pytest.mark.mqtt
+@pytest.mark.slow
+async def test_the_service_keeps_a_plain_json_status_on_mqtt(
+    mosquitto_url: str, tmp_path: Path
+) -> None:
+    harness = ProxyHarness(mosquitto_url, tmp_path / "proxy")
+    topic = f"{harness.service_uri}/{PLAIN_STATUS}"
+    async with harness.serving(heartbeat_interval_s=0.2):
+        with anyio.fail_after(10):
+            document = await anyio.to_thread.run_sync(read_retained, mosquitto_url, topic)
+    assert document["service"] == harness.service_uri and document["online"] is True
+    assert document["authenticated"] is False and document["interval_s"] == 0.2
+    facts = document["status"]
+    assert facts["models"] == [] and facts["uploads"] == []
+    assert facts["requests_per_s"] >= 0 and facts["version"]
