@@ -4,7 +4,8 @@ Under the service URI ``S`` a running service keeps three persisted messages:
 
     S/!meta/lastalive   PO 2.0.3.1  {val: ISO-8601 time, ts: ns}     first at start, then every 10 s
     S/!meta/state       PO 2.0.11.3 {online: bool, seq: int, ts: ns} birth; the Will says offline
-    S/!meta/status      PO 2.0.11.4 {seq, ts, uptime_s, ...service facts}
+    S/!meta/status      PO 2.0.11.4 {seq, ts, uptime_s, interval_s, ...service facts}
+    S/!meta/status.json unsigned JSON copy for generic MQTT tools (``plain_json``; bus.plain_status)
 
 ``seq`` is fixed for one run of the service (its start time in ns, so it grows across restarts).
 The MQTT Last Will carries ``{online: false, seq}`` of the same run, so a death whose ``seq`` does
@@ -23,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
+from bus import plain_status
 from bus.errors import BusError
+from bus.plain_status import PLAIN_STATUS
 from bus.po import PO_METADATA, PO_STATE, PO_STATUS, PayloadObject
 
 if TYPE_CHECKING:
@@ -59,11 +62,17 @@ class Heartbeat:
         *,
         interval_s: float = DEFAULT_INTERVAL_S,
         status: Callable[[], dict[str, Any]] | None = None,
+        plain_json: bool = False,
     ) -> None:
+        """``plain_json`` also publishes the unsigned ``S/!meta/status.json`` (bus.plain_status)
+        for generic MQTT tools."""
         self.service_uri = service_uri
         self.interval_s = interval_s
         self.status = status
+        self.plain_json = plain_json
+        self.beats = 0  # beats published (read by metrics)
         self.seq = time.time_ns()
+        self._last_status: dict[str, Any] = {"seq": self.seq}
         self._nudged: anyio.Event | None = None  # made in run(): events need the event loop
         self._started_monotonic = time.monotonic()
 
@@ -96,11 +105,20 @@ class Heartbeat:
             "seq": self.seq,
             "ts": now_ns,
             "uptime_s": round(time.monotonic() - self._started_monotonic, 3),
+            "interval_s": self.interval_s,
             **(self.status() if self.status else {}),
         }
         await client.publish(
             self.uri(STATUS), PayloadObject.msgpack(status, PO_STATUS), persist=True
         )
+        self._last_status = status
+        if self.plain_json:
+            await self._publish_plain(client, online=True)
+        self.beats += 1
+
+    async def _publish_plain(self, client: BusClient, *, online: bool) -> None:
+        document = plain_status.encode(self.service_uri, self._last_status, online=online)
+        await client.transport.publish(self.uri(PLAIN_STATUS), document, persist=True)
 
     async def run(
         self, client: BusClient, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -123,3 +141,5 @@ class Heartbeat:
         finally:
             with anyio.move_on_after(2, shield=True):
                 await client.publish(self.uri(STATE), self._state(online=False), persist=True)
+                if self.plain_json:
+                    await self._publish_plain(client, online=False)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -179,11 +179,14 @@ def _result_of(reply: Any) -> Any:
 
 class ServeGate:
     """Shared by the responders of one service to shut down gracefully: counts requests in
-    flight and, once closed, answers new requests ``overloaded`` while those finish."""
+    flight and, once closed, answers new requests ``overloaded`` while those finish. ``refused``
+    counts, by error code, the requests the responders answered without running them
+    (malformed, overloaded; not the rejected frames, which the verifier counts)."""
 
     def __init__(self) -> None:
         self.is_closed = False
         self.in_flight = 0
+        self.refused: Counter[str] = Counter()
         self._changed = anyio.Event()
 
     def enter(self) -> None:
@@ -257,16 +260,16 @@ class Responder:
             logger.warning("malformed request on %s from %s", message.uri, message.origin_text)
             if rid is not None:
                 error = InvalidRequest("a request is one 2.0.11.1 payload {id, body}")
-                await self._send(message.uri, message.origin, _error_reply(rid, error))
+                await self._refuse(message, rid, error)
             return
         if message.persist:
             refused = InvalidRequest("a request must not be persisted (persist flag set)")
-            await self._send(message.uri, message.origin, _error_reply(rid, refused))
+            await self._refuse(message, rid, refused)
             return
         try:
             attachment = _attachment(message.pos)
         except InvalidRequest as refused:
-            await self._send(message.uri, message.origin, _error_reply(rid, refused))
+            await self._refuse(message, rid, refused)
             return
         key = (message.origin, rid)
         if key in self._replies:
@@ -275,18 +278,22 @@ class Responder:
             logger.debug("duplicate request %s while it runs; its reply will come", rid)
         elif self._gate.is_closed:
             closing = Overloaded("the service is shutting down; retry shortly")
-            await self._send(message.uri, message.origin, _error_reply(rid, closing))
+            await self._refuse(message, rid, closing)
         elif len(self._in_flight) >= self.max_concurrency:
             busy = Overloaded(
                 f"the service is handling {self.max_concurrency} requests; retry shortly",
                 limit=self.max_concurrency,
             )
-            await self._send(message.uri, message.origin, _error_reply(rid, busy))
+            await self._refuse(message, rid, busy)
         else:
             self._in_flight.add(key)
             self._gate.enter()
             request = Request(message.uri, message.origin, rid, value["body"], attachment)
             task_group.start_soon(self._handle, request)
+
+    async def _refuse(self, message: Message, rid: str, error: BusError) -> None:
+        self._gate.refused[error.code] += 1
+        await self._send(message.uri, message.origin, _error_reply(rid, error))
 
     async def _handle(self, request: Request) -> None:
         key = (request.origin, request.id)

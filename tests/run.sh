@@ -17,6 +17,7 @@ SYSTEM_PREREQUISITES=(
     "runc:runc"            # the OCI runtime the tests' containers.conf selects
     "catatonit:catatonit"  # the init process replicas run under (a podman recommendation only)
     "bwrap:bubblewrap"     # the sandbox closure replicas run in (proxy/sandbox.py)
+    "chromium:chromium"    # the headless browser of the dashboard's page tests (Playwright drives it)
 )
 
 have() {

@@ -35,7 +35,12 @@ OWNERS: dict[str, tuple[str, ...]] = {
     ),
     "aiosqlite": ("proxy/registry/registry.py",),
     "docker": ("proxy/backend/docker_engine.py",),
-    "aiohttp": ("proxy/bench/http.py",),
+    "aiohttp": (  # the HTTP servers: the dashboard's, /metrics, the benchmarks' baseline
+        "proxy/dashboard/app.py",
+        "proxy/metrics/recording.py",
+        "proxy/bench/http.py",
+    ),
+    "prometheus_client": ("proxy/metrics/recording.py", "proxy/dashboard/app.py"),
     "rdflib": ("chooser/places.py",),
 }
 TOP_PACKAGES = ("bus", "transports", "proxy", "container_manager", "chooser")

@@ -1,6 +1,7 @@
 """``modelbus bench``: benchmarks that print ours next to a baseline measured in the same run.
 
     modelbus bench bus [--bus URL]... [--count N] [--requests N] [--size BYTES] [--qos 0|1|2]
+    modelbus bench heartbeats [--services N]... [--seconds 30] [--bus URL]
     modelbus bench predict [--count N] [--in-flight 8]
     modelbus bench upload [--mib 256] [--window 16]
     modelbus bench upload --image [--image-mib 300] [--docker-url URL]
@@ -74,6 +75,30 @@ def bus(
         buses=buses, count=count, requests=requests, size=size, qos=qos, profile=profile
     )
     click.echo(run_bench(settings, progress=lambda line: click.echo(line, err=True)))
+
+
+@bench.command("heartbeats")
+@click.option(
+    "--services",
+    "counts",
+    multiple=True,
+    type=click.IntRange(1, 100_000),
+    help="Simulated services (repeatable) [default: 100, 1000, 10000].",
+)
+@click.option(
+    "--seconds",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(5, 3600),
+    help="How long each N runs (the first third, at most one period, warms up).",
+)
+@click.option("--bus", "bus_url", default=None, metavar="URL", help="Default: a ZeroMQ forwarder.")
+def heartbeats(counts: tuple[int, ...], seconds: float, bus_url: str | None) -> None:
+    """N services beating every 10 s into one dashboard monitor: its CPU, memory and delay."""
+    from proxy.bench.heartbeats import run_bench
+
+    chosen = counts or (100, 1000, 10_000)
+    click.echo(run_bench(chosen, seconds, bus_url, lambda line: click.echo(line, err=True)))
 
 
 @bench.command("predict")

@@ -10,6 +10,7 @@ from proxy.cli.apps import apps
 from proxy.cli.bench import bench
 from proxy.cli.bus import bus, pub, query, status, sub
 from proxy.cli.containers import containers, service_status
+from proxy.cli.dashboard import dashboard
 from proxy.cli.demo import demo
 from proxy.cli.deploy import deploy
 from proxy.cli.diagnose import explain
@@ -25,6 +26,7 @@ for _command in (
     bench,
     bus,
     containers,
+    dashboard,
     demo,
     deploy,
     grant,

@@ -20,7 +20,9 @@ from typing import Any
 
 import anyio
 import click
+from anyio.abc import TaskStatus
 
+from bus.errors import BusError
 from proxy.cli.redaction import redact_url
 from proxy.cli.root import Settings, pass_settings, run_async
 from proxy.service.keys import ServiceKeys, default_namespace_key_file, provision
@@ -69,6 +71,18 @@ logger = logging.getLogger(__name__)
     help="Seconds between liveness announcements.",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus /metrics on this loopback port (0: any free port) [default: off].",
+)
+@click.option(
+    "--dashboard-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Also host the live dashboard of the namespace on this loopback port [default: off].",
+)
+@click.option(
     "--docker-url",
     default=None,
     help="Container engine API for image deploys: Docker, or Podman's `podman system service` "
@@ -97,6 +111,8 @@ def serve(
     no_embedded_bus: bool,
     max_concurrency: int,
     heartbeat_interval: float,
+    metrics_port: int | None,
+    dashboard_port: int | None,
     docker_url: str | None,
     namespace_key: Path | None,
     unsafe_no_sandbox: bool,
@@ -127,10 +143,11 @@ def serve(
         aliases=settings.aliases,
         max_concurrency=max_concurrency,
         heartbeat_interval_s=heartbeat_interval,
+        metrics_port=metrics_port,
         unsafe_no_sandbox=unsafe_no_sandbox,
         **_engine(docker_url),
     )
-    run_async(_serve, proxy_settings, keys)
+    run_async(_serve, proxy_settings, keys, dashboard_port)
 
 
 def _engine(docker_url: str | None) -> dict[str, Any]:
@@ -138,21 +155,51 @@ def _engine(docker_url: str | None) -> dict[str, Any]:
     return {"docker_url": docker_url} if docker_url else {}
 
 
-async def _serve(settings: ProxySettings, keys: ServiceKeys | None) -> None:
+async def _serve(
+    settings: ProxySettings, keys: ServiceKeys | None, dashboard_port: int | None = None
+) -> None:
     stop = anyio.Event()
     async with anyio.create_task_group() as task_group:
         info: ServiceInfo = await task_group.start(run_proxy, settings, stop)
         gc.freeze()  # what start-up made lives as long as the process: keep it out of GC passes
+        board = anyio.CancelScope()
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             _announce(info, settings, keys)  # once Ctrl-C is handled: the banner says it stops
+            if dashboard_port is not None:
+                try:
+                    address = await task_group.start(
+                        _host_dashboard, board, settings, info, dashboard_port
+                    )
+                except BusError as error:  # the service serves on without its dashboard
+                    click.echo(f"warning: no dashboard: {error.message}", err=True)
+                else:
+                    click.echo(f"  dashboard  {address}")
             async for received in signals:
                 click.echo(
                     f"{signal.Signals(received).name}: draining requests in flight, then stopping",
                     err=True,
                 )
                 stop.set()
+                board.cancel()
                 break
     click.echo("stopped", err=True)
+
+
+async def _host_dashboard(
+    scope: anyio.CancelScope,
+    settings: ProxySettings,
+    info: ServiceInfo,
+    port: int,
+    *,
+    task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    from proxy.cli.dashboard import host_dashboard  # the web stack only when asked
+
+    with scope:
+        try:
+            await host_dashboard(settings, info, port, task_status=task_status)
+        except BusError as error:  # the service serves on without its dashboard
+            click.echo(f"warning: the dashboard stopped: {error.message}", err=True)
 
 
 def _announce(info: ServiceInfo, settings: ProxySettings, keys: ServiceKeys | None) -> None:
@@ -174,6 +221,8 @@ def _announce(info: ServiceInfo, settings: ProxySettings, keys: ServiceKeys | No
     if keys is not None and keys.namespace_key is not None:
         click.echo(f"  ns key     {keys.namespace_key} (the service does not hold it)")
     click.echo(f"  data       {info.data_dir}")
+    if info.metrics_url:
+        click.echo(f"  metrics    {info.metrics_url}")
     _key_advice(keys)
     click.echo("Give a user access (predict, manage and deploy):")
     click.echo(

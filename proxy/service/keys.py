@@ -77,6 +77,9 @@ def default_namespace_key_file() -> Path:
     return Path(base) / "modelbus" / "namespace.key"
 
 
+_NO_NAMESPACE = "ns"  # for counting the grants a service needs
+
+
 def service_grants(namespace: str, service_path: str) -> list[tuple[str, str]]:
     """(pattern, permissions) the service key needs under ``<namespace>/<service path>``."""
     service = f"{namespace}/{service_path}"
@@ -84,6 +87,7 @@ def service_grants(namespace: str, service_path: str) -> list[tuple[str, str]]:
         (f"{service}/i.modelbus/slot/*", "C"),
         (f"{service}/i.modelbus/signal/*", "P"),
         (f"{service}/!meta/*", "P"),
+        (f"{namespace}/*/!meta/+", "C*"),  # the namespace's liveness: a hosted dashboard reads it
     ]
 
 
@@ -104,7 +108,13 @@ def provision(
     grants_dir = data_dir / GRANTS_DIR
     chains = sorted(grants_dir.glob("*.grant")) if grants_dir.is_dir() else []
     expires_ns = _earliest_expiry(chains)
-    if service_file.exists() and chains and expires_ns - now > RENEW_DAYS * _DAY_NS:
+    is_complete = len(chains) == len(service_grants(_NO_NAMESPACE, service_path))
+    if (
+        service_file.exists()
+        and chains
+        and expires_ns - now > RENEW_DAYS * _DAY_NS
+        and (is_complete or not namespace_key.exists())
+    ):
         return ServiceKeys(service_file, _namespace_of(chains[0]), tuple(chains), namespace_key)
     if not namespace_key.exists():
         if service_file.exists() and chains:

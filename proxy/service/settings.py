@@ -42,6 +42,8 @@ class ProxySettings(BaseModel):
     aliases: dict[str, str] = {}
     max_concurrency: Annotated[int, Field(gt=0)] = 64
     heartbeat_interval_s: Annotated[float, Field(gt=0)] = 10.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None  # None: no /metrics
     predict_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     max_upload_bytes: Annotated[int, Field(gt=0)] = 8 * 1024**3
     max_open_uploads_per_sender: Annotated[int, Field(gt=0)] = 4

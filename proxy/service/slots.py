@@ -15,6 +15,7 @@ the model's class.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -22,9 +23,9 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bus import Request
-from bus.errors import InvalidRequest
+from bus.errors import BusError, InvalidRequest
 
-__all__ = ["AnyBody", "Body", "Op", "Slot", "parse_body"]
+__all__ = ["Answered", "AnyBody", "Body", "Op", "Slot", "parse_body"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ def parse_body(model: type[B], body: Any, *, op: str) -> B:
         raise InvalidRequest(f"bad {op!r} request: {problems}", op=op) from None
 
 
+Answered = Callable[[str, str, str, float, int], None]
+"""``on_answer(slot, op, outcome, seconds, attachment_bytes)``: outcome "ok" or the error code."""
+
+
 @dataclass(frozen=True, slots=True)
 class Op(Generic[B]):
     """One operation: the body model it takes and the coroutine that runs it, called as
@@ -76,14 +81,36 @@ class Slot:
         operations: Mapping[str, Op[Any]],
         *,
         on_done: Callable[[], None] | None = None,
+        on_answer: Answered | None = None,
     ) -> None:
         """``on_done`` runs after each operation that succeeded (the service uses it to
-        announce its status soon after a change)."""
+        announce its status soon after a change); ``on_answer`` after every request, with the
+        slot, the operation (or "unknown"), the outcome ("ok" or the error code), the seconds
+        it took and the attachment's bytes (the service records metrics with it)."""
         self.name = name
         self.operations = dict(operations)
         self.on_done = on_done
+        self.on_answer = on_answer
 
     async def handle(self, request: Request) -> Any:
+        if self.on_answer is None:
+            return await self._run(request)
+        started = time.perf_counter()
+        outcome = "internal"
+        try:
+            result = await self._run(request)
+            outcome = "ok"
+            return result
+        except BusError as error:
+            outcome = error.code
+            raise
+        finally:
+            op = request.body.get("op") if isinstance(request.body, dict) else None
+            known = op if isinstance(op, str) and op in self.operations else "unknown"
+            size = len(request.attachment.data) if request.attachment is not None else 0
+            self.on_answer(self.name, known, outcome, time.perf_counter() - started, size)
+
+    async def _run(self, request: Request) -> Any:
         body = request.body
         op = body.get("op") if isinstance(body, dict) else None
         operation = self.operations.get(op) if isinstance(op, str) else None

@@ -36,8 +36,10 @@ from bus.rpc import ServeGate
 from proxy.backend import ContainerEngine, EmbeddedBackend
 from proxy.backend.runtime import ImageRuntime, ProcessRuntime
 from proxy.backend.sandbox import make_undumpable
+from proxy.metrics import ProxyMetrics, serve_metrics
 from proxy.registry.registry import Registry
 from proxy.service.datalock import lock_data_dir
+from proxy.service.metrics import service_sources
 from proxy.service.operations.admin import AdminOps
 from proxy.service.operations.containers import ContainerOps
 from proxy.service.operations.deploy import DeployOps
@@ -71,6 +73,7 @@ class ServiceInfo:
     entity_key: str
     data_dir: str
     embedded_bus: bool
+    metrics_url: str | None = None
 
     def slot(self, name: str) -> str:
         return f"{self.interface_uri}/slot/{name}"
@@ -132,9 +135,22 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         backend = await stack.enter_async_context(
             EmbeddedBackend(data_dir / "replicas", runtime=runtime, image_runtime=image_runtime)
         )
-        status = ServiceStatus(backend)
+        uploads = Uploads(
+            registry,
+            data_dir,
+            UploadLimits(
+                max_bytes=settings.max_upload_bytes,
+                max_open_per_sender=settings.max_open_uploads_per_sender,
+                idle_timeout_s=settings.upload_idle_timeout_s,
+            ),
+        )
+        metrics = ProxyMetrics()
+        status = ServiceStatus(backend, uploads, metrics)
         heartbeat = Heartbeat(
-            service_uri, interval_s=settings.heartbeat_interval_s, status=status.snapshot
+            service_uri,
+            interval_s=settings.heartbeat_interval_s,
+            status=status.snapshot,
+            plain_json=settings.bus_url.startswith(("mqtt://", "mqtts://")),
         )
         client = await stack.enter_async_context(
             BusClient(
@@ -146,32 +162,27 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             )
         )
         task_group = await stack.enter_async_context(anyio.create_task_group())
+        gate = ServeGate()
+        metrics.watch(service_sources(client, gate, backend, heartbeat))
         router = VersionRouter(registry, backend, task_group, on_switch=heartbeat.nudge)
-        uploads = Uploads(
-            registry,
-            data_dir,
-            UploadLimits(
-                max_bytes=settings.max_upload_bytes,
-                max_open_per_sender=settings.max_open_uploads_per_sender,
-                idle_timeout_s=settings.upload_idle_timeout_s,
-            ),
-        )
         predict = PredictOps(
             registry, backend, router, status, timeout_s=settings.predict_timeout_s
         )
         admin = AdminOps(registry, backend, router, status.snapshot)
         slots = {
-            "predict": Slot("predict", predict.table()),
-            "admin": Slot("admin", admin.table(), on_done=heartbeat.nudge),
+            "predict": Slot("predict", predict.table(), on_answer=metrics.record),
+            "admin": Slot(
+                "admin", admin.table(), on_done=heartbeat.nudge, on_answer=metrics.record
+            ),
             "deploy": Slot(
                 "deploy",
                 DeployOps(registry, uploads, backend, router).table()
                 | ContainerOps(containers).table(),
                 on_done=heartbeat.nudge,
+                on_answer=metrics.record,
             ),
         }
         await _restore(registry, backend, router)
-        gate = ServeGate()
         for name, slot in slots.items():
             await task_group.start(
                 _serve,
@@ -183,6 +194,12 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             )
         await task_group.start(heartbeat.run, client)
         task_group.start_soon(_sweep_uploads, uploads)
+        metrics_url = None
+        if settings.metrics_port is not None:
+            port = await task_group.start(
+                serve_metrics, metrics.registry, settings.metrics_host, settings.metrics_port
+            )
+            metrics_url = f"http://{settings.metrics_host}:{port}/metrics"
         info = ServiceInfo(
             bus_url=settings.bus_url,
             namespace=namespace,
@@ -191,6 +208,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             entity_key=entity.key_text,
             data_dir=str(data_dir),
             embedded_bus=embedded,
+            metrics_url=metrics_url,
         )
         try:
             yield info

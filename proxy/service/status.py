@@ -1,8 +1,8 @@
 """The service's rich status: what it announces on its status signal and answers ``status`` with.
 
-Built first, from the backend, so that every part that reports into it (the predict operations
-count default outputs) and every part that reads it (the heartbeat, the ``status`` operation)
-gets it at construction.
+Built first, from the backend, the uploads and the metrics, so that every part that reports into
+it (the predict operations count default outputs) and every part that reads it (the heartbeat,
+the ``status`` operation) gets it at construction.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ import time
 from typing import Any
 
 from proxy.backend import EmbeddedBackend
+from proxy.metrics import ProxyMetrics, RequestRate
+from proxy.service.metrics import replica_summary
+from proxy.uploads import Uploads
 
 __all__ = ["VERSION", "ServiceStatus"]
 
@@ -18,11 +21,13 @@ VERSION = "0.1.0"
 
 
 class ServiceStatus:
-    def __init__(self, backend: EmbeddedBackend) -> None:
+    def __init__(self, backend: EmbeddedBackend, uploads: Uploads, metrics: ProxyMetrics) -> None:
         self.backend = backend
+        self.uploads = uploads
         self.started = time.monotonic()
         self.served_default = 0
         """Predictions answered with an application's default output (SLO missed, or failed)."""
+        self.request_rate = RequestRate(lambda: metrics.total)
 
     def snapshot(self) -> dict[str, Any]:
         backend = self.backend
@@ -36,8 +41,11 @@ class ServiceStatus:
                     "ready": backend.is_ready(name, version),
                     "replicas": len(backend.replicas(name, version)),
                     "queued": backend.stats(name, version).queued,
+                    **replica_summary(backend.replicas(name, version)),
                 }
                 for name, version in backend.versions()
             ],
             "served_default": self.served_default,
+            "requests_per_s": self.request_rate(),
+            "uploads": self.uploads.in_progress(),
         }

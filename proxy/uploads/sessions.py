@@ -68,6 +68,17 @@ class Uploads:
         self._locks: dict[str, anyio.Lock] = {}
         self._digests: dict[str, PrefixDigest] = {}  # uploads opened by this process
 
+    def in_progress(self) -> list[dict[str, Any]]:
+        """The open uploads of this process, for the status: name, bytes received, size."""
+        return [
+            {
+                "name": upload.name,
+                "received_bytes": min(upload.size, upload.next_index * upload.chunk_size),
+                "size": upload.size,
+            }
+            for upload in self._open.values()
+        ]
+
     def artifact_path(self, sha256: str) -> Path:
         return self.artifact_dir / sha256
 

@@ -80,6 +80,7 @@ class MqttTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connack: asyncio.Future[None] | None = None
         self._connected = asyncio.Event()
+        self.reconnects = 0  # connections re-established after a loss (read by metrics)
         self._is_closed = False
         self._filters: dict[str, Filter] = {}
         self._by_id: dict[int, Filter] = {}
@@ -301,6 +302,7 @@ class MqttTransport:
         if not is_failure and not self._is_closed:
             self._connected.set()
             if not is_first:
+                self.reconnects += 1
                 logger.info(
                     "reconnected to %s; subscribed to %d filters again",
                     self.url,

@@ -392,7 +392,8 @@ def test_a_file_that_is_no_chain_is_an_error(world: World) -> None:
 
 
 COMMANDS = {
-    "apps", "bench", "bus", "containers", "demo", "deploy", "grant", "keys", "pub", "query",
+    "apps", "bench", "bus", "containers", "dashboard", "demo", "deploy", "grant", "keys", "pub",
+    "query",
     "serve", "service-status", "status", "sub", "versions",
 }  # fmt: skip
 

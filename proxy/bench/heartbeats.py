@@ -1,0 +1,213 @@
+"""``modelbus bench heartbeats``: N simulated services heart-beating into one dashboard monitor.
+
+The services are simulated by one publisher process that beats for each of N service URIs at the
+aggregate rate of N services with a 10 s period (N/10 beats a second, each beat the three signed
+liveness messages, as :class:`bus.Heartbeat` publishes them). This process runs the dashboard's
+monitor (:class:`proxy.dashboard.FleetMonitor` with its :class:`Fleet`, judged every 0.25 s as the
+dashboard does) and reports, over the measured window: its CPU share of one core, its resident
+memory, and the delay from a beat's publication (its ``ts``) to its record in the fleet.
+The bus is a ZeroMQ forwarder in a third process (``modelbus bus``), or ``--bus URL``.
+
+Run the publisher alone: ``python -m proxy.bench.heartbeats publish URL KEYFILE CHAIN N SECONDS``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bus import BusClient, Entity, Grant, Heartbeat, decode_chain, encode_chain
+from bus.errors import TransportError
+from proxy.bench.buses import free_port_block
+from proxy.dashboard import Fleet, FleetMonitor
+from transports import open_transport
+
+__all__ = ["run_bench"]
+
+PERIOD_S = 10.0
+JUDGE_S = 0.25
+_HOUR_NS = 3600 * 10**9
+
+
+class _TimedFleet(Fleet):
+    """A fleet that remembers each beat's delay from its publication."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delays_ns: list[int] = []
+
+    def status(self, service: str, value: Any, *, arrived_ns: int) -> None:
+        super().status(service, value, arrived_ns=arrived_ns)
+        ts = value.get("ts") if isinstance(value, dict) else None
+        if isinstance(ts, int):  # the beat's time: the monitor counts the status as the beat
+            self.delays_ns.append(arrived_ns - ts)
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def _publish(url: str, key: str, chain: str, count: int, seconds: float) -> None:
+    """Beat for ``count`` services at ``count / PERIOD_S`` beats a second for ``seconds``."""
+    entity = Entity.load(key)
+    proofs = [decode_chain(Path(chain).read_bytes())]
+    namespace = proofs[0][0].pattern.split("/", 1)[0]
+    beats = [Heartbeat(f"{namespace}/bench/s{i:05d}", interval_s=PERIOD_S) for i in range(count)]
+    async with BusClient(open_transport(url), entity, proofs=proofs) as client:
+        print("ready", flush=True)
+        started = time.monotonic()
+        index = 0
+        rate = count / PERIOD_S
+        while (elapsed := time.monotonic() - started) < seconds:
+            due = int(elapsed * rate) + 1
+            while index < due:
+                await beats[index % count].beat(client)
+                index += 1
+            await anyio.sleep(0.01)
+
+
+async def _measure(url: str, pattern: str, owner: Entity, count: int, seconds: float) -> str:
+    fleet = _TimedFleet()
+    monitor = FleetMonitor(
+        lambda: BusClient(open_transport(url), owner), pattern, fleet, probe_s=1.0
+    )
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(monitor.run)
+
+        async def judge() -> None:
+            while True:
+                await anyio.sleep(JUDGE_S)
+                fleet.judge(monitor.confirmed_ns)
+
+        task_group.start_soon(judge)
+        with anyio.fail_after(30):
+            while not monitor.is_link_up:  # noqa: ASYNC110 (the monitor offers no event)
+                await anyio.sleep(0.05)
+        warmup_s = min(PERIOD_S, seconds / 3)
+        await anyio.sleep(warmup_s)
+        fleet.delays_ns.clear()
+        counted0 = (monitor.messages + monitor.rejected, monitor.skipped)
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        await anyio.sleep(seconds - warmup_s - 1)
+        cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+        verified = monitor.messages + monitor.rejected - counted0[0]
+        skipped = monitor.skipped - counted0[1]
+        delays = sorted(fleet.delays_ns)
+        task_group.cancel_scope.cancel()
+    if not delays:
+        return f"{count:>7}  no heartbeat arrived"
+    p50, p99 = delays[len(delays) // 2] / 1e6, delays[int(len(delays) * 0.99)] / 1e6
+    return (
+        f"{count:>7}  {len(delays) / wall:>8.0f}  {100 * cpu / wall:>6.1f} %  "
+        f"{_rss_mib():>7.0f} MiB  {p50:>7.1f} ms  {p99:>7.1f} ms  "
+        f"{statistics.fmean(delays) / 1e6:>7.1f} ms  {len(fleet.records):>8}  "
+        f"{verified / wall:>8.0f}  {skipped / wall:>8.0f}"
+    )
+
+
+def _grant(owner: Entity, member: Entity, pattern: str) -> Grant:
+    now = time.time_ns()
+    return Grant.create(
+        owner,
+        member.public_key,
+        pattern,
+        "P",
+        ttl=0,
+        expires_ns=now + _HOUR_NS,
+        created_ns=now - 1,
+    )
+
+
+def run_bench(
+    counts: tuple[int, ...],
+    seconds: float,
+    bus_url: str | None,
+    progress: Callable[[str], None],
+) -> str:
+    """Measure each N in ``counts``; return the table."""
+    owner, member = Entity.generate(), Entity.generate()
+    pattern = f"{owner.key_text}/bench/*"
+    header = (
+        "  N       beats/s  CPU      RSS       delay p50  p99        mean       services  "
+        "verified/s skipped/s"
+    )
+    lines = [f"monitor of N services beating every {PERIOD_S:g} s (aggregate rate)", header]
+    with tempfile.TemporaryDirectory(prefix="modelbus-bench-hb-") as tmp:
+        key, chain = Path(tmp, "member.key"), Path(tmp, "member.chain")
+        member.save(key)
+        chain.write_bytes(encode_chain([_grant(owner, member, pattern)]))
+        bus, url = _bus(bus_url, Path(tmp))
+        try:
+            for count in counts:
+                progress(f"N = {count}: {seconds:g} s")
+                publisher = subprocess.Popen(
+                    [
+                        *(sys.executable, "-m", "proxy.bench.heartbeats", "publish", url),
+                        *(str(key), str(chain), str(count), str(seconds + 5)),
+                    ],
+                    stdout=subprocess.PIPE,
+                    env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                )
+                try:
+                    assert publisher.stdout is not None
+                    if publisher.stdout.readline().strip() != b"ready":
+                        raise RuntimeError("the heartbeat publisher died before it was ready")
+                    lines.append(anyio.run(_measure, url, pattern, owner, count, seconds))
+                finally:
+                    publisher.kill()
+                    publisher.wait()
+                    if publisher.stdout is not None:
+                        publisher.stdout.close()
+        finally:
+            if bus is not None:
+                bus.terminate()
+                bus.wait()
+    return "\n".join(lines)
+
+
+def _bus(bus_url: str | None, tmp: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
+    """``bus_url``, or a ZeroMQ forwarder (``modelbus bus``) started on free loopback ports."""
+    if bus_url is not None:
+        return None, bus_url
+    for _ in range(20):
+        port = free_port_block(3)
+        url = f"zmq://127.0.0.1:{port}"
+        with (tmp / "bus.log").open("ab") as log:  # the child keeps its own descriptor
+            process = subprocess.Popen(
+                [sys.executable, "-m", "proxy.cli", "bus", "--listen", url],
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port + 2), timeout=0.2).close()
+                return process, url
+            except OSError:
+                time.sleep(0.05)
+        process.kill()
+        process.wait()
+    raise TransportError("could not start a ZeroMQ forwarder for the benchmark")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 7 and sys.argv[1] == "publish":
+        _, _, url, key, chain, count, seconds = sys.argv
+        anyio.run(_publish, url, key, chain, int(count), float(seconds))
+    else:
+        sys.exit(__doc__)

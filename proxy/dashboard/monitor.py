@@ -1,0 +1,260 @@
+"""The dashboard's bus side: keeps a :class:`Fleet` current from the liveness topics under a
+pattern, and knows whether its own link to the bus is up.
+
+It subscribes to ``P/!meta/+`` (one subscription for ``lastalive``, ``state`` and ``status``;
+other ``!meta/`` topics, such as the unsigned ``status.json``, are ignored) with rejected frames
+included (a frame that fails verification marks its service *untrusted*, never alive),
+then queries the persisted values once to start from the fleet as it is. Every ``probe_s`` it
+asks the transport for the persisted frames of one topic nobody publishes (a cheap round trip to
+the broker or forwarder); a failed probe marks the link down, and the first good one after that
+marks it up and queries the persisted values again (what was missed while down). If the client
+itself fails (its connection could not be made, a subscription ended), it is rebuilt with a
+backoff. Staleness is judged as of ``confirmed_ns``, the latest instant the link was known to
+work (a probe answered, a message arrived), so a service does not turn dead because the dashboard
+went blind: while the link is down records keep their last state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from bus import BusClient, Message, MessageStream, Rejected
+from bus import envelope as envelopes
+from bus import uri as uris
+from bus.errors import DecodeError, TransportError
+from bus.heartbeat import LASTALIVE, STATE, STATUS
+from bus.po import PO_METADATA, PO_STATE, PO_STATUS
+from proxy.dashboard.fleet import Fleet
+
+__all__ = ["FleetMonitor", "probe_topic"]
+
+logger = logging.getLogger(__name__)
+
+_SUFFIXES = {
+    LASTALIVE.removeprefix("!meta/"): PO_METADATA,
+    STATE.removeprefix("!meta/"): PO_STATE,
+    STATUS.removeprefix("!meta/"): PO_STATUS,
+}
+_ORDER = {"status": 0, "state": 1, "lastalive": 2}
+_BACKOFF_S = (0.25, 5.0)
+_GRANT_CODES = {
+    "untrusted_root",
+    "broken_chain",
+    "grant_expired",
+    "ttl_exceeded",
+    "permission_missing",
+    "out_of_scope",
+}
+
+
+def probe_topic(pattern: str) -> str:
+    """A concrete topic under the pattern's literal prefix that nobody publishes on."""
+    segments = uris.parse(pattern, allow_wildcards=True)
+    literal: list[str] = []
+    for segment in segments:
+        if segment in ("*", "+"):
+            break
+        literal.append(segment)
+    return "/".join((*literal, "!meta", "dashboard-probe"))
+
+
+class FleetMonitor:
+    """Feeds ``fleet`` from the bus; ``on_change()`` runs after every change to the fleet or
+    to ``is_link_up``. ``connect`` makes a new (not yet entered) client for each attempt."""
+
+    def __init__(
+        self,
+        connect: Callable[[], BusClient],
+        pattern: str,
+        fleet: Fleet,
+        *,
+        on_change: Callable[[], None] = lambda: None,
+        probe_s: float = 0.5,
+        probe_timeout_s: float = 1.0,
+        probe: str | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        """``probe``: the topic the link probe goes to (it needs ``P`` there); default
+        :func:`probe_topic` of the pattern."""
+        uris.parse(pattern, allow_wildcards=True)
+        self.probe = probe or probe_topic(pattern)
+        self.connect = connect
+        self.pattern = pattern
+        self.fleet = fleet
+        self.on_change = on_change
+        self.probe_s = probe_s
+        self.probe_timeout_s = probe_timeout_s
+        self.clock_ns = clock_ns
+        self.is_link_up = False
+        self.link_since_ns = clock_ns()
+        self.link_error = "not connected yet"
+        self.reconnects = 0
+        self.messages = 0
+        self.rejected = 0
+        self.skipped = 0  # deliveries not verified: they could not change the picture
+        self.confirmed_ns = 0  # the latest instant the link was known to work (probe, message)
+        self._last_state: dict[str, tuple[Any, ...]] = {}  # service → its last verified state
+
+    async def run(self) -> None:
+        """Connect, follow the fleet and reconnect (with a backoff) until cancelled."""
+        delay = _BACKOFF_S[0]
+        while True:
+            try:
+                async with self.connect() as client:
+                    await self._follow(client)
+            except TransportError as error:
+                self._set_link(False, error.message)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_S[1])
+            self.reconnects += 1
+
+    @property
+    def liveness_pattern(self) -> str:
+        """One subscription for the three topics (and other ``!meta/`` ones, ignored)."""
+        return f"{self.pattern}/!meta/+"
+
+    async def _follow(self, client: BusClient) -> None:
+        async with anyio.create_task_group() as task_group:
+            await task_group.start(self._consume, client)
+            await self._resync(client)
+            self.confirmed_ns = self.clock_ns()
+            self._set_link(True, "")
+            task_group.start_soon(self._probe, client, task_group)
+
+    async def _consume(self, client: BusClient, *, task_status: TaskStatus[None]) -> None:
+        pattern = self.liveness_pattern
+        async with client.subscribe(pattern, include_rejected=True) as stream:
+            task_status.started()
+            await self._drain(stream)
+        raise TransportError(f"the subscription to {pattern} ended")
+
+    async def _drain(self, stream: MessageStream) -> None:
+        """Verify and apply each delivery, except those that cannot change the picture: a
+        lastalive of a service whose status beats (the status carries the same time), and a
+        state that repeats, byte for byte, the last verified state of its service (the birth
+        re-published with every beat). Either would cost a signature check for nothing."""
+        async for delivery in stream.subscription:
+            topic, frame = delivery.topic, delivery.frame
+            service, _, suffix = topic.rpartition("/!meta/")
+            if suffix == "lastalive":
+                record = self.fleet.records.get(service)
+                if record is not None and self.fleet.has_fresh_status(record, self.clock_ns()):
+                    self.confirmed_ns = self.clock_ns()
+                    self.skipped += 1
+                    continue
+            key = _state_key(topic, frame) if suffix == "state" else None
+            if key is not None and self._last_state.get(service) == key:
+                self.confirmed_ns = self.clock_ns()
+                self.skipped += 1
+                continue
+            item = stream.verify(topic, frame)
+            if key is not None and isinstance(item, Message):
+                self._last_state[service] = key
+            self.take(item)
+
+    def take(self, item: Message | Rejected) -> None:
+        """Apply one delivery (verified or rejected) on ``S/!meta/<suffix>`` to the fleet;
+        suffixes other than lastalive, state and status are ignored."""
+        topic = item.uri if isinstance(item, Message) else item.topic
+        service, _, suffix = topic.rpartition("/!meta/")
+        if suffix not in _SUFFIXES or not service:
+            return
+        now_ns = self.confirmed_ns = self.clock_ns()
+        if isinstance(item, Rejected):
+            self.rejected += 1
+            self.fleet.untrusted(service, _why(item.error.code), arrived_ns=now_ns)
+        else:
+            self.messages += 1
+            if not item.pos:
+                return  # a tombstone: the service was removed by hand
+            value = _value(item, _SUFFIXES[suffix])
+            if suffix == "lastalive":
+                self.fleet.lastalive(service, value, arrived_ns=now_ns)
+            elif suffix == "state":
+                self.fleet.state(service, value, sealed_ns=item.ts_ns)
+            else:
+                self.fleet.status(service, value, arrived_ns=now_ns)
+        self.on_change()
+
+    async def _resync(self, client: BusClient) -> None:
+        """Apply the persisted values, status first (it carries the period), lastalive last."""
+        items = await client.query(self.liveness_pattern, include_rejected=True)
+        for item in sorted(items, key=_resync_order):
+            self.take(item)
+
+    async def _probe(self, client: BusClient, task_group: TaskGroup) -> None:
+        topic = self.probe
+        while True:
+            await anyio.sleep(self.probe_s)
+            try:
+                await client.transport.query(topic, timeout_s=self.probe_timeout_s)
+            except (TransportError, TimeoutError):
+                url = client.transport.url
+                self._set_link(False, f"{url} did not answer within {self.probe_timeout_s:g} s")
+                continue
+            self.confirmed_ns = self.clock_ns()
+            if not self.is_link_up:
+                try:
+                    await self._resync(client)
+                except (TransportError, TimeoutError):
+                    continue
+                self._set_link(True, "")
+
+    def _set_link(self, is_up: bool, error: str) -> None:
+        if is_up == self.is_link_up and error == self.link_error:
+            return
+        if is_up != self.is_link_up:
+            self.link_since_ns = self.clock_ns()
+            if is_up:
+                logger.info("the dashboard's link to the bus is up")
+            else:
+                logger.warning("the dashboard's link to the bus is down: %s", error)
+        self.is_link_up, self.link_error = is_up, error
+        self.on_change()
+
+    def link(self) -> dict[str, Any]:
+        return {
+            "up": self.is_link_up,
+            "since_ms": self.link_since_ns // 10**6,
+            "error": self.link_error,
+            "reconnects": self.reconnects,
+        }
+
+
+def _state_key(topic: str, frame: bytes) -> tuple[Any, ...] | None:
+    """What a state frame says and who says it, signature aside; None if it does not parse."""
+    try:
+        envelope = envelopes.parse(frame)
+    except DecodeError:
+        return None
+    if envelope.uri != topic:
+        return None
+    pos = tuple((po.number, po.data) for po in envelope.pos)
+    return envelope.origin, envelope.proof, envelope.persist, pos
+
+
+def _resync_order(item: Message | Rejected) -> int:
+    topic = item.uri if isinstance(item, Message) else item.topic
+    return _ORDER.get(topic.rpartition("/")[2], len(_ORDER))
+
+
+def _why(code: str) -> str:
+    """A person's words for a rejection code."""
+    if code == "bad_signature":
+        return "bad signature"
+    if code in _GRANT_CODES:
+        return f"grant does not verify ({code})"
+    return code.replace("_", " ")
+
+
+def _value(message: Message, number: str) -> Any:
+    try:
+        return message.value(number)
+    except DecodeError:  # a verified sender's malformed payload: nothing to show
+        return None
