@@ -52,6 +52,7 @@ from bus.message import Message, MessageStream, Rejected
 from bus.po import PO_REPLY, PO_REQUEST, PayloadObject
 from bus.replycache import ReplyCache
 from bus.transport import DEFAULT_MAX_FRAME_BYTES, ReconnectHook
+from bus.verifier import Verifier
 
 __all__ = [
     "MAX_ID_LENGTH",
@@ -286,6 +287,7 @@ class Responder:
         self.replies = reply_cache or ReplyCache(max_entries=reply_cache_size)
         self.max_reply_bytes = max_reply_bytes
         self._in_flight: set[tuple[bytes, str]] = set()
+        self._verifier: Verifier | None = None  # the stream's: it counts dropped requests too
 
     @property
     def in_flight(self) -> int:
@@ -296,6 +298,7 @@ class Responder:
             self._client.subscribe(pattern, include_rejected=True, check_scope=False) as stream,
             anyio.create_task_group() as task_group,
         ):
+            self._verifier = stream.verifier
             task_status.started()
             async for item in stream:
                 try:
@@ -316,9 +319,11 @@ class Responder:
         rid = _request_id(value)
         if rid is None or not isinstance(value, dict) or "body" not in value:
             logger.warning("malformed request on %s from %s", message.uri, message.origin_text)
+            error = InvalidRequest("a request is one 2.0.11.1 payload {id, body}")
             if rid is not None:
-                error = InvalidRequest("a request is one 2.0.11.1 payload {id, body}")
                 await self._send(message.uri, message.origin, _error_reply(rid, error))
+            elif self._verifier is not None:  # dropped without a reply: counted
+                self._verifier.record_rejection(error, None)
             return
         if message.persist:
             refused = InvalidRequest("a request must not be persisted (persist flag set)")

@@ -104,7 +104,8 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         backend = await stack.enter_async_context(
             EmbeddedBackend(data_dir / "replicas", image_runtime=image_runtime)
         )
-        status = ServiceStatus(backend)
+        verifier = Verifier(aliases=settings.aliases)
+        status = ServiceStatus(backend, rejections=verifier.rejected)
         heartbeat = Heartbeat(
             service_uri, interval_s=settings.heartbeat_interval_s, status=status.snapshot
         )
@@ -113,7 +114,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 transport,
                 entity,
                 proofs=_load_proofs(settings),
-                verifier=Verifier(aliases=settings.aliases),
+                verifier=verifier,
                 will=heartbeat.will(),
             )
         )

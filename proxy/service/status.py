@@ -8,6 +8,7 @@ gets it at construction.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from proxy.backend import EmbeddedBackend
@@ -18,8 +19,12 @@ VERSION = "0.1.0"
 
 
 class ServiceStatus:
-    def __init__(self, backend: EmbeddedBackend) -> None:
+    """``rejections`` is the service's live count of refused frames by error code (its bus
+    client's verifier counts them), reported as it is at each snapshot."""
+
+    def __init__(self, backend: EmbeddedBackend, rejections: Mapping[str, int] | None = None):
         self.backend = backend
+        self.rejections: Mapping[str, int] = {} if rejections is None else rejections
         self.started = time.monotonic()
         self.served_default = 0
         """Predictions answered with an application's default output (SLO missed, or failed)."""
@@ -40,4 +45,5 @@ class ServiceStatus:
                 for name, version in backend.versions()
             ],
             "served_default": self.served_default,
+            "rejections": dict(sorted(self.rejections.items())),
         }
