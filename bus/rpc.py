@@ -6,8 +6,9 @@ requester's own signal, ``<prefix>/signal/reply/<requester key>``, as ``2.0.11.2
 ``{id, ok: true, result}`` or ``{id, ok: false, error: {code, message, details}}``. A request id
 seen again returns the cached reply instead of running twice; while the first is still running
 the duplicate is ignored (its reply will come). So a requester re-sends a request under the same
-id — freshly signed — when its transport reconnects and when no reply came within a third of its
-timeout: a request survives a broker restart and is answered once. Replies are cached within
+id — freshly signed — when its transport reconnects and whenever no reply came for a third of its
+timeout (at least RETRY_MIN_S, at most RETRY_MAX_S): a request survives a broker restart, and a
+service that was not yet subscribed again when it was sent, and is answered once. Replies are cached within
 bounds (:mod:`bus.replycache`); a reply too large for a frame is replaced by a
 ``limit_exceeded`` error reply.
 
@@ -57,6 +58,7 @@ from bus.verifier import Verifier
 __all__ = [
     "MAX_ID_LENGTH",
     "MAX_REPLY_BYTES",
+    "RETRY_MAX_S",
     "RETRY_MIN_S",
     "Request",
     "Requester",
@@ -70,6 +72,7 @@ logger = logging.getLogger(__name__)
 MAX_ID_LENGTH = 128
 MAX_REPLY_BYTES = DEFAULT_MAX_FRAME_BYTES - 64 * 1024  # room for the envelope around it
 RETRY_MIN_S = 1.0
+RETRY_MAX_S = 5.0
 Handler = Callable[["Request"], Awaitable[Any]]
 
 
@@ -161,7 +164,8 @@ class Requester:
         waiter = self._pending[rid] = _Waiter()
         try:
             with anyio.fail_after(timeout_s):
-                reply = await self._exchange(uri, pos, waiter, max(RETRY_MIN_S, timeout_s / 3))
+                retry_after_s = max(RETRY_MIN_S, min(RETRY_MAX_S, timeout_s / 3))
+                reply = await self._exchange(uri, pos, waiter, retry_after_s)
         except TimeoutError:
             raise RequestTimeout(
                 f"no reply from {uri} within {timeout_s:g} s (is the service running?)",
