@@ -8,8 +8,8 @@ seen again returns the cached reply instead of running twice; while the first is
 the duplicate is ignored (its reply will come). So a requester re-sends a request under the same
 id — freshly signed — when its transport reconnects and whenever no reply came for a third of its
 timeout (at least RETRY_MIN_S, at most RETRY_MAX_S): a request survives a broker restart, and a
-service that was not yet subscribed again when it was sent, and is answered once. Replies are cached within
-bounds (:mod:`bus.replycache`); a reply too large for a frame is replaced by a
+service that was not yet subscribed again when it was sent, and is answered once. Replies are
+cached within bounds (:mod:`bus.replycache`); a reply too large for a frame is replaced by a
 ``limit_exceeded`` error reply.
 
 A request may carry one *attachment*: a binary PO (``1.x.x.x``) right after the request PO, for
@@ -131,6 +131,7 @@ class _Waiter:
         self.wake = anyio.Event()
         self.has_reply = False
         self.reply: Any = None
+        self.send_error: str | None = None  # why the latest send failed, if it did
 
 
 class Requester:
@@ -167,6 +168,13 @@ class Requester:
                 retry_after_s = max(RETRY_MIN_S, min(RETRY_MAX_S, timeout_s / 3))
                 reply = await self._exchange(uri, pos, waiter, retry_after_s)
         except TimeoutError:
+            if waiter.send_error is not None:  # the bus, not the service, is the likely cause
+                raise RequestTimeout(
+                    f"no reply from {uri} within {timeout_s:g} s; the last attempt to send "
+                    f"the request failed: {waiter.send_error}",
+                    uri=uri,
+                    id=rid,
+                ) from None
             raise RequestTimeout(
                 f"no reply from {uri} within {timeout_s:g} s (is the service running?)",
                 uri=uri,
@@ -189,9 +197,11 @@ class Requester:
             waiter.wake = anyio.Event()
             try:
                 await self._client.publish(uri, pos)
+                waiter.send_error = None
             except TransportClosed:
                 raise
             except TransportError as error:
+                waiter.send_error = error.message
                 logger.info("sending a request on %s failed, will retry: %s", uri, error.message)
             with anyio.move_on_after(retry_after_s):
                 await waiter.wake.wait()

@@ -30,7 +30,7 @@ from bus import (
     error_from_wire,
     reply_uri,
 )
-from bus.errors import FrameTooLarge, LimitExceeded, _all_subclasses
+from bus.errors import FrameTooLarge, LimitExceeded, TransportError, _all_subclasses
 from bus.rpc import MAX_REPLY_BYTES
 from bus.transport import DEFAULT_MAX_FRAME_BYTES
 from tests.bus.helpers import (
@@ -609,3 +609,21 @@ async def test_a_lost_frame_is_sent_again_under_the_same_id_and_answered_once(lo
     assert len(server_transport.lost + client_transport.lost) == 1
     sent = client_transport.published.count(service.slot()) + len(client_transport.lost)
     assert sent >= 2
+
+
+class BrokenTransport(RecordingTransport):
+    """A transport whose publishes all fail as a lost connection would."""
+
+    async def publish(self, topic: str, frame: bytes, *, persist: bool = False) -> None:
+        self.published.append(topic)
+        raise TransportError("lost the connection to the broker")
+
+
+async def test_a_request_that_cannot_be_sent_is_retried_then_times_out_naming_why() -> None:
+    service = Service()
+    requester = service.requester()
+    transport = BrokenTransport(open_transport(memory_url()))
+    async with BusClient(transport, requester.entity, proofs=requester.proofs) as client:
+        with pytest.raises(RequestTimeout, match="lost the connection to the broker"):
+            await client.request(service.slot(), "x", timeout_s=2.5)
+    assert transport.published.count(service.slot()) >= 2  # sent again after a failed send
