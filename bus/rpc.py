@@ -332,11 +332,14 @@ class Responder:
             value = None
         rid = _request_id(value)
         if rid is None or not isinstance(value, dict) or "body" not in value:
-            logger.warning("malformed request on %s from %s", message.uri, message.origin_text)
             error = InvalidRequest("a request is one 2.0.11.1 payload {id, body}")
             if rid is not None:
+                logger.warning("malformed request on %s from %s", message.uri, message.origin_text)
                 await self._send(message.uri, message.origin, _error_reply(rid, error))
-            elif self._verifier is not None:  # dropped without a reply: counted
+            elif self._verifier is not None:  # no reply: counted, logged at most once a second
+                logger.debug(
+                    "request without an id on %s from %s", message.uri, message.origin_text
+                )
                 self._verifier.record_rejection(error, None)
             return
         if message.persist:
