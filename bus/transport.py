@@ -156,7 +156,8 @@ class Subscription:
 
 @runtime_checkable
 class Transport(Protocol):
-    """Five async methods. ``close`` is idempotent and ends every subscription's stream."""
+    """Five async methods and a reconnect hook. ``close`` is idempotent and ends every
+    subscription's stream."""
 
     url: str
 
