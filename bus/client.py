@@ -3,6 +3,9 @@
 Every frame it sends is sealed with its entity and carries a proof (a grant chain) chosen from
 the chains it holds; every frame it receives is verified before user code sees it, and rejected
 frames are counted (``client.verifier.rejected``) and logged, never raised out of a loop.
+A frame over the bus limit is refused with ``FrameTooLarge`` before it is sent, and the client
+stays usable. ``on_reconnect`` hooks run when the transport's connection comes back, before
+anything else is published on it.
 The request/response mechanics live in :mod:`bus.rpc`.
 """
 
@@ -11,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -26,7 +29,14 @@ from bus.grants import Grant
 from bus.message import MessageStream, Rejected, consume_right
 from bus.po import PayloadObject
 from bus.rpc import Handler, Requester, Responder, ServeGate
-from bus.transport import DEFAULT_BUFFER, Subscription, Transport, Will
+from bus.transport import (
+    DEFAULT_BUFFER,
+    ReconnectHook,
+    Subscription,
+    Transport,
+    Will,
+    check_frame_size,
+)
 from bus.verifier import Verifier
 
 __all__ = ["BusClient"]
@@ -129,9 +139,17 @@ class BusClient:
         )
 
     def seal(self, uri: str, pos: Sequence[PayloadObject], *, persist: bool = False) -> bytes:
-        return envelopes.seal(
+        """The signed frame; ``FrameTooLarge`` if it is over the verifier's frame limit."""
+        frame = envelopes.seal(
             self.entity, uri, tuple(pos), persist=persist, proof=self.proof_for(uri, "P")
         )
+        check_frame_size(uri, frame, self.verifier.max_frame_bytes)
+        return frame
+
+    def on_reconnect(self, hook: ReconnectHook) -> Callable[[], None]:
+        """Run ``hook`` each time the transport reconnects, before anything else is published
+        on the connection (the transport's ``on_reconnect``); returns its remover."""
+        return self.transport.on_reconnect(hook)
 
     async def publish(
         self, uri: str, pos: PayloadObject | Sequence[PayloadObject], *, persist: bool = False

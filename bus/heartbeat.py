@@ -11,7 +11,10 @@ Under the service URI ``S`` a running service keeps three persisted messages:
 The MQTT Last Will carries ``{online: false, seq}`` of the same run, so a death whose ``seq`` does
 not match the latest birth (a late death of an old run) is ignored by monitors. A clean shutdown
 publishes the offline state itself. The state is re-published with every beat, so a stale death
-that overwrote it is corrected within one interval.
+that overwrote it is corrected within one interval; and at once when the transport reconnects
+(a reconnect hook, run before anything else goes out on the new connection): an MQTT broker
+publishes the Will of every client on its way down, so after a broker restart the service would
+otherwise look dead until its next beat.
 """
 
 from __future__ import annotations
@@ -123,7 +126,13 @@ class Heartbeat:
     async def run(
         self, client: BusClient, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Beat now and every ``interval_s``; on cancellation publish the offline state."""
+        """Beat now, every ``interval_s`` and after each reconnect; on cancellation publish the
+        offline state."""
+
+        async def reannounce() -> None:
+            await self.beat(client)
+
+        remove_hook = client.on_reconnect(reannounce)
         try:
             await self.beat(client)
             task_status.started()
@@ -139,6 +148,7 @@ class Heartbeat:
                 except BusError as error:
                     logger.warning("heartbeat of %s failed: %s", self.service_uri, error.message)
         finally:
+            remove_hook()
             with anyio.move_on_after(2, shield=True):
                 await client.publish(self.uri(STATE), self._state(online=False), persist=True)
                 if self.plain_json:

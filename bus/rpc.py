@@ -5,7 +5,12 @@ A request is published on a service's slot, ``<prefix>/slot/<name>``, with one p
 requester's own signal, ``<prefix>/signal/reply/<requester key>``, as ``2.0.11.2`` = msgpack
 ``{id, ok: true, result}`` or ``{id, ok: false, error: {code, message, details}}``. A request id
 seen again returns the cached reply instead of running twice; while the first is still running
-the duplicate is ignored (its reply will come).
+the duplicate is ignored (its reply will come). So a requester re-sends a request under the same
+id — freshly signed — when its transport reconnects and whenever no reply came for a third of its
+timeout (at least RETRY_MIN_S, at most RETRY_MAX_S): a request survives a broker restart, and a
+service that was not yet subscribed again when it was sent, and is answered once. Replies are
+cached within bounds (:mod:`bus.replycache`); a reply too large for a frame is replaced by a
+``limit_exceeded`` error reply.
 
 A request may carry one *attachment*: a binary PO (``1.x.x.x``) right after the request PO, for
 bulk bytes that should not be msgpack-encoded into the body (an upload's chunks). Over 64 KiB it
@@ -16,10 +21,9 @@ is answered ``invalid_request``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -38,19 +42,38 @@ from bus.errors import (
     InternalError,
     InvalidRequest,
     InvalidUri,
+    LimitExceeded,
     Overloaded,
     ReplayedNonce,
     RequestTimeout,
+    TransportClosed,
+    TransportError,
     error_from_wire,
 )
 from bus.message import Message, MessageStream, Rejected
 from bus.po import PO_REPLY, PO_REQUEST, PayloadObject
+from bus.replycache import ReplyCache
+from bus.transport import DEFAULT_MAX_FRAME_BYTES, ReconnectHook
+from bus.verifier import Verifier
 
-__all__ = ["MAX_ID_LENGTH", "Request", "Requester", "Responder", "ServeGate", "reply_uri"]
+__all__ = [
+    "MAX_ID_LENGTH",
+    "MAX_REPLY_BYTES",
+    "RETRY_MAX_S",
+    "RETRY_MIN_S",
+    "Request",
+    "Requester",
+    "Responder",
+    "ServeGate",
+    "reply_uri",
+]
 
 logger = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 128
+MAX_REPLY_BYTES = DEFAULT_MAX_FRAME_BYTES - 64 * 1024  # room for the envelope around it
+RETRY_MIN_S = 1.0
+RETRY_MAX_S = 5.0
 Handler = Callable[["Request"], Awaitable[Any]]
 
 
@@ -69,6 +92,8 @@ class Endpoint(Protocol):
     ) -> AbstractAsyncContextManager[MessageStream]: ...
 
     def require_task_group(self) -> TaskGroup: ...
+
+    def on_reconnect(self, hook: ReconnectHook) -> Callable[[], None]: ...
 
 
 def reply_uri(request_uri: str, requester: str) -> str:
@@ -100,14 +125,25 @@ def _request_id(message_value: Any) -> str | None:
     return None
 
 
+class _Waiter:
+    """One request waiting for its reply; ``wake`` is set by the reply or by a reconnect."""
+
+    def __init__(self) -> None:
+        self.wake = anyio.Event()
+        self.has_reply = False
+        self.reply: Any = None
+        self.send_error: str | None = None  # why the latest send failed, if it did
+
+
 class Requester:
     """Sends requests for one client and routes replies back to the waiting callers."""
 
     def __init__(self, client: Endpoint) -> None:
         self._client = client
-        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._pending: dict[str, _Waiter] = {}
         self._routes: set[str] = set()
         self._route_lock = anyio.Lock()
+        self._remove_hook: Callable[[], None] | None = None
 
     async def request(
         self,
@@ -125,16 +161,21 @@ class Requester:
         rid = request_id or uuid.uuid4().hex
         if rid in self._pending:
             raise Conflict(f"request id {rid!r} is already waiting for a reply")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = future
+        request = PayloadObject.msgpack({"id": rid, "body": body}, PO_REQUEST)
+        pos = request if attachment is None else (request, attachment)
+        waiter = self._pending[rid] = _Waiter()
         try:
-            request = PayloadObject.msgpack({"id": rid, "body": body}, PO_REQUEST)
-            await self._client.publish(
-                uri, request if attachment is None else (request, attachment)
-            )
             with anyio.fail_after(timeout_s):
-                reply = await future
+                retry_after_s = max(RETRY_MIN_S, min(RETRY_MAX_S, timeout_s / 3))
+                reply = await self._exchange(uri, pos, waiter, retry_after_s)
         except TimeoutError:
+            if waiter.send_error is not None:  # the bus, not the service, is the likely cause
+                raise RequestTimeout(
+                    f"no reply from {uri} within {timeout_s:g} s; the last attempt to send "
+                    f"the request failed: {waiter.send_error}",
+                    uri=uri,
+                    id=rid,
+                ) from None
             raise RequestTimeout(
                 f"no reply from {uri} within {timeout_s:g} s (is the service running?)",
                 uri=uri,
@@ -144,10 +185,41 @@ class Requester:
             self._pending.pop(rid, None)
         return _result_of(reply)
 
+    async def _exchange(
+        self,
+        uri: str,
+        pos: PayloadObject | tuple[PayloadObject, ...],
+        waiter: _Waiter,
+        retry_after_s: float,
+    ) -> Any:
+        """Publish until the reply comes: again (same id, signed afresh) after a reconnect, a
+        failed send, or ``retry_after_s`` without a reply. The caller bounds the whole."""
+        while True:
+            waiter.wake = anyio.Event()
+            try:
+                await self._client.publish(uri, pos)
+                waiter.send_error = None
+            except TransportClosed:
+                raise
+            except TransportError as error:
+                waiter.send_error = error.message
+                logger.info("sending a request on %s failed, will retry: %s", uri, error.message)
+            with anyio.move_on_after(retry_after_s):
+                await waiter.wake.wait()
+            if waiter.has_reply:
+                return waiter.reply
+
+    async def _wake_all(self) -> None:
+        """The transport reconnected: replies sent meanwhile may be lost; ask again."""
+        for waiter in self._pending.values():
+            waiter.wake.set()
+
     async def _ensure_route(self, reply_to: str) -> None:
         if reply_to in self._routes:
             return
         async with self._route_lock:
+            if self._remove_hook is None:
+                self._remove_hook = self._client.on_reconnect(self._wake_all)
             if reply_to not in self._routes:
                 await self._client.require_task_group().start(self._route, reply_to)
                 self._routes.add(reply_to)
@@ -161,9 +233,10 @@ class Requester:
                 except DecodeError as error:
                     logger.warning("undecodable reply on %s: %s", reply_to, error.message)
                     continue
-                future = self._pending.get(_request_id(reply) or "")
-                if future is not None and not future.done():
-                    future.set_result(reply)
+                waiter = self._pending.get(_request_id(reply) or "")
+                if waiter is not None and not waiter.has_reply:
+                    waiter.reply, waiter.has_reply = reply, True
+                    waiter.wake.set()
 
 
 def _result_of(reply: Any) -> Any:
@@ -210,7 +283,9 @@ class ServeGate:
 
 class Responder:
     """Serves requests arriving on a slot pattern with ``handler``, at most ``max_concurrency``
-    at once (more are answered ``overloaded``), caching the last ``reply_cache_size`` replies."""
+    at once (more are answered ``overloaded``), caching replies in ``replies`` (at most
+    ``reply_cache_size`` of them, and bounded in bytes in all and per sender). A reply packed
+    larger than ``max_reply_bytes`` is answered ``limit_exceeded`` instead."""
 
     def __init__(
         self,
@@ -219,15 +294,18 @@ class Responder:
         *,
         max_concurrency: int = 64,
         reply_cache_size: int = 4096,
+        reply_cache: ReplyCache | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
         gate: ServeGate | None = None,
     ) -> None:
         self._gate = gate or ServeGate()
         self._client = client
         self._handler = handler
         self.max_concurrency = max_concurrency
-        self._cache_size = reply_cache_size
-        self._replies: OrderedDict[tuple[bytes, str], dict[str, Any]] = OrderedDict()
+        self.replies = reply_cache or ReplyCache(max_entries=reply_cache_size)
+        self.max_reply_bytes = max_reply_bytes
         self._in_flight: set[tuple[bytes, str]] = set()
+        self._verifier: Verifier | None = None  # the stream's: it counts dropped requests too
 
     @property
     def in_flight(self) -> int:
@@ -238,6 +316,7 @@ class Responder:
             self._client.subscribe(pattern, include_rejected=True, check_scope=False) as stream,
             anyio.create_task_group() as task_group,
         ):
+            self._verifier = stream.verifier
             task_status.started()
             async for item in stream:
                 try:
@@ -257,10 +336,15 @@ class Responder:
             value = None
         rid = _request_id(value)
         if rid is None or not isinstance(value, dict) or "body" not in value:
-            logger.warning("malformed request on %s from %s", message.uri, message.origin_text)
+            error = InvalidRequest("a request is one 2.0.11.1 payload {id, body}")
             if rid is not None:
-                error = InvalidRequest("a request is one 2.0.11.1 payload {id, body}")
+                logger.warning("malformed request on %s from %s", message.uri, message.origin_text)
                 await self._refuse(message, rid, error)
+            elif self._verifier is not None:  # no reply: counted, logged at most once a second
+                logger.debug(
+                    "request without an id on %s from %s", message.uri, message.origin_text
+                )
+                self._verifier.record_rejection(error, None)
             return
         if message.persist:
             refused = InvalidRequest("a request must not be persisted (persist flag set)")
@@ -272,8 +356,9 @@ class Responder:
             await self._refuse(message, rid, refused)
             return
         key = (message.origin, rid)
-        if key in self._replies:
-            await self._send(message.uri, message.origin, self._replies[key])
+        cached = self.replies.get(key)
+        if cached is not None:
+            await self._send_packed(message.uri, message.origin, cached)
         elif key in self._in_flight:
             logger.debug("duplicate request %s while it runs; its reply will come", rid)
         elif self._gate.is_closed:
@@ -308,10 +393,28 @@ class Responder:
         finally:
             self._in_flight.discard(key)
             self._gate.leave()
-        self._replies[key] = reply
-        while len(self._replies) > self._cache_size:
-            self._replies.popitem(last=False)
-        await self._send(request.uri, request.origin, reply)
+        packed = self._pack(reply)
+        self.replies.put(key, packed)  # before any await: a retry now finds it
+        await self._send_packed(request.uri, request.origin, packed)
+
+    def _pack(self, reply: dict[str, Any]) -> PayloadObject:
+        """The reply PO; a reply too large for a frame becomes a ``limit_exceeded`` error."""
+        try:
+            packed = PayloadObject.msgpack(reply, PO_REPLY)
+        except BusError as error:  # a result msgpack cannot carry
+            logger.warning("cannot pack the reply to %s: %s", reply["id"], error.message)
+            packed = PayloadObject.msgpack(_error_reply(reply["id"], error), PO_REPLY)
+        if len(packed.data) <= self.max_reply_bytes:
+            return packed
+        too_large = LimitExceeded(
+            f"the reply is {len(packed.data)} bytes packed, over the {self.max_reply_bytes} "
+            "bytes a reply may carry (the bus frame limit is 16 MiB); ask for less at once "
+            "(fewer inputs per request)",
+            size=len(packed.data),
+            limit=self.max_reply_bytes,
+        )
+        logger.warning("reply to %s too large: %d bytes", reply["id"], len(packed.data))
+        return PayloadObject.msgpack(_error_reply(reply["id"], too_large), PO_REPLY)
 
     async def _answer_rejection(self, rejected: Rejected) -> None:
         """Reply with the typed error when the sender is authentic: never to a forged origin,
@@ -331,9 +434,12 @@ class Responder:
             await self._send(rejected.topic, envelope.origin, _error_reply(rid, rejected.error))
 
     async def _send(self, uri: str, origin: bytes, reply: dict[str, Any]) -> None:
+        await self._send_packed(uri, origin, PayloadObject.msgpack(reply, PO_REPLY))
+
+    async def _send_packed(self, uri: str, origin: bytes, reply: PayloadObject) -> None:
         try:
             target = reply_uri(uri, key_to_text(origin))
-            await self._client.publish(target, PayloadObject.msgpack(reply, PO_REPLY))
+            await self._client.publish(target, reply)
         except BusError as error:
             logger.warning("could not reply on %s: %s", uri, error.message)
 

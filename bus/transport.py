@@ -14,30 +14,51 @@ Persisted messages: ``publish(..., persist=True)`` keeps the frame as the latest
 topic (MQTT retained); ``query(pattern)`` returns the kept frames whose topics match; publishing an
 empty frame with ``persist=True`` deletes the kept frame. ``subscribe`` delivers live frames only,
 never persisted ones, on every transport.
+
+Limits: ``publish`` refuses a frame over the transport's ``max_frame_bytes`` (16 MiB) with
+``FrameTooLarge`` before anything is sent (:func:`check_frame_size`): the connection stays usable.
+
+Reconnection: a transport that reconnects on its own (MQTT) runs the hooks given to
+``on_reconnect`` in order once the connection is back, before anything else is published on it
+(a service re-announces its birth there; a requester re-sends what is waiting for a reply).
+ZeroMQ sockets reconnect invisibly and the memory transport never disconnects: they keep the
+hooks and never call them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from bus.errors import TransportClosed
+from bus.envelope import DEFAULT_MAX_FRAME
+from bus.errors import BusError, FrameTooLarge, TransportClosed
 
 __all__ = [
     "DEFAULT_BUFFER",
+    "DEFAULT_MAX_FRAME_BYTES",
     "Delivery",
+    "ReconnectHook",
+    "ReconnectHooks",
     "Subscription",
     "Transport",
     "Will",
+    "check_frame_size",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BUFFER = 10_000
+DEFAULT_MAX_FRAME_BYTES = DEFAULT_MAX_FRAME  # the bus frame limit (PROTOCOL.md §9)
+
+ReconnectHook = Callable[[], Awaitable[None]]
+_IN_RECONNECT_HOOK: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "in_reconnect_hook", default=False
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +156,8 @@ class Subscription:
 
 @runtime_checkable
 class Transport(Protocol):
-    """Five async methods. ``close`` is idempotent and ends every subscription's stream."""
+    """Five async methods and a reconnect hook. ``close`` is idempotent and ends every
+    subscription's stream."""
 
     url: str
 
@@ -143,7 +165,8 @@ class Transport(Protocol):
         """Open the connection; ready to publish and subscribe when it returns."""
 
     async def publish(self, topic: str, frame: bytes, *, persist: bool = False) -> None:
-        """Send a frame on a concrete topic; returns once the transport has taken it."""
+        """Send a frame on a concrete topic; returns once the transport has taken it.
+        A frame over the limit raises ``FrameTooLarge`` and nothing is sent."""
 
     async def subscribe(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> Subscription:
         """Start receiving live frames on a pattern; frames published after this returns arrive."""
@@ -153,6 +176,58 @@ class Transport(Protocol):
 
     async def close(self) -> None:
         """Disconnect cleanly (no Will is published) and end every subscription."""
+
+    def on_reconnect(self, hook: ReconnectHook) -> Callable[[], None]:
+        """Run ``hook`` after every reconnection, before anything else is published on the
+        connection; returns a function that removes it."""
+
+
+def check_frame_size(topic: str, frame: bytes, max_frame_bytes: int) -> None:
+    """Refuse a frame over the limit before it is sent: a broker or forwarder would drop it,
+    or the whole connection with it."""
+    if len(frame) > max_frame_bytes:
+        raise FrameTooLarge(
+            f"a frame of {len(frame)} bytes for {topic} is over the bus limit of "
+            f"{max_frame_bytes} bytes; nothing was sent (files go by the chunked transfer, "
+            "PROTOCOL.md §14; split a large batch of inputs into several requests)",
+            size=len(frame),
+            limit=max_frame_bytes,
+        )
+
+
+class ReconnectHooks:
+    """The hooks of one transport's ``on_reconnect``, run in order by :meth:`run`. A hook that
+    fails is logged and the next one runs; cancellation propagates."""
+
+    def __init__(self) -> None:
+        self._hooks: list[ReconnectHook] = []
+
+    def add(self, hook: ReconnectHook) -> Callable[[], None]:
+        self._hooks.append(hook)
+
+        def remove() -> None:
+            if hook in self._hooks:
+                self._hooks.remove(hook)
+
+        return remove
+
+    async def run(self) -> None:
+        token = _IN_RECONNECT_HOOK.set(True)
+        try:
+            for hook in list(self._hooks):
+                try:
+                    await hook()
+                except BusError as error:
+                    logger.warning("a reconnect hook failed: %s", error.message)
+                except Exception:
+                    logger.exception("a reconnect hook failed")
+        finally:
+            _IN_RECONNECT_HOOK.reset(token)
+
+    @staticmethod
+    def is_running() -> bool:
+        """True inside a hook: its publishes go before the reconnected connection opens."""
+        return _IN_RECONNECT_HOOK.get()
 
 
 def closed_error(url: str) -> TransportClosed:

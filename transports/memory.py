@@ -6,10 +6,21 @@ broker would and is the transport of choice for fast tests; it publishes no Will
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bus import uri as uris
-from bus.transport import DEFAULT_BUFFER, Delivery, Subscription, Will, closed_error
+from bus.transport import (
+    DEFAULT_BUFFER,
+    DEFAULT_MAX_FRAME_BYTES,
+    Delivery,
+    ReconnectHook,
+    ReconnectHooks,
+    Subscription,
+    Will,
+    check_frame_size,
+    closed_error,
+)
 
 __all__ = ["MemoryTransport"]
 
@@ -24,8 +35,10 @@ _HUBS: dict[str, _Hub] = {}
 
 
 class MemoryTransport:
-    def __init__(self, name: str = "default") -> None:
+    def __init__(self, name: str = "default", *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
         self.url = f"memory://{name}"
+        self.max_frame_bytes = max_frame_bytes
+        self._reconnect_hooks = ReconnectHooks()  # kept, never run: a hub never disconnects
         self._hub = _HUBS.setdefault(name, _Hub())
         self._mine: set[Subscription] = set()
         self._is_open = False
@@ -39,6 +52,7 @@ class MemoryTransport:
     async def publish(self, topic: str, frame: bytes, *, persist: bool = False) -> None:
         self._check_open()
         uris.parse(topic)
+        check_frame_size(topic, frame, self.max_frame_bytes)
         if persist:
             if frame:
                 self._hub.persisted[topic] = frame
@@ -77,6 +91,9 @@ class MemoryTransport:
         self._is_open = False
         for subscription in list(self._mine):
             subscription.close_nowait()
+
+    def on_reconnect(self, hook: ReconnectHook) -> Callable[[], None]:
+        return self._reconnect_hooks.add(hook)
 
     def _check_open(self) -> None:
         if not self._is_open:

@@ -145,7 +145,8 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             ),
         )
         metrics = ProxyMetrics()
-        status = ServiceStatus(backend, uploads, metrics)
+        verifier = Verifier(aliases=settings.aliases)
+        status = ServiceStatus(backend, uploads, metrics, rejections=verifier.rejected)
         heartbeat = Heartbeat(
             service_uri,
             interval_s=settings.heartbeat_interval_s,
@@ -157,7 +158,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 transport,
                 entity,
                 proofs=_load_proofs(settings),
-                verifier=Verifier(aliases=settings.aliases),
+                verifier=verifier,
                 will=heartbeat.will(),
             )
         )

@@ -8,6 +8,7 @@ the ``status`` operation) gets it at construction.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from proxy.backend import EmbeddedBackend
@@ -21,9 +22,19 @@ VERSION = "0.1.0"
 
 
 class ServiceStatus:
-    def __init__(self, backend: EmbeddedBackend, uploads: Uploads, metrics: ProxyMetrics) -> None:
+    """``rejections`` is the service's live count of refused frames by error code (its bus
+    client's verifier counts them), reported as it is at each snapshot."""
+
+    def __init__(
+        self,
+        backend: EmbeddedBackend,
+        uploads: Uploads,
+        metrics: ProxyMetrics,
+        rejections: Mapping[str, int] | None = None,
+    ) -> None:
         self.backend = backend
         self.uploads = uploads
+        self.rejections: Mapping[str, int] = {} if rejections is None else rejections
         self.started = time.monotonic()
         self.served_default = 0
         """Predictions answered with an application's default output (SLO missed, or failed)."""
@@ -48,4 +59,5 @@ class ServiceStatus:
             "served_default": self.served_default,
             "requests_per_s": self.request_rate(),
             "uploads": self.uploads.in_progress(),
+            "rejections": dict(sorted(self.rejections.items())),
         }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from bus import BusClient, Entity, Grant, MessageStream, PayloadObject, Verifier, codec
-from bus.transport import DEFAULT_BUFFER, Subscription, Transport, Will
+from bus.transport import DEFAULT_BUFFER, ReconnectHook, Subscription, Transport, Will
 from transports import open_transport
 
 __all__ = [
@@ -229,3 +229,6 @@ class RecordingTransport:
 
     async def close(self) -> None:
         await self.inner.close()
+
+    def on_reconnect(self, hook: ReconnectHook) -> Callable[[], None]:
+        return self.inner.on_reconnect(hook)

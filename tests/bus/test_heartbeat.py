@@ -28,6 +28,7 @@ from bus import (
 from bus.heartbeat import LASTALIVE, STATE, STATUS
 from bus.monitor import evaluate
 from tests.bus.helpers import Member, Namespace, bus_url_for, connect, memory_url, next_message
+from tests.fixtures.mosquitto import MosquittoBroker
 
 SCRIPT = Path(__file__).with_name("liveness_process.py")
 S = 10**9  # ns per second
@@ -125,6 +126,31 @@ async def test_beats_repeat_every_interval(namespace: Namespace) -> None:
         await client.require_task_group().start(heartbeat.run, client)
         stamps = [(await next_message(beats)).value()["ts"] for _ in range(3)]
     assert stamps == sorted(stamps) and len(set(stamps)) == 3
+
+
+@pytest.mark.mqtt
+async def test_the_birth_is_announced_again_as_soon_as_the_broker_is_back(
+    mosquitto: MosquittoBroker, mosquitto_url: str, namespace: Namespace
+) -> None:
+    """The session broker keeps nothing across a restart: without the re-announcement on
+    reconnect the service would be unknown ("never announced") for a whole interval (60 s)."""
+    service = namespace.uri("svc", "restarted")
+    heartbeat = Heartbeat(service, interval_s=60)
+    try:
+        async with (
+            connect(mosquitto_url, service_member(namespace), will=heartbeat.will()) as client,
+        ):
+            await client.require_task_group().start(heartbeat.run, client)
+            restarted_ns = time.time_ns()
+            await anyio.to_thread.run_sync(mosquitto.restart)
+            async with connect(mosquitto_url, namespace.as_member) as monitor:
+                [state] = await wait_for_state(
+                    monitor, namespace, lambda found: bool(found), timeout_s=15
+                )
+    finally:
+        mosquitto.start()
+    assert (state.is_alive, state.seq) == (True, heartbeat.seq)
+    assert state.last_alive_ns is not None and state.last_alive_ns > restarted_ns
 
 
 async def test_a_clean_close_reports_died(bus_url: str, namespace: Namespace) -> None:

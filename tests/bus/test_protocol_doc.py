@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 import bus
-from bus import codec, errors, grants, heartbeat, po, rpc, transfer
+from bus import codec, errors, grants, heartbeat, po, replycache, rpc, transfer
 from bus import envelope as envelopes
 from bus import uri as uris
 from bus.entity import Entity, key_to_text, verify
@@ -264,6 +264,21 @@ def test_documented_cache_bounds_match_the_code() -> None:
     verifier = Verifier()
     assert verifier.replay_capacity == 1_000_000 and "at most 1,000,000 entries" in flat
     assert verifier.skew_ns == 30 * 10**9
+
+
+def test_documented_reply_limits_and_retries_match_the_code() -> None:
+    text = _flat_doc()
+    cache = replycache.ReplyCache()
+    assert (cache.max_entries, cache.max_bytes, cache.max_sender_bytes) == (
+        4096,
+        64 * 1024**2,
+        16 * 1024**2,
+    )
+    assert "4096 latest, at most 64 MiB packed in all and 16 MiB per requester" in text
+    assert "4096 latest replies, at most 64 MiB of packed replies in all and 16 MiB per" in text
+    assert rpc.MAX_REPLY_BYTES == 16_711_680 and "64 KiB (16,711,680 bytes)" in text
+    assert '"limit": 16711680}' in text
+    assert (rpc.RETRY_MIN_S, rpc.RETRY_MAX_S) == (1.0, 5.0) and "(at least 1 s, at most 5 s" in text
 
 
 # -- the modelbus service (§17) ------------------------------------------------------------------

@@ -30,16 +30,20 @@ from bus import (
     error_from_wire,
     reply_uri,
 )
-from bus.errors import _all_subclasses
+from bus.errors import FrameTooLarge, LimitExceeded, TransportError, _all_subclasses
+from bus.rpc import MAX_REPLY_BYTES
+from bus.transport import DEFAULT_MAX_FRAME_BYTES
 from tests.bus.helpers import (
     TRANSPORTS,
     Member,
     Namespace,
+    RecordingTransport,
     bus_url_for,
     connect,
     memory_url,
     next_message,
 )
+from transports import open_transport
 
 Handler = Callable[[Request], Awaitable[Any]]
 
@@ -418,7 +422,8 @@ async def _publish_raw_request(client: BusClient, uri: str, value: Any) -> None:
 
 
 async def test_malformed_requests(caplog: pytest.LogCaptureFixture) -> None:
-    """No id: nothing to answer (logged). An id without a body: invalid_request."""
+    """No id: nothing to answer (counted as ``invalid_request``, logged at most once a second).
+    An id without a body: invalid_request."""
     service = Service()
     requester = service.requester()
     url = memory_url()
@@ -439,7 +444,8 @@ async def test_malformed_requests(caplog: pytest.LogCaptureFixture) -> None:
     assert [reply["id"] for reply in seen] == ["no-body", "sentinel"]
     assert seen[0]["ok"] is False and seen[0]["error"]["code"] == InvalidRequest.code
     malformed = [r for r in caplog.records if "malformed request" in r.getMessage()]
-    assert len(malformed) == 5
+    assert len(malformed) == 1  # the one with an id; the others are counted
+    assert server.verifier.rejected == {"invalid_request": 4}
 
 
 async def attachment_echo(request: Request) -> Any:
@@ -508,3 +514,118 @@ async def test_anything_but_one_binary_po_after_the_request_is_an_invalid_reques
     for reply in seen:
         assert reply["ok"] is False and reply["error"]["code"] == InvalidRequest.code
         assert "at most one attachment" in reply["error"]["message"]
+
+
+# -- limits and retries ---------------------------------------------------------------------------
+
+OVER_THE_LIMIT = b"x" * (DEFAULT_MAX_FRAME_BYTES + 1)
+
+
+async def test_a_request_over_the_frame_limit_is_refused_at_once_and_the_client_goes_on(
+    bus_url: str,
+) -> None:
+    calls: list[Any] = []
+
+    async def counted(request: Request) -> Any:
+        calls.append(len(request.body))
+        return len(calls)
+
+    service = Service()
+    async with (
+        connect(bus_url, service.server()) as server,
+        serving(server, service.slot(), counted),
+        connect(bus_url, service.requester()) as client,
+    ):
+        with pytest.raises(FrameTooLarge) as refused:
+            await client.request(service.slot(), OVER_THE_LIMIT, request_id="big")
+        after = await client.request(service.slot(), b"small", request_id="big")  # id is free
+    assert refused.value.details["limit"] == DEFAULT_MAX_FRAME_BYTES
+    assert "chunked transfer" in refused.value.message
+    assert (after, calls) == (1, [5])
+
+
+async def test_a_reply_over_the_frame_limit_is_answered_limit_exceeded(bus_url: str) -> None:
+    calls = 0
+
+    async def huge(request: Request) -> Any:
+        nonlocal calls
+        calls += 1
+        return OVER_THE_LIMIT if request.body == "huge" else "fine"
+
+    service = Service()
+    async with (
+        connect(bus_url, service.server()) as server,
+        serving(server, service.slot(), huge),
+        connect(bus_url, service.requester()) as client,
+    ):
+        for _ in range(2):  # the second time from the cache: the error reply was cached
+            with pytest.raises(LimitExceeded) as refused:
+                await client.request(service.slot(), "huge", request_id="h", timeout_s=30)
+            assert refused.value.code == "limit_exceeded"
+            assert refused.value.details == {
+                "size": len(
+                    PayloadObject.msgpack({"id": "h", "ok": True, "result": OVER_THE_LIMIT}).data
+                ),
+                "limit": MAX_REPLY_BYTES,
+            }
+        assert await client.request(service.slot(), "small") == "fine"
+    assert calls == 2
+
+
+class LosingTransport(RecordingTransport):
+    """Drops the first frame published on ``topic_part`` (a lost request or reply)."""
+
+    def __init__(self, url: str, topic_part: str | None) -> None:
+        super().__init__(open_transport(url))
+        self.topic_part = topic_part
+        self.lost: list[str] = []
+
+    async def publish(self, topic: str, frame: bytes, *, persist: bool = False) -> None:
+        if self.topic_part is not None and self.topic_part in topic and not self.lost:
+            self.lost.append(topic)
+            return
+        await super().publish(topic, frame, persist=persist)
+
+
+@pytest.mark.parametrize("lost", ["request", "reply"])
+async def test_a_lost_frame_is_sent_again_under_the_same_id_and_answered_once(lost: str) -> None:
+    calls = 0
+
+    async def counted(request: Request) -> Any:
+        nonlocal calls
+        calls += 1
+        return calls
+
+    service, url = Service(), memory_url()
+    server_member, requester = service.server(), service.requester()
+    server_transport = LosingTransport(url, "/signal/reply/" if lost == "reply" else None)
+    client_transport = LosingTransport(url, "/slot/" if lost == "request" else None)
+    async with (
+        BusClient(server_transport, server_member.entity, proofs=server_member.proofs) as server,
+        serving(server, service.slot(), counted),
+        BusClient(client_transport, requester.entity, proofs=requester.proofs) as client,
+    ):
+        # A retry comes after a third of the timeout when no reply came.
+        result = await client.request(service.slot(), "x", request_id="r", timeout_s=3)
+    assert (result, calls) == (1, 1)
+    assert len(server_transport.lost + client_transport.lost) == 1
+    sent = client_transport.published.count(service.slot()) + len(client_transport.lost)
+    assert sent >= 2
+
+
+class BrokenTransport(RecordingTransport):
+    """A transport whose publishes all fail as a lost connection would."""
+
+    async def publish(self, topic: str, frame: bytes, *, persist: bool = False) -> None:
+        self.published.append(topic)
+        raise TransportError("lost the connection to the broker")
+
+
+async def test_a_request_that_cannot_be_sent_is_retried_then_times_out_naming_why() -> None:
+    service = Service()
+    requester = service.requester()
+    transport = BrokenTransport(open_transport(memory_url()))
+    async with BusClient(transport, requester.entity, proofs=requester.proofs) as client:
+        with pytest.raises(RequestTimeout, match="lost the connection to the broker"):
+            await client.request(service.slot(), "x", timeout_s=2.5)
+    assert transport.published.count(service.slot()) >= 2  # sent again after a failed send

@@ -15,8 +15,8 @@ import uuid
 import anyio
 import pytest
 
-from bus.errors import InvalidUri, TransportClosed
-from bus.transport import Delivery, Subscription
+from bus.errors import FrameTooLarge, InvalidUri, TransportClosed
+from bus.transport import DEFAULT_MAX_FRAME_BYTES, Delivery, Subscription
 from tests.transports.helpers import WAIT_S, connected, receive
 from transports import open_transport
 
@@ -317,3 +317,30 @@ async def test_a_burst_arrives_complete_and_in_order(transport_url: str, ns: str
 
     assert frames == [b"%d" % index for index in range(count)]
     assert subscription.dropped == 0
+
+
+async def test_a_frame_over_the_limit_is_refused_before_sending_and_the_transport_stays_usable(
+    transport_url: str, ns: str
+) -> None:
+    """On MQTT the broker would drop the connection (and paho re-send the frame after every
+    reconnect); on ZeroMQ the forwarder would drop the frame: refused here, nothing is sent."""
+    at_limit = b"l" * DEFAULT_MAX_FRAME_BYTES
+    over = b"o" * (DEFAULT_MAX_FRAME_BYTES + 1)
+    async with connected(transport_url) as publisher, connected(transport_url) as subscriber:
+        subscription = await subscriber.subscribe(f"{ns}/big/+")
+        for persist in (False, True):
+            with pytest.raises(FrameTooLarge) as refused:
+                await publisher.publish(f"{ns}/big/over", over, persist=persist)
+            assert refused.value.code == "frame_too_large"
+            assert refused.value.details == {"size": len(over), "limit": DEFAULT_MAX_FRAME_BYTES}
+        await publisher.publish(f"{ns}/big/at-limit", at_limit)
+        await publisher.publish(f"{ns}/big/end", b"end")
+
+        received = await receive(subscription, 2)
+        kept = await subscriber.query(f"{ns}/big/+")
+
+    assert [(d.topic, len(d.frame)) for d in received] == [
+        (f"{ns}/big/at-limit", DEFAULT_MAX_FRAME_BYTES),
+        (f"{ns}/big/end", 3),
+    ]
+    assert kept == []

@@ -157,6 +157,7 @@ async def test_malformed_and_oversize_data_is_dropped_and_delivery_goes_on(
 
     assert delivery == Delivery(f"{ns}/fine", b"sentinel")
     assert "dropped a frame of 4096 bytes" in caplog.text
+    assert forwarder.dropped == {"parts": 2, "oversized": 1}
 
 
 async def test_an_oversize_persist_is_refused_with_transport_error(ns: str) -> None:

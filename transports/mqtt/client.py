@@ -1,8 +1,5 @@
-"""The MQTT 5 transport on paho-mqtt 2.x (see :mod:`transports.mqtt` for its behaviour).
-
-paho runs its own network thread; each callback hands its facts to the event loop with
-``call_soon_threadsafe``. paho and its errors stay inside this package.
-"""
+"""The MQTT 5 transport on paho-mqtt 2.x (see :mod:`transports.mqtt` for its behaviour): paho
+runs its own network thread, its callbacks hand facts to the event loop thread-safely."""
 
 from __future__ import annotations
 
@@ -22,16 +19,20 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from bus import transport as seam
 from bus import uri as uris
 from bus.errors import InvalidUri, TransportError
 from bus.transport import DEFAULT_BUFFER, Delivery, Subscription, Will, closed_error
 from transports.mqtt.broker import paho_logger, parse_url, redact, tls_context
+from transports.mqtt.gate import ConnectionGate
 from transports.mqtt.topics import (
     Filter,
     Query,
     failures,
     has_failed,
+    live_options,
     mqtt_filter,
+    query_options,
     subscribe_properties,
 )
 
@@ -61,6 +62,7 @@ class MqttTransport:
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30,
         timeout_s: float = 10.0,
+        max_frame_bytes: int = seam.DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         if qos not in (0, 1, 2):
             raise TransportError(f"MQTT QoS is 0, 1 or 2, not {qos!r}", url=redact(url))
@@ -76,11 +78,11 @@ class MqttTransport:
         self._tls_files = (ca_certs, certfile, keyfile)
         self._reconnect_s = (reconnect_min_s, reconnect_max_s)
         self._timeout_s = timeout_s
+        self.max_frame_bytes = max_frame_bytes  # the broker's message_size_limit should match
         self._client: paho.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connack: asyncio.Future[None] | None = None
-        self._connected = asyncio.Event()
-        self.reconnects = 0  # connections re-established after a loss (read by metrics)
+        self._gate = ConnectionGate()
         self._is_closed = False
         self._filters: dict[str, Filter] = {}
         self._by_id: dict[int, Filter] = {}
@@ -93,6 +95,11 @@ class MqttTransport:
         self._active: dict[str, int] = {}
 
     # -- the Transport protocol -------------------------------------------------------------
+
+    @property
+    def reconnects(self) -> int:
+        """Connections re-established after a loss (read by the service's metrics)."""
+        return self._gate.reconnects
 
     async def connect(self, *, will: Will | None = None) -> None:
         """Connect and wait for the broker's CONNACK; a refusal raises ``TransportError``."""
@@ -113,9 +120,11 @@ class MqttTransport:
         self._client = client
 
     async def publish(self, topic: str, frame: bytes, *, persist: bool = False) -> None:
-        """Publish and wait for the broker's PUBACK (QoS 1/2) or for paho to take it (QoS 0)."""
+        """Publish and wait for the broker's PUBACK (QoS 1/2) or for paho to take it (QoS 0).
+        An oversized frame never reaches paho (the broker would drop us; paho re-send it)."""
         self._check_open()
         uris.parse(topic)
+        seam.check_frame_size(topic, frame, self.max_frame_bytes)
         await self._bounded(
             self._timeout_s, self._publish(topic, frame, persist, self._qos), f"publish on {topic}"
         )
@@ -161,12 +170,15 @@ class MqttTransport:
         self._is_closed = True
         client, self._client = self._client, None
         self._fail_pending(closed_error(self.url), include_publishes=True)
-        self._connected.set()  # wake waiters: they find the transport closed
+        self._gate.close()  # wake waiters: they find the transport closed
         for entry in list(self._filters.values()):
             for subscription in list(entry.subscriptions):
                 subscription.close_nowait()
         if client is not None:
             await self._stop_network(client)
+
+    def on_reconnect(self, hook: seam.ReconnectHook) -> Callable[[], None]:
+        return self._gate.on_reconnect(hook)  # before anything else after a reconnect: gate.py
 
     # -- connecting ------------------------------------------------------------------------------
 
@@ -249,7 +261,7 @@ class MqttTransport:
         for topic_filter, subscription_id in active:
             client.subscribe(
                 topic_filter,
-                options=self._live_options(),
+                options=live_options(self._qos),
                 properties=subscribe_properties(subscription_id),
             )
 
@@ -300,14 +312,7 @@ class MqttTransport:
         if is_failure and not is_first:
             logger.warning("%s refused to reconnect us (%s); retrying", self.url, reason)
         if not is_failure and not self._is_closed:
-            self._connected.set()
-            if not is_first:
-                self.reconnects += 1
-                logger.info(
-                    "reconnected to %s; subscribed to %d filters again",
-                    self.url,
-                    len(self._filters),
-                )
+            self._gate.connected(is_first=is_first, url=self.url, filters=len(self._filters))
         if not is_first:
             return
         assert self._connack is not None
@@ -322,8 +327,7 @@ class MqttTransport:
     def _handle_disconnect(self, reason: str) -> None:
         if self._is_closed:
             return
-        was_connected = self._connected.is_set()
-        self._connected.clear()
+        was_connected = self._gate.lost()
         error = TransportError(f"lost the connection to {self.url}: {reason}", url=self.url)
         self._fail_pending(error, include_publishes=False)
         if was_connected:
@@ -401,14 +405,13 @@ class MqttTransport:
         await self._connected_client()
         if entry.ready is None or has_failed(entry.ready):
             entry.ready = self._send_subscribe(
-                [(entry.topic_filter, self._live_options())], entry.subscription_id
+                [(entry.topic_filter, live_options(self._qos))], entry.subscription_id
             )
         await asyncio.shield(entry.ready)
 
     async def _run_query(self, entry: Filter, query: Query) -> None:
         await self._connected_client()
-        send_retained = SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
-        options = SubscribeOptions(qos=max(self._qos, 1), retainHandling=send_retained)
+        options = query_options(self._qos)
         subscribed = self._send_subscribe(
             [(entry.topic_filter, options), (query.sentinel, options)], entry.subscription_id
         )
@@ -434,9 +437,6 @@ class MqttTransport:
         acknowledged = self._running_loop().create_future()
         self._subacks[mid] = acknowledged
         return acknowledged
-
-    def _live_options(self) -> SubscribeOptions:
-        return SubscribeOptions(qos=self._qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
 
     # -- the filter table ------------------------------------------------------------------
 
@@ -466,7 +466,7 @@ class MqttTransport:
 
     def _unsubscribe_quietly(self, topic_filter: str) -> None:
         """Unsubscribe without waiting: late deliveries for it find no filter and are dropped."""
-        if self._client is not None and self._connected.is_set():
+        if self._client is not None and self._gate.is_open:
             self._client.unsubscribe(topic_filter)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -482,8 +482,7 @@ class MqttTransport:
 
     async def _connected_client(self) -> paho.Client:
         """The client once it is connected (waiting through a reconnect)."""
-        if not self._connected.is_set():
-            await self._connected.wait()
+        await self._gate.wait()
         return self._open_client()
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:

@@ -12,11 +12,21 @@ from dataclasses import dataclass, field
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bus import uri as uris
 from bus.transport import Delivery, Subscription
 
-__all__ = ["Filter", "Query", "failures", "has_failed", "mqtt_filter", "subscribe_properties"]
+__all__ = [
+    "Filter",
+    "Query",
+    "failures",
+    "has_failed",
+    "live_options",
+    "mqtt_filter",
+    "query_options",
+    "subscribe_properties",
+]
 
 
 def mqtt_filter(pattern: str) -> str:
@@ -72,3 +82,15 @@ def has_failed(future: asyncio.Future[None]) -> bool:
 
 def failures(reason_codes: list[ReasonCode]) -> str:
     return ", ".join(str(code) for code in reason_codes if code.is_failure)
+
+
+def live_options(qos: int) -> SubscribeOptions:
+    """A live subscription's options: the broker never sends it retained messages."""
+    return SubscribeOptions(qos=qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+
+
+def query_options(qos: int) -> SubscribeOptions:
+    """A query's options: the broker sends the retained messages on subscribing, at QoS >= 1."""
+    return SubscribeOptions(
+        qos=max(qos, 1), retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -18,9 +18,19 @@ import zmq.asyncio
 
 from bus import uri as uris
 from bus.errors import InvalidUri, TransportError
-from bus.transport import DEFAULT_BUFFER, Delivery, Subscription, Will, closed_error
+from bus.transport import (
+    DEFAULT_BUFFER,
+    Delivery,
+    ReconnectHook,
+    ReconnectHooks,
+    Subscription,
+    Will,
+    check_frame_size,
+    closed_error,
+)
 from transports.zeromq.sockets import (
     DEFAULT_HWM,
+    DEFAULT_MAX_FRAME_BYTES,
     ERROR,
     OK,
     PROBE_PREFIX,
@@ -67,7 +77,9 @@ class ZmqTransport:
 
     ``connect_timeout_s`` bounds finding the forwarder; ``request_timeout_s`` bounds persisting,
     subscribing and a full send queue; ``flush_timeout_s`` bounds ``close()`` making sure frames
-    published before it reached the forwarder; ``hwm`` is every socket's high-water mark.
+    published before it reached the forwarder; ``hwm`` is every socket's high-water mark;
+    ``publish`` refuses a frame over ``max_frame_bytes`` (the forwarder would drop it).
+    ZeroMQ reconnects its sockets invisibly: ``on_reconnect`` hooks are kept and never run.
     """
 
     def __init__(
@@ -78,6 +90,7 @@ class ZmqTransport:
         request_timeout_s: float = 5.0,
         flush_timeout_s: float = 1.0,
         hwm: int = DEFAULT_HWM,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         local: LocalLink | None = None,
     ) -> None:
         """``local``: a forwarder running in this process, reached over its ``inproc://``
@@ -88,6 +101,8 @@ class ZmqTransport:
         self._request_timeout_s = request_timeout_s
         self._flush_timeout_s = flush_timeout_s
         self._hwm = hwm
+        self.max_frame_bytes = max_frame_bytes
+        self._reconnect_hooks = ReconnectHooks()
         self._local = local
         self._conn: _Connection | None = None
         self._receiver: asyncio.Task[None] | None = None
@@ -131,6 +146,7 @@ class ZmqTransport:
     async def publish(self, topic: str, frame: bytes, *, persist: bool = False) -> None:
         conn = self._connection()
         uris.parse(topic)
+        check_frame_size(topic, frame, self.max_frame_bytes)
         if persist:
             await self._request(conn, [b"persist", topic.encode(), frame], self._request_timeout_s)
         else:
@@ -189,6 +205,9 @@ class ZmqTransport:
                 conn.sockets.close()
         if self._receiver is not None:
             await asyncio.wait([self._receiver])
+
+    def on_reconnect(self, hook: ReconnectHook) -> Callable[[], None]:
+        return self._reconnect_hooks.add(hook)
 
     def __repr__(self) -> str:
         return f"ZmqTransport({self.url!r})"

@@ -2,13 +2,17 @@
 
 It binds XSUB (P), XPUB (P+1) and ROUTER (P+2) — see :mod:`transports.zeromq` for the wire —
 forwards every data frame to the subscribers whose prefix matches, keeps persisted frames in
-memory and answers control requests (ping, persist, query).
+memory and answers control requests (ping, persist, query). Data messages it drops are counted
+by reason in ``Forwarder.dropped`` (``parts``: not [topic, frame]; ``oversized``: a frame over
+the limit but under ZeroMQ's hard limit, which disconnects the sending peer instead); the
+connections of subscribers are never disturbed.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -44,8 +48,11 @@ logger = logging.getLogger(__name__)
 class Relay:
     """What the forwarder does with each message: synchronous, and never raises on bad input."""
 
-    def __init__(self, xpub: SyncSocket, router: SyncSocket, max_frame_bytes: int) -> None:
+    def __init__(
+        self, xpub: SyncSocket, router: SyncSocket, max_frame_bytes: int, dropped: Counter[str]
+    ) -> None:
         self.persisted: dict[str, bytes] = {}
+        self.dropped = dropped
         self._xpub = xpub
         self._router = router
         self._max_frame_bytes = max_frame_bytes
@@ -53,8 +60,10 @@ class Relay:
     def on_data(self, frames: Frames) -> None:
         """Forward a published message as the frames ZeroMQ received: its bytes never copied."""
         if len(frames) != 2:
+            self.dropped["parts"] += 1
             logger.debug("dropped a data message of %d parts (expected topic, frame)", len(frames))
         elif len(frames[1]) > self._max_frame_bytes:
+            self.dropped["oversized"] += 1
             logger.warning(
                 "dropped a frame of %d bytes on %r: the bus limit is %d bytes",
                 len(frames[1]),
@@ -138,6 +147,7 @@ class Forwarder:
         self.url = url
         self.max_frame_bytes = max_frame_bytes
         self._hwm = hwm
+        self.dropped: Counter[str] = Counter()
         split_url(url)  # a bad URL fails here, not at __aenter__
         self._stack: AsyncExitStack | None = None
         self._sockets: dict[str, zmq.asyncio.Socket] = {}
@@ -210,7 +220,7 @@ class Forwarder:
         shadows: dict[str, SyncSocket] = {
             role: zmq.Socket.shadow(sock) for role, sock in sockets.items()
         }
-        relay = Relay(shadows["xpub"], shadows["router"], self.max_frame_bytes)
+        relay = Relay(shadows["xpub"], shadows["router"], self.max_frame_bytes, self.dropped)
         pump = Pump(
             [(shadows["xpub"], relay.on_subscription), (shadows["router"], relay.on_control)],
             frames=[(shadows["xsub"], relay.on_data)],
