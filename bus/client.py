@@ -201,6 +201,13 @@ class BusClient:
             uri, body, timeout_s=timeout_s, request_id=request_id, attachment=attachment
         )
 
+    def expect_replies_from(self, slot_uri: str, origin: bytes) -> None:
+        """Pin the service's key: replies to requests on ``slot_uri``'s prefix count only when
+        signed by ``origin`` (others are dropped and counted, :mod:`bus.rpc`)."""
+        if self._requester is None:
+            self._requester = Requester(self)
+        self._requester.expect(slot_uri, origin)
+
     async def serve(
         self,
         pattern: str,

@@ -12,6 +12,11 @@ bulk bytes that should not be msgpack-encoded into the body (an upload's chunks)
 travels detached, so the envelope's signed digest of it is its SHA-256
 (``Request.attachment.sha256``); a PO after the request PO that is not binary, or more than one,
 is answered ``invalid_request``.
+
+A requester accepts replies only from the entity it expects to answer: :meth:`Requester.expect`
+pins the key whose replies count on a reply URI (the service's key, §11 of the protocol); a
+reply signed by anyone else — another user granted ``P`` on the reply URI — is dropped and
+counted in ``Requester.foreign_replies``, and the real reply still arrives.
 """
 
 from __future__ import annotations
@@ -108,6 +113,13 @@ class Requester:
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._routes: set[str] = set()
         self._route_lock = anyio.Lock()
+        self._expected: dict[str, bytes] = {}
+        self.foreign_replies = 0
+
+    def expect(self, slot_uri: str, origin: bytes) -> None:
+        """Accept replies to requests on ``slot_uri`` (and every slot of its prefix) only when
+        signed by ``origin``."""
+        self._expected[reply_uri(slot_uri, self._client.key_text)] = origin
 
     async def request(
         self,
@@ -156,6 +168,17 @@ class Requester:
         async with self._client.subscribe(reply_to, check_scope=False) as stream:
             task_status.started()
             async for message in stream:
+                expected = self._expected.get(reply_to)
+                if expected is not None and message.origin != expected:
+                    self.foreign_replies += 1
+                    if self.foreign_replies & (self.foreign_replies - 1) == 0:  # 1, 2, 4, 8…
+                        logger.warning(
+                            "dropped a reply on %s signed by %s, not by the service (%d so far)",
+                            reply_to,
+                            message.origin_text,
+                            self.foreign_replies,
+                        )
+                    continue
                 try:
                     reply = message.value(PO_REPLY)
                 except DecodeError as error:

@@ -128,9 +128,18 @@ def _announce(info: ServiceInfo, settings: ProxySettings) -> None:
         click.echo(f"  slot       {info.slot(slot)}")
     click.echo(f"  entity     {info.entity_key} ({key_file})")
     click.echo(f"  data       {info.data_dir}")
-    click.echo("Give a user access (predict, manage and deploy):")
-    click.echo(
-        f"  modelbus grant --from {key_file} --to USER.key "
-        f"--uri '{info.service_uri}/*' --perms C*P --expires 30d -o user.grant"
-    )
+    click.echo(f"  key        {info.entity_key} (clients pin replies and liveness to it)")
+    click.echo("Give a user access, one grant per right (never on the whole service: that would")
+    click.echo("let them answer other users' requests and declare the service dead):")
+    for right, pattern, perms in _user_grants(info):
+        click.echo(
+            f"  modelbus grant --from {key_file} --to USER.key "
+            f"--uri '{pattern}' --perms {perms} --expires 30d -o user-{right}.grant"
+        )
     click.echo("Ctrl-C stops the service.", err=True)
+
+
+def _user_grants(info: ServiceInfo) -> list[tuple[str, str, str]]:
+    """The narrow grants of PROTOCOL.md §17.1: publish on a slot each; consume the liveness."""
+    grants = [(slot, info.slot(slot), "P") for slot in ("predict", "admin", "deploy")]
+    return [*grants, ("liveness", f"{info.service_uri}/!meta/*", "C*")]

@@ -508,3 +508,46 @@ async def test_anything_but_one_binary_po_after_the_request_is_an_invalid_reques
     for reply in seen:
         assert reply["ok"] is False and reply["error"]["code"] == InvalidRequest.code
         assert "at most one attachment" in reply["error"]["message"]
+
+
+async def test_a_reply_forged_by_another_publisher_is_dropped_and_the_real_one_arrives() -> None:
+    """Mallory may publish on the requester's reply signal (a grant on the whole prefix): with
+    the service's key pinned, her reply is dropped and counted; the service's own arrives."""
+    release = anyio.Event()
+    seen = anyio.Event()
+
+    async def slow(request: Request) -> Any:
+        seen.set()
+        await release.wait()
+        return 3.0
+
+    service = Service()
+    url = memory_url()
+    server_member = service.server()
+    async with (
+        connect(url, server_member) as server,
+        serving(server, service.slot(), slow),
+        connect(url, service.requester()) as client,
+        connect(url, service.server()) as mallory,  # P on every reply signal of the prefix
+    ):
+        client.expect_replies_from(service.slot(), server_member.entity.public_key)
+        results: list[Any] = []
+
+        async def ask() -> None:
+            results.append(await client.request(service.slot(), None, request_id="r1"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+            await seen.wait()
+            forged = {"id": "r1", "ok": True, "result": 999.0}
+            target = reply_uri(service.slot(), client.key_text)
+            for _ in range(3):
+                await mallory.publish(target, PayloadObject.msgpack(forged, PO_REPLY))
+            requester = client._requester
+            assert requester is not None
+            with anyio.fail_after(10):
+                while requester.foreign_replies < 3:  # noqa: ASYNC110 (counted on delivery)
+                    await anyio.sleep(0.01)
+            assert results == []  # none of the forgeries was taken for the reply
+            release.set()
+    assert results == [3.0]
