@@ -234,6 +234,51 @@ async def test_a_raising_model_fails_its_batch_and_keeps_serving(tmp_path: Path)
         assert (after.pid, after.restarts) == (before.pid, 0)
 
 
+async def test_a_poison_input_fails_only_its_own_request(tmp_path: Path) -> None:
+    """Issue 12 item 7: three requesters share a batch and one input makes the model raise with
+    a message quoting the whole batch. The batch is retried input by input: the poison fails only
+    its own request, whose error quotes only its own input; the others get their outputs."""
+    gate = str(tmp_path / "gate")
+
+    def poisoned(inputs: list[str]) -> list[str]:
+        import os as system
+        import time as clock
+
+        while "wait" in inputs and not system.path.exists(gate):
+            clock.sleep(0.02)
+        if any("boom" in x for x in inputs):
+            raise ValueError(f"cannot predict {inputs!r}")
+        return [f"out-{x}" for x in inputs]
+
+    async with running(tmp_path) as backend:
+        await deploy(backend, tmp_path, poisoned)
+        outcomes: dict[str, Any] = {}
+
+        async def ask(value: str) -> None:
+            try:
+                outcomes[value] = await backend.predict("thermal", "1", [value], timeout_s=30)
+            except InternalError as error:
+                outcomes[value] = error
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, "wait")
+            await wait_until(lambda: bool(backend.replicas("thermal", "1")[0].in_flight))
+            for value in ("alice-secret", "boom", "carol-secret"):
+                tg.start_soon(ask, value)
+            await wait_until(lambda: backend.stats("thermal", "1").queued == 3)
+            Path(gate).touch()
+        stats = backend.stats("thermal", "1")
+    assert outcomes["wait"] == ["out-wait"]
+    assert outcomes["alice-secret"] == ["out-alice-secret"]
+    assert outcomes["carol-secret"] == ["out-carol-secret"]
+    poison = outcomes["boom"]
+    assert isinstance(poison, InternalError)
+    assert poison.details["cause"] == "model_error"
+    assert "cannot predict ['boom']" in poison.message
+    assert "secret" not in poison.message and "secret" not in str(poison.details)
+    assert stats.batch_sizes[3] == 1  # the three did share a batch, which failed and was split
+
+
 async def test_a_model_returning_too_few_outputs_fails_clearly(tmp_path: Path) -> None:
     async with running(tmp_path) as backend:
         await deploy(backend, tmp_path, models.short)
