@@ -76,8 +76,9 @@ class BusContainerManager:
     presents (chains, or chain files); ``service_uri`` is ``<namespace>/s.modelbus/_`` or just
     the namespace, which may be one of ``aliases``. ``ready_timeout_s`` bounds the wait for a
     deployed version's first ready replica (0: don't wait); ``progress`` sees each upload.
-    ``local_auth`` picks how the loopback endpoint keeps other users out (see
-    :mod:`container_manager.loopback`; by default the connection's owner on Linux).
+    ``local_auth`` picks how the loopback endpoint keeps other users out besides its secret
+    path prefix, which it always requires (see :mod:`container_manager.loopback`; by default
+    also the connection's owner, on Linux).
     """
 
     def __init__(
