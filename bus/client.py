@@ -214,13 +214,16 @@ class BusClient:
         handler: Handler,
         *,
         max_concurrency: int = 64,
+        max_per_sender: int | None = None,
         gate: ServeGate | None = None,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Answer requests on the slot(s) ``pattern`` until cancelled; start it with
         ``await task_group.start(client.serve, pattern, handler)``. Responders sharing a
         ``gate`` can be drained together before shutting down (``await gate.drain(10)``)."""
-        responder = Responder(self, handler, max_concurrency=max_concurrency, gate=gate)
+        responder = Responder(
+            self, handler, max_concurrency=max_concurrency, max_per_sender=max_per_sender, gate=gate
+        )
         await responder.run(pattern, task_status=task_status)
 
     def require_task_group(self) -> TaskGroup:

@@ -230,7 +230,8 @@ class ServeGate:
 
 class Responder:
     """Serves requests arriving on a slot pattern with ``handler``, at most ``max_concurrency``
-    at once (more are answered ``overloaded``), caching the last ``reply_cache_size`` replies."""
+    at once and at most ``max_per_sender`` of one sender (more are answered ``overloaded``),
+    caching the last ``reply_cache_size`` replies."""
 
     def __init__(
         self,
@@ -240,6 +241,7 @@ class Responder:
         max_concurrency: int = 64,
         reply_cache_size: int = 4096,
         gate: ServeGate | None = None,
+        max_per_sender: int | None = None,
     ) -> None:
         self._gate = gate or ServeGate()
         self._client = client
@@ -248,6 +250,8 @@ class Responder:
         self._cache_size = reply_cache_size
         self._replies: OrderedDict[tuple[bytes, str], dict[str, Any]] = OrderedDict()
         self._in_flight: set[tuple[bytes, str]] = set()
+        self.max_per_sender = max_per_sender or max_concurrency
+        self._per_sender: dict[bytes, int] = {}
 
     @property
     def in_flight(self) -> int:
@@ -305,8 +309,17 @@ class Responder:
                 limit=self.max_concurrency,
             )
             await self._send(message.uri, message.origin, _error_reply(rid, busy))
+        elif self._per_sender.get(message.origin, 0) >= self.max_per_sender:
+            busy = Overloaded(
+                f"this sender has {self.max_per_sender} requests running here, the most one "
+                "sender may; retry once they are answered",
+                limit=self.max_per_sender,
+                per_sender=True,
+            )
+            await self._send(message.uri, message.origin, _error_reply(rid, busy))
         else:
             self._in_flight.add(key)
+            self._per_sender[message.origin] = self._per_sender.get(message.origin, 0) + 1
             self._gate.enter()
             request = Request(message.uri, message.origin, rid, value["body"], attachment)
             task_group.start_soon(self._handle, request)
@@ -323,6 +336,8 @@ class Responder:
             reply = _error_reply(request.id, failure)
         finally:
             self._in_flight.discard(key)
+            if (left := self._per_sender.pop(request.origin) - 1) > 0:
+                self._per_sender[request.origin] = left
             self._gate.leave()
         self._replies[key] = reply
         while len(self._replies) > self._cache_size:

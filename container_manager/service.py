@@ -78,8 +78,9 @@ class ServiceClient:
         except (VerificationError, InvalidUri):  # may not read !meta: fall back below
             announced = []
         if announced:
-            self._pin(announced[0].origin)
-            return announced[0].origin
+            learnt: bytes = announced[0].origin
+            self._pin(learnt)
+            return learnt
         namespace = uris.namespace_of(self.bus.verifier.canonical(self.service_uri))
         try:
             owner = key_from_text(namespace)

@@ -26,7 +26,7 @@ from bus import BusClient, Entity, Grant, Heartbeat, Verifier
 from bus.errors import BusError
 from bus.grants import load_chain
 from bus.rpc import ServeGate
-from proxy.backend.embedded import EmbeddedBackend
+from proxy.backend.embedded import BackendSettings, EmbeddedBackend
 from proxy.backend.runtime import ImageRuntime
 from proxy.registry.registry import Registry
 from proxy.service.operations.admin import AdminOps
@@ -102,7 +102,11 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         registry = await stack.enter_async_context(Registry.open(data_dir / "registry.sqlite3"))
         image_runtime, containers = _container_engine(settings, stack)
         backend = await stack.enter_async_context(
-            EmbeddedBackend(data_dir / "replicas", image_runtime=image_runtime)
+            EmbeddedBackend(
+                data_dir / "replicas",
+                image_runtime=image_runtime,
+                settings=BackendSettings(max_replicas_total=settings.max_replicas_total),
+            )
         )
         status = ServiceStatus(backend)
         heartbeat = Heartbeat(
@@ -129,9 +133,21 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             ),
         )
         predict = PredictOps(
-            registry, backend, router, status, timeout_s=settings.predict_timeout_s
+            registry,
+            backend,
+            router,
+            status,
+            timeout_s=settings.predict_timeout_s,
+            max_inputs_per_sender=settings.max_inputs_per_sender,
         )
-        admin = AdminOps(registry, backend, router, status.snapshot)
+        admin = AdminOps(
+            registry,
+            backend,
+            router,
+            status.snapshot,
+            max_applications=settings.max_applications,
+            max_waiting_ready=settings.max_waiting_ready,
+        )
         slots = {
             "predict": Slot("predict", predict.table()),
             "admin": Slot("admin", admin.table(), on_done=heartbeat.nudge),
@@ -150,7 +166,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 client,
                 f"{interface_uri}/slot/{name}",
                 slot,
-                settings.max_concurrency,
+                settings,
                 gate,
             )
         await task_group.start(heartbeat.run, client)
@@ -199,13 +215,18 @@ async def _serve(
     client: BusClient,
     uri: str,
     slot: Slot,
-    max_concurrency: int,
+    settings: ProxySettings,
     gate: ServeGate,
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     await client.serve(
-        uri, slot.handle, max_concurrency=max_concurrency, gate=gate, task_status=task_status
+        uri,
+        slot.handle,
+        max_concurrency=settings.max_concurrency,
+        max_per_sender=settings.max_in_flight_per_sender,
+        gate=gate,
+        task_status=task_status,
     )
 
 
