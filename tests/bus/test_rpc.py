@@ -551,3 +551,46 @@ async def test_a_reply_forged_by_another_publisher_is_dropped_and_the_real_one_a
             assert results == []  # none of the forgeries was taken for the reply
             release.set()
     assert results == [3.0]
+
+
+async def test_one_sender_cannot_take_every_slot_of_a_responder() -> None:
+    """Issue 12 item 9: at most ``max_per_sender`` requests of one sender run at once; its next
+    one is answered ``overloaded`` (per sender) while another sender's still runs."""
+    release = anyio.Event()
+    running = 0
+
+    async def slow(request: Request) -> Any:
+        nonlocal running
+        running += 1
+        await release.wait()
+        return request.origin_text
+
+    service = Service()
+    url = memory_url()
+    async with (
+        connect(url, service.server()) as server,
+        serving(server, service.slot(), slow, max_concurrency=8, max_per_sender=2),
+        connect(url, service.requester()) as greedy,
+        connect(url, service.requester()) as other,
+    ):
+        answers: list[Any] = []
+
+        async def ask(client: BusClient, rid: str) -> None:
+            answers.append(await client.request(service.slot(), None, request_id=rid))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, greedy, "g1")
+            tg.start_soon(ask, greedy, "g2")
+            with anyio.fail_after(10):
+                while running < 2:  # noqa: ASYNC110 (the handler offers no event)
+                    await anyio.sleep(0.01)
+            with pytest.raises(Overloaded) as busy:
+                await greedy.request(service.slot(), None, request_id="g3")
+            assert busy.value.details == {"limit": 2, "per_sender": True}
+            tg.start_soon(ask, other, "o1")
+            with anyio.fail_after(10):
+                while running < 3:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            release.set()
+        assert sorted(answers) == sorted([greedy.key_text] * 2 + [other.key_text])
+        assert await greedy.request(service.slot(), None, request_id="g3") == greedy.key_text
