@@ -37,6 +37,7 @@ from proxy.service.settings import ProxySettings
 from proxy.service.slots import Slot
 from proxy.service.status import ServiceStatus
 from proxy.service.versions import VersionRouter, start_model
+from proxy.uploads.collect import collect_artifacts
 from proxy.uploads.sessions import UploadLimits, Uploads
 from transports import open_or_embed
 
@@ -170,7 +171,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 gate,
             )
         await task_group.start(heartbeat.run, client)
-        task_group.start_soon(_sweep_uploads, uploads)
+        task_group.start_soon(_sweep_uploads, uploads, registry)
         info = ServiceInfo(
             bus_url=settings.bus_url,
             namespace=namespace,
@@ -256,10 +257,15 @@ async def _restore(registry: Registry, backend: EmbeddedBackend, router: Version
             router.switch(model.name, model.version)
 
 
-async def _sweep_uploads(uploads: Uploads) -> None:
+async def _sweep_uploads(uploads: Uploads, registry: Registry) -> None:
+    """Every minute: abort idle uploads, collect artifacts no version refers to."""
     while True:
         try:
             await uploads.expire_idle()
+            referenced = {m.artifact_sha256 for m in await registry.list_models(None)}
+            await anyio.to_thread.run_sync(collect_artifacts, uploads.artifact_dir, referenced)
         except BusError as error:
             logger.warning("upload sweep failed: %s", error.message)
+        except OSError as error:
+            logger.warning("artifact collection failed: %s", error)
         await anyio.sleep(UPLOAD_SWEEP_S)
