@@ -32,7 +32,7 @@ import anyio
 from bus import BusClient, service_states
 from bus import uri as uris
 from bus.artifact import build_closure_archive
-from bus.entity import key_from_text
+from bus.entity import key_from_text, key_to_text
 from bus.errors import DecodeError, InvalidUri, NotFound, TransportError, VerificationError
 from bus.heartbeat import STALE_AFTER_S, STATE
 from bus.monitor import ServiceState
@@ -111,8 +111,9 @@ class ServiceClient:
         found = [state for state in states if state.service == self.service_uri]
         if not found:
             raise NotFound(
-                f"no modelbus service announces itself at {self.service_uri}; "
-                "is `modelbus serve` running on this bus and namespace?",
+                f"no modelbus service announces itself at {self.service_uri} (signed by "
+                f"{key_to_text(key)}); is `modelbus serve` running on this bus and namespace, "
+                "with that key?",
                 service=self.service_uri,
             )
         return found[0]
