@@ -205,3 +205,19 @@ async def test_wait_ready_waiters_are_capped(memory_harness: ProxyHarness, tmp_p
             assert [r["ready"] for r in results if isinstance(r, dict)] == [True]
             with pytest.raises(InvalidRequest, match="less than or equal to 300"):
                 await operator.wait_ready("m", "1", timeout_s=301)
+
+
+async def test_an_upload_wider_than_its_senders_share_resumes(
+    memory_harness: ProxyHarness, tmp_path: Path
+) -> None:
+    """With at most 4 requests of one sender at once, a window of 16 chunk requests meets
+    ``overloaded``; the reference sender pauses and resumes from the acknowledged prefix."""
+    source = tmp_path / "artifact.bin"
+    source.write_bytes(bytes(range(256)) * 160)  # 40 chunks of 1 KiB
+    with anyio.fail_after(60):
+        async with memory_harness.serving(max_in_flight_per_sender=4) as service:
+            digest = await service.operator.upload_artifact(
+                source, name="wide", kind="closure", chunk_size=1024, window=16
+            )
+            stored = (service.data_dir / "artifacts" / digest).read_bytes()
+    assert stored == source.read_bytes()
