@@ -28,7 +28,8 @@ from bus.errors import BusError, PermissionMissing, TransportError
 from bus.grants import Grant
 from bus.message import MessageStream, Rejected, consume_right
 from bus.po import PayloadObject
-from bus.rpc import Handler, Requester, Responder, ServeGate
+from bus.responder import Responder, ServeGate
+from bus.rpc import Handler, Requester
 from bus.transport import (
     DEFAULT_BUFFER,
     ReconnectHook,
@@ -219,19 +220,29 @@ class BusClient:
             uri, body, timeout_s=timeout_s, request_id=request_id, attachment=attachment
         )
 
+    def expect_replies_from(self, slot_uri: str, origin: bytes) -> None:
+        """Pin the service's key: replies to requests on ``slot_uri``'s prefix count only when
+        signed by ``origin`` (others are dropped and counted, :mod:`bus.rpc`)."""
+        if self._requester is None:
+            self._requester = Requester(self)
+        self._requester.expect(slot_uri, origin)
+
     async def serve(
         self,
         pattern: str,
         handler: Handler,
         *,
         max_concurrency: int = 64,
+        max_per_sender: int | None = None,
         gate: ServeGate | None = None,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Answer requests on the slot(s) ``pattern`` until cancelled; start it with
         ``await task_group.start(client.serve, pattern, handler)``. Responders sharing a
         ``gate`` can be drained together before shutting down (``await gate.drain(10)``)."""
-        responder = Responder(self, handler, max_concurrency=max_concurrency, gate=gate)
+        responder = Responder(
+            self, handler, max_concurrency=max_concurrency, max_per_sender=max_per_sender, gate=gate
+        )
         await responder.run(pattern, task_status=task_status)
 
     def require_task_group(self) -> TaskGroup:

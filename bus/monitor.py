@@ -4,6 +4,10 @@ A service is **alive** when its ``!meta/lastalive`` is younger than 30 s and its
 not a death of the current run; **dead** when the lastalive is stale or absent ("stale"), or
 its state says offline with the same ``seq`` as its latest birth ("died" — the Will or a clean
 shutdown). A death with another ``seq`` (a late Will of an earlier run) is ignored.
+
+A reader that knows the service's key passes it as ``origin``: then only messages that key
+signed count, so another entity allowed to publish under ``!meta`` cannot declare the service
+dead (or alive) — its messages are left out as if absent.
 """
 
 from __future__ import annotations
@@ -65,9 +69,13 @@ def _under(pattern: str, suffix: str) -> str:
     return f"{pattern}/{suffix}"
 
 
-def _by_service(messages: list[Message], suffix: str, number: str) -> dict[str, Any]:
+def _by_service(
+    messages: list[Message], suffix: str, number: str, origin: bytes | None
+) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for message in messages:
+        if origin is not None and message.origin != origin:
+            continue
         if message.uri.endswith("/" + suffix):
             value = message.value(number)
             if isinstance(value, dict):
@@ -76,12 +84,19 @@ def _by_service(messages: list[Message], suffix: str, number: str) -> dict[str, 
 
 
 async def service_states(
-    client: BusClient, pattern: str, *, stale_after_s: float = STALE_AFTER_S
+    client: BusClient,
+    pattern: str,
+    *,
+    stale_after_s: float = STALE_AFTER_S,
+    origin: bytes | None = None,
 ) -> list[ServiceState]:
-    """Every service under ``pattern`` (e.g. ``ns/*``) with a persisted heartbeat or state."""
-    lastalive = _by_service(await client.query(_under(pattern, LASTALIVE)), LASTALIVE, PO_METADATA)
-    states = _by_service(await client.query(_under(pattern, STATE)), STATE, PO_STATE)
-    statuses = _by_service(await client.query(_under(pattern, STATUS)), STATUS, PO_STATUS)
+    """Every service under ``pattern`` (e.g. ``ns/*``) with a persisted heartbeat or state;
+    with ``origin``, from the messages signed by that key only (module docstring)."""
+    lastalive = _by_service(
+        await client.query(_under(pattern, LASTALIVE)), LASTALIVE, PO_METADATA, origin
+    )
+    states = _by_service(await client.query(_under(pattern, STATE)), STATE, PO_STATE, origin)
+    statuses = _by_service(await client.query(_under(pattern, STATUS)), STATUS, PO_STATUS, origin)
     now_ns = time.time_ns()
     return [
         evaluate(

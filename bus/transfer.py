@@ -40,7 +40,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
 
-from bus.errors import BusError, Conflict, DecodeError, RequestTimeout, TransportError
+from bus.errors import (
+    BusError,
+    Conflict,
+    DecodeError,
+    Overloaded,
+    RequestTimeout,
+    TransportError,
+)
 from bus.po import PayloadObject
 
 if TYPE_CHECKING:
@@ -125,8 +132,8 @@ async def upload_file(
     progress: Callable[[UploadProgress], None] | None = None,
 ) -> dict[str, Any]:
     """Upload ``path`` and commit it; return the commit reply (``artifact`` is its SHA-256).
-    A lost connection or a timed-out chunk resumes from the service's acknowledged prefix,
-    up to ``retries`` times."""
+    A lost connection, a timed-out chunk or an ``overloaded`` answer (after a short pause)
+    resumes from the service's acknowledged prefix, up to ``retries`` times."""
     source = Path(path)
     stamp = _stamp(source)
     size = stamp[0]
@@ -156,7 +163,7 @@ async def upload_file(
                     timeout_s=max(timeout_s, size / 50e6),
                 )
             )
-        except (RequestTimeout, TransportError) as error:
+        except (RequestTimeout, TransportError, Overloaded) as error:
             if _stamp(source) != stamp:
                 raise Conflict(
                     f"{source} changed while it was being uploaded; upload it again",
@@ -165,7 +172,12 @@ async def upload_file(
             if attempt == retries:
                 raise
             logger.warning("upload of %s interrupted (%s); resuming", name, error.message)
+            if isinstance(error, Overloaded):  # the service is busy (or we hold our share)
+                await anyio.sleep(OVERLOADED_BACKOFF_S * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+OVERLOADED_BACKOFF_S = 0.5
 
 
 def _stamp(source: Path) -> tuple[int, int]:

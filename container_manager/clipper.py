@@ -76,8 +76,11 @@ class BusContainerManager:
     presents (chains, or chain files); ``service_uri`` is ``<namespace>/s.modelbus/_`` or just
     the namespace, which may be one of ``aliases``. ``ready_timeout_s`` bounds the wait for a
     deployed version's first ready replica (0: don't wait); ``progress`` sees each upload.
-    ``local_auth`` picks how the loopback endpoint keeps other users out (see
-    :mod:`container_manager.loopback`; by default the connection's owner on Linux).
+    ``local_auth`` picks how the loopback endpoint keeps other users out besides its secret
+    path prefix, which it always requires (see :mod:`container_manager.loopback`; by default
+    also the connection's owner, on Linux). ``service_key`` (the key text ``modelbus serve``
+    prints) pins whose replies and liveness count; by default it is learnt from the service's
+    announced state (:class:`container_manager.ServiceClient`).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class BusContainerManager:
         ready_timeout_s: float = 60.0,
         progress: Callable[[UploadProgress], None] | None = None,
         local_auth: LocalAuth | None = None,
+        service_key: str | None = None,
     ) -> None:
         self.bus_url = bus_url
         self.entity = entity if isinstance(entity, Entity) else Entity.load(entity)
@@ -107,6 +111,7 @@ class BusContainerManager:
         self.ready_timeout_s = ready_timeout_s
         self.progress = progress
         self.local_auth = local_auth
+        self.service_key = service_key
         self._session: Session | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._lock = threading.Lock()
@@ -137,6 +142,7 @@ class BusContainerManager:
                 timeout_s=self.timeout_s,
                 ready_timeout_s=self.ready_timeout_s,
                 auth=self.local_auth,
+                service_key=self.service_key,
             )
             self._session = session
             # An unclosed manager still ends its session: when collected, or at exit.

@@ -1,11 +1,25 @@
 """The loopback HTTP endpoint: a threaded server on ``127.0.0.1``, for its own user only.
 
 Each request is answered by a thread-safe callable (the container manager hands it to its
-event loop). Only the user who started the server may use it: on Linux the kernel tells which
-user owns each connection (socket diagnostics, as ``ss`` asks, or ``/proc/net/tcp``) and any
-other user gets 403; where connections cannot be attributed, the address carries a secret path
-prefix instead, and requests without it get 404. Replies go out in one write with TCP_NODELAY
-(a reply split in two writes waits ~40 ms for the client's delayed ACK).
+event loop), and each is signed on the bus with the user's key — so the endpoint must answer
+its user's programs only, never another user of the machine nor a web page in the user's
+browser. Every request must pass, in order (the first failure answers and closes):
+
+1. **The user** (``auth="uid"``, where the kernel tells who owns each connection — socket
+   diagnostics, as ``ss`` asks, or ``/proc/net/tcp`` on Linux): another user's connection → 403.
+2. **The size**: a bad or over-64-MiB ``Content-Length`` → 413, unread.
+3. **Host** (DNS rebinding: a page of ``evil.example`` re-pointed at 127.0.0.1 sends its own
+   name): exactly one ``Host`` header, ``127.0.0.1:<port>`` or ``localhost:<port>`` → else 421.
+4. **Cross-site** requests from a browser: an ``Origin`` other than ``http://127.0.0.1:<port>``
+   or ``http://localhost:<port>`` (``null`` included), or a ``Sec-Fetch-Site`` other than
+   ``same-origin``/``none`` → 403.
+5. **JSON**: a POST whose ``Content-Type`` is not ``application/json`` → 415 (a page can send
+   ``text/plain`` cross-site without a CORS preflight, never ``application/json``).
+6. **The secret path prefix**, on every platform: the address is ``127.0.0.1:<port>/<token>``
+   and a request without the token (a guessed URL) → 404.
+
+Replies go out in one write with TCP_NODELAY (a reply split in two writes waits ~40 ms for the
+client's delayed ACK).
 """
 
 from __future__ import annotations
@@ -128,14 +142,12 @@ class _Server(ThreadingHTTPServer):
 
     def allows(self, client: tuple[str, int]) -> bool:
         if self.auth == "token":
-            return True  # the path prefix decides
+            return True  # the path prefix decides alone
         host, port = self.server_address[:2]
         return peer_uid(client, (str(host), int(port))) == os.getuid()
 
     def route(self, path: str) -> str | None:
         """The path without the token prefix; None if the prefix is missing or wrong."""
-        if self.auth == "uid":
-            return path
         prefix = f"/{self.token}"
         if path == prefix or path.startswith(prefix + "/"):
             return path[len(prefix) :] or "/"
@@ -173,12 +185,35 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send(HttpReply.text("bad or too large Content-Length", 413))
             return
+        refusal = self._refusal(method)
+        if refusal is not None:
+            self.close_connection = True
+            self._send(refusal)
+            return
         body = self.rfile.read(size) if size else b""
         path = self.server.route(urlsplit(self.path).path)
         if path is None:
             self._send(HttpReply.text("not found", 404))
         else:
             self._send(self._respond(method, path, body))
+
+    def _refusal(self, method: str) -> HttpReply | None:
+        """Checks 3 to 5 of the module docstring: the reply refusing the request, or None."""
+        port = self.server.server_address[1]
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) != 1 or hosts[0].lower() not in {f"127.0.0.1:{port}", f"localhost:{port}"}:
+            return HttpReply.text(f"this endpoint answers only Host 127.0.0.1:{port}", 421)
+        origin = self.headers.get("Origin")
+        fetch_site = self.headers.get("Sec-Fetch-Site")
+        origins = {f"http://127.0.0.1:{port}", f"http://localhost:{port}"}
+        if (origin is not None and origin.lower() not in origins) or (
+            fetch_site is not None and fetch_site.lower() not in ("same-origin", "none")
+        ):
+            return HttpReply.text("cross-site requests are refused", 403)
+        media = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if method == "POST" and media != "application/json":
+            return HttpReply.text("a POST carries Content-Type: application/json", 415)
+        return None
 
     def _respond(self, method: str, path: str, body: bytes) -> HttpReply:
         try:
@@ -216,10 +251,8 @@ class LoopbackServer:
 
     @property
     def address(self) -> str:
-        """``127.0.0.1:<port>`` (with ``/<token>`` when connections cannot be attributed)."""
-        port = self._server.server_address[1]
-        suffix = f"/{self._server.token}" if self._server.auth == "token" else ""
-        return f"127.0.0.1:{port}{suffix}"
+        """``127.0.0.1:<port>/<token>``: the secret path prefix is part of the address."""
+        return f"127.0.0.1:{self._server.server_address[1]}/{self._server.token}"
 
     def close(self) -> None:
         self._server.shutdown()

@@ -10,6 +10,14 @@
 
 Every call is a signed request on one of the service's slots (``predict``, ``admin``,
 ``deploy``); the service's typed errors are raised here as the same classes.
+
+Replies and liveness count only when signed by the **service's key** (protocol §11, §13):
+``service_key`` when given (the key text ``modelbus serve`` prints, or its bytes); otherwise
+learnt once, before the first call, as the signer of the service's persisted
+``S/!meta/state`` — a namespace-rooted chain lets only the service (and the namespace owner)
+publish there when the owner gives users the narrow grants of §17.1; failing that (the client
+may not read ``!meta``, or nothing is announced yet), the namespace's own key, the case of a
+service that owns its namespace.
 """
 
 from __future__ import annotations
@@ -22,9 +30,11 @@ from typing import Any
 import anyio
 
 from bus import BusClient, service_states
+from bus import uri as uris
 from bus.artifact import build_closure_archive
-from bus.errors import NotFound, TransportError
-from bus.heartbeat import STALE_AFTER_S
+from bus.entity import key_from_text, key_to_text
+from bus.errors import DecodeError, InvalidUri, NotFound, TransportError, VerificationError
+from bus.heartbeat import STALE_AFTER_S, STATE
 from bus.monitor import ServiceState
 from bus.transfer import UploadProgress, upload_file
 
@@ -36,19 +46,58 @@ DEFAULT_SERVICE_PATH = "s.modelbus/_"
 class ServiceClient:
     """Talks to the service at ``service_uri`` (``<namespace>/s.modelbus/_`` by default)."""
 
-    def __init__(self, bus: BusClient, service_uri: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        bus: BusClient,
+        service_uri: str,
+        *,
+        timeout_s: float = 30.0,
+        service_key: bytes | str | None = None,
+    ) -> None:
         self.bus = bus
         self.service_uri = service_uri
         self.interface_uri = f"{service_uri}/i.modelbus"
         self.timeout_s = timeout_s
+        self._service_key: bytes | None = None
+        if service_key is not None:
+            self._pin(key_from_text(service_key) if isinstance(service_key, str) else service_key)
 
     def slot(self, name: str) -> str:
         return f"{self.interface_uri}/slot/{name}"
+
+    def _pin(self, key: bytes) -> None:
+        self._service_key = key
+        self.bus.expect_replies_from(self.slot("predict"), key)
+
+    async def service_key(self) -> bytes:
+        """The key whose replies and liveness count (module docstring): configured, or learnt."""
+        if self._service_key is not None:
+            return self._service_key
+        try:
+            announced = await self.bus.query(f"{self.service_uri}/{STATE}")
+        except (VerificationError, InvalidUri):  # may not read !meta: fall back below
+            announced = []
+        if announced:
+            learnt: bytes = announced[0].origin
+            self._pin(learnt)
+            return learnt
+        namespace = uris.namespace_of(self.bus.verifier.canonical(self.service_uri))
+        try:
+            owner = key_from_text(namespace)
+        except DecodeError:
+            raise NotFound(
+                f"cannot tell the key of the service at {self.service_uri}: it announces no "
+                "state and its namespace is no key; configure it (service_key=…)",
+                service=self.service_uri,
+            ) from None
+        self.bus.expect_replies_from(self.slot("predict"), owner)  # not kept: learn it later
+        return owner
 
     async def call(
         self, slot: str, op: str, *, reply_timeout_s: float | None = None, **body: Any
     ) -> Any:
         """Send operation ``op`` with ``body`` to a slot; the reply's result or a typed error."""
+        await self.service_key()
         return await self.bus.request(
             self.slot(slot), {"op": op, **body}, timeout_s=reply_timeout_s or self.timeout_s
         )
@@ -56,12 +105,15 @@ class ServiceClient:
     # -- liveness ---------------------------------------------------------------------------
 
     async def liveness(self) -> ServiceState:
-        states = await service_states(self.bus, self.service_uri)
+        """The service's liveness, from the messages its own key signed."""
+        key = await self.service_key()
+        states = await service_states(self.bus, self.service_uri, origin=key)
         found = [state for state in states if state.service == self.service_uri]
         if not found:
             raise NotFound(
-                f"no modelbus service announces itself at {self.service_uri}; "
-                "is `modelbus serve` running on this bus and namespace?",
+                f"no modelbus service announces itself at {self.service_uri} (signed by "
+                f"{key_to_text(key)}); is `modelbus serve` running on this bus and namespace, "
+                "with that key?",
                 service=self.service_uri,
             )
         return found[0]
@@ -129,6 +181,7 @@ class ServiceClient:
         window: int = 16,
     ) -> str:
         """Upload a file in chunks (resuming after interruptions); return its SHA-256."""
+        await self.service_key()
         committed = await upload_file(
             self.bus,
             self.slot("deploy"),

@@ -86,9 +86,10 @@ async def _bus_session(
     verifier: Verifier,
     service_uri: str,
     timeout_s: float,
+    service_key: str | None,
 ) -> AsyncIterator[ServiceClient]:
     async with BusClient(open_transport(bus_url), entity, proofs=proofs, verifier=verifier) as bus:
-        yield ServiceClient(bus, service_uri, timeout_s=timeout_s)
+        yield ServiceClient(bus, service_uri, timeout_s=timeout_s, service_key=service_key)
 
 
 class Session:
@@ -106,6 +107,7 @@ class Session:
         timeout_s: float,
         ready_timeout_s: float,
         auth: LocalAuth | None,
+        service_key: str | None = None,
     ) -> None:
         self.loop = LoopThread()
         self._lock = threading.Lock()
@@ -113,7 +115,7 @@ class Session:
         self.server: LoopbackServer | None = None
         try:
             opened = self.loop.portal.wrap_async_context_manager(
-                _bus_session(bus_url, entity, proofs, verifier, service_uri, timeout_s)
+                _bus_session(bus_url, entity, proofs, verifier, service_uri, timeout_s, service_key)
             )
             self.service = opened.__enter__()
             self._session = opened

@@ -5,7 +5,10 @@ replica is idle the backend takes a batch of whatever is queued right then, up t
 (and a byte budget) — it never waits for a batch to fill, so batches grow only while every
 replica is busy, as in Clipper. The answer to a batch completes or fails the requests its inputs
 came from; a batch whose worker died is rescued: its inputs go back to the front of the queue
-once, and fail on their second crash.
+once, and fail on their second crash. A batch the model failed on that mixes several requests'
+inputs is **split**: its inputs go back to the front of the queue, each to be sent alone, so that
+an input that makes the model raise fails only the request it came from (and its error, which
+may quote the input, reaches only that requester).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Item:
     value: Any
     size: int
     crashes: int = 0
+    alone: bool = False  # part of a failed mixed batch: sent in a batch of its own
 
 
 @dataclass(slots=True)
@@ -86,6 +90,7 @@ class BatchQueue:
         self.predictions = 0  # inputs answered with an output
         self.errors = 0  # inputs answered with an error
         self.retries = 0  # batches put back after their worker died
+        self.splits = 0  # failed mixed batches put back to be retried input by input
         self.batch_sizes: collections.Counter[int] = collections.Counter()
         self._items: collections.deque[Item] = collections.deque()
 
@@ -119,13 +124,15 @@ class BatchQueue:
         size = 0
         while self._items and len(items) < self.batch_size:
             item = self._items[0]
-            if items and size + item.size > self.max_batch_bytes:
+            if items and (item.alone or size + item.size > self.max_batch_bytes):
                 break
             self._items.popleft()
             item.request.queued -= 1
             if not item.request.done.is_set():
                 items.append(item)
                 size += item.size
+                if item.alone:
+                    break
         if not items:
             return None
         self.batch_sizes[len(items)] += 1
@@ -140,6 +147,19 @@ class BatchQueue:
         for item in batch.items:
             item.request.fail(error)
         self.errors += len(batch.items)
+
+    def split(self, batch: PendingBatch) -> bool:
+        """The model failed on ``batch``: if it held inputs of several requests still waiting,
+        put them back first in line, each to be retried alone, and return True; else False
+        (the caller fails the batch)."""
+        waiting = [item for item in batch.items if not item.request.done.is_set()]
+        if len({id(item.request) for item in waiting}) < 2:
+            return False
+        for item in waiting:
+            item.alone = True
+        self.splits += 1
+        self._push_front(waiting)
+        return True
 
     def give_back(self, batch: PendingBatch) -> None:
         """Put a batch that never reached its replica back at the front of the queue."""

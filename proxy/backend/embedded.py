@@ -55,7 +55,8 @@ logger = logging.getLogger(__name__)
 class BackendSettings:
     host: str = "127.0.0.1"  # where the ROUTER binds; workers in containers need it reachable
     queue_limit: int = 10_000  # queued inputs per version before predict raises Overloaded
-    max_replicas: int = 64
+    max_replicas: int = 64  # per version
+    max_replicas_total: int = 64  # over every version of the service
     max_batch_size: int = 10_000
     max_input_bytes: int = 16 * 1024 * 1024  # one packed input
     max_batch_bytes: int = 32 * 1024 * 1024  # a batch stops growing past this
@@ -171,6 +172,7 @@ class EmbeddedBackend:
         _check_name("model name", name)
         _check_name("model version", version)
         _check_count("replicas", replicas, 1, self.settings.max_replicas)
+        self.check_replica_budget(name, version, replicas)
         _check_count("batch_size", batch_size, 1, self.settings.max_batch_size)
         artifact = Path(artifact_path).resolve()
         self._refuse_started(name, version)
@@ -211,11 +213,28 @@ class EmbeddedBackend:
         """Start or stop replicas until ``count`` run; returns once surplus workers exited."""
         state = self._live(name, version)
         _check_count("replicas", count, 0, self.settings.max_replicas)
+        self.check_replica_budget(name, version, count)
         running = sorted(i for i, r in state.replicas.items() if not r.stopping)
         free = (i for i in itertools.count() if i not in state.replicas)
         while len(running) < count:
             running.append(self._add_replica(state, next(free)).index)
         await self._stop_replicas([state.replicas[i] for i in sorted(running)[count:]])
+
+    def check_replica_budget(self, name: str, version: str, count: int) -> None:
+        """LimitExceeded if ``count`` replicas of ``name:version`` would put the service over
+        ``max_replicas_total`` with the replicas of its other versions."""
+        others = sum(
+            sum(1 for r in state.replicas.values() if not r.stopping)
+            for key, state in self._versions.items()
+            if key != (name, version) and not state.stopping
+        )
+        if others + count > (limit := self.settings.max_replicas_total):
+            raise LimitExceeded(
+                f"this service runs at most {limit} replicas in all and {others} run for other "
+                f"versions: {count} more do not fit; stop or shrink some first",
+                limit=limit,
+                running=others,
+            )
 
     def versions(self) -> list[tuple[str, str]]:
         return sorted(key for key, state in self._versions.items() if not state.stopping)

@@ -215,6 +215,14 @@ class Dispatcher:
         state = self._versions[(replica.model, replica.version)]
         if result.outputs is not None and len(result.outputs) == len(batch.items):
             state.queue.complete(batch, result.outputs)
+        elif state.queue.split(batch):  # several requesters' inputs: retry them one by one
+            logger.warning(
+                "%s failed on a batch of %d inputs from several requests (%s); retrying each "
+                "input alone",
+                replica.label,
+                len(batch.items),
+                result.error.code if result.error else "bad_output",
+            )
         else:
             state.queue.fail(batch, _model_error(replica, result))
         self.dispatch(state)

@@ -94,6 +94,10 @@ class SandboxLimits(BaseModel):
     """The size of the private ``/tmp`` (memory)."""
     cpus: Annotated[float, Field(gt=0)] = 1.0
     """CPUs an image replica's container may use (the engine's ``--cpus``)."""
+    shared_dirs: tuple[Path, ...] = ()
+    """Host directories every sandboxed closure replica sees read-only, at the same path
+    (reference data its models read; none by default). They must be readable by the sandbox's
+    user. Not given to image replicas."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +244,7 @@ class Sandbox:
         args += ["--perms", "1777", "--size", str(self.limits.tmp_bytes), "--tmpfs", "/tmp"]
         binds: list[tuple[str, str]] = [(str(p), str(p)) for p in self.python_dirs]
         binds += [(str(p), str(SANDBOX_PACKAGES / p.name)) for p in self.package_dirs]
+        binds += [(str(p), str(p)) for p in self.limits.shared_dirs]
         if channel_dir is not None:
             binds.append((str(channel_dir), str(SANDBOX_CHANNEL_DIR)))
         targets = [PurePosixPath(target) for _, target in binds]

@@ -23,6 +23,7 @@ import click
 from anyio.abc import TaskStatus
 
 from bus.errors import BusError
+from proxy.backend.sandbox import SandboxLimits
 from proxy.cli.redaction import redact_url
 from proxy.cli.root import Settings, pass_settings, run_async
 from proxy.service.keys import ServiceKeys, default_namespace_key_file, provision
@@ -97,6 +98,14 @@ logger = logging.getLogger(__name__)
     "~/.config/modelbus/namespace.key]. Not used with --entity.",
 )
 @click.option(
+    "--sandbox-share",
+    "shared_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="A host directory every sandboxed model sees read-only at the same path (reference "
+    "data); repeatable [default: none].",
+)
+@click.option(
     "--unsafe-no-sandbox",
     is_flag=True,
     help="Where bubblewrap is missing, run deployed model code unconfined instead of refusing "
@@ -115,6 +124,7 @@ def serve(
     dashboard_port: int | None,
     docker_url: str | None,
     namespace_key: Path | None,
+    shared_dirs: tuple[Path, ...],
     unsafe_no_sandbox: bool,
 ) -> None:
     """Run the modelbus service: bus proxy, registry, model backend, heartbeats.
@@ -145,6 +155,7 @@ def serve(
         heartbeat_interval_s=heartbeat_interval,
         metrics_port=metrics_port,
         unsafe_no_sandbox=unsafe_no_sandbox,
+        sandbox_limits=SandboxLimits(shared_dirs=tuple(path.resolve() for path in shared_dirs)),
         **_engine(docker_url),
     )
     run_async(_serve, proxy_settings, keys, dashboard_port)
@@ -223,13 +234,22 @@ def _announce(info: ServiceInfo, settings: ProxySettings, keys: ServiceKeys | No
     click.echo(f"  data       {info.data_dir}")
     if info.metrics_url:
         click.echo(f"  metrics    {info.metrics_url}")
+    click.echo(f"  key        {info.entity_key} (clients pin replies and liveness to it)")
     _key_advice(keys)
-    click.echo("Give a user access (predict, manage and deploy):")
-    click.echo(
-        f"  modelbus grant --from {granting} --to USER.key "
-        f"--uri '{info.service_uri}/*' --perms C*P --expires 30d -o user.grant"
-    )
+    click.echo("Give a user access, one grant per right (never on the whole service: that would")
+    click.echo("let them answer other users' requests and declare the service dead):")
+    for right, pattern, perms in _user_grants(info):
+        click.echo(
+            f"  modelbus grant --from {granting} --to USER.key "
+            f"--uri '{pattern}' --perms {perms} --expires 30d -o user-{right}.grant"
+        )
     click.echo("Ctrl-C stops the service.", err=True)
+
+
+def _user_grants(info: ServiceInfo) -> list[tuple[str, str, str]]:
+    """The narrow grants of PROTOCOL.md §17.1: publish on a slot each; consume the liveness."""
+    grants = [(slot, info.slot(slot), "P") for slot in ("predict", "admin", "deploy")]
+    return [*grants, ("liveness", f"{info.service_uri}/!meta/*", "C*")]
 
 
 def _key_advice(keys: ServiceKeys | None) -> None:

@@ -12,7 +12,7 @@ the request path nothing:
 
     modelbus_rejections_total{reason}    signature, grant, replay, skew, limit, malformed, other:
                                          frames the verifier rejected and requests the
-                                         responders refused (bus.rpc.ServeGate.refused)
+                                         responders refused (bus.responder.ServeGate.refused)
     modelbus_replicas{state}             starting, ready, stopping, failed, stopped
     modelbus_replica_restarts_total{model}
     modelbus_batch_size                  histogram of the batches sent to replicas

@@ -4,7 +4,8 @@ The upload protocol itself (chunks, digests, acknowledgements, spooling) belongs
 uploads module; this store keeps its state across restarts, so an upload resumes from
 ``next_index``, and answers the two questions its limits need: a sender's open uploads
 (checked atomically by :meth:`UploadStore.create_upload`) and the uploads idle since a time
-(for expiry).
+(for expiry). A finished upload — committed, aborted or expired — is deleted: its row, and its
+metadata (up to 64 KiB), do not outlive it.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ class UploadStore:
         return advanced
 
     async def finish_upload(self, upload_id: str, state: Literal["committed", "aborted"]) -> Upload:
-        """Close an open upload; committing needs every chunk acknowledged."""
+        """Close an open upload and delete it; committing needs every chunk acknowledged.
+        Returns the upload as it ended (afterwards it is not found)."""
         if state not in ("committed", "aborted"):
             raise InvalidRequest(f"an upload ends committed or aborted, not {state!r}")
         async with self._db.write() as s:
@@ -106,10 +108,7 @@ class UploadStore:
                     upload_id=upload_id,
                 )
             now = s.clock()
-            await s.exec(
-                "UPDATE uploads SET state = ?, touched_ns = ? WHERE upload_id = ?",
-                (state, now, upload_id),
-            )
+            await s.exec("DELETE FROM uploads WHERE upload_id = ?", (upload_id,))
         return upload.model_copy(update={"state": state, "touched_ns": now})
 
     async def list_open_uploads(self, sender: str) -> list[Upload]:

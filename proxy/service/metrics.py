@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from bus import BusClient, Heartbeat
-from bus.rpc import ServeGate
+from bus.responder import ServeGate
 from proxy.backend import EmbeddedBackend
 from proxy.backend.embedded import ReplicaState
 from proxy.metrics import ReplicaFact, Sources

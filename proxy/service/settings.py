@@ -41,6 +41,14 @@ class ProxySettings(BaseModel):
     proof_paths: tuple[Path, ...] = ()
     aliases: dict[str, str] = {}
     max_concurrency: Annotated[int, Field(gt=0)] = 64
+    max_in_flight_per_sender: Annotated[int, Field(gt=0)] = 16
+    """Requests of one sender handled at once per slot (PROTOCOL.md §17.7)."""
+    max_inputs_per_sender: Annotated[int, Field(gt=0)] = 2500
+    """Inputs of one sender waiting for predictions at once."""
+    max_replicas_total: Annotated[int, Field(gt=0)] = 64
+    max_waiting_ready: Annotated[int, Field(gt=0)] = 8
+    """``model.wait_ready`` calls waiting at once, service-wide."""
+    max_applications: Annotated[int, Field(gt=0)] = 1000
     heartbeat_interval_s: Annotated[float, Field(gt=0)] = 10.0
     metrics_host: str = "127.0.0.1"
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None  # None: no /metrics

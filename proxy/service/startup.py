@@ -32,8 +32,8 @@ from anyio.abc import TaskStatus
 from bus import BusClient, Entity, Grant, Heartbeat, Verifier
 from bus.errors import BusError
 from bus.grants import load_chain
-from bus.rpc import ServeGate
-from proxy.backend import ContainerEngine, EmbeddedBackend
+from bus.responder import ServeGate
+from proxy.backend import BackendSettings, ContainerEngine, EmbeddedBackend
 from proxy.backend.runtime import ImageRuntime, ProcessRuntime
 from proxy.backend.sandbox import make_undumpable
 from proxy.metrics import ProxyMetrics, serve_metrics
@@ -48,6 +48,7 @@ from proxy.service.settings import ProxySettings
 from proxy.service.slots import Slot
 from proxy.service.status import ServiceStatus
 from proxy.service.versions import VersionRouter, start_model
+from proxy.uploads.collect import collect_artifacts
 from proxy.uploads.sessions import UploadLimits, Uploads
 from transports import open_or_embed
 
@@ -133,7 +134,12 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         registry = await stack.enter_async_context(Registry.open(data_dir / "registry.sqlite3"))
         image_runtime, containers = _container_engine(settings, stack)
         backend = await stack.enter_async_context(
-            EmbeddedBackend(data_dir / "replicas", runtime=runtime, image_runtime=image_runtime)
+            EmbeddedBackend(
+                data_dir / "replicas",
+                runtime=runtime,
+                image_runtime=image_runtime,
+                settings=BackendSettings(max_replicas_total=settings.max_replicas_total),
+            )
         )
         uploads = Uploads(
             registry,
@@ -167,9 +173,21 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         metrics.watch(service_sources(client, gate, backend, heartbeat))
         router = VersionRouter(registry, backend, task_group, on_switch=heartbeat.nudge)
         predict = PredictOps(
-            registry, backend, router, status, timeout_s=settings.predict_timeout_s
+            registry,
+            backend,
+            router,
+            status,
+            timeout_s=settings.predict_timeout_s,
+            max_inputs_per_sender=settings.max_inputs_per_sender,
         )
-        admin = AdminOps(registry, backend, router, status.snapshot)
+        admin = AdminOps(
+            registry,
+            backend,
+            router,
+            status.snapshot,
+            max_applications=settings.max_applications,
+            max_waiting_ready=settings.max_waiting_ready,
+        )
         slots = {
             "predict": Slot("predict", predict.table(), on_answer=metrics.record),
             "admin": Slot(
@@ -190,11 +208,11 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 client,
                 f"{interface_uri}/slot/{name}",
                 slot,
-                settings.max_concurrency,
+                settings,
                 gate,
             )
         await task_group.start(heartbeat.run, client)
-        task_group.start_soon(_sweep_uploads, uploads)
+        task_group.start_soon(_sweep_uploads, uploads, registry)
         metrics_url = None
         if settings.metrics_port is not None:
             port = await task_group.start(
@@ -246,13 +264,18 @@ async def _serve(
     client: BusClient,
     uri: str,
     slot: Slot,
-    max_concurrency: int,
+    settings: ProxySettings,
     gate: ServeGate,
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     await client.serve(
-        uri, slot.handle, max_concurrency=max_concurrency, gate=gate, task_status=task_status
+        uri,
+        slot.handle,
+        max_concurrency=settings.max_concurrency,
+        max_per_sender=settings.max_in_flight_per_sender,
+        gate=gate,
+        task_status=task_status,
     )
 
 
@@ -294,10 +317,15 @@ async def _restore(registry: Registry, backend: EmbeddedBackend, router: Version
             router.switch(model.name, model.version)
 
 
-async def _sweep_uploads(uploads: Uploads) -> None:
+async def _sweep_uploads(uploads: Uploads, registry: Registry) -> None:
+    """Every minute: abort idle uploads, collect artifacts no version refers to."""
     while True:
         try:
             await uploads.expire_idle()
+            referenced = {m.artifact_sha256 for m in await registry.list_models(None)}
+            await anyio.to_thread.run_sync(collect_artifacts, uploads.artifact_dir, referenced)
         except BusError as error:
             logger.warning("upload sweep failed: %s", error.message)
+        except OSError as error:
+            logger.warning("artifact collection failed: %s", error)
         await anyio.sleep(UPLOAD_SWEEP_S)

@@ -16,6 +16,7 @@ idle time. The wire operations are described in :mod:`bus.transfer`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -87,7 +88,9 @@ class Uploads:
 
     async def begin(self, sender: str, request: BeginRequest) -> dict[str, Any]:
         if self.has_artifact(request.sha256):
-            return {"complete": True, "artifact": request.sha256}
+            with contextlib.suppress(FileNotFoundError):  # collected meanwhile: upload it again
+                os.utime(self.artifact_path(request.sha256))  # in use: not collected for a while
+                return {"complete": True, "artifact": request.sha256}
         self._check_limits(request)
         for upload in await self.registry.list_open_uploads(sender):
             if (upload.name, upload.sha256, upload.size, upload.chunk_size) == (

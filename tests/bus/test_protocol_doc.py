@@ -15,7 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 import bus
-from bus import codec, errors, grants, heartbeat, po, replycache, rpc, transfer
+from bus import codec, errors, grants, heartbeat, po, replycache, responder, rpc, transfer
 from bus import envelope as envelopes
 from bus import uri as uris
 from bus.entity import Entity, key_to_text, verify
@@ -27,7 +27,7 @@ from proxy.backend import channel, images
 from proxy.backend import docker as runtime_docker
 from proxy.backend import embedded as backend
 from proxy.registry import records
-from proxy.service import settings, slots
+from proxy.service import quotas, settings, slots
 from proxy.service import versions as routing
 from proxy.service.operations import admin, containers, deploy, predict
 from proxy.service.startup import service_uris
@@ -458,7 +458,7 @@ def test_documented_service_constants_match_the_code() -> None:
     assert defaults.predict_timeout_s == 30 and "(30 s by default, a service setting)" in text
     assert defaults.heartbeat_interval_s == heartbeat.DEFAULT_INTERVAL_S == 10
     assert heartbeat.STALE_AFTER_S == 30 and "lastalive.ts > 30 s" in text
-    assert "the service is shutting down; retry shortly" in inspect.getsource(rpc.Responder)
+    assert "the service is shutting down; retry shortly" in inspect.getsource(responder.Responder)
     assert "the service is shutting down; retry shortly" in text
     assert predict.MAX_BATCH == 10_000 and "a batch of at most 10,000 inputs" in text
     limits = uploads.UploadLimits()
@@ -473,6 +473,17 @@ def test_documented_service_constants_match_the_code() -> None:
     assert f"`{containers.REQUESTER_LABEL}`" in text
     assert records.ADAPTIVE_BATCH_SIZE == -1 and routing.DEFAULT_BATCH_SIZE == 64
     assert "or **64** for `-1`" in text
+    # The quotas of §17.7 (issue 12 item 9).
+    table = text[text.index("### 17.7 Quotas") :]
+    assert defaults.max_in_flight_per_sender == 16 and "| 16 (*setting* `max_in_flight" in table
+    assert defaults.max_inputs_per_sender == 2500 and "| 2,500 (*setting* `max_inputs" in table
+    assert defaults.max_replicas_total == 64 and "| 64 (*setting* `max_replicas_total`)" in table
+    assert defaults.max_waiting_ready == 8 and "| 8 (*setting* `max_waiting_ready`)" in table
+    assert defaults.max_applications == 1000 and "| 1,000 (*setting* `max_applications`)" in table
+    assert backend.BackendSettings().max_replicas_total == defaults.max_replicas_total
+    assert quotas.MAX_TEXT_CHARS == 4096 and "| 4096 characters each |" in table
+    assert quotas.MAX_METADATA_BYTES == 64 * 1024 and "| 64 KiB packed |" in table
+    assert admin.MAX_WAIT_READY_S == 300 and "`timeout_s` ≤ 300" in table
 
 
 # -- the replica protocol (§18) ------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """Request/response over pub/sub: replies on the requester's own signal, typed errors, retries
-answered from the reply cache, back-pressure and timeouts."""
+answered from the reply cache, back-pressure and timeouts.
+
+Covers bus/rpc.py (the requester) and bus/responder.py (the service side).
+"""
 
 from __future__ import annotations
 
@@ -201,7 +204,7 @@ async def test_a_crashing_handler_is_an_internal_error_without_details(
             await client.request(service.slot(), {})
     assert secret not in caught.value.message + repr(caught.value.details)
     assert caught.value.details == {}
-    logged = [r for r in caplog.records if r.name == "bus.rpc" and r.exc_info]
+    logged = [r for r in caplog.records if r.name == "bus.responder" and r.exc_info]
     assert logged and secret in str(logged[0].exc_info[1])  # the service's log has it
 
 
@@ -629,3 +632,89 @@ async def test_a_request_that_cannot_be_sent_is_retried_then_times_out_naming_wh
         with pytest.raises(RequestTimeout, match="lost the connection to the broker"):
             await client.request(service.slot(), "x", timeout_s=2.5)
     assert transport.published.count(service.slot()) >= 2  # sent again after a failed send
+
+
+async def test_a_reply_forged_by_another_publisher_is_dropped_and_the_real_one_arrives() -> None:
+    """Mallory may publish on the requester's reply signal (a grant on the whole prefix): with
+    the service's key pinned, her reply is dropped and counted; the service's own arrives."""
+    release = anyio.Event()
+    seen = anyio.Event()
+
+    async def slow(request: Request) -> Any:
+        seen.set()
+        await release.wait()
+        return 3.0
+
+    service = Service()
+    url = memory_url()
+    server_member = service.server()
+    async with (
+        connect(url, server_member) as server,
+        serving(server, service.slot(), slow),
+        connect(url, service.requester()) as client,
+        connect(url, service.server()) as mallory,  # P on every reply signal of the prefix
+    ):
+        client.expect_replies_from(service.slot(), server_member.entity.public_key)
+        results: list[Any] = []
+
+        async def ask() -> None:
+            results.append(await client.request(service.slot(), None, request_id="r1"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+            await seen.wait()
+            forged = {"id": "r1", "ok": True, "result": 999.0}
+            target = reply_uri(service.slot(), client.key_text)
+            for _ in range(3):
+                await mallory.publish(target, PayloadObject.msgpack(forged, PO_REPLY))
+            requester = client._requester
+            assert requester is not None
+            with anyio.fail_after(10):
+                while requester.foreign_replies < 3:  # noqa: ASYNC110 (counted on delivery)
+                    await anyio.sleep(0.01)
+            assert results == []  # none of the forgeries was taken for the reply
+            release.set()
+    assert results == [3.0]
+
+
+async def test_one_sender_cannot_take_every_slot_of_a_responder() -> None:
+    """Issue 12 item 9: at most ``max_per_sender`` requests of one sender run at once; its next
+    one is answered ``overloaded`` (per sender) while another sender's still runs."""
+    release = anyio.Event()
+    running = 0
+
+    async def slow(request: Request) -> Any:
+        nonlocal running
+        running += 1
+        await release.wait()
+        return request.origin_text
+
+    service = Service()
+    url = memory_url()
+    async with (
+        connect(url, service.server()) as server,
+        serving(server, service.slot(), slow, max_concurrency=8, max_per_sender=2),
+        connect(url, service.requester()) as greedy,
+        connect(url, service.requester()) as other,
+    ):
+        answers: list[Any] = []
+
+        async def ask(client: BusClient, rid: str) -> None:
+            answers.append(await client.request(service.slot(), None, request_id=rid))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, greedy, "g1")
+            tg.start_soon(ask, greedy, "g2")
+            with anyio.fail_after(10):
+                while running < 2:  # noqa: ASYNC110 (the handler offers no event)
+                    await anyio.sleep(0.01)
+            with pytest.raises(Overloaded) as busy:
+                await greedy.request(service.slot(), None, request_id="g3")
+            assert busy.value.details == {"limit": 2, "per_sender": True}
+            tg.start_soon(ask, other, "o1")
+            with anyio.fail_after(10):
+                while running < 3:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            release.set()
+        assert sorted(answers) == sorted([greedy.key_text] * 2 + [other.key_text])
+        assert await greedy.request(service.slot(), None, request_id="g3") == greedy.key_text

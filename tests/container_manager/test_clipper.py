@@ -292,6 +292,22 @@ def test_connect_refuses_a_heartbeat_older_than_30_s(service: RunningService) ->
     assert not manager.is_connected
 
 
+def test_a_configured_service_key_pins_liveness_and_replies(service: RunningService) -> None:
+    """Issue 12 item 4: with ``service_key`` configured, only that key's heartbeat counts: the
+    service's own key connects, any other finds no announcement of its own."""
+    pinned = service.manager(service_key=service.owner.key_text)
+    pinned.connect()
+    try:
+        assert pinned.is_connected
+    finally:
+        pinned.close()
+    stranger = Entity.generate().key_text
+    wrong = service.manager(service_key=stranger)
+    with pytest.raises(NotFound, match=f"no modelbus service announces itself.*{stranger}"):
+        wrong.connect()
+    assert not wrong.is_connected
+
+
 # ---- what a predict-only grant may not do ------------------------------------------------------
 
 

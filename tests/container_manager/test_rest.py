@@ -116,7 +116,8 @@ class Endpoint:
 
     def post(self, path: str, body: Any) -> requests.Response:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return requests.post(self.url(path), data=data, timeout=10)
+        headers = {"Content-Type": "application/json"}
+        return requests.post(self.url(path), data=data, headers=headers, timeout=10)
 
 
 @pytest.fixture(params=["uid", "token"])
@@ -301,8 +302,9 @@ def test_another_user_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         server.close()
 
 
-def test_without_attribution_the_address_carries_a_secret_prefix() -> None:
-    server = LoopbackServer(lambda method, path, body: loopback.HttpReply.text(path), auth="token")
+@pytest.mark.parametrize("auth", ["uid", "token"])
+def test_the_address_carries_a_secret_prefix_on_every_platform(auth: loopback.LocalAuth) -> None:
+    server = LoopbackServer(lambda method, path, body: loopback.HttpReply.text(path), auth=auth)
     try:
         host_port, _, token = server.address.partition("/")
         assert len(token) >= 24
@@ -319,7 +321,7 @@ def test_without_attribution_the_address_carries_a_secret_prefix() -> None:
 def test_oversized_bodies_are_refused_unread() -> None:
     server = LoopbackServer(lambda method, path, body: loopback.HttpReply.text("ok"), auth="uid")
     try:
-        port = int(server.address.split(":")[1])
+        port = int(server.address.split("/")[0].split(":")[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(
                 b"POST /admin/add_app HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999999\r\n\r\n"
@@ -327,3 +329,74 @@ def test_oversized_bodies_are_refused_unread() -> None:
             assert sock.recv(100).startswith(b"HTTP/1.1 413")
     finally:
         server.close()
+
+
+@pytest.fixture
+def recorded() -> Iterator[tuple[LoopbackServer, list[str]]]:
+    """A loopback server that records the paths it answered."""
+    calls: list[str] = []
+
+    def respond(method: str, path: str, body: bytes) -> loopback.HttpReply:
+        calls.append(path)
+        return loopback.HttpReply.json({"deleted": True})
+
+    server = LoopbackServer(respond)
+    try:
+        yield server, calls
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Host": "evil.example"}, 421),  # a DNS-rebound page names its own host
+        ({"Host": "evil.example:{port}"}, 421),
+        ({"Host": "127.0.0.1:1"}, 421),  # the right address on another port
+        ({"Origin": "http://evil.example"}, 403),  # a cross-site page's fetch or form
+        ({"Origin": "null"}, 403),  # a sandboxed frame, a file:// page
+        ({"Origin": "http://127.0.0.1:1"}, 403),  # another local web app
+        ({"Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Sec-Fetch-Site": "same-site"}, 403),
+        ({"Content-Type": "text/plain"}, 415),  # a form post needs no CORS preflight
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+        ({"Content-Type": None}, 415),
+    ],
+)
+def test_web_pages_cannot_use_the_endpoint(
+    recorded: tuple[LoopbackServer, list[str]], headers: dict[str, str | None], status: int
+) -> None:
+    """Issue 12 item 6: what a browser sends for a cross-site or DNS-rebound page is refused
+    before it reaches the service (a cross-site text/plain POST once deleted an application)."""
+    server, calls = recorded
+    port = server.address.split("/")[0].split(":")[1]
+    sent = {"Content-Type": "application/json"} | {
+        name: value.format(port=port) if value else value for name, value in headers.items()
+    }
+    url = f"http://{server.address}/admin/delete_application"
+    reply = requests.post(url, data=b'{"name": "zone-a"}', headers=sent, timeout=10)
+    assert reply.status_code == status, reply.text
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Origin": "http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"},
+        {"Host": "localhost:{port}", "Origin": "http://localhost:{port}"},
+        {"Sec-Fetch-Site": "none", "Content-Type": "application/json; charset=utf-8"},
+    ],
+)
+def test_the_users_own_programs_are_answered(
+    recorded: tuple[LoopbackServer, list[str]], headers: dict[str, str]
+) -> None:
+    server, calls = recorded
+    port = server.address.split("/")[0].split(":")[1]
+    sent = {"Content-Type": "application/json"} | {
+        name: value.format(port=port) for name, value in headers.items()
+    }
+    url = f"http://{server.address}/admin/delete_application"
+    reply = requests.post(url, data=b'{"name": "zone-a"}', headers=sent, timeout=10)
+    assert reply.status_code == 200, reply.text
+    assert calls == ["/admin/delete_application"]

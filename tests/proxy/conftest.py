@@ -186,3 +186,13 @@ def memory_harness(request: pytest.FixtureRequest, tmp_path: Path) -> ProxyHarne
 def zmq_harness(request: pytest.FixtureRequest, tmp_path: Path) -> ProxyHarness:
     """A proxy harness on a ZeroMQ forwarder that outlives any proxy (for separate processes)."""
     return ProxyHarness(_bus_url(request, "zeromq"), tmp_path / "proxy")
+
+
+@pytest.fixture
+def gates(tmp_path: Path) -> Path:
+    """Where a test's gate files live: a directory its sandboxed models see read-only (pass
+    ``SandboxLimits(shared_dirs=(gates,))``); readable by the sandbox's user."""
+    shared = tmp_path / "gates"
+    shared.mkdir()
+    shared.chmod(0o755)
+    return shared

@@ -22,7 +22,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from bus.errors import TransportError
+from bus.errors import LimitExceeded, TransportError
 from bus.transport import Delivery, Will
 from tests.fixtures.ports import free_port_block
 from tests.fixtures.zmqbus import running_forwarder
@@ -336,3 +336,34 @@ async def test_a_local_transport_needs_a_running_forwarder() -> None:
     forwarder = Forwarder(f"zmq://127.0.0.1:{free_port_block(3)}")
     with pytest.raises(RuntimeError, match="not running"):
         forwarder.local_transport()
+
+
+async def test_a_flood_of_persists_is_bounded_in_count_and_bytes(ns: str) -> None:
+    """Issue 12 item 11: anyone who reaches the control port may persist; the forwarder keeps at
+    most ``max_persisted`` frames and ``max_persisted_bytes`` bytes, refuses the rest with a typed
+    ``limit_exceeded``, keeps what it had, and still accepts replacements and deletions."""
+    async with (
+        running_forwarder(max_persisted=5, max_persisted_bytes=10_000) as forwarder,
+        connected(forwarder.url) as transport,
+    ):
+        refused = 0
+        for index in range(40):  # a flood of 3,000-byte persists: only three fit the bytes
+            try:
+                await transport.publish(f"{ns}/f{index}", b"x" * 3000, persist=True)
+            except LimitExceeded:
+                refused += 1
+        relay = forwarder.relay
+        assert relay is not None
+        assert (len(relay.persisted), relay.persisted_bytes, refused) == (3, 9000, 37)
+        await transport.publish(f"{ns}/f0", b"y" * 100, persist=True)  # a replacement fits
+        for index in range(3):  # now count is the bound: two more small frames
+            try:
+                await transport.publish(f"{ns}/g{index}", b"z", persist=True)
+            except LimitExceeded:
+                refused += 1
+        assert (len(relay.persisted), refused) == (5, 38)
+        await transport.publish(f"{ns}/f1", b"", persist=True)  # a deletion is always taken
+        await transport.publish(f"{ns}/g9", b"z", persist=True)
+        kept = await transport.query(f"{ns}/*")
+    assert [d.topic for d in kept] == [f"{ns}/{t}" for t in ("f0", "f2", "g0", "g1", "g9")]
+    assert relay.persisted_bytes == 100 + 3000 + 3

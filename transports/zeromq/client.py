@@ -17,7 +17,7 @@ import zmq
 import zmq.asyncio
 
 from bus import uri as uris
-from bus.errors import InvalidUri, TransportError
+from bus.errors import InvalidUri, LimitExceeded, TransportError
 from bus.transport import (
     DEFAULT_BUFFER,
     Delivery,
@@ -281,6 +281,8 @@ class ZmqTransport:
         if reply[:1] == [OK]:
             return reply[1:]
         reason = reply[1].decode(errors="replace") if reply[:1] == [ERROR] and reply[1:] else ""
+        if reply[:1] == [ERROR] and reply[2:3] == [b"limit_exceeded"]:
+            raise LimitExceeded(f"the bus at {self.url} refused {verb}: {reason}", url=self.url)
         raise TransportError(
             f"the bus at {self.url} refused {verb}: {reason or repr(reply[:1])}", url=self.url
         )

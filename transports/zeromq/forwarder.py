@@ -6,6 +6,11 @@ memory and answers control requests (ping, persist, query). Data messages it dro
 by reason in ``Forwarder.dropped`` (``parts``: not [topic, frame]; ``oversized``: a frame over
 the limit but under ZeroMQ's hard limit, which disconnects the sending peer instead); the
 connections of subscribers are never disturbed.
+
+Kept frames are bounded, in count and in bytes (``max_persisted``, ``max_persisted_bytes``):
+anyone who reaches the control port may persist, so a persist that would go over either bound
+is refused with ``[error, message, b"limit_exceeded"]`` and the frame kept before stays.
+Replacing a kept frame counts only the difference; a deletion is always accepted.
 """
 
 from __future__ import annotations
@@ -40,22 +45,36 @@ from transports.zeromq.sockets import (
     split_url,
 )
 
-__all__ = ["Forwarder"]
+__all__ = ["DEFAULT_MAX_PERSISTED", "DEFAULT_MAX_PERSISTED_BYTES", "Forwarder"]
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PERSISTED = 65_536  # kept frames (topics)
+DEFAULT_MAX_PERSISTED_BYTES = 64 * 1024 * 1024  # their bytes, in all
+LIMIT_CODE = b"limit_exceeded"
 
 
 class Relay:
     """What the forwarder does with each message: synchronous, and never raises on bad input."""
 
     def __init__(
-        self, xpub: SyncSocket, router: SyncSocket, max_frame_bytes: int, dropped: Counter[str]
+        self,
+        xpub: SyncSocket,
+        router: SyncSocket,
+        max_frame_bytes: int,
+        dropped: Counter[str],
+        *,
+        max_persisted: int = DEFAULT_MAX_PERSISTED,
+        max_persisted_bytes: int = DEFAULT_MAX_PERSISTED_BYTES,
     ) -> None:
         self.persisted: dict[str, bytes] = {}
+        self.persisted_bytes = 0
         self.dropped = dropped
         self._xpub = xpub
         self._router = router
         self._max_frame_bytes = max_frame_bytes
+        self._max_persisted = max_persisted
+        self._max_persisted_bytes = max_persisted_bytes
 
     def on_data(self, frames: Frames) -> None:
         """Forward a published message as the frames ZeroMQ received: its bytes never copied."""
@@ -113,11 +132,29 @@ class Relay:
                 f"{self._max_frame_bytes} bytes"
             )
         if frame:
+            refusal = self._refusal(topic, len(frame))
+            if refusal is not None:
+                logger.warning("refused a persist on %r: %s", topic[:100], refusal)
+                return [ERROR, refusal.encode(), LIMIT_CODE]
+            self.persisted_bytes += len(frame) - len(self.persisted.get(topic, b""))
             self.persisted[topic] = frame
         else:
-            self.persisted.pop(topic, None)
+            self.persisted_bytes -= len(self.persisted.pop(topic, b""))
         send_parts(self._xpub, [raw_topic, frame])
         return [OK]
+
+    def _refusal(self, topic: str, size: int) -> str | None:
+        """Why keeping ``size`` bytes on ``topic`` would go over the bounds; None if it fits."""
+        old = self.persisted.get(topic)
+        count = len(self.persisted) + (old is None)
+        total = self.persisted_bytes + size - len(old or b"")
+        if count <= self._max_persisted and total <= self._max_persisted_bytes:
+            return None
+        return (
+            f"the bus keeps at most {self._max_persisted} persisted frames of "
+            f"{self._max_persisted_bytes} bytes in all; it keeps {len(self.persisted)} of "
+            f"{self.persisted_bytes} bytes"
+        )
 
     def _query(self, raw_pattern: bytes) -> Parts:
         pattern = raw_pattern.decode()
@@ -133,8 +170,9 @@ class Forwarder:
     """The hub of a ZeroMQ bus: ``async with Forwarder(url) as fwd:`` serves until the block ends.
 
     A command line runs it with ``bus.runner.run(Forwarder(url).serve_forever)``.
-    ``max_frame_bytes`` bounds every frame it forwards or keeps; ``hwm`` is every socket's
-    high-water mark.
+    ``max_frame_bytes`` bounds every frame it forwards or keeps; ``max_persisted`` and
+    ``max_persisted_bytes`` bound the frames it keeps (module docstring); ``hwm`` is every
+    socket's high-water mark.
     """
 
     def __init__(
@@ -143,9 +181,14 @@ class Forwarder:
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         hwm: int = DEFAULT_HWM,
+        max_persisted: int = DEFAULT_MAX_PERSISTED,
+        max_persisted_bytes: int = DEFAULT_MAX_PERSISTED_BYTES,
     ) -> None:
         self.url = url
         self.max_frame_bytes = max_frame_bytes
+        self.max_persisted = max_persisted
+        self.max_persisted_bytes = max_persisted_bytes
+        self.relay: Relay | None = None
         self._hwm = hwm
         self.dropped: Counter[str] = Counter()
         split_url(url)  # a bad URL fails here, not at __aenter__
@@ -220,7 +263,14 @@ class Forwarder:
         shadows: dict[str, SyncSocket] = {
             role: zmq.Socket.shadow(sock) for role, sock in sockets.items()
         }
-        relay = Relay(shadows["xpub"], shadows["router"], self.max_frame_bytes, self.dropped)
+        relay = self.relay = Relay(
+            shadows["xpub"],
+            shadows["router"],
+            self.max_frame_bytes,
+            self.dropped,
+            max_persisted=self.max_persisted,
+            max_persisted_bytes=self.max_persisted_bytes,
+        )
         pump = Pump(
             [(shadows["xpub"], relay.on_subscription), (shadows["router"], relay.on_control)],
             frames=[(shadows["xsub"], relay.on_data)],

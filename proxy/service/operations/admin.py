@@ -12,23 +12,26 @@ from typing import Any
 
 from pydantic import Field
 
-from bus.errors import NotFound
+from bus.errors import LimitExceeded, NotFound
 from proxy.backend.embedded import EmbeddedBackend
 from proxy.registry.records import AppName, InputType, ModelName, ModelVersion
 from proxy.registry.registry import Registry
 from proxy.service.operations.deploy import MAX_REPLICAS
+from proxy.service.quotas import MAX_TEXT_CHARS, SenderQuota
 from proxy.service.slots import AnyBody, Body, Op
 from proxy.service.versions import VersionRouter, is_running, start_model
 
 __all__ = ["AdminOps"]
 
+MAX_WAIT_READY_S = 300.0
+
 
 class AppBody(Body):
     name: AppName
     input_type: InputType = "doubles"
-    default_output: str = "None"
+    default_output: str = Field(default="None", max_length=MAX_TEXT_CHARS)
     latency_slo_micros: int = Field(default=100_000, gt=0)
-    description: str = ""
+    description: str = Field(default="", max_length=MAX_TEXT_CHARS)
 
 
 class NameBody(Body):
@@ -70,7 +73,7 @@ class StopBody(Body):
 class WaitBody(Body):
     name: ModelName
     version: ModelName
-    timeout_s: float = Field(default=60.0, gt=0, le=600)
+    timeout_s: float = Field(default=60.0, gt=0, le=MAX_WAIT_READY_S)
 
 
 class LogsBody(Body):
@@ -87,11 +90,16 @@ class AdminOps:
         backend: EmbeddedBackend,
         router: VersionRouter,
         status: Callable[[], dict[str, Any]],
+        *,
+        max_applications: int = 1000,
+        max_waiting_ready: int = 8,
     ) -> None:
         self.registry = registry
         self.backend = backend
         self.router = router
         self.status = status
+        self.max_applications = max_applications
+        self._waiters = SenderQuota(max_waiting_ready, "model.wait_ready calls")
 
     def table(self) -> dict[str, Op[Any]]:
         return {
@@ -118,6 +126,11 @@ class AdminOps:
         }
 
     async def register_app(self, sender: str, app: AppBody) -> dict[str, Any]:
+        if (count := len(await self.registry.list_applications())) >= self.max_applications:
+            raise LimitExceeded(
+                f"this service holds {count} applications, the most it keeps: delete one first",
+                limit=self.max_applications,
+            )
         created = await self.registry.register_application(
             app.name,
             app.input_type,
@@ -232,7 +245,8 @@ class AdminOps:
         await self.registry.get_model(query.name, query.version)
         if not is_running(self.backend, query.name, query.version):
             raise NotFound(f"{query.name}:{query.version} has no replicas; set some first")
-        await self.backend.wait_ready(query.name, query.version, timeout_s=query.timeout_s)
+        with self._waiters.hold(""):  # service-wide: waiters never fill the admin slot
+            await self.backend.wait_ready(query.name, query.version, timeout_s=query.timeout_s)
         return self._model_view(await self.registry.get_model(query.name, query.version))
 
     async def service_status(self, sender: str, body: AnyBody) -> dict[str, Any]:

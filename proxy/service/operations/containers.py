@@ -10,6 +10,8 @@ confines them to this service's own containers (:class:`proxy.backend.ContainerE
 may not set
 ``modelbus.*`` labels, and each run records who asked for it in ``modelbus.requester``. A
 service without a container engine answers both with ``NotFound``, naming what is missing.
+Containers started by ``container.run`` and still live (not exited) are capped per sender and
+in all (``limit_exceeded`` with details ``{"limit", "running"}``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, field_validator
 
-from bus.errors import NotFound
+from bus.errors import LimitExceeded, NotFound
 from proxy.backend.containers import ContainerEngine, ContainerInfo
 from proxy.service.slots import Body, Op
 
@@ -29,6 +31,9 @@ REQUESTER_LABEL = "modelbus.requester"
 RESERVED_PREFIX = "modelbus."
 MAX_LABELS = 64
 MAX_ENV = 256
+MAX_RUN_PER_SENDER = 4
+MAX_RUN_TOTAL = 16
+DONE_STATES = frozenset({"exited", "dead", "removing"})
 
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")]
 LabelValue = Annotated[str, StringConstraints(max_length=1024)]
@@ -80,5 +85,26 @@ class ContainerOps:
 
     async def run(self, sender: str, request: RunBody) -> dict[str, Any]:
         engine = self._engine()
+        await self._check_room(engine, sender)
         labels = {**request.labels, REQUESTER_LABEL: sender}
         return asdict(await engine.run_container(request.image, request.name, request.env, labels))
+
+    async def _check_room(self, engine: ContainerEngine, sender: str) -> None:
+        """LimitExceeded if the sender, or everyone, has as many run containers live as allowed."""
+        live = [
+            container.labels[REQUESTER_LABEL]
+            for container in await engine.list_containers({})
+            if REQUESTER_LABEL in container.labels and container.state not in DONE_STATES
+        ]
+        mine = live.count(sender)
+        for count, limit, whose in (
+            (mine, MAX_RUN_PER_SENDER, "of yours"),
+            (len(live), MAX_RUN_TOTAL, "in all"),
+        ):
+            if count >= limit:
+                raise LimitExceeded(
+                    f"{count} containers started by container.run {whose} are live, the most "
+                    "allowed; stop one first",
+                    limit=limit,
+                    running=count,
+                )

@@ -8,7 +8,7 @@ and a closure is checked against this interpreter before it is registered.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,7 @@ from bus.errors import InvalidRequest, NotFound
 from proxy.backend.embedded import EmbeddedBackend
 from proxy.registry.records import ADAPTIVE_BATCH_SIZE, InputType, ModelName, Sha256
 from proxy.registry.registry import Registry
+from proxy.service.quotas import check_metadata
 from proxy.service.slots import Body, Op
 from proxy.service.versions import VersionRouter, start_model
 from proxy.uploads import BeginRequest, ChunkRequest, UploadRef, Uploads
@@ -36,7 +37,7 @@ class DeployBody(Body):
     artifact: Sha256
     kind: Literal["closure", "image"] = "closure"
     image: str | None = None
-    labels: list[str] = []
+    labels: list[Annotated[str, Field(max_length=256)]] = Field(default=[], max_length=64)
     metadata: dict[str, Any] = {}
     replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
     batch_size: int = ADAPTIVE_BATCH_SIZE
@@ -58,14 +59,20 @@ class DeployOps:
 
     def table(self) -> dict[str, Op[Any]]:
         return {
-            "upload.begin": Op(BeginRequest, self.uploads.begin),
+            "upload.begin": Op(BeginRequest, self.begin),
             "upload.chunk": Op(ChunkRequest, self.uploads.chunk, attachment=True),
             "upload.commit": Op(UploadRef, self.uploads.commit),
             "upload.abort": Op(UploadRef, self.uploads.abort),
             "model.deploy": Op(DeployBody, self.deploy),
         }
 
+    async def begin(self, sender: str, request: BeginRequest) -> dict[str, Any]:
+        check_metadata(request.metadata, what="the upload's metadata")
+        return await self.uploads.begin(sender, request)
+
     async def deploy(self, sender: str, request: DeployBody) -> dict[str, Any]:
+        check_metadata(request.metadata, what="the version's metadata")
+        self.backend.check_replica_budget(request.name, request.version, request.replicas)
         path = self.uploads.artifact_path(request.artifact)
         if not self.uploads.has_artifact(request.artifact):
             raise NotFound(

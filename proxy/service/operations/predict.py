@@ -18,6 +18,7 @@ from bus.errors import BusError, InvalidRequest, NotFound
 from proxy.backend.embedded import EmbeddedBackend
 from proxy.registry.records import AppName, InputType, ModelName
 from proxy.registry.registry import Registry
+from proxy.service.quotas import SenderQuota
 from proxy.service.slots import Body, Op
 from proxy.service.status import ServiceStatus
 from proxy.service.versions import VersionRouter
@@ -84,6 +85,7 @@ class PredictOps:
         status: ServiceStatus,
         *,
         timeout_s: float,
+        max_inputs_per_sender: int = 2500,
     ) -> None:
         self.registry = registry
         self.backend = backend
@@ -91,12 +93,17 @@ class PredictOps:
         self.timeout_s = timeout_s
         self._query_ids = itertools.count()
         self.status = status
+        self.inputs = SenderQuota(max_inputs_per_sender, "inputs of this sender")
 
     def table(self) -> dict[str, Op[Any]]:
         return {"predict": Op(PredictBody, self.predict)}
 
     async def predict(self, sender: str, request: PredictBody) -> dict[str, Any]:
         inputs = request.inputs if request.inputs is not None else [request.input]
+        with self.inputs.hold(sender, len(inputs)):  # no sender takes a version's whole queue
+            return await self._predict(request, inputs)
+
+    async def _predict(self, request: PredictBody, inputs: list[Any]) -> dict[str, Any]:
         if request.app is not None:
             return await self._for_app(request.app, inputs, request.inputs is not None)
         assert request.model is not None

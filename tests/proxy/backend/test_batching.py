@@ -99,3 +99,20 @@ def test_fail_all_empties_the_queue() -> None:
     assert len(q) == 0
     assert all(isinstance(r.error, NotFound) for r in requests)
     assert len({id(r.error) for r in requests}) == 3
+
+
+def test_a_failed_mixed_batch_is_split_and_its_inputs_sent_alone() -> None:
+    q = queue(batch_size=8)
+    mine = q.submit([1, 2], [1, 1])
+    theirs = q.submit([3], [1])
+    later = q.submit([4], [1])
+    batch = q.take(1)
+    assert batch is not None and batch.inputs == [1, 2, 3, 4]
+    assert q.split(batch)  # several requests: put back, each input alone
+    assert (q.splits, len(q)) == (1, 4)
+    alone = [q.take(2 + n) for n in range(4)]
+    assert [b.inputs for b in alone if b is not None] == [[1], [2], [3], [4]]
+    only_mine = alone[0]
+    assert only_mine is not None and not q.split(only_mine)  # one request's: the caller fails it
+    q.fail(only_mine, InternalError("model raised on 1"))
+    assert mine.error is not None and theirs.error is None and later.error is None

@@ -31,6 +31,8 @@ from bus.errors import (
     RequestTimeout,
 )
 from proxy.backend.embedded import BackendSettings, EmbeddedBackend, ReplicaState
+from proxy.backend.runtime import ProcessRuntime
+from proxy.backend.sandbox import SandboxLimits
 from tests.bus.test_artifact import members_of, with_manifest, zip_of
 from tests.proxy import models
 
@@ -45,9 +47,14 @@ FAST = BackendSettings(
 READY_S = 30.0
 
 
-def running(tmp_path: Path, settings: BackendSettings = FAST) -> EmbeddedBackend:
-    """A backend for one test (entered in the test: its task group must stay in one task)."""
-    return EmbeddedBackend(tmp_path / "backend", settings=settings)
+def running(
+    tmp_path: Path, settings: BackendSettings = FAST, *, shared: tuple[Path, ...] = ()
+) -> EmbeddedBackend:
+    """A backend for one test (entered in the test: its task group must stay in one task);
+    ``shared``: directories its sandboxed models see (their gate files)."""
+    limits = SandboxLimits(shared_dirs=shared)
+    runtime = ProcessRuntime(tmp_path / "backend", sandbox_limits=limits)
+    return EmbeddedBackend(tmp_path / "backend", settings=settings, runtime=runtime)
 
 
 def archive(tmp_path: Path, func: Callable[..., Any], name: str) -> Path:
@@ -236,6 +243,51 @@ async def test_a_raising_model_fails_its_batch_and_keeps_serving(tmp_path: Path)
         assert await backend.predict("thermal", "1", ["ok"], timeout_s=10) == ["ok"]
         [after] = backend.replicas("thermal", "1")
         assert (after.pid, after.restarts) == (before.pid, 0)
+
+
+async def test_a_poison_input_fails_only_its_own_request(tmp_path: Path, gates: Path) -> None:
+    """Issue 12 item 7: three requesters share a batch and one input makes the model raise with
+    a message quoting the whole batch. The batch is retried input by input: the poison fails only
+    its own request, whose error quotes only its own input; the others get their outputs."""
+    gate = str(gates / "gate")
+
+    def poisoned(inputs: list[str]) -> list[str]:
+        import os as system
+        import time as clock
+
+        while "wait" in inputs and not system.path.exists(gate):
+            clock.sleep(0.02)
+        if any("boom" in x for x in inputs):
+            raise ValueError(f"cannot predict {inputs!r}")
+        return [f"out-{x}" for x in inputs]
+
+    async with running(tmp_path, shared=(gates,)) as backend:
+        await deploy(backend, tmp_path, poisoned)
+        outcomes: dict[str, Any] = {}
+
+        async def ask(value: str) -> None:
+            try:
+                outcomes[value] = await backend.predict("thermal", "1", [value], timeout_s=30)
+            except InternalError as error:
+                outcomes[value] = error
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, "wait")
+            await wait_until(lambda: bool(backend.replicas("thermal", "1")[0].in_flight))
+            for value in ("alice-secret", "boom", "carol-secret"):
+                tg.start_soon(ask, value)
+            await wait_until(lambda: backend.stats("thermal", "1").queued == 3)
+            Path(gate).touch()
+        stats = backend.stats("thermal", "1")
+    assert outcomes["wait"] == ["out-wait"]
+    assert outcomes["alice-secret"] == ["out-alice-secret"]
+    assert outcomes["carol-secret"] == ["out-carol-secret"]
+    poison = outcomes["boom"]
+    assert isinstance(poison, InternalError)
+    assert poison.details["cause"] == "model_error"
+    assert "cannot predict ['boom']" in poison.message
+    assert "secret" not in poison.message and "secret" not in str(poison.details)
+    assert stats.batch_sizes[3] == 1  # the three did share a batch, which failed and was split
 
 
 async def test_a_model_returning_too_few_outputs_fails_clearly(tmp_path: Path) -> None:

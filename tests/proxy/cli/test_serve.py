@@ -53,12 +53,20 @@ def _start(zmq_bus_url: str, data_dir: Path, log: Path) -> tuple[subprocess.Pope
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True)
     assert process.stdout is not None
     lines = []
-    for line in process.stdout:  # the announcement ends with the grant hint
+    for line in process.stdout:  # the announcement ends with the grant hints
         lines.append(line)
-        if line.strip().startswith("modelbus grant"):
+        if line.strip().startswith("modelbus grant") and "liveness" in line:
             break
     text = "".join(lines)
     assert f"modelbus serving on {zmq_bus_url}" in text, text + log.read_text()
+    hints = [line.split("--uri ")[1].split()[0] for line in lines if "modelbus grant" in line]
+    # The narrow grants only (issue 12 item 4): a slot each, and the liveness to read.
+    assert [hint.rsplit("/", 2)[-2:] for hint in hints] == [
+        ["slot", "predict'"],
+        ["slot", "admin'"],
+        ["slot", "deploy'"],
+        ["!meta", "*'"],
+    ], text
     service = next(line.split()[1] for line in lines if line.strip().startswith("service"))
     return process, service
 

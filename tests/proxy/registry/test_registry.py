@@ -678,11 +678,14 @@ async def test_an_upload_from_open_to_committed(registry: Registry) -> None:
     await registry.advance_upload("u1", 3)
     committed = await registry.finish_upload("u1", "committed")
     assert committed.state == "committed" and committed.is_complete
-    assert await registry.get_upload("u1") == committed
-    with pytest.raises(Conflict, match="is committed, no longer open"):
-        await registry.advance_upload("u1", 3)
-    with pytest.raises(Conflict, match="is committed, no longer open"):
-        await registry.finish_upload("u1", "aborted")
+    # A finished upload is deleted, its metadata with it (issue 12 item 9).
+    for call in (
+        registry.get_upload("u1"),
+        registry.advance_upload("u1", 3),
+        registry.finish_upload("u1", "aborted"),
+    ):
+        with pytest.raises(NotFound, match="no upload 'u1'"):
+            await call
 
 
 async def test_upload_errors(registry: Registry) -> None:

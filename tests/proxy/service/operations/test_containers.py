@@ -10,18 +10,23 @@ from typing import Any
 
 import pytest
 
-from bus import InvalidRequest, NotFound
+from bus import InvalidRequest, LimitExceeded, NotFound
 from bus.rpc import Request
 from proxy.backend import ContainerInfo
-from proxy.service.operations.containers import REQUESTER_LABEL, ContainerOps
+from proxy.service.operations.containers import (
+    MAX_RUN_PER_SENDER,
+    MAX_RUN_TOTAL,
+    REQUESTER_LABEL,
+    ContainerOps,
+)
 from proxy.service.slots import Slot
 
 SENDER = "A" * 43  # the key text of 32 zero bytes
 
 
-async def call(ops: ContainerOps, body: dict[str, Any]) -> Any:
+async def call(ops: ContainerOps, body: dict[str, Any], origin: bytes = bytes(32)) -> Any:
     """As the deploy slot calls an operation: the body validated at the door."""
-    request = Request("ns/s.modelbus/_/i.modelbus/slot/deploy", bytes(32), "r1", body)
+    request = Request("ns/s.modelbus/_/i.modelbus/slot/deploy", origin, "r1", body)
     return await Slot("deploy", ops.table()).handle(request)
 
 
@@ -98,3 +103,33 @@ async def test_without_an_engine_both_answer_not_found() -> None:
         await call(ops, {"op": "container.list"})
     with pytest.raises(NotFound, match="no container engine"):
         await call(ops, {"op": "container.run", "image": "a:1", "name": "x"})
+
+
+class CountingEngine(RecordingEngine):
+    """Lists what it ran, live, plus one exited container of the sender's."""
+
+    async def list_containers(self, labels: Mapping[str, str]) -> list[ContainerInfo]:
+        done = ContainerInfo("c0", "old", "example/model:1", "exited", {REQUESTER_LABEL: SENDER})
+        ran = [ContainerInfo(n, n, i, "running", dict(lab)) for i, n, _, lab in self.runs]
+        return [done, *ran]
+
+
+async def test_live_runs_are_capped_per_sender_and_in_all() -> None:
+    """Issue 12 item 9: container.run's containers still live are capped; exited ones free room."""
+    engine = CountingEngine()
+    ops = ContainerOps(engine)
+    body = {"op": "container.run", "image": "example/model:1"}
+    for index in range(MAX_RUN_PER_SENDER):
+        await call(ops, body | {"name": f"mine-{index}"})
+    with pytest.raises(LimitExceeded) as mine:
+        await call(ops, body | {"name": "one-too-many"})
+    assert mine.value.details == {"limit": MAX_RUN_PER_SENDER, "running": MAX_RUN_PER_SENDER}
+    others = MAX_RUN_TOTAL - MAX_RUN_PER_SENDER - 1
+    await call(ops, body | {"name": "theirs"}, origin=bytes([1]) * 32)  # another sender may
+    engine.runs += [
+        ("example/model:1", f"other-{n}", {}, {REQUESTER_LABEL: f"other-{n}"})
+        for n in range(others)
+    ]
+    with pytest.raises(LimitExceeded) as everyone:
+        await call(ops, body | {"name": "still-too-many"}, origin=bytes([2]) * 32)
+    assert everyone.value.details == {"limit": MAX_RUN_TOTAL, "running": MAX_RUN_TOTAL}
