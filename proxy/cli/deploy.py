@@ -185,6 +185,7 @@ class _Progress:
         self.label = label
         self.bar: Any = None
         self.shown = 0
+        self.started = False  # the service was found alive and the upload began
 
     def __call__(self, progress: UploadProgress) -> None:
         if self.bar is None:
@@ -225,6 +226,7 @@ async def _deploy(
     async with client as bus:
         service = ServiceClient(bus, plan.service_uri)
         await service.check_alive()
+        progress.started = True
         key = (plan.name, plan.version)
         sha256 = await service.upload_artifact(
             artifact.path,
@@ -371,7 +373,8 @@ def deploy(
         try:
             info, sha256 = runner.run(_deploy, client, plan, artifact, progress)
         except BaseException as exc:
-            if _is_interruption(exc):
+            if progress.started and _is_interruption(exc):
+                # Only once work began: before that there is nothing to resume.
                 click.echo("\ninterrupted: run the same command again to resume", err=True)
             raise
     artifact.forget()
