@@ -126,6 +126,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 max_bytes=settings.max_upload_bytes,
                 max_open_per_sender=settings.max_open_uploads_per_sender,
                 idle_timeout_s=settings.upload_idle_timeout_s,
+                reserve_bytes=settings.disk_reserve_bytes,
             ),
         )
         predict = PredictOps(
