@@ -33,6 +33,7 @@ from proxy.service.operations.admin import AdminOps
 from proxy.service.operations.containers import ContainerEngine, ContainerOps
 from proxy.service.operations.deploy import DeployOps
 from proxy.service.operations.predict import PredictOps
+from proxy.service.memory import return_big_buffers
 from proxy.service.settings import ProxySettings
 from proxy.service.slots import Slot
 from proxy.service.status import ServiceStatus
@@ -90,6 +91,7 @@ def _load_proofs(settings: ProxySettings) -> list[tuple[Grant, ...]]:
 @asynccontextmanager
 async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
     """Run the whole service while the context is open."""
+    return_big_buffers()
     entity = load_or_create_entity(settings)
     namespace = settings.namespace or entity.key_text
     service_uri, interface_uri = service_uris(namespace, settings.service_path)
