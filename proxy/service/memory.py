@@ -6,7 +6,7 @@ its RSS at 47 → 257 → 242 → 287 MB, yet no large buffer was alive afterwar
 The cause is glibc's *dynamic* mmap threshold: a freed mmapped block above the threshold raises
 it (up to 32 MiB), so later frame-sized buffers come from the heap, and freed heap memory stays
 with the process. Fixing the threshold at 1 MiB keeps frame-sized buffers in their own mappings,
-returned whole when freed: the same floods then leave 92–137 MB.
+returned whole when freed: the same floods then leave 92-137 MB.
 
 :func:`return_big_buffers` sets that once per process (the service calls it at start); on a C
 library without glibc's ``mallopt`` it does nothing.

@@ -29,11 +29,11 @@ from bus.rpc import ServeGate
 from proxy.backend.embedded import EmbeddedBackend
 from proxy.backend.runtime import ImageRuntime
 from proxy.registry.registry import Registry
+from proxy.service.memory import return_big_buffers
 from proxy.service.operations.admin import AdminOps
 from proxy.service.operations.containers import ContainerEngine, ContainerOps
 from proxy.service.operations.deploy import DeployOps
 from proxy.service.operations.predict import PredictOps
-from proxy.service.memory import return_big_buffers
 from proxy.service.settings import ProxySettings
 from proxy.service.slots import Slot
 from proxy.service.status import ServiceStatus
