@@ -34,9 +34,9 @@ from bus.errors import (
     error_from_wire,
 )
 from bus.grants import ChainVerdict, Grant, Permissions, decode_chain, encode_chain, load_chain
-from bus.heartbeat import Heartbeat
+from bus.liveness.heartbeat import Heartbeat
+from bus.liveness.monitor import ServiceState, service_states
 from bus.message import Message, MessageStream, Rejected, consume_right
-from bus.monitor import ServiceState, service_states
 from bus.po import (
     PO_BINARY,
     PO_JSON,

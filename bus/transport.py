@@ -4,11 +4,13 @@ A transport carries opaque frames (encoded envelopes) on concrete topics (bus UR
 verify anything: the bus client does. Implementations live in ``transports/`` (memory, zeromq,
 mqtt) and are opened from a URL by ``transports.open_transport``.
 
-Back-pressure: every subscription is a bounded stream (``buffer`` deliveries, default 10,000).
-When a consumer falls that far behind, the transport drops the *newest* deliveries for that
-subscription only, counts them in ``Subscription.dropped`` and logs a warning: one slow consumer
-never stalls the connection or other subscriptions. Flow control that must not lose data (chunked
-uploads) is done above the transport with acknowledged windows.
+Back-pressure: every subscription is a bounded stream (``buffer`` deliveries, default 10,000,
+and ``buffer_bytes`` of frames, default 64 MiB — counts alone would let 10,000 frames near the
+16 MiB limit hold 160 GB). When a consumer falls that far behind, the transport drops the
+*newest* deliveries for that subscription only (a delivery larger than ``buffer_bytes`` still
+passes when nothing is queued), counts them in ``Subscription.dropped`` and logs a warning:
+one slow consumer never stalls the connection or other subscriptions. Flow control that must
+not lose data (chunked uploads) is done above the transport with acknowledged windows.
 
 Persisted messages: ``publish(..., persist=True)`` keeps the frame as the latest for that exact
 topic (MQTT retained); ``query(pattern)`` returns the kept frames whose topics match; publishing an
@@ -40,6 +42,7 @@ from bus.errors import BusError, FrameTooLarge, TransportClosed
 
 __all__ = [
     "DEFAULT_BUFFER",
+    "DEFAULT_BUFFER_BYTES",
     "DEFAULT_MAX_FRAME_BYTES",
     "Delivery",
     "ReconnectHook",
@@ -53,6 +56,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_BUFFER = 10_000
+DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_FRAME_BYTES = DEFAULT_MAX_FRAME  # the bus frame limit (PROTOCOL.md §9)
 
 ReconnectHook = Callable[[], Awaitable[None]]
@@ -84,10 +88,18 @@ class Subscription:
     iteration; it is idempotent and also called by the transport's ``close()``.
     """
 
-    def __init__(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> None:
+    def __init__(
+        self,
+        pattern: str,
+        *,
+        buffer: int = DEFAULT_BUFFER,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    ) -> None:
         self.pattern = pattern
         self.buffer = buffer
+        self.buffer_bytes = buffer_bytes
         self.dropped = 0
+        self.queued_bytes = 0
         self._items: collections.deque[Delivery] = collections.deque()
         self._ready = asyncio.Event()
         self._closed = False
@@ -101,17 +113,21 @@ class Subscription:
         """Queue a delivery without blocking; drop and count it if the buffer is full."""
         if self._closed:
             return
-        if len(self._items) >= self.buffer:
+        size = len(delivery.frame)
+        over_bytes = bool(self._items) and self.queued_bytes + size > self.buffer_bytes
+        if len(self._items) >= self.buffer or over_bytes:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 logger.warning(
-                    "subscription %s is %d deliveries behind; dropped %d so far",
+                    "subscription %s is %d deliveries (%d bytes) behind; dropped %d so far",
                     self.pattern,
-                    self.buffer,
+                    len(self._items),
+                    self.queued_bytes,
                     self.dropped,
                 )
             return
         self._items.append(delivery)
+        self.queued_bytes += size
         self._ready.set()
 
     def add_close_callback(self, callback: Callable[[], None]) -> None:
@@ -139,12 +155,15 @@ class Subscription:
                 raise StopAsyncIteration
             self._ready.clear()
             await self._ready.wait()
-        return self._items.popleft()
+        delivery = self._items.popleft()
+        self.queued_bytes -= len(delivery.frame)
+        return delivery
 
     def drain_nowait(self) -> list[Delivery]:
         """Take every queued delivery at once (for consumers that batch)."""
         items = list(self._items)
         self._items.clear()
+        self.queued_bytes = 0
         return items
 
     async def __aenter__(self) -> Subscription:

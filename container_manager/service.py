@@ -23,6 +23,7 @@ service that owns its namespace.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,8 @@ from bus import uri as uris
 from bus.artifact import build_closure_archive
 from bus.entity import key_from_text, key_to_text
 from bus.errors import DecodeError, InvalidUri, NotFound, TransportError, VerificationError
-from bus.heartbeat import STALE_AFTER_S, STATE
-from bus.monitor import ServiceState
+from bus.liveness.heartbeat import STALE_AFTER_S, STATE
+from bus.liveness.monitor import ServiceState
 from bus.transfer import UploadProgress, upload_file
 
 __all__ = ["DEFAULT_SERVICE_PATH", "ServiceClient"]
@@ -123,8 +124,9 @@ class ServiceClient:
         state = await self.liveness()
         if not state.is_alive:
             raise TransportError(
-                f"the modelbus service at {self.service_uri} is not alive ({state.reason})",
+                f"the modelbus service at {self.service_uri} is not alive ({_why_dead(state)})",
                 service=self.service_uri,
+                reason=state.reason,
             )
         return state
 
@@ -390,3 +392,17 @@ class ServiceClient:
                 **{k: v for k, v in body.items() if v is not None},
             )
         )
+
+
+def _why_dead(state: ServiceState) -> str:
+    """The reason a service reads as dead, with what else is known when that may mislead: a
+    broker publishes each client's Will when the broker itself goes down, so right after a
+    broker restart a service still beating reads "died" until it announces itself again."""
+    age_s = state.age_s(time.time_ns())
+    if state.reason != "died" or age_s is None or age_s > STALE_AFTER_S:
+        return state.reason
+    return (
+        f"its last state is offline, yet it beat {age_s:.0f} s ago: if the broker just "
+        "restarted, it published the service's Will and the service announces itself again "
+        "once reconnected — retry in a few seconds"
+    )

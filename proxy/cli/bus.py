@@ -40,7 +40,7 @@ from bus import (
     TransportError,
     service_states,
 )
-from bus.heartbeat import STALE_AFTER_S
+from bus.liveness.heartbeat import STALE_AFTER_S
 from bus.po import check_po_number
 from proxy.cli.diagnose import asking
 from proxy.cli.redaction import redact_url

@@ -188,6 +188,7 @@ class _Progress:
         self.label = label
         self.bar: Any = None
         self.shown = 0
+        self.started = False  # the service was found alive and the upload began
 
     def __call__(self, progress: UploadProgress) -> None:
         if self.bar is None:

@@ -14,7 +14,7 @@ A Will is told from a clean shutdown by the death's envelope timestamp: the Will
 the service connects, before its first beat; a clean shutdown is sealed after its last beat. The
 period is the ``interval_s`` a service announces in its status (10 s when absent). A death whose
 ``seq`` is not the current run's (a late Will of an earlier run) is ignored, as in
-:mod:`bus.monitor`. Everything here is pure (no I/O), so the clock is a parameter.
+:mod:`bus.liveness.monitor`. Everything here is pure (no I/O), so the clock is a parameter.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bus.heartbeat import DEFAULT_INTERVAL_S
+from bus.liveness.heartbeat import DEFAULT_INTERVAL_S
 
 __all__ = ["HISTORY", "MAX_SERVICES", "Fleet", "ServiceRecord", "State"]
 

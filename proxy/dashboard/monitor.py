@@ -28,7 +28,7 @@ from bus import BusClient, Message, MessageStream, Rejected
 from bus import envelope as envelopes
 from bus import uri as uris
 from bus.errors import DecodeError, TransportError
-from bus.heartbeat import LASTALIVE, STATE, STATUS
+from bus.liveness.heartbeat import LASTALIVE, STATE, STATUS
 from bus.po import PO_METADATA, PO_STATE, PO_STATUS
 from proxy.dashboard.fleet import Fleet
 

@@ -15,7 +15,8 @@ another connection. Rows read back are validated into the frozen records of
 :mod:`proxy.registry.records`.
 
 This is the only module that imports aiosqlite. SQLite errors leave it as :class:`Overloaded`
-(the file stayed locked past the busy timeout) or :class:`InternalError`.
+(the file stayed locked past the busy timeout), :class:`LimitExceeded` (its disk is full:
+:mod:`proxy.registry.space`) or :class:`InternalError`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from proxy.registry.apps import AppStore
 from proxy.registry.models import ModelStore
 from proxy.registry.replicas import ReplicaStore
 from proxy.registry.schema import MIGRATIONS, SCHEMA_VERSION
+from proxy.registry.space import disk_full, is_disk_full
 from proxy.registry.sql import Clock, Params
 from proxy.registry.uploads import UploadStore
 
@@ -260,4 +262,6 @@ def _translate(exc: sqlite3.Error, path: Path) -> BusError:
             f"registry {path} stayed locked by another writer past the busy timeout; retry",
             path=str(path),
         )
+    if is_disk_full(exc):
+        return disk_full(path, what=f"writing to the registry {path}")
     return InternalError(f"registry {path}: {type(exc).__name__}: {text}", path=str(path))

@@ -56,6 +56,8 @@ class ProxySettings(BaseModel):
     max_upload_bytes: Annotated[int, Field(gt=0)] = 8 * 1024**3
     max_open_uploads_per_sender: Annotated[int, Field(gt=0)] = 4
     upload_idle_timeout_s: Annotated[float, Field(gt=0)] = 3600.0
+    disk_reserve_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    """Free space uploads leave on the data directory's disk, for the registry; 0: no check."""
     drain_timeout_s: Annotated[float, Field(ge=0)] = 10.0
     docker_url: str | None = Field(default_factory=lambda: os.environ.get("DOCKER_HOST") or None)
     """The container engine's API (Docker, or ``podman system service``) for image deploys;

@@ -8,7 +8,7 @@ allow predicting without deploying:
     S/i.modelbus/slot/deploy    artifact uploads, model deploys   (proxy.service.operations.deploy,
     proxy.uploads.sessions)
 
-and announces its liveness under ``S/!meta/…`` (bus.heartbeat). On start it restarts the
+and announces its liveness under ``S/!meta/…`` (bus.liveness.heartbeat). On start it restarts the
 replicas of every registered, unstopped version, so a restarted proxy serves what it served.
 
 Closures run sandboxed (:mod:`proxy.backend.sandbox`): the service refuses to start where
@@ -39,6 +39,7 @@ from proxy.backend.sandbox import make_undumpable
 from proxy.metrics import ProxyMetrics, serve_metrics
 from proxy.registry.registry import Registry
 from proxy.service.datalock import lock_data_dir
+from proxy.service.memory import return_big_buffers
 from proxy.service.metrics import service_sources
 from proxy.service.operations.admin import AdminOps
 from proxy.service.operations.containers import ContainerOps
@@ -104,6 +105,7 @@ def _load_proofs(settings: ProxySettings) -> list[tuple[Grant, ...]]:
 async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
     """Run the whole service while the context is open; the data directory is locked for it
     (:mod:`proxy.service.datalock`: a second service on it is refused with Conflict)."""
+    return_big_buffers()
     with lock_data_dir(settings.data_dir):
         async with _running_proxy(settings) as info:
             yield info
@@ -148,6 +150,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 max_bytes=settings.max_upload_bytes,
                 max_open_per_sender=settings.max_open_uploads_per_sender,
                 idle_timeout_s=settings.upload_idle_timeout_s,
+                reserve_bytes=settings.disk_reserve_bytes,
             ),
         )
         metrics = ProxyMetrics()

@@ -11,7 +11,10 @@ thread). The whole file's SHA-256 is computed as the acknowledged prefix advance
 that digest — or, for an upload resumed after a restart, a hash of the whole spool file — with
 the announced one and moves the file to ``artifacts/<sha256>``: content-addressed, so a second
 upload of the same bytes is skipped. Limits: total size, chunk size, open uploads per sender,
-idle time. The wire operations are described in :mod:`bus.transfer`.
+idle time, and room on the disk: an upload that would leave less than the registry's reserve
+free (:mod:`proxy.registry.space`) is refused at ``begin``, and at a chunk it is refused and
+discarded — its spool file deleted at once, so what it wrote is free again. The wire operations
+are described in :mod:`bus.transfer`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from bus.errors import InvalidRequest, LimitExceeded, NotFound
 from bus.transfer import file_sha256
 from proxy.registry.records import Upload
 from proxy.registry.registry import Registry
+from proxy.registry.space import DEFAULT_RESERVE_BYTES, disk_full, ensure_room, is_disk_full
 from proxy.uploads.digest import PrefixDigest, write_at
 from proxy.uploads.requests import BeginRequest, ChunkRequest, UploadRef
 
@@ -53,6 +57,8 @@ class UploadLimits:
     max_open_per_sender: int = 4
     idle_timeout_s: float = 3600.0
     window: int = 16
+    reserve_bytes: int = DEFAULT_RESERVE_BYTES
+    """Free space kept on the data directory's disk for the registry."""
 
 
 class Uploads:
@@ -106,6 +112,7 @@ class Uploads:
                     upload.next_index,
                 )
                 return self._opened(await self._touch(upload))
+        await anyio.to_thread.run_sync(self._ensure_room_for, request)
         upload_id = uuid.uuid4().hex
         spool = self.spool_dir / upload_id
         upload = await self.registry.create_upload(
@@ -141,6 +148,16 @@ class Uploads:
                 f"{self.limits.max_chunk_bytes}",
                 limit=self.limits.max_chunk_bytes,
             )
+
+    def _ensure_room_for(self, request: BeginRequest) -> None:
+        """Refuse a new upload the disk has no room for, counting what the open uploads' sparse
+        spool files have yet to fill."""
+        ensure_room(
+            self.spool_dir,
+            request.size + _unfilled_bytes(self.spool_dir),
+            self.limits.reserve_bytes,
+            what=f"an upload of {request.size} bytes (with the open uploads' rest)",
+        )
 
     def _opened(self, upload: Upload) -> dict[str, Any]:
         return {
@@ -189,7 +206,30 @@ class Uploads:
                 f"chunk {request.index} does not match its SHA-256 (corrupted); send it again",
                 index=request.index,
             )
-        return {"next_index": await self._store(upload, request.index, data)}
+        try:
+            ensure_room(
+                self.spool_dir,
+                len(data),
+                self.limits.reserve_bytes,
+                what=f"chunk {request.index} of upload {upload.upload_id}",
+            )
+            return {"next_index": await self._store(upload, request.index, data)}
+        except (LimitExceeded, OSError) as exc:
+            if not isinstance(exc, LimitExceeded) and not is_disk_full(exc):
+                raise
+            await self._discard(upload)
+            refused = (
+                exc
+                if isinstance(exc, LimitExceeded)
+                else disk_full(self.spool_dir, what=f"writing chunk {request.index}")
+            )
+            raise LimitExceeded(
+                f"{refused.message}; upload {upload.upload_id} was discarded (its spool file "
+                "deleted): begin it again once there is room",
+                **refused.details,
+                upload_id=upload.upload_id,
+                discarded=True,
+            ) from exc
 
     def _lock(self, upload_id: str) -> anyio.Lock:
         return self._locks.setdefault(upload_id, anyio.Lock())
@@ -309,10 +349,11 @@ class Uploads:
         return len(idle)
 
     async def _discard(self, upload: Upload) -> None:
-        await self.registry.finish_upload(upload.upload_id, "aborted")
+        # The files first: on a full disk, deleting them is what lets the registry write.
         Path(upload.spool_path).unlink(missing_ok=True)
         _progress_path(upload).unlink(missing_ok=True)
         self._forget(upload.upload_id)
+        await self.registry.finish_upload(upload.upload_id, "aborted")
 
     def _forget(self, upload_id: str) -> None:
         self._open.pop(upload_id, None)
@@ -366,6 +407,18 @@ def _with_progress(upload: Upload) -> Upload:
     if upload.next_index < recorded <= upload.chunk_count:
         return upload.model_copy(update={"next_index": recorded})
     return upload
+
+
+def _unfilled_bytes(spool_dir: Path) -> int:
+    """What the spool files have yet to fill: their sizes less the blocks they hold."""
+    total = 0
+    for path in spool_dir.iterdir():
+        try:
+            stat = path.stat()
+        except OSError:  # committed or discarded meanwhile
+            continue
+        total += max(stat.st_size - stat.st_blocks * 512, 0)
+    return total
 
 
 def _make_sparse(path: Path, size: int) -> None:

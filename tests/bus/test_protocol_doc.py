@@ -15,11 +15,12 @@ import pytest
 from pydantic import BaseModel
 
 import bus
-from bus import codec, errors, grants, heartbeat, po, replycache, responder, rpc, transfer
+from bus import codec, errors, grants, po, replycache, responder, rpc, transfer
 from bus import envelope as envelopes
 from bus import uri as uris
 from bus.entity import Entity, key_to_text, verify
 from bus.grants import Grant, check_chain, decode_chain, encode_chain
+from bus.liveness import heartbeat
 from bus.po import PayloadObject
 from bus.verdicts import VerdictCache
 from bus.verifier import Verifier

@@ -29,6 +29,7 @@ from anyio.from_thread import start_blocking_portal
 
 from bus import Entity, Grant, encode_chain
 from container_manager import BusContainerManager
+from proxy.backend.sandbox import SandboxLimits
 from proxy.service.settings import ProxySettings
 from proxy.service.startup import load_or_create_entity, run_proxy
 from tests.fixtures.mosquitto import MosquittoBroker
@@ -68,6 +69,8 @@ class RunningService:
     bus_url: str
     owner: Entity
     data_dir: Path
+    gates: Path
+    """A directory the service's sandboxed models see (read-only): tests' gate files go there."""
     operator: Entity = field(default_factory=lambda: Entity.generate(comment="operator"))
     viewer: Entity = field(default_factory=lambda: Entity.generate(comment="viewer"))
 
@@ -125,6 +128,10 @@ class RunningService:
 @contextmanager
 def running_service(bus_url: str, data_dir: Path, **settings: Any) -> Iterator[RunningService]:
     """A modelbus service in a thread of its own while the context is open."""
+    gates = data_dir.with_name(f"{data_dir.name}-gates")
+    gates.mkdir(parents=True, exist_ok=True)
+    gates.chmod(0o755)
+    settings.setdefault("sandbox_limits", SandboxLimits(shared_dirs=(gates,)))
     config = ProxySettings(
         bus_url=bus_url, embed_bus=False, data_dir=data_dir, heartbeat_interval_s=1.0, **settings
     )
@@ -133,7 +140,7 @@ def running_service(bus_url: str, data_dir: Path, **settings: Any) -> Iterator[R
         try:
             owner = load_or_create_entity(config)
             assert info.service_uri == f"{owner.key_text}/s.modelbus/_"
-            yield RunningService(bus_url, owner, data_dir)
+            yield RunningService(bus_url, owner, data_dir, gates)
         finally:
             running.cancel()
 

@@ -1,6 +1,10 @@
 """Clipper's REST API on loopback (container_manager.rest, container_manager.loopback), against
-a stand-in for the service: shapes and status codes, input decoding, who may connect, and the
-endpoint's own event loop (a caller blocking on HTTP inside its own loop is still answered)."""
+the real service (this package's ``service`` fixture: a proxy on Mosquitto, closures in real
+worker processes), as a container manager's session serves it: shapes and status codes read back
+from the service's state, input decoding, every prediction error status produced for real (an
+unknown app 404; a sender with no predict grant 403; a model that cannot answer in the client's
+time 504; a service at its concurrency limit 503), who may connect, and the endpoint's own event
+loop (a caller blocking on HTTP inside its own loop is still answered)."""
 
 from __future__ import annotations
 
@@ -10,182 +14,167 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from anyio.from_thread import start_blocking_portal
 
-from bus import Conflict, NotFound, OutOfScope, Overloaded, RequestTimeout
-from container_manager import loopback
+from bus import Entity
+from container_manager import BusContainerManager, loopback
 from container_manager.loopback import LoopbackServer, peer_uid
-from container_manager.rest import AddModel, ClipperRest
+from tests.container_manager.conftest import RunningService, running_service
+from tests.fixtures.mosquitto import MosquittoBroker
+
+pytestmark = pytest.mark.slow
+
+JSON = {"Content-Type": "application/json"}  # what the loopback endpoint accepts
 
 
-class FakeService:
-    """The ServiceClient methods ClipperRest uses, over dicts; ``calls`` records each call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.apps: dict[str, dict[str, Any]] = {
-            "nums": {"name": "nums", "input_type": "doubles", "linked_models": ["m"]},
-            "raw": {"name": "raw", "input_type": "bytes", "linked_models": ["m"]},
-        }
-
-    async def register_application(self, name: str, *args: Any) -> dict[str, Any]:
-        self.calls.append(("register_application", (name, *args)))
-        if name in self.apps:
-            raise Conflict(f"application {name!r} already exists")
-        self.apps[name] = {"name": name, "input_type": args[0], "linked_models": []}
-        return self.apps[name]
-
-    async def get_app_info(self, name: str) -> dict[str, Any]:
-        self.calls.append(("get_app_info", name))
-        if name not in self.apps:
-            raise NotFound(f"no application named {name!r}")
-        return self.apps[name]
-
-    async def get_all_apps(self, verbose: bool = False) -> list[Any]:
-        return list(self.apps.values()) if verbose else sorted(self.apps)
-
-    async def link_model_to_app(self, app: str, model: str) -> dict[str, Any]:
-        self.calls.append(("link", (app, model)))
-        return {}
-
-    async def get_linked_models(self, app: str) -> list[str]:
-        return list((await self.get_app_info(app))["linked_models"])
-
-    async def get_model_info(self, name: str, version: str) -> dict[str, Any]:
-        if (name, version) != ("m", "1"):
-            raise NotFound(f"no model {name}:{version}")
-        return {"model_name": "m", "model_version": "1", "input_type": "doubles"}
-
-    async def get_all_models(self, verbose: bool = False) -> list[Any]:
-        info = await self.get_model_info("m", "1")
-        return [info | {"is_stopped": False}] if verbose else ["m:1"]
-
-    async def get_replicas(self, name: str, version: str) -> list[dict[str, Any]]:
-        return [{"index": 0, "state": "ready"}, {"index": 1, "state": "starting"}]
-
-    async def stop_versioned_models(self, versions: dict[str, list[str]]) -> list[str]:
-        self.calls.append(("stop", versions))
-        return []
-
-    async def status(self) -> dict[str, Any]:
-        return {"version": "test"}
-
-    async def predict(self, **request: Any) -> dict[str, Any]:
-        self.calls.append(("predict", request))
-        failures = {
-            "busy": Overloaded("full"),
-            "slow": RequestTimeout("late"),
-            "secret": OutOfScope("not yours"),
-        }
-        if request["app"] in failures:
-            raise failures[request["app"]]
-        if request["app"] not in self.apps:
-            raise NotFound(f"no application named {request['app']!r}")
-        base = {"model": "m", "version": "1"}
-        if "inputs" in request:
-            items = [
-                {"query_id": i, "output": repr(x), "default": False}
-                for i, x in enumerate(request["inputs"])
-            ]
-            return base | {"batch_predictions": items}
-        return base | {"query_id": 7, "output": repr(request["input"]), "default": False}
+def echo(inputs: list[Any]) -> list[str]:
+    """The model behind ``nums`` and ``raw``: each input's repr."""
+    return [repr(value) for value in inputs]
 
 
-class FakeRegistrar:
-    def __init__(self) -> None:
-        self.added: list[AddModel] = []
+def gated(gate: str) -> Callable[[list[Any]], list[str]]:
+    """A model that answers only once the file ``gate`` exists (in the worker)."""
 
-    async def add_model(self, request: AddModel) -> None:
-        self.added.append(request)
+    def predict(inputs: list[Any]) -> list[str]:
+        import os as worker_os
+        import time as worker_time
+
+        while not worker_os.path.exists(gate):
+            worker_time.sleep(0.01)
+        return [repr(value) for value in inputs]
+
+    return predict
+
+
+@dataclass
+class Models:
+    """What the module's service holds: apps ``nums`` (doubles) and ``raw`` (bytes) linked to
+    echo models, and ``held`` whose model answers only once ``gate`` exists."""
+
+    gate: Path
+
+
+def deploy_app(manager: BusContainerManager, app: str, input_type: str, func: Any) -> None:
+    service = manager.service
+    manager.call(service.register_application, app, input_type, "none", 60_000_000)
+    manager.call(service.deploy_function, f"{app}-model", "1", func, input_type)
+    manager.call(service.wait_ready, f"{app}-model", "1")
+    manager.call(service.link_model_to_app, app, f"{app}-model")
+
+
+@pytest.fixture(scope="module")
+def models(service: RunningService, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Models]:
+    gate = service.gates / "open"
+    with service.manager() as manager:
+        deploy_app(manager, "nums", "doubles", echo)
+        deploy_app(manager, "raw", "bytes", echo)
+        deploy_app(manager, "held", "doubles", gated(str(gate)))
+    yield Models(gate)
+    gate.touch()  # let a held worker finish
 
 
 class Endpoint:
-    def __init__(self, server: LoopbackServer, service: FakeService, registrar: FakeRegistrar):
-        self.server = server
-        self.service = service
-        self.registrar = registrar
+    """A container manager's loopback endpoint, and the manager (to read the service back)."""
+
+    def __init__(self, manager: BusContainerManager) -> None:
+        self.manager = manager
+        self.address = manager.get_admin_addr()
 
     def url(self, path: str) -> str:
-        return f"http://{self.server.address}{path}"
+        return f"http://{self.address}{path}"
 
     def post(self, path: str, body: Any) -> requests.Response:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        return requests.post(self.url(path), data=data, headers=headers, timeout=10)
+        return requests.post(self.url(path), data=data, headers=JSON, timeout=30)
+
+    def call(self, method: str, *args: Any) -> Any:
+        return self.manager.call(getattr(self.manager.service, method), *args)
 
 
 @pytest.fixture(params=["uid", "token"])
-def endpoint(request: pytest.FixtureRequest) -> Iterator[Endpoint]:
-    service, registrar = FakeService(), FakeRegistrar()
-    with start_blocking_portal(backend="asyncio") as portal:
-        rest = ClipperRest(service, registrar)  # type: ignore[arg-type]
-        server = LoopbackServer(
-            lambda method, path, body: portal.call(rest.respond, method, path, body),
-            auth=request.param,
-        )
-        try:
-            yield Endpoint(server, service, registrar)
-        finally:
-            server.close()
+def endpoint(
+    request: pytest.FixtureRequest, service: RunningService, models: Models
+) -> Iterator[Endpoint]:
+    with service.manager(local_auth=request.param) as manager:
+        yield Endpoint(manager)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 def test_admin_answers_clipper_shapes_and_status_codes(endpoint: Endpoint) -> None:
-    added = endpoint.post(
-        "/admin/add_app",
-        {"name": "new", "input_type": "doubles", "default_output": "0", "latency_slo_micros": 1000},
-    )
+    new = unique("new")
+    app = {"name": new, "input_type": "doubles", "default_output": "0", "latency_slo_micros": 1000}
+    added = endpoint.post("/admin/add_app", app)
     assert (added.status_code, added.text) == (
         200,
-        "Successfully added application with name 'new'",
+        f"Successfully added application with name '{new}'",
     )
-    again = endpoint.post(
-        "/admin/add_app",
-        {"name": "new", "input_type": "doubles", "default_output": "0", "latency_slo_micros": 1000},
-    )
+    assert endpoint.call("get_app_info", new)["input_type"] == "doubles"
+    again = endpoint.post("/admin/add_app", app)
     assert again.status_code == 400 and "already exists [conflict]" in again.text
     assert (
         endpoint.post("/admin/get_application", {"name": "nums"}).json()["input_type"] == "doubles"
     )
     assert endpoint.post("/admin/get_application", {"name": "nope"}).json() == {}
     assert endpoint.post("/admin/get_model", {"model_name": "m", "model_version": "2"}).json() == {}
-    assert endpoint.post("/admin/get_all_applications", {"verbose": False}).json() == [
-        "new",
-        "nums",
-        "raw",
-    ]
-    assert endpoint.post("/admin/get_linked_models", {"app_name": "nums"}).json() == ["m"]
+    listed = endpoint.post("/admin/get_all_applications", {"verbose": False}).json()
+    assert {new, "nums", "raw"} <= set(listed) and listed == sorted(listed)
+    assert endpoint.post("/admin/get_linked_models", {"app_name": "nums"}).json() == ["nums-model"]
     assert endpoint.post("/admin/get_linked_models", {"app_name": "nope"}).status_code == 400
-    assert endpoint.post("/admin/get_all_containers", {"verbose": False}).json() == [
-        "m:1:0",
-        "m:1:1",
-    ]
-    replica = {"model_name": "m", "model_version": "1", "replica_id": 1}
-    assert endpoint.post("/admin/get_container", replica).json()["state"] == "starting"
+    containers = endpoint.post("/admin/get_all_containers", {"verbose": False}).json()
+    assert {"nums-model:1:0", "raw-model:1:0"} <= set(containers)
+    replica = {"model_name": "nums-model", "model_version": "1", "replica_id": 0}
+    assert endpoint.post("/admin/get_container", replica).json()["state"] == "ready"
     assert endpoint.post("/admin/get_container", replica | {"replica_id": 5}).json() == {}
-    deleted = endpoint.post(
-        "/admin/delete_versioned_model", {"model_name": "m", "model_version": "1"}
-    )
-    assert deleted.status_code == 200 and ("stop", {"m": ["1"]}) in endpoint.service.calls
     assert requests.get(endpoint.url("/admin/ping"), timeout=10).status_code == 200
-    assert requests.get(endpoint.url("/metrics"), timeout=10).json() == {"version": "test"}
+    metrics = requests.get(endpoint.url("/metrics"), timeout=10).json()
+    assert set(metrics) == set(endpoint.call("status")) and "version" in metrics
+
+
+def test_delete_versioned_model_stops_it(endpoint: Endpoint) -> None:
+    name = unique("gone")
+    endpoint.call("deploy_function", name, "1", echo, "doubles")
+    endpoint.call("wait_ready", name, "1")
+    assert f"{name}:1:0" in endpoint.post("/admin/get_all_containers", {"verbose": False}).json()
+    deleted = endpoint.post(
+        "/admin/delete_versioned_model", {"model_name": name, "model_version": "1"}
+    )
+    assert deleted.status_code == 200
+    assert endpoint.call("get_model_info", name, "1")["is_stopped"] is True
+    assert (
+        f"{name}:1:0" not in endpoint.post("/admin/get_all_containers", {"verbose": False}).json()
+    )
+    missing = endpoint.post(
+        "/admin/delete_versioned_model", {"model_name": name, "model_version": "9"}
+    )
+    assert missing.status_code == 400
 
 
 def test_links_take_exactly_one_model(endpoint: Endpoint) -> None:
-    two = endpoint.post("/admin/add_model_links", {"app_name": "nums", "model_names": ["a", "b"]})
+    app = unique("linked")
+    endpoint.call("register_application", app, "doubles", "0", 100_000)
+    two = endpoint.post("/admin/add_model_links", {"app_name": app, "model_names": ["a", "b"]})
     assert two.status_code == 400 and "at most one model" in two.text
-    one = endpoint.post("/admin/add_model_links", {"app_name": "nums", "model_names": ["a"]})
-    assert one.status_code == 200 and ("link", ("nums", "a")) in endpoint.service.calls
+    assert endpoint.call("get_linked_models", app) == []
+    one = endpoint.post("/admin/add_model_links", {"app_name": app, "model_names": ["nums-model"]})
+    assert one.status_code == 200
+    assert endpoint.call("get_linked_models", app) == ["nums-model"]
 
 
-def test_add_model_goes_to_the_registrar_with_clippers_fields(endpoint: Endpoint) -> None:
+def test_add_model_completes_a_staged_deploy_with_clippers_fields(endpoint: Endpoint) -> None:
+    name = unique("added")
     body = {
-        "model_name": "m",
+        "model_name": name,
         "model_version": "2",
         "labels": ["x"],
         "input_type": "doubles",
@@ -193,10 +182,16 @@ def test_add_model_goes_to_the_registrar_with_clippers_fields(endpoint: Endpoint
         "model_data_path": "DEPRECATED",
         "batch_size": 4,
     }
-    assert endpoint.post("/admin/add_model", body).status_code == 200
-    assert endpoint.registrar.added == [AddModel(**body)]
+    unstaged = endpoint.post("/admin/add_model", body)
+    assert unstaged.status_code == 400 and "nothing to register" in unstaged.text
     bad = endpoint.post("/admin/add_model", body | {"batch_size": 0})
     assert bad.status_code == 400 and "batch size" in bad.text
+
+    image = endpoint.manager.build_closure(echo)
+    endpoint.manager.deploy_model(name, "2", "doubles", image)
+    assert endpoint.post("/admin/add_model", body | {"container_name": image}).status_code == 200
+    info = endpoint.call("get_model_info", name, "2")
+    assert (info["labels"], info["batch_size"], info["input_type"]) == (["x"], 4, "doubles")
 
 
 def test_malformed_requests_are_400_and_unknown_paths_404(endpoint: Endpoint) -> None:
@@ -208,15 +203,15 @@ def test_malformed_requests_are_400_and_unknown_paths_404(endpoint: Endpoint) ->
 
 
 def test_predictions_answer_clippers_shape_without_provenance(endpoint: Endpoint) -> None:
-    one = endpoint.post("/nums/predict", {"input": [1.0, 2.0]})
-    assert one.json() == {"query_id": 7, "output": "[1.0, 2.0]", "default": False}
+    one = endpoint.post("/nums/predict", {"input": [1.0, 2.0]}).json()
+    assert set(one) == {"query_id", "output", "default"}
+    assert (one["output"], one["default"]) == ("[1.0, 2.0]", False)
     batch = endpoint.post("/nums/predict", {"input_batch": [[1.0], [2.0]]}).json()
-    assert batch == {
-        "batch_predictions": [
-            {"query_id": 0, "output": "[1.0]", "default": False},
-            {"query_id": 1, "output": "[2.0]", "default": False},
-        ]
-    }
+    assert list(batch) == ["batch_predictions"]
+    assert [(p["output"], p["default"]) for p in batch["batch_predictions"]] == [
+        ("[1.0]", False),
+        ("[2.0]", False),
+    ]
 
 
 def test_bytes_inputs_arrive_base64_encoded(endpoint: Endpoint) -> None:
@@ -228,14 +223,70 @@ def test_bytes_inputs_arrive_base64_encoded(endpoint: Endpoint) -> None:
     assert (bad.status_code, bad.json()["error"]) == (400, "Json error")
 
 
-@pytest.mark.parametrize(
-    ("app", "status"),
-    [("busy", 503), ("slow", 504), ("secret", 403), ("nope", 404)],
-)
-def test_prediction_errors_map_to_http_statuses(endpoint: Endpoint, app: str, status: int) -> None:
-    reply = endpoint.post(f"/{app}/predict", {"input": [1.0]})
-    assert reply.status_code == status
-    assert set(reply.json()) == {"error", "cause"}
+def test_an_unknown_app_is_404(endpoint: Endpoint) -> None:
+    reply = endpoint.post("/nope/predict", {"input": [1.0]})
+    assert reply.status_code == 404 and set(reply.json()) == {"error", "cause"}
+
+
+def test_a_sender_without_a_predict_grant_is_403(service: RunningService, models: Models) -> None:
+    stranger = Entity.generate(comment="stranger")
+    proofs = [
+        [service.grant(stranger, service.slot("admin"), "P")],
+        [service.grant(stranger, f"{service.service_uri}/!meta/*", "C*")],
+    ]
+    with service.manager(stranger, proofs) as manager:
+        reply = requests.post(
+            f"http://{manager.get_admin_addr()}/nums/predict",
+            data=b'{"input": [1.0]}',
+            headers=JSON,
+            timeout=30,
+        )
+    assert reply.status_code == 403 and set(reply.json()) == {"error", "cause"}
+
+
+def test_no_reply_in_the_clients_time_is_504(service: RunningService, models: Models) -> None:
+    with service.manager(timeout_s=1.0) as manager:
+        reply = requests.post(
+            f"http://{manager.get_admin_addr()}/held/predict",
+            data=b'{"input": [1.0]}',
+            headers=JSON,
+            timeout=30,
+        )
+    assert reply.status_code == 504 and set(reply.json()) == {"error", "cause"}
+
+
+def test_a_service_at_its_concurrency_limit_is_503(
+    mosquitto: MosquittoBroker, tmp_path: Path
+) -> None:
+    mosquitto.start()
+    with (
+        running_service(mosquitto.url, tmp_path / "busy", max_concurrency=1) as busy,
+        busy.manager() as manager,
+    ):
+        gate = busy.gates / "gate"
+        deploy_app(manager, "held", "doubles", gated(str(gate)))
+        url = f"http://{manager.get_admin_addr()}"
+        first: list[requests.Response] = []
+        holder = threading.Thread(
+            target=lambda: first.append(
+                requests.post(
+                    f"{url}/held/predict", data=b'{"input": [1.0]}', headers=JSON, timeout=60
+                )
+            )
+        )
+        holder.start()
+        try:
+            # The held request is in flight (its slot's one place taken) once its worker has it.
+            while manager.call(manager.service.get_replicas, "held-model", "1")[0]["in_flight"] < 1:
+                time.sleep(0.05)  # polls state the service offers no event for
+            reply = requests.post(
+                f"{url}/held/predict", data=b'{"input": [2.0]}', headers=JSON, timeout=30
+            )
+            assert reply.status_code == 503 and set(reply.json()) == {"error", "cause"}
+        finally:
+            gate.touch()
+            holder.join(timeout=60)
+        assert [r.status_code for r in first] == [200]
 
 
 def test_predict_without_an_input_is_a_json_error(endpoint: Endpoint) -> None:
@@ -253,17 +304,18 @@ def test_a_caller_blocking_inside_its_own_event_loop_is_answered(endpoint: Endpo
 
 
 def test_concurrent_connections_are_all_answered(endpoint: Endpoint) -> None:
-    results: list[int] = []
+    results: list[tuple[int, str]] = []
 
     def call(index: int) -> None:
-        results.append(endpoint.post("/nums/predict", {"input": [float(index)]}).status_code)
+        reply = endpoint.post("/nums/predict", {"input": [float(index)]})
+        results.append((reply.status_code, reply.json()["output"]))
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
-    assert results == [200] * 12
+    assert sorted(results) == sorted((200, repr([float(i)])) for i in range(12))
 
 
 # ---- who may connect ---------------------------------------------------------------------------

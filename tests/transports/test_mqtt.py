@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -148,10 +147,10 @@ def test_client_ids_with_topic_wildcards_are_refused(client_id: str) -> None:
 
 async def test_a_wrong_port_fails_quickly_without_the_password() -> None:
     transport = MqttTransport(f"mqtt://alice:s3cret@127.0.0.1:{free_port()}")
-    started = time.monotonic()
     with pytest.raises(TransportError) as caught:
         await transport.connect()
-    assert time.monotonic() - started < 2
+    # Quickly: the first refusal ends it — not retries until the connect timeout.
+    assert isinstance(caught.value.__cause__, ConnectionRefusedError), caught.value.__cause__
     assert "127.0.0.1" in str(caught.value)
     assert "s3cret" not in str(caught.value)
     await transport.close()
@@ -459,10 +458,9 @@ async def test_a_publish_gives_up_after_its_timeout(
     await transport.connect()
     try:
         await anyio.to_thread.run_sync(mosquitto.stop)
-        started = time.monotonic()
-        with pytest.raises(TransportError, match="did not finish"):
+        with pytest.raises(TransportError, match=r"did not finish within 0\.5 s") as caught:
             await transport.publish(f"{ns}/never", b"x")
-        assert time.monotonic() - started < 2
+        assert isinstance(caught.value.__cause__, TimeoutError)  # its own bound ended it
     finally:
         await transport.close()
         mosquitto.start()

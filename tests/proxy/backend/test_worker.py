@@ -229,9 +229,11 @@ async def test_heard_backend_keeps_the_worker(stand_in: StandIn, tmp_path: Path)
     extra = ("--heartbeat-s", "0.1", "--backend-timeout-s", "0.5")
     async with worker(tmp_path, stand_in.channel.url, path, *extra) as process:
         identity, _ = await stand_in.expect(Hello)
-        for _ in range(10):  # 1 s, twice the timeout, with the backend talking
+        # The worker's own beats (every 0.1 s) are the clock: ten of them span twice its 0.5 s
+        # timeout, each answered by the backend. A worker that stopped (orphaned) beats no more.
+        for _ in range(10):
+            await stand_in.expect(Heartbeat)
             stand_in.channel.send(identity, Heartbeat())
-            await anyio.sleep(0.1)
         assert process.returncode is None
         stand_in.channel.send(identity, Batch(batch_id=1, inputs=[1]))
         _, result = await stand_in.expect(Result)

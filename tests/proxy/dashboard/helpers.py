@@ -26,7 +26,7 @@ from proxy.dashboard import Dashboard, Fleet, FleetMonitor
 from tests.bus.helpers import Member, connect
 
 CHROMIUM = "/usr/bin/chromium"
-LIVENESS_SCRIPT = Path(__file__).parents[2] / "bus" / "liveness_process.py"
+LIVENESS_SCRIPT = Path(__file__).parents[2] / "bus" / "liveness" / "liveness_process.py"
 
 
 @dataclass
@@ -67,7 +67,7 @@ async def beating(
 async def liveness_process(
     bus_url: str, member: Member, service: str, interval_s: float, tmp_path: Path
 ) -> AsyncIterator[Process]:
-    """tests/bus/liveness_process.py as a real process (to SIGKILL), once it has beaten."""
+    """tests/bus/liveness/liveness_process.py as a real process (to SIGKILL), once it has beaten."""
     entity_file = tmp_path / f"{service.rsplit('/', 1)[1]}.key"
     chain_file = entity_file.with_suffix(".chain")
     member.entity.save(entity_file)

@@ -12,7 +12,7 @@ import pytest
 
 from bus import PayloadObject
 from bus import envelope as envelopes
-from bus.heartbeat import LASTALIVE, STATUS
+from bus.liveness.heartbeat import LASTALIVE, STATUS
 from bus.po import PO_METADATA, PO_STATUS
 from tests.bus.helpers import Namespace, connect, new_entity
 from tests.fixtures.mosquitto import MosquittoBroker

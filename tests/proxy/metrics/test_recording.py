@@ -18,10 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from bus import BusClient, Entity, PayloadObject
 from bus import envelope as envelopes
 from bus.errors import BusError
-from bus.plain_status import PLAIN_STATUS
+from bus.liveness.plain_status import PLAIN_STATUS
 from bus.po import PO_REQUEST
 from proxy.metrics.recording import LATENCY_BUCKETS, ProxyMetrics, rejection_reason
-from tests.bus.test_plain_status import read_retained
+from tests.bus.liveness.test_plain_status import read_retained
 from tests.proxy.conftest import ProxyHarness, wait_until
 from transports import open_transport
 

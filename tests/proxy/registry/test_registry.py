@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from bus.errors import Conflict, InternalError, InvalidRequest, LimitExceeded, NotFound, Overloaded
 from proxy.registry import models as model_store
+from proxy.registry import registry as registry_module
 from proxy.registry.records import ModelVersion
 from proxy.registry.registry import Registry
 from proxy.registry.schema import MIGRATIONS, SCHEMA_VERSION
@@ -744,23 +745,37 @@ async def test_idle_uploads(registry: Registry, clock: FakeClock) -> None:
 
 
 async def test_opening_a_new_file_waits_while_another_connection_holds_it(
-    db_path: Path,
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # What a second proxy starting at the same moment sees: SQLite refuses the switch to WAL
     # at once ("locked") while another connection holds the file, without a busy wait.
     blocker = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN IMMEDIATE")
     opened: list[Registry] = []
+    events: list[str] = []
+    refused = anyio.Event()
+    row = registry_module._Database.row
+
+    async def seen_refused(self: Any, sql: str, params: Any = ()) -> Any:
+        try:
+            return await row(self, sql, params)
+        except sqlite3.OperationalError:
+            refused.set()  # the opening met the lock (and must retry, not fail)
+            raise
+
+    monkeypatch.setattr(registry_module._Database, "row", seen_refused)
 
     async def open_registry() -> None:
         opened.append(await Registry.open(db_path, busy_timeout_s=5.0))
+        events.append("opened")
 
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(open_registry)
-            await anyio.sleep(0.3)
-            assert opened == []
+            await refused.wait()
+            events.append("released")
             blocker.execute("COMMIT")
+        assert events == ["released", "opened"]  # it waited for the lock, and did not fail
         assert await opened[0].schema_version() == SCHEMA_VERSION
         assert blocker.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
@@ -833,19 +848,22 @@ async def test_a_writer_waits_for_another_connections_lock(db_path: Path) -> Non
     ):
         blocker = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
         blocker.execute("BEGIN IMMEDIATE")
-        done = anyio.Event()
+        events: list[str] = []
 
         async def write() -> None:
             await registry.register_application("hvac", "doubles", "0", 100)
-            done.set()
+            events.append("written")
 
         async with anyio.create_task_group() as group:
             group.start_soon(write)
-            await anyio.sleep(0.3)
-            assert not done.is_set()  # blocked by the other connection, not failed
+            await anyio.wait_all_tasks_blocked()  # the write is under way, in its thread
+            # (SQLite's busy wait shows nothing to Python: a reader's round trip gives the
+            # writer's thread time to reach it; if it has not, the test proves less, never fails)
             assert await reader.list_applications() == []  # WAL: readers go on
+            events.append("released")
             blocker.execute("COMMIT")
         blocker.close()
+        assert events == ["released", "written"]  # blocked by the other connection, not failed
         assert [a.name for a in await registry.list_applications()] == ["hvac"]
 
 

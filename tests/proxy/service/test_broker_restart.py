@@ -3,8 +3,8 @@ never reported dead once it is back on the bus.
 
 The broker runs with persistence on, as deployments have it: on its way down it publishes the
 service's Last Will (``online: false``) and keeps it across the restart. The heartbeat interval is
-20 s, so only the re-announcement on reconnect (bus/heartbeat.py, transports/mqtt/gate.py) can
-make the service look alive again before the next beat; requests in flight survive because the
+20 s, so only the re-announcement on reconnect (bus/liveness/heartbeat.py, transports/mqtt/gate.py)
+can make the service look alive again before the next beat; requests in flight survive because the
 requester sends them again under the same id (bus/rpc.py) and the service answers a retried id
 once. ``query_id`` counts the outputs the service computed: any request run twice shows.
 """

@@ -6,7 +6,7 @@ operator's prediction first, three times, with 999.0, and persists the service's
 operator's client, pinned to the service's key (learnt from the service's own state), drops her
 replies and her death: it gets the true 3.0 and still sees the service alive — while a reader
 that pins nothing believes her, which shows the attack is real. Covers the pinning in
-``container_manager/service.py`` and ``bus/monitor.py`` (``service_states(origin=…)``).
+``container_manager/service.py`` and ``bus/liveness/monitor.py`` (``service_states(origin=…)``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from bus import PO_REPLY, PO_REQUEST, BusClient, PayloadObject, reply_uri, service_states
-from bus.heartbeat import STATE, STATUS
+from bus.liveness.heartbeat import STATE, STATUS
 from bus.po import PO_STATE, PO_STATUS
 from proxy.backend.sandbox import SandboxLimits
 from tests.proxy.conftest import ProxyHarness, wait_until

@@ -1,6 +1,9 @@
 """The service end to end, through real worker processes: deploy a function, predict, deploy a
 second version under continuous traffic, roll back, pin, resize, stop, restart the proxy; a
-latency SLO's default output; a worker killed in the middle of a batch.
+latency SLO's default output; a worker killed in the middle of a batch. The version switch with
+a new version held un-ready by the test (its replica loads only once a gate file exists): every
+request sent while it cannot be ready is answered by the old version at once, none waits for
+the new one.
 
 Model functions are defined here; this module is not installed, so the closure archive carries
 them by value and the workers never import it.
@@ -12,10 +15,12 @@ the operations proxy/service/operations/predict.py and proxy/service/operations/
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,6 +28,7 @@ import pytest
 
 from bus.errors import InvalidRequest, NotFound
 from container_manager import ServiceClient
+from proxy.backend.sandbox import SandboxLimits
 from tests.proxy.conftest import ProxyHarness, wait_until
 
 pytestmark = pytest.mark.slow
@@ -47,6 +53,27 @@ def sleepy(delay_s: float) -> Callable[[list[list[float]]], list[float]]:
         return [float(sum(x)) for x in inputs]
 
     return predict
+
+
+class GatedModel:
+    """``factor * sum(x)``, whose replicas finish loading only once the file ``gate`` exists:
+    unpickling it in the worker waits for the gate, so the test decides when it can be ready."""
+
+    def __init__(self, gate: str, factor: float) -> None:
+        self.gate = gate
+        self.factor = factor
+
+    def __call__(self, inputs: list[list[float]]) -> list[float]:
+        return summed(self.factor)(inputs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_load_when_open, (self.gate, self.factor))
+
+
+def _load_when_open(gate: str, factor: float) -> Callable[[list[list[float]]], list[float]]:
+    while not os.path.exists(gate):  # in the worker: its model is loading
+        time.sleep(0.01)
+    return summed(factor)
 
 
 async def _deploy_ready(
@@ -154,6 +181,72 @@ async def test_deploy_predict_switch_rollback_pin_resize_stop(harness: ProxyHarn
             assert fallback["default_explanation"].startswith("not_found:")
             with pytest.raises(NotFound):
                 await operator.get_logs("thermal", "1")
+
+
+async def test_a_switch_serves_the_old_version_until_the_new_one_is_ready(
+    memory_harness: ProxyHarness, gates: Path
+) -> None:
+    """Which version answers across a switch, by when each request was sent: before the new
+    version's gate opens it cannot be ready, so each of those requests is answered by the old
+    version, not held for the new one (which would answer it, or give the default past the
+    SLO). The worst latency is logged, not asserted."""
+    gate = gates / "gate"
+    answers: list[tuple[bool, str, bool, float]] = []  # (gate open when sent, version, default, s)
+    gate_open = False
+    old_answered_after_deploy = anyio.Event()
+    new_settled = anyio.Event()
+    deployed = anyio.Event()
+    with anyio.fail_after(90):
+        limits = SandboxLimits(shared_dirs=(gates,))
+        async with memory_harness.serving(sandbox_limits=limits) as service:
+            operator, observer = service.operator, service.viewer
+            await operator.register_application("zone-a", "doubles", "-1.0", 5_000_000)
+            await _deploy_ready(operator, "thermal", "1", summed(10))
+            await operator.link_model_to_app("zone-a", "thermal")
+
+            async def traffic() -> None:
+                after_deploy = 0
+                while not new_settled.is_set():
+                    sent_open, sent_after_deploy = gate_open, deployed.is_set()
+                    started = anyio.current_time()
+                    reply = await observer.predict(app="zone-a", input=[1.0, 2.0])
+                    took = anyio.current_time() - started
+                    answers.append((sent_open, reply["version"], reply["default"], took))
+                    assert sent_open or (reply["version"], reply["default"]) == ("1", False), (
+                        f"sent before thermal:2 could be ready, answered {reply}"
+                    )
+                    after_deploy += sent_after_deploy
+                    if after_deploy >= 20:
+                        old_answered_after_deploy.set()
+                    if [a[1] for a in answers[-5:]] == ["2"] * 5:
+                        new_settled.set()
+
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(traffic)
+                reply = await operator.deploy_function(
+                    "thermal", "2", GatedModel(str(gate), 20), "doubles"
+                )
+                assert reply["is_current_version"] is True
+                deployed.set()
+                await old_answered_after_deploy.wait()
+                [replica] = await operator.get_replicas("thermal", "2")
+                assert replica["state"] != "ready", replica  # the gate holds it
+                gate_open = True
+                gate.touch()
+                await new_settled.wait()
+
+    versions = [version for _, version, _, _ in answers]
+    switch_at = versions.index("2")
+    assert versions == ["1"] * switch_at + ["2"] * (len(versions) - switch_at)
+    assert not any(default for _, _, default, _ in answers)
+    worst = max(answers, key=lambda answer: answer[3])
+    logging.getLogger(__name__).info(
+        "switch: %d requests, %d while gated, worst latency %.1f ms (version %s)",
+        len(answers),
+        sum(not open_ for open_, *_ in answers),
+        worst[3] * 1000,
+        worst[1],
+    )
 
 
 async def test_restarted_proxy_serves_the_current_version(memory_harness: ProxyHarness) -> None:

@@ -12,8 +12,9 @@ import anyio
 import pytest
 from paho.mqtt import subscribe
 
-from bus import Heartbeat, plain_status
-from bus.plain_status import PLAIN_STATUS
+from bus import Heartbeat
+from bus.liveness import plain_status
+from bus.liveness.plain_status import PLAIN_STATUS
 from tests.bus.helpers import Namespace, connect
 
 

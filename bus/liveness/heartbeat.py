@@ -5,7 +5,8 @@ Under the service URI ``S`` a running service keeps three persisted messages:
     S/!meta/lastalive   PO 2.0.3.1  {val: ISO-8601 time, ts: ns}     first at start, then every 10 s
     S/!meta/state       PO 2.0.11.3 {online: bool, seq: int, ts: ns} birth; the Will says offline
     S/!meta/status      PO 2.0.11.4 {seq, ts, uptime_s, interval_s, ...service facts}
-    S/!meta/status.json unsigned JSON copy for generic MQTT tools (``plain_json``; bus.plain_status)
+    S/!meta/status.json unsigned JSON copy for generic MQTT tools (``plain_json``;
+    bus.liveness.plain_status)
 
 ``seq`` is fixed for one run of the service (its start time in ns, so it grows across restarts).
 The MQTT Last Will carries ``{online: false, seq}`` of the same run, so a death whose ``seq`` does
@@ -27,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
-from bus import plain_status
 from bus.errors import BusError
-from bus.plain_status import PLAIN_STATUS
+from bus.liveness import plain_status
+from bus.liveness.plain_status import PLAIN_STATUS
 from bus.po import PO_METADATA, PO_STATE, PO_STATUS, PayloadObject
 
 if TYPE_CHECKING:
@@ -67,8 +68,8 @@ class Heartbeat:
         status: Callable[[], dict[str, Any]] | None = None,
         plain_json: bool = False,
     ) -> None:
-        """``plain_json`` also publishes the unsigned ``S/!meta/status.json`` (bus.plain_status)
-        for generic MQTT tools."""
+        """``plain_json`` also publishes the unsigned ``S/!meta/status.json``
+        (bus.liveness.plain_status) for generic MQTT tools."""
         self.service_uri = service_uri
         self.interval_s = interval_s
         self.status = status

@@ -1,4 +1,5 @@
-"""A service that only announces liveness, run as a subprocess by tests/bus/test_heartbeat.py.
+"""A service that only announces liveness, run as a subprocess by
+tests/bus/liveness/test_heartbeat.py.
 
     python tests/bus/liveness_process.py BUS_URL ENTITY_FILE CHAIN_FILE SERVICE_URI INTERVAL_S
 

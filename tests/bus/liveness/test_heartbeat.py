@@ -25,8 +25,8 @@ from bus import (
     encode_chain,
     service_states,
 )
-from bus.heartbeat import LASTALIVE, STATE, STATUS
-from bus.monitor import evaluate
+from bus.liveness.heartbeat import LASTALIVE, STATE, STATUS
+from bus.liveness.monitor import evaluate
 from tests.bus.helpers import Member, Namespace, bus_url_for, connect, memory_url, next_message
 from tests.fixtures.mosquitto import MosquittoBroker
 
@@ -280,7 +280,8 @@ def test_evaluate_uses_the_given_staleness() -> None:
 async def liveness_process(
     url: str, member: Member, service: str, tmp_path: Path, *, interval_s: float
 ) -> AsyncIterator[tuple[Process, int]]:
-    """Run tests/bus/liveness_process.py; yield it with its heartbeat seq once it is ready."""
+    """Run tests/bus/liveness/liveness_process.py; yield it with its heartbeat seq once it is
+    ready."""
     entity_file, chain_file = tmp_path / "svc.ent", tmp_path / "svc.chain"
     member.entity.save(entity_file)
     chain_file.write_bytes(encode_chain(member.chain))

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bus.heartbeat import LASTALIVE, STALE_AFTER_S, STATE, STATUS
+from bus.liveness.heartbeat import LASTALIVE, STALE_AFTER_S, STATE, STATUS
 from bus.po import PO_METADATA, PO_STATE, PO_STATUS
 
 if TYPE_CHECKING:
