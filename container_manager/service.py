@@ -15,15 +15,16 @@ Every call is a signed request on one of the service's slots (``predict``, ``adm
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from bus import BusClient, service_states
+from bus import BusClient, Grant, service_states
 from bus.artifact import build_closure_archive
 from bus.errors import NotFound, TransportError
+from bus.grants import encode_chain
 from bus.heartbeat import STALE_AFTER_S
 from bus.monitor import ServiceState
 from bus.transfer import UploadProgress, upload_file
@@ -329,3 +330,54 @@ class ServiceClient:
                 **{k: v for k, v in body.items() if v is not None},
             )
         )
+
+    # -- forecasts by meaning (the XBOS prediction API, PROTOCOL §17.7) -----------------------
+
+    async def forecast(
+        self,
+        type: str,
+        context: Mapping[str, str] | str,
+        start: str,
+        end: str,
+        granularity: str,
+        *,
+        aggregation: str | None = None,
+        proofs: Sequence[Sequence[Grant]] = (),
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """``type`` at ``context`` (``{"zone": "A"}`` or ``"zone=A"``) from ``start`` to ``end``
+        (with a zone: ``"2018-01-30 00:00 PST"``) by ``granularity`` (``"30min"``), answered by
+        the models the service chooses; ``proofs``: grant chains proving this key may consume
+        the models' training streams. The reply: ``points`` ``[ts_ns, value, [[name, version],
+        ...]]``, ``gaps`` ``[start_ns, end_ns, reason]``, ``problems``, ``composed``, ``cached``."""
+        body: dict[str, Any] = {
+            "type": type,
+            "context": dict(context) if isinstance(context, Mapping) else context,
+            "start": start,
+            "end": end,
+            "granularity": granularity,
+            "proofs": [encode_chain(list(chain)) for chain in proofs],
+        }
+        if aggregation is not None:
+            body["aggregation"] = aggregation
+        return dict(await self.call("predict", "forecast", reply_timeout_s=timeout_s, **body))
+
+    async def forecast_models(
+        self,
+        type: str,
+        context: Mapping[str, str] | str,
+        *,
+        start: str | None = None,
+        end: str | None = None,
+        proofs: Sequence[Sequence[Grant]] = (),
+    ) -> list[dict[str, Any]]:
+        """The models this key may use for ``type`` at ``context`` (and the places around it),
+        with their declared coverage and, given ``start`` and ``end``, what they cover there."""
+        body: dict[str, Any] = {
+            "type": type,
+            "context": dict(context) if isinstance(context, Mapping) else context,
+            "proofs": [encode_chain(list(chain)) for chain in proofs],
+        }
+        if start is not None or end is not None:
+            body |= {"start": start, "end": end}
+        return list(await self.call("predict", "forecast.models", **body))

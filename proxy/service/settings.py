@@ -45,6 +45,12 @@ class ProxySettings(BaseModel):
     max_open_uploads_per_sender: Annotated[int, Field(gt=0)] = 4
     upload_idle_timeout_s: Annotated[float, Field(gt=0)] = 3600.0
     drain_timeout_s: Annotated[float, Field(ge=0)] = 10.0
+    forecast_call_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """How long a forecast waits for one model's answer to one segment before falling back."""
+    can_predict_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    """How long a model's ``can_predict`` may run in its worker before it counts as "cannot"."""
+    brick_path: Path | None = None
+    """A Brick model (Turtle) of the building: its places' tree, for the forecast."""
     docker_url: str | None = Field(default_factory=lambda: os.environ.get("DOCKER_HOST") or None)
     """The container engine's API (Docker, or ``podman system service``) for image deploys;
     None: this service runs closures only."""

@@ -3,7 +3,8 @@
 Under its service URI ``S = <namespace>/<service path>`` it serves three slots, so a grant can
 allow predicting without deploying:
 
-    S/i.modelbus/slot/predict   predictions                       (proxy.service.operations.predict)
+    S/i.modelbus/slot/predict   predictions                       (proxy.service.operations.predict,
+                                by meaning                        proxy.service.forecast)
     S/i.modelbus/slot/admin     Clipper's management surface      (proxy.service.operations.admin)
     S/i.modelbus/slot/deploy    artifact uploads, model deploys   (proxy.service.operations.deploy,
     proxy.uploads.sessions)
@@ -29,6 +30,7 @@ from bus.rpc import ServeGate
 from proxy.backend.embedded import EmbeddedBackend
 from proxy.backend.runtime import ImageRuntime
 from proxy.registry.registry import Registry
+from proxy.service.forecast.build import forecast_ops
 from proxy.service.operations.admin import AdminOps
 from proxy.service.operations.containers import ContainerEngine, ContainerOps
 from proxy.service.operations.deploy import DeployOps
@@ -108,12 +110,13 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         heartbeat = Heartbeat(
             service_uri, interval_s=settings.heartbeat_interval_s, status=status.snapshot
         )
+        verifier = Verifier(aliases=settings.aliases)
         client = await stack.enter_async_context(
             BusClient(
                 transport,
                 entity,
                 proofs=_load_proofs(settings),
-                verifier=Verifier(aliases=settings.aliases),
+                verifier=verifier,
                 will=heartbeat.will(),
             )
         )
@@ -133,7 +136,11 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         )
         admin = AdminOps(registry, backend, router, status.snapshot)
         slots = {
-            "predict": Slot("predict", predict.table()),
+            "predict": Slot(
+                "predict",
+                predict.table()
+                | (await forecast_ops(settings, registry, backend, verifier)).table(),
+            ),
             "admin": Slot("admin", admin.table(), on_done=heartbeat.nudge),
             "deploy": Slot(
                 "deploy",

@@ -17,6 +17,7 @@ from bus.errors import InvalidRequest, NotFound
 from proxy.backend.embedded import EmbeddedBackend
 from proxy.registry.records import ADAPTIVE_BATCH_SIZE, InputType, ModelName, Sha256
 from proxy.registry.registry import Registry
+from proxy.service.forecast.metadata import check_metadata
 from proxy.service.slots import Body, Op
 from proxy.service.versions import VersionRouter, start_model
 from proxy.uploads import BeginRequest, ChunkRequest, UploadRef, Uploads
@@ -72,6 +73,7 @@ class DeployOps:
                 f"artifact {request.artifact} is not on this service; upload it first",
                 artifact=request.artifact,
             )
+        check_metadata(request.metadata)  # a map declaring the range API must be valid
         if request.kind == "image" and not request.image:
             raise InvalidRequest("an image deploy names the image (repository:tag)")
         if request.batch_size > (limit := self.backend.settings.max_batch_size):
