@@ -27,6 +27,7 @@ from proxy.backend import docker as runtime_docker
 from proxy.backend import embedded as backend
 from proxy.registry import records
 from proxy.service import settings, slots
+from proxy.service.forecast import ops as forecast
 from proxy.service import versions as routing
 from proxy.service.operations import admin, containers, deploy, predict
 from proxy.service.startup import service_uris
@@ -256,12 +257,12 @@ def test_documented_limits_match_the_code() -> None:
 
 
 def _slot_tables() -> dict[str, dict[str, slots.Op[Any]]]:
-    """Each slot's operations, composed as ``proxy.service.startup.running_proxy`` composes them."""
+    """Each slot's operations, composed as ``proxy.service.startup.running_proxy`` composes them
+    (the forecast operations of ``proxy.service.forecast.build`` on ``slot/predict``)."""
     anything: Any = SimpleNamespace(begin=None, chunk=None, commit=None, abort=None)
     return {
-        "predict": predict.PredictOps(
-            anything, anything, anything, anything, timeout_s=1.0
-        ).table(),
+        "predict": predict.PredictOps(anything, anything, anything, anything, timeout_s=1.0).table()
+        | forecast.ForecastOps(anything, anything, anything).table(),
         "admin": admin.AdminOps(anything, anything, anything, dict).table(),
         "deploy": deploy.DeployOps(anything, anything, anything, anything).table()
         | containers.ContainerOps(None).table(),
@@ -271,6 +272,8 @@ def _slot_tables() -> dict[str, dict[str, slots.Op[Any]]]:
 # The body model each operation declares (the slot validates the request with it).
 BODIES: dict[str, type[BaseModel]] = {
     "predict": predict.PredictBody,
+    "forecast": forecast.ForecastBody,
+    "forecast.models": forecast.ModelsBody,
     "app.register": admin.AppBody,
     "app.delete": admin.NameBody,
     "app.list": admin.ListBody,

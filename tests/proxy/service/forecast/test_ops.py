@@ -8,7 +8,13 @@ proxy/service/forecast/build.py and the metadata check of proxy/service/operatio
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
+
+import bus
 
 from bus.errors import InvalidRequest
 from container_manager import ServiceClient
@@ -16,6 +22,8 @@ from tests.proxy.conftest import ProxyHarness
 from tests.proxy.service.forecast.helpers import DAY, flat, gaps, meta, runs
 
 pytestmark = pytest.mark.slow
+
+DOC = Path(bus.__file__).with_name("PROTOCOL.md")
 
 
 async def deploy(
@@ -49,6 +57,8 @@ async def test_three_models_stitched_with_provenance_and_the_gap(harness: ProxyH
             {"zone": "A"},
             "30min",
         )
+
+        await _check_the_worked_example(service.viewer)
 
         listed = await service.viewer.forecast_models("thermal", "zone=A", start=DAY[0], end=DAY[1])
         assert [(m["name"], m["relation"], m["is_current"]) for m in listed] == [
@@ -109,3 +119,23 @@ async def test_the_index_follows_versions_rollback_and_stop(memory_harness: Prox
         answer = await viewer.forecast("thermal", "zone=A", *DAY, "30min")
         assert runs(answer) == [(0, 48, "")]
         assert gaps(answer) == [(0, 48, "no usable thermal model for this place")]
+
+
+async def _check_the_worked_example(viewer: ServiceClient) -> None:
+    """PROTOCOL §17.7's worked example is what the service replies (its points shortened to the
+    first of each run)."""
+    examples = {
+        name: json.loads(text)
+        for name, text in re.findall(
+            r"^```json (forecast-[a-z]+)\n(.*?)^```", DOC.read_text(), re.MULTILINE | re.DOTALL
+        )
+    }
+    body = dict(examples["forecast-request"]["body"])
+    del body["op"]
+    reply = await viewer.call("predict", "forecast", **body)
+    firsts, last = [], None
+    for point in reply["points"]:
+        if point[2] != last:
+            firsts.append(point)
+            last = point[2]
+    assert reply | {"points": firsts} == examples["forecast-reply"]["result"]
