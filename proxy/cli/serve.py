@@ -62,6 +62,13 @@ logger = logging.getLogger(__name__)
     help="Container engine API for image deploys: Docker, or Podman's `podman system service` "
     "(e.g. unix:///run/podman/podman.sock) [default: $DOCKER_HOST; none: closures only].",
 )
+@click.option(
+    "--brick",
+    "brick_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A Brick model (Turtle) of the building: the places forecasts compose and fall back on.",
+)
 @pass_settings
 def serve(
     settings: Settings,
@@ -72,6 +79,7 @@ def serve(
     max_concurrency: int,
     heartbeat_interval: float,
     docker_url: str | None,
+    brick_path: Path | None,
 ) -> None:
     """Run the modelbus service: bus proxy, registry, model backend, heartbeats.
 
@@ -91,6 +99,7 @@ def serve(
         aliases=settings.aliases,
         max_concurrency=max_concurrency,
         heartbeat_interval_s=heartbeat_interval,
+        brick_path=brick_path,
         **_engine(docker_url),
     )
     run_async(_serve, proxy_settings)

@@ -359,7 +359,8 @@ def test_a_file_that_is_no_chain_is_an_error(world: World) -> None:
 
 
 COMMANDS = {
-    "bench", "bus", "demo", "deploy", "grant", "keys", "pub", "query", "serve", "status", "sub"
+    "bench", "bus", "demo", "deploy", "grant", "keys", "models", "predict", "pub", "query",
+    "serve", "status", "sub",
 }  # fmt: skip
 
 
@@ -664,7 +665,8 @@ def test_the_readme_python_example_runs(world: World, zmq_bus_url: str) -> None:
 
 def test_the_demo_runs_end_to_end_on_the_embedded_bus(tmp_path: Path) -> None:
     """The README's first command: the service embeds its ZeroMQ bus (serve's default), deploys,
-    predicts, upgrades, pins, rolls back, refuses a viewer's deploy and reads liveness."""
+    predicts, upgrades, pins, rolls back, refuses a viewer's deploy, forecasts a day of zone A
+    stitched from three models with a gap (proxy/bench/demo_forecast.py) and reads liveness."""
     result = subprocess.run(
         [sys.executable, "-m", "proxy.cli", "demo", "--data-dir", str(tmp_path / "data")],
         capture_output=True,
@@ -677,4 +679,8 @@ def test_the_demo_runs_end_to_end_on_the_embedded_bus(tmp_path: Path) -> None:
     assert "starting the service: embedded ZeroMQ bus" in out
     assert "thermal:1 → 48 steps" in out
     assert "viewer deploy refused: out_of_scope" in out
+    forecast = out[out.index("thermal, zone A, one day, 30 min") :].splitlines()
+    assert "2018-01-30 08:00 PST" in forecast[2 + 16] and "zone-a-day:1" in forecast[2 + 16]
+    assert forecast[2 + 36].endswith("gap: no usable model can predict this time")
+    assert "48 points of 30min, 4 in gaps" in out
     assert "demo complete" in out

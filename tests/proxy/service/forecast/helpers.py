@@ -14,10 +14,11 @@ DAY_START_NS = 1517299200 * 10**9  # 2018-01-30 00:00 PST
 
 
 def flat(value: float) -> Callable[[list[Any]], list[Any]]:
-    """A range model answering ``value`` at every step of every segment."""
+    """A range model answering ``value`` at every step of every segment (and ``value`` itself
+    to a direct call with a str input)."""
 
     def predict(inputs: list[Any]) -> list[Any]:
-        return [[value] * x["points"] for x in inputs]
+        return [value if isinstance(x, str) else [value] * x["points"] for x in inputs]
 
     return predict
 

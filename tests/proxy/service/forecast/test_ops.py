@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 import bus
-
 from bus.errors import InvalidRequest
 from container_manager import ServiceClient
 from tests.proxy.conftest import ProxyHarness

@@ -32,7 +32,7 @@ async def test_a_floor_composed_from_its_zones(memory_harness: ProxyHarness) -> 
 
         answer = await viewer.forecast("consumption", "floor=1", *DAY, "1h")
         assert answer["composed"] is True and answer["gaps"] == []
-        # Each 15-minute model sums into hours (4 × value), and the zones add up.
+        # Each 15-minute model sums into hours (4 x value), and the zones add up.
         assert {value for _, value, _ in answer["points"]} == {4 * 2.0 + 4 * 3.0}
         assert {tuple(map(tuple, refs)) for _, _, refs in answer["points"]} == {
             (("kwh-a", "1"), ("kwh-b", "1"))
