@@ -8,6 +8,7 @@ stitched table — each point's value and the model that made it — and the gap
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -19,18 +20,20 @@ from chooser import parse_instant
 from container_manager import ServiceClient
 from container_manager.forecast_table import format_forecast
 
-__all__ = ["DAY", "RANGES", "forecast_tour", "zone_model"]
+__all__ = ["DAY", "RANGES", "forecast_tour", "metadata_for", "zone_model"]
 
 DAY = ("2018-01-30 00:00:00 PST", "2018-01-31 00:00:00 PST")
 RANGES = {"early": (0, 10, 18.0), "day": (8, 18, 21.0), "night": (20, 24, 17.5)}
 
 
 def zone_model(base: float) -> Callable[[list[Any]], list[Any]]:
-    """A range model: one value per 15-minute step of its segment, a gentle daily wave."""
+    """A range model: one value per 15-minute step of its segment, a gentle daily wave. A str
+    input is the same segment input as JSON (how ``bench choose`` calls it directly)."""
 
     def predict(inputs: list[Any]) -> list[Any]:
         outputs = []
-        for asked in inputs:
+        for given in inputs:
+            asked = json.loads(given) if isinstance(given, str) else given
             start_s, step = asked["start_ns"] // 10**9, asked["step_s"]
             outputs.append(
                 [
@@ -43,7 +46,7 @@ def zone_model(base: float) -> Callable[[list[Any]], list[Any]]:
     return predict
 
 
-def _metadata(first_hour: int, last_hour: int) -> dict[str, Any]:
+def metadata_for(first_hour: int, last_hour: int) -> dict[str, Any]:
     end = f"2018-01-30 {last_hour:02}:00" if last_hour < 24 else "2018-01-31 00:00"
     return {
         "type": "thermal",
@@ -64,7 +67,7 @@ async def forecast_tour(operator: ServiceClient, viewer: ServiceClient) -> None:
     )
     for name, (first, last, base) in RANGES.items():
         await operator.deploy_function(
-            f"zone-a-{name}", "1", zone_model(base), "strings", metadata=_metadata(first, last)
+            f"zone-a-{name}", "1", zone_model(base), "strings", metadata=metadata_for(first, last)
         )
     for name in RANGES:
         await operator.wait_ready(f"zone-a-{name}", "1")
