@@ -27,8 +27,8 @@ from proxy.backend import docker as runtime_docker
 from proxy.backend import embedded as backend
 from proxy.registry import records
 from proxy.service import settings, slots
-from proxy.service.forecast import ops as forecast
 from proxy.service import versions as routing
+from proxy.service.forecast import ops as forecast
 from proxy.service.operations import admin, containers, deploy, predict
 from proxy.service.startup import service_uris
 from proxy.uploads import requests as upload_requests
