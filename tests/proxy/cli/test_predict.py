@@ -31,12 +31,12 @@ def _deploy_three(service: RunningService, zone: str, streams: list[str]) -> Non
     manager = service.manager()
     manager.connect()
     try:
-        for name, value, (first, last), extra in (
-            (f"early-{zone}", 20.0, (0, 10), {}),
-            (f"day-{zone}", 21.0, (8, 18), {}),
-            (f"night-{zone}", 19.0, (20, 24), {"training_streams": streams}),
+        for name, value, (first, last), trained_on in (
+            (f"early-{zone}", 20.0, (0, 10), []),
+            (f"day-{zone}", 21.0, (8, 18), []),
+            (f"night-{zone}", 19.0, (20, 24), streams),
         ):
-            metadata = meta(first, last, context={"zone": zone}, **extra)
+            metadata = meta(first, last, context={"zone": zone}, training_streams=trained_on)
             manager.deploy_python_closure(
                 name.lower(), "1", "strings", flat(value), metadata=metadata
             )
