@@ -47,6 +47,8 @@ class ProxySettings(BaseModel):
     drain_timeout_s: Annotated[float, Field(ge=0)] = 10.0
     forecast_call_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     """How long a forecast waits for one model's answer to one segment before falling back."""
+    forecast_deadline_s: Annotated[float, Field(gt=0)] = 20.0
+    """How long a forecast's model calls may take in all, fallbacks included."""
     can_predict_timeout_s: Annotated[float, Field(gt=0)] = 2.0
     """How long a model's ``can_predict`` may run in its worker before it counts as "cannot"."""
     brick_path: Path | None = None

@@ -25,9 +25,13 @@ from bus.verifier import Verifier
 from proxy.backend import channel, images
 from proxy.backend import docker as runtime_docker
 from proxy.backend import embedded as backend
+from proxy.backend import verdicts as forecast_verdicts
 from proxy.registry import records
 from proxy.service import settings, slots
 from proxy.service import versions as routing
+from proxy.service.forecast import access as forecast_access
+from proxy.service.forecast import caches as forecast_caches
+from proxy.service.forecast import metadata as forecast_metadata
 from proxy.service.forecast import ops as forecast
 from proxy.service.operations import admin, containers, deploy, predict
 from proxy.service.startup import service_uris
@@ -521,3 +525,20 @@ def test_documented_replica_constants_match_the_code() -> None:
         runtime_docker.OWNER_LABEL,
     ):
         assert f"`{label}`" in text
+
+
+def test_documented_forecast_constants_match_the_code() -> None:
+    text = _flat_doc()
+    defaults = settings.ProxySettings()
+    assert defaults.forecast_call_timeout_s == 10 and "timeout (10 s, a service setting)" in text
+    assert defaults.forecast_deadline_s == 20 and "deadline (20 s, a service setting)" in text
+    assert defaults.can_predict_timeout_s == 2 and "a timeout after 2 s (a service setting)" in text
+    cache = forecast_caches.ResultCache()
+    assert (cache.max_entries, cache.max_bytes) == (10_000, 64 * 1024**2)
+    assert "at most 10,000 answers and about\n64 MiB" in DOC.read_text()
+    assert forecast_access.MAX_PROOFS == 16 and "`proofs` is a list (at most 16)" in text
+    assert forecast_access.MAX_PROOF_BYTES == 32 * 1024 and "at most 32 KiB each" in text
+    assert forecast_metadata.MAX_FIELD_ERRORS == 20 and "(at most 20)" in text
+    assert forecast.MAX_WINDOW_DAYS == 731 and "at most 731 days apart" in text
+    assert forecast_verdicts.QUESTION_KEY == "modelbus.can_predict"
+    assert '{"modelbus.can_predict": {"start_ns": int' in DOC.read_text()

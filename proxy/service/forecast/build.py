@@ -45,5 +45,6 @@ async def forecast_ops(
         backend,
         call_timeout_s=settings.forecast_call_timeout_s,
         can_predict_timeout_s=settings.can_predict_timeout_s,
+        deadline_s=settings.forecast_deadline_s,
     )
     return ForecastOps(Catalog(registry), caller, Access(verifier), places)

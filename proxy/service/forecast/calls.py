@@ -1,7 +1,9 @@
 """The forecast's calls to models: ``can_predict`` questions, then one call per chosen segment.
 
 Both run concurrently (an anyio task group, at most ``max_parallel`` calls at once) and each is
-bounded by a timeout, so a model that hangs costs the query at most that timeout.
+bounded by a timeout, so a model that hangs costs the query at most that timeout; the segment
+calls of one forecast, fallbacks included, end by ``deadline_s`` after they began (a call that
+would start later fails at once), so a chain of failing fallbacks never outlasts the requester.
 
 - ``can_predict``: each question goes to the model's own worker (:mod:`proxy.backend.verdicts`);
   an answer other than ``True`` counts as "cannot". Verdicts the model's rule gave (or failed to
@@ -69,12 +71,14 @@ class Caller:
         *,
         call_timeout_s: float,
         can_predict_timeout_s: float,
+        deadline_s: float = 20.0,
         max_parallel: int = 16,
         results: ResultCache | None = None,
         verdict_cache: int = 10_000,
     ) -> None:
         self.backend = backend
         self.call_timeout_s = call_timeout_s
+        self.deadline_s = deadline_s
         self.can_predict_timeout_s = can_predict_timeout_s
         self.results = results or ResultCache()
         self.verdicts: Lru[VerdictRequest, Verdict] = Lru(verdict_cache)
@@ -136,9 +140,12 @@ class Caller:
         problems: list[Problem],
     ) -> dict[Segment, SegmentOutcome]:
         outcomes: dict[Segment, SegmentOutcome] = {}
+        deadline = anyio.current_time() + self.deadline_s
 
         async def one(segment: Segment) -> None:
-            outcomes[segment] = await self._segment(model_type, segment, metadata, problems)
+            outcomes[segment] = await self._segment(
+                model_type, segment, metadata, problems, deadline
+            )
 
         async with anyio.create_task_group() as group:
             for segment in segments:
@@ -151,6 +158,7 @@ class Caller:
         segment: Segment,
         metadata: Callable[[ModelRef], ModelMetadata | None],
         problems: list[Problem],
+        deadline: float,
     ) -> SegmentOutcome:
         reasons: list[str] = []
         for choice in segment.choices:
@@ -160,7 +168,7 @@ class Caller:
             if ttl_s is not None and (series := self.results.get(request)) is not None:
                 return Answered(choice, series, is_cached=True)
             try:
-                series = await self._call(request, choice)
+                series = await self._call(request, choice, deadline)
             except _CallFailed as failed:
                 problems.append(
                     problem(
@@ -174,18 +182,21 @@ class Caller:
             return Answered(choice, series)
         return Failed("; ".join(reasons)[:_MAX_REASON] or "no model to call")
 
-    async def _call(self, request: SegmentRequest, choice: Choice) -> ModelSeries:
+    async def _call(self, request: SegmentRequest, choice: Choice, deadline: float) -> ModelSeries:
         ref = choice.ref
+        timeout_s = round(min(self.call_timeout_s, deadline - anyio.current_time()), 3)
+        if timeout_s <= 0:
+            raise _CallFailed("timeout", f"the forecast's {self.deadline_s:g} s were up")
         try:
             async with self._limit:
-                with anyio.fail_after(self.call_timeout_s + 5.0):
+                with anyio.fail_after(timeout_s + 1.0):
                     [output] = await self.backend.predict(
-                        ref.name, ref.version, [request.to_input()], timeout_s=self.call_timeout_s
+                        ref.name, ref.version, [request.to_input()], timeout_s=timeout_s
                     )
         except BusError as error:
             raise _CallFailed(error.code, error.message) from None
         except TimeoutError:
-            raise _CallFailed("timeout", f"no answer within {self.call_timeout_s} s") from None
+            raise _CallFailed("timeout", f"no answer within {timeout_s:.3g} s") from None
         try:
             return validate_output(request, output)
         except ModelOutputError as error:

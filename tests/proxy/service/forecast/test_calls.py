@@ -116,3 +116,15 @@ async def test_results_are_cached_for_the_declared_ttl(
             "thermal", "zone=A", DAY[0], "2018-01-30 12:00 PST", "30min"
         )
         assert other["cached"] == [] and calls.read_text().count("call") == 2
+
+
+async def test_fallbacks_end_by_the_forecast_deadline(memory_harness: ProxyHarness) -> None:
+    async with memory_harness.serving(forecast_call_timeout_s=5.0, forecast_deadline_s=1.0) as svc:
+        await deploy(svc.operator, "steady", flat(20.0), meta(0, 24))
+        await deploy(svc.operator, "slow", hanging(3.0), meta(0, 24))  # newest: tried first
+        answer = await svc.viewer.forecast("thermal", "zone=A", *DAY, "30min")
+        [(first, end, reason)] = gaps(answer)
+        assert (first, end) == (0, 48)
+        assert "model slow:1: no prediction from slow:1 within" in reason
+        assert "model steady:1: the forecast's 1 s were up" in reason
+        assert [p["code"] for p in answer["problems"]] == ["timeout", "timeout"]
