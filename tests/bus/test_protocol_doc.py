@@ -540,5 +540,6 @@ def test_documented_forecast_constants_match_the_code() -> None:
     assert forecast_access.MAX_PROOF_BYTES == 32 * 1024 and "at most 32 KiB each" in text
     assert forecast_metadata.MAX_FIELD_ERRORS == 20 and "(at most 20)" in text
     assert forecast.MAX_WINDOW_DAYS == 731 and "at most 731 days apart" in text
+    assert forecast.MAX_PROBLEMS == 100 and "the first 100 by time" in text
     assert forecast_verdicts.QUESTION_KEY == "modelbus.can_predict"
     assert '{"modelbus.can_predict": {"start_ns": int' in DOC.read_text()

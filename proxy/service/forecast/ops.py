@@ -14,8 +14,10 @@ with their declared coverage and, given ``start`` and ``end``, the intervals it 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
+import anyio
 from pydantic import Field
 
 from bus.errors import InvalidRequest
@@ -43,6 +45,9 @@ from proxy.service.slots import Body, Op
 __all__ = ["ForecastBody", "ForecastOps", "ModelsBody"]
 
 MAX_WINDOW_DAYS = 731
+MAX_PROBLEMS = 100
+OFFLOAD_POINTS = 2_000
+T = TypeVar("T")
 _TYPE = re.compile(r"[a-z][a-z0-9_\-]{0,63}")
 Text64 = Annotated[str, Field(min_length=1, max_length=64)]
 Context = dict[Text64, Text64] | Text64
@@ -99,18 +104,22 @@ class ForecastOps:
         usable = self.access.usable_for(sender, body.proofs)
         index = await self.catalog.index()
         problems: list[Problem] = []
-        asked = verdict_requests(query, index, self.places, usable)
+        # Large grids are planned and stitched off the event loop (the index is never mutated,
+        # only replaced, so a thread may read it).
+        offload = len(query.grid) > OFFLOAD_POINTS
+        asked = await _cpu(offload, verdict_requests, query, index, self.places, usable)
         verdicts = await self.caller.verdicts_for(asked, problems) if asked else {}
-        chosen = plan(query, index, self.places, verdicts, usable)
+        chosen = await _cpu(offload, plan, query, index, self.places, verdicts, usable)
         outcomes = await self.caller.call_segments(
             query.model_type, chosen.calls(), self.catalog.metadata, problems
         )
-        answer = stitch(chosen, outcomes)
+        answer = await _cpu(offload, stitch, chosen, outcomes)
+        problems.sort(key=lambda p: (p["start_ns"], p["model"], p["version"]))
         return answer.to_wire() | {
             "type": query.model_type,
             "context": query.place.as_context(),
             "aggregation": query.aggregation,
-            "problems": sorted(problems, key=lambda p: (p["start_ns"], p["model"], p["version"])),
+            "problems": problems[:MAX_PROBLEMS],
         }
 
     async def models(self, sender: str, body: ModelsBody) -> list[dict[str, Any]]:
@@ -139,6 +148,13 @@ class ForecastOps:
             for relation, at in places
             for candidate in index.find(model_type, at, usable)
         ]
+
+
+async def _cpu(offload: bool, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)``, on a worker thread when ``offload``."""
+    if offload:
+        return await anyio.to_thread.run_sync(function, *args)
+    return function(*args)
 
 
 def _window(start: str | None, end: str | None) -> tuple[int, int] | None:
