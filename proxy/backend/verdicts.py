@@ -105,8 +105,7 @@ def answer_questions(
     inputs: list[Any], run_model: Callable[[list[Any]], list[Any]], func: Callable[..., Any]
 ) -> list[Any]:
     """The outputs of a chunk of inputs: questions answered here, the rest by ``run_model``."""
-    asked = [index for index, value in enumerate(inputs) if is_question(value)]
-    if not asked:
+    if not any(is_question(value) for value in inputs):
         return run_model(inputs)
     rest = [value for value in inputs if not is_question(value)]
     outputs = iter(run_model(rest) if rest else [])
