@@ -151,3 +151,26 @@ async def test_a_long_grid_is_planned_off_the_event_loop(memory_harness: ProxyHa
         assert answer["gaps"] == [
             [answer["points"][0][0], 1517299200 * 10**9, "no usable model can predict this time"]
         ]
+
+
+async def test_dst_days_have_46_and_50_half_hours(memory_harness: ProxyHarness) -> None:
+    async with memory_harness.serving() as service:
+        await deploy(
+            service.operator,
+            "all-year",
+            flat(1.0),
+            meta(0, 24) | {"coverage": {"timezone": "America/Los_Angeles", "rules": [{}]}},
+        )
+        zone = "America/Los_Angeles"
+        for day, after, points in (
+            ("2018-03-11", "2018-03-12", 46),
+            ("2018-11-04", "2018-11-05", 50),
+        ):
+            answer = await service.viewer.forecast(
+                "thermal", "zone=A", f"{day} 00:00 {zone}", f"{after} 00:00 {zone}", "30min"
+            )
+            assert len(answer["points"]) == points and answer["gaps"] == []
+            daily = await service.viewer.forecast(
+                "thermal", "zone=A", f"{day} 00:00 {zone}", f"{after} 00:00 {zone}", "1d"
+            )
+            assert [value for _, value, _ in daily["points"]] == [1.0]  # a mean of its steps
