@@ -27,6 +27,7 @@ def test_the_direct_calls_are_the_chooser_segments() -> None:
 
 def test_the_report_has_the_end_to_end_lines() -> None:
     lines = run_choose_bench(sizes=(10,), repeats=3, end_to_end_rounds=3)
-    assert lines[-4].startswith("end to end, one-day 30-minute query stitched from 3 models")
-    assert "forecast (choose + 3 concurrent calls + stitch): p50" in lines[-3]
-    assert "directly over the bus" in lines[-2] and "chooser overhead" in lines[-1]
+    assert lines[-5].startswith("end to end, one-day 30-minute query stitched from 3 models")
+    assert "forecast (choose + 3 concurrent calls + stitch): p50" in lines[-4]
+    assert "directly over the bus" in lines[-3] and "chooser overhead" in lines[-2]
+    assert "next to the single largest call" in lines[-1]
