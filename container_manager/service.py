@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from bus import BusClient, service_states
+from bus import BusClient, Grant, service_states
 from bus import uri as uris
 from bus.artifact import build_closure_archive
 from bus.entity import key_from_text, key_to_text
 from bus.errors import DecodeError, InvalidUri, NotFound, TransportError, VerificationError
+from bus.grants import encode_chain
 from bus.liveness.heartbeat import STALE_AFTER_S, STATE
 from bus.liveness.monitor import ServiceState
 from bus.transfer import UploadProgress, upload_file
@@ -393,13 +394,70 @@ class ServiceClient:
             )
         )
 
+    # -- forecasts by meaning (the XBOS prediction API, PROTOCOL §17.8) -----------------------
+
+    async def forecast(
+        self,
+        type: str,
+        context: Mapping[str, str] | str,
+        start: str,
+        end: str,
+        granularity: str,
+        *,
+        aggregation: str | None = None,
+        proofs: Sequence[Sequence[Grant]] = (),
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """``type`` at ``context`` (``{"zone": "A"}`` or ``"zone=A"``) from ``start`` to ``end``
+        (with a zone: ``"2018-01-30 00:00 PST"``) by ``granularity`` (``"30min"``), answered by
+        the models the service chooses; ``proofs``: grant chains proving this key may consume
+        the models' training streams. The reply: ``points`` ``[ts_ns, value, [[name, version],
+        ...]]``, ``gaps`` ``[start_ns, end_ns, reason]``, ``problems``, ``composed``, ``cached``."""
+        body: dict[str, Any] = {
+            "type": type,
+            "context": dict(context) if isinstance(context, Mapping) else context,
+            "start": start,
+            "end": end,
+            "granularity": granularity,
+            "proofs": [encode_chain(list(chain)) for chain in proofs],
+        }
+        if aggregation is not None:
+            body["aggregation"] = aggregation
+        return dict(await self.call("predict", "forecast", reply_timeout_s=timeout_s, **body))
+
+    async def forecast_models(
+        self,
+        type: str,
+        context: Mapping[str, str] | str,
+        *,
+        start: str | None = None,
+        end: str | None = None,
+        proofs: Sequence[Sequence[Grant]] = (),
+    ) -> list[dict[str, Any]]:
+        """The models this key may use for ``type`` at ``context`` (and the places around it),
+        with their declared coverage and, given ``start`` and ``end``, what they cover there."""
+        body: dict[str, Any] = {
+            "type": type,
+            "context": dict(context) if isinstance(context, Mapping) else context,
+            "proofs": [encode_chain(list(chain)) for chain in proofs],
+        }
+        if start is not None or end is not None:
+            body |= {"start": start, "end": end}
+        return list(await self.call("predict", "forecast.models", **body))
+
 
 def _why_dead(state: ServiceState) -> str:
     """The reason a service reads as dead, with what else is known when that may mislead: a
     broker publishes each client's Will when the broker itself goes down, so right after a
-    broker restart a service still beating reads "died" until it announces itself again."""
+    broker restart a service still beating reads "died" until it announces itself again. Such a
+    Will was signed when the service connected, before its last heartbeat."""
     age_s = state.age_s(time.time_ns())
-    if state.reason != "died" or age_s is None or age_s > STALE_AFTER_S:
+    is_old_will = (
+        state.died_ns is not None
+        and state.last_alive_ns is not None
+        and state.died_ns < state.last_alive_ns
+    )
+    if state.reason != "died" or not is_old_will or age_s is None or age_s > STALE_AFTER_S:
         return state.reason
     return (
         f"its last state is offline, yet it beat {age_s:.0f} s ago: if the broker just "

@@ -93,8 +93,11 @@ class Heartbeat:
         """The death message the broker publishes if this run dies uncleanly."""
         return self.uri(STATE), [self._state(online=False)]
 
-    def _state(self, *, online: bool) -> PayloadObject:
-        return PayloadObject.msgpack({"online": online, "seq": self.seq, "ts": self.seq}, PO_STATE)
+    def _state(self, *, online: bool, ts_ns: int | None = None) -> PayloadObject:
+        """``ts``: when the state was announced — the run's start for the birth and the Will
+        (sealed at connect), the moment of a clean shutdown for its death."""
+        ts = self.seq if ts_ns is None else ts_ns
+        return PayloadObject.msgpack({"online": online, "seq": self.seq, "ts": ts}, PO_STATE)
 
     async def beat(self, client: BusClient) -> None:
         """Publish lastalive, the birth state and the status once."""
@@ -151,6 +154,7 @@ class Heartbeat:
         finally:
             remove_hook()
             with anyio.move_on_after(2, shield=True):
-                await client.publish(self.uri(STATE), self._state(online=False), persist=True)
+                death = self._state(online=False, ts_ns=time.time_ns())
+                await client.publish(self.uri(STATE), death, persist=True)
                 if self.plain_json:
                     await self._publish_plain(client, online=False)

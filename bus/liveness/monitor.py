@@ -34,6 +34,10 @@ class ServiceState:
     last_alive_ns: int | None
     seq: int | None
     status: dict[str, Any]
+    died_ns: int | None = None
+    """For a death: when the offline state was signed. A Last Will is signed when the service
+    connects, so one signed before the last heartbeat was published by the broker (a broker that
+    went down), not by the service."""
 
     def age_s(self, now_ns: int) -> float | None:
         return None if self.last_alive_ns is None else (now_ns - self.last_alive_ns) / 1e9
@@ -56,7 +60,9 @@ def evaluate(
         current_seq = state.get("seq")
     facts = dict(status or {})
     if state and state.get("online") is False and state.get("seq") == current_seq:
-        return ServiceState(service, False, "died", last_ns, current_seq, facts)
+        died_ns = state.get("ts")
+        died_ns = died_ns if isinstance(died_ns, int) else None
+        return ServiceState(service, False, "died", last_ns, current_seq, facts, died_ns)
     if last_ns is None:
         return ServiceState(service, False, "never announced lastalive", None, current_seq, facts)
     if now_ns - last_ns > stale_after_s * 1e9:

@@ -318,7 +318,7 @@ class ProcessRuntime:
         env = {key: os.environ[key] for key in _PASSED_ENV if key in os.environ}
         env.update(self._env)
         # The worker imports proxy.backend.worker from wherever this service's packages are.
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         env[TOKEN_ENV] = spec.token

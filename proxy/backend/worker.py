@@ -41,6 +41,8 @@ Backend → worker:
     model function is called with a list of at most ``--batch-size`` inputs (larger batches are
     split) and must return a list of as many outputs, each a msgpack value (None, bool, number,
     str, bytes, list, map); values with a ``tolist()`` method (numpy) are converted with it.
+    An input of the shape ``{"modelbus.can_predict": {...}}`` is a ``can_predict`` question,
+    answered by the worker instead of the model (:mod:`proxy.backend.verdicts`).
 ``heartbeat {type}``
     Every heartbeat interval. A worker that hears nothing for ``--backend-timeout-s`` (default
     10 s; 0 turns it off) decides the backend is gone and exits with status 3, as it does when its
@@ -84,6 +86,7 @@ from proxy.backend.channel import (
     WireError,
     encode,
 )
+from proxy.backend.verdicts import answer_questions
 
 __all__ = ["EXIT_BACKEND_LOST", "EXIT_LOAD_FAILED", "load_function", "main", "run_batch"]
 
@@ -127,7 +130,7 @@ def _run_batch(
     try:
         for start in range(0, len(batch.inputs), batch_size):
             chunk = batch.inputs[start : start + batch_size]
-            outputs.extend(_as_outputs(func(chunk), len(chunk)))
+            outputs.extend(answer_questions(chunk, lambda xs: _as_outputs(func(xs), len(xs)), func))
         result = Result(batch_id=batch.batch_id, outputs=outputs)
         return result, encode(result)
     except _BadOutput as exc:

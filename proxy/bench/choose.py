@@ -4,8 +4,9 @@ For each size it builds a candidate index (``chooser.bench.bench_index``: three 
 zone A with adjacent and overlapping ranges and a gap, the rest spread over other zones and
 types), then times, median of many runs, the decision (``plan``: lookup, coverage, ranking,
 segments) of a one-day, 30-minute query on zone A, and the merge (``stitch``) of the three
-models' answers. Target: a decision under 1 ms at 10,000 models. The end-to-end comparison with
-direct bus queries needs the service wiring and is not measured here yet.
+models' answers. Target: a decision under 1 ms at 10,000 models. Then, unless turned off, the
+end-to-end comparison of :mod:`proxy.bench.choose_e2e`: a one-day query stitched by a real service
+from three models next to the same three model calls made directly over the bus.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def _stitch_ms(repeats: int) -> float:
     return sorted(samples)[len(samples) // 2] * 1e3
 
 
-def run_choose_bench(sizes: tuple[int, ...] = SIZES, repeats: int = 300) -> list[str]:
+def run_choose_bench(
+    sizes: tuple[int, ...] = SIZES, repeats: int = 300, *, end_to_end_rounds: int = 0
+) -> list[str]:
     """The result table, one line per row (the CLI prints them)."""
     lines = [
         "chooser decision, one-day 30-minute thermal query on zone A (3 models cover it)",
@@ -65,4 +68,8 @@ def run_choose_bench(sizes: tuple[int, ...] = SIZES, repeats: int = 300) -> list
         verdict = "ok" if plan_ms < TARGET_MS else "MISSED"
         lines.append(f"{models:>8}  {build_ms:>14.1f}  {plan_ms:>11.3f}  {verdict}")
     lines.append(f"stitch of the three answers (48 points): p50 {_stitch_ms(repeats):.3f} ms")
+    if end_to_end_rounds:
+        from proxy.bench.choose_e2e import run_end_to_end  # starts a service: only when asked
+
+        lines += run_end_to_end(end_to_end_rounds)
     return lines

@@ -4,7 +4,9 @@ bus.
 It starts the service (embedded ZeroMQ bus on a free port, registry and artifacts in a temporary
 directory, models in worker processes), makes an operator and a read-only viewer with their
 grants, deploys a thermal model as a plain Python function, predicts a day of 30-minute steps,
-upgrades the model, pins and rolls back versions, shows a refused deploy, and reads liveness.
+upgrades the model, pins and rolls back versions, shows a refused deploy, asks for a day of zone
+A's temperature by meaning (three models with adjacent and overlapping ranges and a gap,
+:mod:`proxy.bench.demo_forecast`), and reads liveness.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import click
 
 from bus import BusClient, Entity, Grant, VerificationError, service_states
 from container_manager import ServiceClient
+from proxy.bench.demo_forecast import forecast_tour
 from proxy.service.settings import ProxySettings
 from proxy.service.startup import ServiceInfo, load_or_create_entity, run_proxy
 from transports import open_transport
@@ -115,6 +118,7 @@ async def _tour(info: ServiceInfo, owner: Entity, bus_url: str) -> None:
         await _deploy_and_predict(service)
         await _upgrade(service)
         await _viewer(ServiceClient(view_bus, info.service_uri))
+        await forecast_tour(service, ServiceClient(view_bus, info.service_uri))
         _step("liveness, as a dashboard sees it, and the models as they are now")
         for found in await service_states(op_bus, f"{info.service_uri}"):
             age = found.age_s(time.time_ns())
@@ -142,7 +146,7 @@ async def _deploy_and_predict(service: ServiceClient) -> None:
         thermal_v1,
         "doubles",
         labels=["xbos", "thermal"],
-        metadata={"type": "thermal", "context": {"zone": "A"}, "resolution_s": 1800},
+        metadata={"zone": "A", "note": "a next-step model: no forecast metadata"},
         progress=lambda p: click.echo(f"  uploaded {p.acked_bytes}/{p.total_bytes} bytes"),
     )
     click.echo(

@@ -5,7 +5,7 @@
     modelbus bench predict [--count N] [--in-flight 8]
     modelbus bench upload [--mib 256] [--window 16]
     modelbus bench upload --image [--image-mib 300] [--docker-url URL]
-    modelbus bench choose [--repeats 300]
+    modelbus bench choose [--repeats 300] [--rounds 200]
 
 Each subcommand imports its measuring program (:mod:`proxy.bench`) only when it runs, so the
 other commands start without the benchmarks' baselines.
@@ -181,9 +181,17 @@ def upload(mib: int, window: int, image: bool, image_mib: int, docker_url: str |
     type=click.IntRange(3, 100_000),
     help="Decisions timed per index size (the median is reported).",
 )
-def choose(repeats: int) -> None:
-    """The chooser's decision time with 10, 1,000 and 10,000 registered models."""
+@click.option(
+    "--rounds",
+    default=200,
+    show_default=True,
+    type=click.IntRange(0, 100_000),
+    help="End-to-end rounds against a real service (0: decision time only).",
+)
+def choose(repeats: int, rounds: int) -> None:
+    """The chooser's decision time with 10, 1,000 and 10,000 registered models, and its overhead
+    end to end next to querying the same models directly over the bus."""
     from proxy.bench.choose import run_choose_bench
 
-    for line in run_choose_bench(repeats=repeats):
+    for line in run_choose_bench(repeats=repeats, end_to_end_rounds=rounds):
         click.echo(line)

@@ -3,7 +3,7 @@
     modelbus [--bus URL] [--entity FILE] [--proof FILE]... deploy NAME VERSION --service NS
         (--function FILE.py:FUNC | --image-tar FILE [--image REF] | --image REF)
         [--input-type doubles] [--replicas 1] [--batch-size -1] [--label L]...
-        [--metadata JSON|@FILE] [--link APP] [--wait/--no-wait]
+        [--metadata JSON|@FILE | --meta FILE.json] [--link APP] [--wait/--no-wait]
 
 The artifact — the function as a closure archive, a ``docker save`` tarball, or an image
 exported from your container engine — is uploaded in chunks with a progress bar on stderr, then
@@ -34,6 +34,7 @@ import click
 
 from bus import BusClient, BusError, Conflict, RequestTimeout, TransportError, runner
 from bus.artifact import build_closure_archive
+from bus.errors import InvalidRequest
 from bus.transfer import UploadProgress
 from container_manager import engine
 from container_manager.clipper import CLOSURE_IMAGE_PREFIX
@@ -42,6 +43,7 @@ from proxy.cli.diagnose import asking
 from proxy.cli.linking import check_link
 from proxy.cli.remote import service_uri
 from proxy.cli.root import CliError, Settings, pass_settings
+from proxy.service.forecast.metadata import check_metadata
 from transports import open_transport
 
 __all__ = ["deploy"]
@@ -339,6 +341,17 @@ def _metadata(text: str | None) -> dict[str, Any]:
     return value
 
 
+def _checked_metadata(text: str | None, meta_file: Path | None) -> dict[str, Any]:
+    if text is not None and meta_file is not None:
+        raise click.UsageError("give --metadata or --meta, not both")
+    value = _metadata(text if meta_file is None else f"@{meta_file}")
+    try:
+        check_metadata(value)
+    except InvalidRequest as exc:
+        raise click.BadParameter(exc.message, param_hint="--meta/--metadata") from None
+    return value
+
+
 @click.command()
 @click.argument("name")
 @click.argument("version")
@@ -367,6 +380,13 @@ def _metadata(text: str | None) -> dict[str, Any]:
 @click.option("--batch-size", type=int, default=-1, show_default=True, help="-1: adaptive.")
 @click.option("--label", "labels", multiple=True, help="A label of the version; repeatable.")
 @click.option("--metadata", metavar="JSON|@FILE", help="Model metadata for the chooser.")
+@click.option(
+    "--meta",
+    "meta_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Model metadata from a JSON file; with a 'type' key the model serves forecasts "
+    "(PROTOCOL §17.8) and the metadata is checked before uploading.",
+)
 @click.option("--link", "link_app", metavar="APP", help="Link the model to application APP.")
 @click.option("--wait/--no-wait", default=True, help="Wait for a ready replica.  [default: wait]")
 @click.option("--ready-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True)
@@ -391,6 +411,7 @@ def deploy(
     batch_size: int,
     labels: tuple[str, ...],
     metadata: str | None,
+    meta_file: Path | None,
     link_app: str | None,
     wait: bool,
     ready_timeout: float,
@@ -414,7 +435,7 @@ def deploy(
         replicas=replicas,
         batch_size=batch_size,
         labels=list(labels),
-        metadata=_metadata(metadata),
+        metadata=_checked_metadata(metadata, meta_file),
         link_app=link_app,
         wait=wait,
         ready_timeout_s=ready_timeout,

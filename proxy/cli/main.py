@@ -15,6 +15,7 @@ from proxy.cli.demo import demo
 from proxy.cli.deploy import deploy
 from proxy.cli.diagnose import explain
 from proxy.cli.keys import grant, keys
+from proxy.cli.predict import models, predict
 from proxy.cli.root import main
 from proxy.cli.serve import serve
 from proxy.cli.versions import versions
@@ -31,6 +32,8 @@ for _command in (
     deploy,
     grant,
     keys,
+    models,
+    predict,
     pub,
     query,
     serve,

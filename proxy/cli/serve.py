@@ -111,6 +111,13 @@ logger = logging.getLogger(__name__)
     help="Where bubblewrap is missing, run deployed model code unconfined instead of refusing "
     "to start. Only when every deployer is trusted: their code can read this service's keys.",
 )
+@click.option(
+    "--brick",
+    "brick_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A Brick model (Turtle) of the building: the places forecasts compose and fall back on.",
+)
 @pass_settings
 def serve(
     settings: Settings,
@@ -126,6 +133,7 @@ def serve(
     namespace_key: Path | None,
     shared_dirs: tuple[Path, ...],
     unsafe_no_sandbox: bool,
+    brick_path: Path | None,
 ) -> None:
     """Run the modelbus service: bus proxy, registry, model backend, heartbeats.
 
@@ -156,6 +164,7 @@ def serve(
         metrics_port=metrics_port,
         unsafe_no_sandbox=unsafe_no_sandbox,
         sandbox_limits=SandboxLimits(shared_dirs=tuple(path.resolve() for path in shared_dirs)),
+        brick_path=brick_path,
         **_engine(docker_url),
     )
     run_async(_serve, proxy_settings, keys, dashboard_port)

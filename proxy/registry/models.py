@@ -15,7 +15,8 @@ registered, made current nor rolled back to (Clipper's check).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 from bus.errors import Conflict, InvalidRequest, NotFound
@@ -39,6 +40,16 @@ class ModelStore:
     :class:`proxy.registry.registry.Registry`."""
 
     _db: Database
+    models_generation: int = 0
+    """Counts the committed changes to versions, current versions and stopping in this process:
+    what is derived from the models (the chooser's index) is valid while its generation is."""
+
+    @asynccontextmanager
+    async def _changing_models(self) -> AsyncIterator[Session]:
+        """A write transaction that changes models: counted once committed."""
+        async with self._db.write() as session:
+            yield session
+        self.models_generation += 1
 
     async def register_model(
         self,
@@ -57,7 +68,7 @@ class ModelStore:
         make_current: bool = True,
     ) -> ModelVersion:
         """Clipper's ``deploy_model``/``register_model``; an existing version is a Conflict."""
-        async with self._db.write() as s:
+        async with self._changing_models() as s:
             model = build(
                 ModelVersion,
                 name=name,
@@ -120,7 +131,7 @@ class ModelStore:
         self, name: str, version: str, *, desired_replicas: int | None = None
     ) -> ModelVersion:
         """Clipper's ``set_model_version``, with its optional ``num_replicas``."""
-        async with self._db.write() as s:
+        async with self._changing_models() as s:
             model = await find_model(s, name, version)
             await check_links_accept(s, name, model.input_type)
             if await current_version_of(s, name) != version:
@@ -131,7 +142,7 @@ class ModelStore:
 
     async def rollback(self, name: str) -> ModelVersion:
         """Make current again the version that was current before this one; returns it."""
-        async with self._db.write() as s:
+        async with self._changing_models() as s:
             rows = await s.rows(
                 "SELECT seq, version FROM current_versions WHERE model_name = ? "
                 "ORDER BY seq DESC LIMIT 2",
@@ -153,7 +164,7 @@ class ModelStore:
 
     async def set_desired_replicas(self, name: str, version: str, count: int) -> ModelVersion:
         """Clipper's ``set_num_replicas``; a positive count also un-stops the version."""
-        async with self._db.write() as s:
+        async with self._changing_models() as s:
             await find_model(s, name, version)
             await _set_desired(s, name, version, count)
             return await find_model(s, name, version)
@@ -162,7 +173,7 @@ class ModelStore:
 
     async def stop_versions(self, versions: Mapping[str, Iterable[str]]) -> list[ModelVersion]:
         """Clipper's ``stop_versioned_models``: ``{name: [version, ...]}``, all or none."""
-        async with self._db.write() as s:
+        async with self._changing_models() as s:
             pairs = [(name, version) for name, listed in versions.items() for version in listed]
             for name, version in pairs:
                 await find_model(s, name, version)
@@ -170,21 +181,21 @@ class ModelStore:
 
     async def stop_models(self, names: Iterable[str]) -> list[ModelVersion]:
         """Clipper's ``stop_models``: every version of each named model."""
-        async with self._db.write() as s:
+        async with self._changing_models() as s:
             return await _stop(s, await _versions_of(s, names, inactive_only=False))
 
     async def stop_inactive_versions(self, names: Iterable[str]) -> list[ModelVersion]:
         """Clipper's ``stop_inactive_model_versions``: every version but the current one."""
-        async with self._db.write() as s:
+        async with self._changing_models() as s:
             return await _stop(s, await _versions_of(s, names, inactive_only=True))
 
     async def stop_all_versions(self) -> list[ModelVersion]:
         """Clipper's ``stop_all_model_containers``."""
-        async with self._db.write() as s:
+        async with self._changing_models() as s:
             return await _stop(s, [(m.name, m.version) for m in await find_versions(s, None)])
 
     async def unstop_version(self, name: str, version: str) -> ModelVersion:
-        async with self._db.write() as s:
+        async with self._changing_models() as s:
             await find_model(s, name, version)
             await s.exec(
                 "UPDATE models SET stopped_ns = NULL WHERE name = ? AND version = ?",

@@ -1,4 +1,5 @@
-"""The proxy on the bus: start-up, the slots and their operations, version selection.
+"""The proxy on the bus: start-up, the slots and their operations (forecasts by meaning among
+them: :mod:`proxy.service.forecast`, which also uses :mod:`chooser`), version selection.
 
 Door: it uses :mod:`proxy.registry`, :mod:`proxy.uploads` and :mod:`proxy.backend`; it never
 imports :mod:`proxy.cli`, :mod:`proxy.bench` or :mod:`container_manager`.

@@ -59,6 +59,14 @@ class ProxySettings(BaseModel):
     disk_reserve_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
     """Free space uploads leave on the data directory's disk, for the registry; 0: no check."""
     drain_timeout_s: Annotated[float, Field(ge=0)] = 10.0
+    forecast_call_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """How long a forecast waits for one model's answer to one segment before falling back."""
+    forecast_deadline_s: Annotated[float, Field(gt=0)] = 20.0
+    """How long a forecast's model calls may take in all, fallbacks included."""
+    can_predict_timeout_s: Annotated[float, Field(gt=0)] = 2.0
+    """How long a model's ``can_predict`` may run in its worker before it counts as "cannot"."""
+    brick_path: Path | None = None
+    """A Brick model (Turtle) of the building: its places' tree, for the forecast."""
     docker_url: str | None = Field(default_factory=lambda: os.environ.get("DOCKER_HOST") or None)
     """The container engine's API (Docker, or ``podman system service``) for image deploys;
     None: this service runs closures only."""

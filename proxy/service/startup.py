@@ -3,7 +3,8 @@
 Under its service URI ``S = <namespace>/<service path>`` it serves three slots, so a grant can
 allow predicting without deploying:
 
-    S/i.modelbus/slot/predict   predictions                       (proxy.service.operations.predict)
+    S/i.modelbus/slot/predict   predictions                       (proxy.service.operations.predict,
+                                by meaning                        proxy.service.forecast)
     S/i.modelbus/slot/admin     Clipper's management surface      (proxy.service.operations.admin)
     S/i.modelbus/slot/deploy    artifact uploads, model deploys   (proxy.service.operations.deploy,
     proxy.uploads.sessions)
@@ -39,6 +40,7 @@ from proxy.backend.sandbox import make_undumpable
 from proxy.metrics import ProxyMetrics, serve_metrics
 from proxy.registry.registry import Registry
 from proxy.service.datalock import lock_data_dir
+from proxy.service.forecast.build import forecast_ops
 from proxy.service.memory import return_big_buffers
 from proxy.service.metrics import service_sources
 from proxy.service.operations.admin import AdminOps
@@ -192,7 +194,12 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             max_waiting_ready=settings.max_waiting_ready,
         )
         slots = {
-            "predict": Slot("predict", predict.table(), on_answer=metrics.record),
+            "predict": Slot(
+                "predict",
+                predict.table()
+                | (await forecast_ops(settings, registry, backend, verifier)).table(),
+                on_answer=metrics.record,
+            ),
             "admin": Slot(
                 "admin", admin.table(), on_done=heartbeat.nudge, on_answer=metrics.record
             ),

@@ -27,9 +27,14 @@ from bus.verifier import Verifier
 from proxy.backend import channel, images
 from proxy.backend import docker as runtime_docker
 from proxy.backend import embedded as backend
+from proxy.backend import verdicts as forecast_verdicts
 from proxy.registry import records
 from proxy.service import quotas, settings, slots
 from proxy.service import versions as routing
+from proxy.service.forecast import access as forecast_access
+from proxy.service.forecast import caches as forecast_caches
+from proxy.service.forecast import metadata as forecast_metadata
+from proxy.service.forecast import ops as forecast
 from proxy.service.operations import admin, containers, deploy, predict
 from proxy.service.startup import service_uris
 from proxy.uploads import requests as upload_requests
@@ -286,12 +291,12 @@ def test_documented_reply_limits_and_retries_match_the_code() -> None:
 
 
 def _slot_tables() -> dict[str, dict[str, slots.Op[Any]]]:
-    """Each slot's operations, composed as ``proxy.service.startup.running_proxy`` composes them."""
+    """Each slot's operations, composed as ``proxy.service.startup.running_proxy`` composes them
+    (the forecast operations of ``proxy.service.forecast.build`` on ``slot/predict``)."""
     anything: Any = SimpleNamespace(begin=None, chunk=None, commit=None, abort=None)
     return {
-        "predict": predict.PredictOps(
-            anything, anything, anything, anything, timeout_s=1.0
-        ).table(),
+        "predict": predict.PredictOps(anything, anything, anything, anything, timeout_s=1.0).table()
+        | forecast.ForecastOps(anything, anything, anything).table(),
         "admin": admin.AdminOps(anything, anything, anything, dict).table(),
         "deploy": deploy.DeployOps(anything, anything, anything, anything).table()
         | containers.ContainerOps(None).table(),
@@ -301,6 +306,8 @@ def _slot_tables() -> dict[str, dict[str, slots.Op[Any]]]:
 # The body model each operation declares (the slot validates the request with it).
 BODIES: dict[str, type[BaseModel]] = {
     "predict": predict.PredictBody,
+    "forecast": forecast.ForecastBody,
+    "forecast.models": forecast.ModelsBody,
     "app.register": admin.AppBody,
     "app.delete": admin.NameBody,
     "app.list": admin.ListBody,
@@ -559,3 +566,21 @@ def test_documented_replica_constants_match_the_code() -> None:
         runtime_docker.OWNER_LABEL,
     ):
         assert f"`{label}`" in text
+
+
+def test_documented_forecast_constants_match_the_code() -> None:
+    text = _flat_doc()
+    defaults = settings.ProxySettings()
+    assert defaults.forecast_call_timeout_s == 10 and "timeout (10 s, a service setting)" in text
+    assert defaults.forecast_deadline_s == 20 and "deadline (20 s, a service setting)" in text
+    assert defaults.can_predict_timeout_s == 2 and "a timeout after 2 s (a service setting)" in text
+    cache = forecast_caches.ResultCache()
+    assert (cache.max_entries, cache.max_bytes) == (10_000, 64 * 1024**2)
+    assert "at most 10,000 answers and about\n64 MiB" in DOC.read_text()
+    assert forecast_access.MAX_PROOFS == 16 and "`proofs` is a list (at most 16)" in text
+    assert forecast_access.MAX_PROOF_BYTES == 32 * 1024 and "at most 32 KiB each" in text
+    assert forecast_metadata.MAX_FIELD_ERRORS == 20 and "(at most 20)" in text
+    assert forecast.MAX_WINDOW_DAYS == 731 and "at most 731 days apart" in text
+    assert forecast.MAX_PROBLEMS == 100 and "the first 100 by time" in text
+    assert forecast_verdicts.QUESTION_KEY == "modelbus.can_predict"
+    assert '{"modelbus.can_predict": {"start_ns": int' in DOC.read_text()

@@ -94,7 +94,12 @@ def unique(prefix: str) -> str:
 def test_clipper_admin_drives_the_whole_flow(clipper: Any, tmp_path: Path) -> None:
     app = model = unique("zone")
     clipper.register_application(app, "doubles", "default", 2_000_000)
-    metadata = {"type": "thermal", "context": {"zone": "A"}, "resolution_s": 1800}
+    metadata = {
+        "type": "thermal",
+        "context": {"zone": "A"},
+        "resolution_s": 1800,
+        "coverage": {"timezone": "UTC", "rules": [{"hours": [8, 9]}]},
+    }
     deploy_python_closure(clipper, model, 1, "doubles", doubled, labels=["v1"], metadata=metadata)
     clipper.link_model_to_app(app, model)
 

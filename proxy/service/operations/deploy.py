@@ -17,7 +17,8 @@ from bus.errors import InvalidRequest, NotFound
 from proxy.backend.embedded import EmbeddedBackend
 from proxy.registry.records import ADAPTIVE_BATCH_SIZE, InputType, ModelName, Sha256
 from proxy.registry.registry import Registry
-from proxy.service.quotas import check_metadata
+from proxy.service.forecast.metadata import check_metadata
+from proxy.service.quotas import check_metadata as check_metadata_size
 from proxy.service.slots import Body, Op
 from proxy.service.versions import VersionRouter, start_model
 from proxy.uploads import BeginRequest, ChunkRequest, UploadRef, Uploads
@@ -67,11 +68,11 @@ class DeployOps:
         }
 
     async def begin(self, sender: str, request: BeginRequest) -> dict[str, Any]:
-        check_metadata(request.metadata, what="the upload's metadata")
+        check_metadata_size(request.metadata, what="the upload's metadata")
         return await self.uploads.begin(sender, request)
 
     async def deploy(self, sender: str, request: DeployBody) -> dict[str, Any]:
-        check_metadata(request.metadata, what="the version's metadata")
+        check_metadata_size(request.metadata, what="the version's metadata")
         self.backend.check_replica_budget(request.name, request.version, request.replicas)
         path = self.uploads.artifact_path(request.artifact)
         if not self.uploads.has_artifact(request.artifact):
@@ -79,6 +80,7 @@ class DeployOps:
                 f"artifact {request.artifact} is not on this service; upload it first",
                 artifact=request.artifact,
             )
+        check_metadata(request.metadata)  # a map declaring the range API must be valid
         if request.kind == "image" and not request.image:
             raise InvalidRequest("an image deploy names the image (repository:tag)")
         if request.batch_size > (limit := self.backend.settings.max_batch_size):

@@ -79,7 +79,16 @@ def test_deploy_a_function_link_it_and_predict(
     name, app = f"thermal-{uuid.uuid4().hex[:8]}", f"zone-{uuid.uuid4().hex[:8]}"
     as_operator(service, lambda s: s.register_application(app, "doubles", "0", 2_000_000))
     metadata = tmp_path / "metadata.json"
-    metadata.write_text(json.dumps({"type": "thermal", "context": {"zone": "A"}}))
+    metadata.write_text(
+        json.dumps(
+            {
+                "type": "thermal",
+                "context": {"zone": "A"},
+                "resolution_s": 1800,
+                "coverage": {"timezone": "UTC", "rules": [{"hours": [8, 9, 10]}]},
+            }
+        )
+    )
     args = [
         "deploy",
         name,
@@ -88,8 +97,8 @@ def test_deploy_a_function_link_it_and_predict(
         f"{model_file}:predict",
         "--label",
         "lab",
-        "--metadata",
-        f"@{metadata}",
+        "--meta",
+        str(metadata),
         "--link",
         app,
     ]

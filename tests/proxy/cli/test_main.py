@@ -392,9 +392,8 @@ def test_a_file_that_is_no_chain_is_an_error(world: World) -> None:
 
 
 COMMANDS = {
-    "apps", "bench", "bus", "containers", "dashboard", "demo", "deploy", "grant", "keys", "pub",
-    "query",
-    "serve", "service-status", "status", "sub", "versions",
+    "apps", "bench", "bus", "containers", "dashboard", "demo", "deploy", "grant", "keys",
+    "models", "predict", "pub", "query", "serve", "service-status", "status", "sub", "versions",
 }  # fmt: skip
 
 
@@ -699,7 +698,8 @@ def test_the_readme_python_example_runs(world: World, zmq_bus_url: str) -> None:
 
 def test_the_demo_runs_end_to_end_on_the_embedded_bus(tmp_path: Path) -> None:
     """The README's first command: the service embeds its ZeroMQ bus (serve's default), deploys,
-    predicts, upgrades, pins, rolls back, refuses a viewer's deploy and reads liveness."""
+    predicts, upgrades, pins, rolls back, refuses a viewer's deploy, forecasts a day of zone A
+    stitched from three models with a gap (proxy/bench/demo_forecast.py) and reads liveness."""
     result = subprocess.run(
         [sys.executable, "-m", "proxy.cli", "demo", "--data-dir", str(tmp_path / "data")],
         capture_output=True,
@@ -720,6 +720,10 @@ def test_the_demo_runs_end_to_end_on_the_embedded_bus(tmp_path: Path) -> None:
         "  thermal:1 ready, 1 replica(s), 0 queued",
         "  thermal:2 ready, 1 replica(s), 0 queued",
     ]
+    forecast = out[out.index("thermal, zone A, one day, 30 min") :].splitlines()
+    assert "2018-01-30 08:00 PST" in forecast[2 + 16] and "zone-a-day:1" in forecast[2 + 16]
+    assert forecast[2 + 36].endswith("gap: no usable model can predict this time")
+    assert "48 points of 30min, 4 in gaps" in out
     assert "demo complete" in out
 
 
