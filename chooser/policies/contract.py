@@ -40,7 +40,10 @@ class Contract:
 
     @classmethod
     def new(cls, spec: ContractSpec, now_ns: int) -> Contract:
-        return cls(spec, ContractState.fresh(spec, now_ns))
+        """A contract whose releases are all added at ``now_ns`` (and refreshed then)."""
+        made = cls(spec, ContractState.fresh(spec, now_ns))
+        made.refresh(now_ns)
+        return made
 
     def replace_spec(self, spec: ContractSpec, now_ns: int) -> None:
         """A new spec for the same application: known releases keep their state."""

@@ -64,7 +64,8 @@ def _serving(spec: ContractSpec, state: ContractState) -> list[tuple[ReleaseSpec
 
 
 def shares(spec: ContractSpec, state: ContractState, now_ns: int) -> list[Share]:
-    """Each serving release's fraction of requests, newest first; empty when none serves."""
+    """Each serving release's fraction of requests, newest first; empty when none serves.
+    Reads the latched validity: ``Contract.route`` refreshes before it asks."""
     serving = _serving(spec, state)
     if not serving:
         return []
