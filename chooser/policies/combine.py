@@ -20,7 +20,6 @@ Failed models are shown with their error and never used. No usable answer is a
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -167,8 +166,16 @@ def _numeric(
         if mode == "mean":
             merged.append(math.fsum(column) / len(column))
         elif mode == "median":
-            merged.append(float(statistics.median(column)))
+            merged.append(_median(column))
         else:
             ws = [rows[k]["weight"] for k in used]
             merged.append(math.fsum(w * x for w, x in zip(ws, column, strict=True)) / math.fsum(ws))
     return merged[0] if shape == -1 else merged
+
+
+def _median(column: list[float]) -> float:
+    ordered = sorted(column)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2

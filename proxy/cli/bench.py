@@ -5,6 +5,7 @@
     modelbus bench upload [--mib 256] [--window 16]
     modelbus bench upload --image [--image-mib 300] [--docker-url URL]
     modelbus bench choose [--repeats 300]
+    modelbus bench policies [--calls 2000]
 
 Each subcommand imports its measuring program (:mod:`proxy.bench`) only when it runs, so the
 other commands start without the benchmarks' baselines.
@@ -161,4 +162,20 @@ def choose(repeats: int) -> None:
     from proxy.bench.choose import run_choose_bench
 
     for line in run_choose_bench(repeats=repeats):
+        click.echo(line)
+
+
+@bench.command("policies")
+@click.option(
+    "--calls",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="Decisions per timed batch (the median of 7 batches is reported).",
+)
+def policies(calls: int) -> None:
+    """The per-request decision cost of each routing and selection policy."""
+    from proxy.bench.policies import run_policies_bench
+
+    for line in run_policies_bench(calls=calls):
         click.echo(line)
