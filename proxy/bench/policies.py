@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from chooser.policies import (
     COMBINE_MODES,
+    CombineMode,
     POLICIES,
     Contract,
     ContractSpec,
@@ -81,7 +82,9 @@ def _selection_rows(calls: int) -> list[tuple[str, float]]:
             users.arms(f"user-{k}", candidates)
         rng = random.Random(2)
 
-        def decide(spec: SelectionPolicy = spec, users: UserStates = users) -> None:
+        def decide(
+            spec: SelectionPolicy = spec, users: UserStates = users, rng: random.Random = rng
+        ) -> None:
             arms = users.arms("user-42", candidates)
             decision = choose(spec, arms, candidates, rng)
             learn(spec, arms, decision.model, 0.5, decision.probability, len(candidates))
@@ -93,13 +96,14 @@ def _selection_rows(calls: int) -> list[tuple[str, float]]:
 def _combine_rows(calls: int) -> list[tuple[str, float]]:
     parts = [Part(f"m{k}", 20.0 + k, arrived_ns=k) for k in range(5)]
     weights = {f"m{k}": 1.0 + k for k in range(5)}
-    return [
-        (
-            f"combine {mode}, 5 answers",
-            _per_call_us(lambda m=mode: combine(m, parts, weights, deadline_ns=10), calls),
-        )
-        for mode in COMBINE_MODES
-    ]
+    rows = []
+    for mode in COMBINE_MODES:
+
+        def merge(mode: CombineMode = mode) -> None:
+            combine(mode, parts, weights, deadline_ns=10)
+
+        rows.append((f"combine {mode}, 5 answers", _per_call_us(merge, calls)))
+    return rows
 
 
 def run_policies_bench(calls: int = 2000) -> list[str]:
