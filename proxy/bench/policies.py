@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from chooser.policies import (
     COMBINE_MODES,
-    CombineMode,
     POLICIES,
+    CombineMode,
     Contract,
     ContractSpec,
     LogSpec,
