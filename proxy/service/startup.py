@@ -33,6 +33,7 @@ from proxy.service.operations.admin import AdminOps
 from proxy.service.operations.containers import ContainerEngine, ContainerOps
 from proxy.service.operations.deploy import DeployOps
 from proxy.service.operations.predict import PredictOps
+from proxy.service.policies import build_policies
 from proxy.service.settings import ProxySettings
 from proxy.service.slots import Slot
 from proxy.service.status import ServiceStatus
@@ -128,13 +129,28 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 idle_timeout_s=settings.upload_idle_timeout_s,
             ),
         )
+        policies = build_policies(
+            registry,
+            backend,
+            router,
+            client,
+            service_uri,
+            shadow_timeout_s=settings.predict_timeout_s,
+        )
         predict = PredictOps(
-            registry, backend, router, status, timeout_s=settings.predict_timeout_s
+            registry,
+            backend,
+            router,
+            status,
+            timeout_s=settings.predict_timeout_s,
+            routed=policies.routed,
         )
         admin = AdminOps(registry, backend, router, status.snapshot)
         slots = {
-            "predict": Slot("predict", predict.table()),
-            "admin": Slot("admin", admin.table(), on_done=heartbeat.nudge),
+            "predict": Slot("predict", predict.table() | policies.ops.predict_table()),
+            "admin": Slot(
+                "admin", admin.table() | policies.ops.admin_table(), on_done=heartbeat.nudge
+            ),
             "deploy": Slot(
                 "deploy",
                 DeployOps(registry, uploads, backend, router).table()
@@ -154,6 +170,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 gate,
             )
         await task_group.start(heartbeat.run, client)
+        await task_group.start(policies.background.run)
         task_group.start_soon(_sweep_uploads, uploads)
         info = ServiceInfo(
             bus_url=settings.bus_url,

@@ -18,6 +18,7 @@ from bus.errors import BusError, InvalidRequest, NotFound
 from proxy.backend.embedded import EmbeddedBackend
 from proxy.registry.records import AppName, InputType, ModelName
 from proxy.registry.registry import Registry
+from proxy.service.operations.routed import RoutedPredict
 from proxy.service.slots import Body, Op
 from proxy.service.status import ServiceStatus
 from proxy.service.versions import VersionRouter
@@ -35,6 +36,8 @@ class PredictBody(Body):
     version: ModelName | None = None
     input: Any = None
     inputs: list[Any] | None = Field(default=None, max_length=MAX_BATCH)
+    user_id: str | None = Field(default=None, max_length=128)
+    fields: dict[str, str | int | float] | None = Field(default=None, max_length=16)
 
     @model_validator(mode="after")
     def _one_target(self) -> PredictBody:
@@ -84,6 +87,7 @@ class PredictOps:
         status: ServiceStatus,
         *,
         timeout_s: float,
+        routed: RoutedPredict | None = None,
     ) -> None:
         self.registry = registry
         self.backend = backend
@@ -91,6 +95,7 @@ class PredictOps:
         self.timeout_s = timeout_s
         self._query_ids = itertools.count()
         self.status = status
+        self.routed = routed
 
     def table(self) -> dict[str, Op[Any]]:
         return {"predict": Op(PredictBody, self.predict)}
@@ -98,7 +103,9 @@ class PredictOps:
     async def predict(self, sender: str, request: PredictBody) -> dict[str, Any]:
         inputs = request.inputs if request.inputs is not None else [request.input]
         if request.app is not None:
-            return await self._for_app(request.app, inputs, request.inputs is not None)
+            return await self._for_app(
+                request.app, inputs, request.inputs is not None, sender, request
+            )
         assert request.model is not None
         version = await self.router.version_for(request.model, request.version)
         check_inputs(await self.router.input_type(request.model, version), inputs)
@@ -107,8 +114,15 @@ class PredictOps:
         )
         return self._answer(request.model, version, outputs, request.inputs is not None, None)
 
-    async def _for_app(self, name: str, inputs: list[Any], is_batch: bool) -> dict[str, Any]:
+    async def _for_app(
+        self, name: str, inputs: list[Any], is_batch: bool, sender: str, request: PredictBody
+    ) -> dict[str, Any]:
         app = await self.router.application(name)
+        if self.routed is not None and await self.routed.has_policy(app):
+            check_inputs(app.input_type, inputs)  # a release contract or a selection decides
+            return await self.routed.predict(
+                app, sender, inputs, is_batch, request.user_id, request.fields, self._answer
+            )
         if app.linked_model is None:
             raise NotFound(f"application {name!r} has no linked model; link one first", app=name)
         check_inputs(app.input_type, inputs)
