@@ -9,7 +9,8 @@
         print(await service.predict(app="thermal", input=[21.5, 0.3]))
 
 Every call is a signed request on one of the service's slots (``predict``, ``admin``,
-``deploy``); the service's typed errors are raised here as the same classes.
+``deploy``); the service's typed errors are raised here as the same classes. Routing and
+selection policies' calls come from :class:`container_manager.routes.RouteCalls`.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from bus.errors import NotFound, TransportError
 from bus.heartbeat import STALE_AFTER_S
 from bus.monitor import ServiceState
 from bus.transfer import UploadProgress, upload_file
+from container_manager.routes import RouteCalls
 
 __all__ = ["DEFAULT_SERVICE_PATH", "ServiceClient"]
 
 DEFAULT_SERVICE_PATH = "s.modelbus/_"
 
 
-class ServiceClient:
+class ServiceClient(RouteCalls):
     """Talks to the service at ``service_uri`` (``<namespace>/s.modelbus/_`` by default)."""
 
     def __init__(self, bus: BusClient, service_uri: str, *, timeout_s: float = 30.0) -> None:

@@ -109,6 +109,8 @@ class Background:
                 group.start_soon(self._flush_loop)
                 task_status.started()
         finally:
+            for stream in (self._shadow_in, self._shadow_out, self._log_in, self._log_out):
+                stream.close()
             with anyio.move_on_after(5, shield=True):
                 await self.keeper.flush()
 
