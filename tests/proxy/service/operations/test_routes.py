@@ -4,7 +4,8 @@ fed over the bus; expiry and restore; a bandit learning from feedback, its state
 restart and no concurrent feedback lost; combined answers with each model's part.
 
 Covers proxy/service/operations/routed.py, proxy/service/policies.py, proxy/routing/keeper.py,
-proxy/routing/background.py, proxy/routing/pending.py and container_manager/routes.py.
+proxy/routing/background.py, proxy/routing/pending.py, proxy/routing/selection.py and
+container_manager/routes.py.
 """
 
 from __future__ import annotations
