@@ -29,7 +29,7 @@ from proxy.backend import embedded as backend
 from proxy.registry import records
 from proxy.service import settings, slots
 from proxy.service import versions as routing
-from proxy.service.operations import admin, containers, deploy, predict
+from proxy.service.operations import admin, containers, deploy, predict, routes
 from proxy.service.startup import service_uris
 from proxy.uploads import requests as upload_requests
 from proxy.uploads import sessions as uploads
@@ -272,11 +272,12 @@ def test_documented_cache_bounds_match_the_code() -> None:
 def _slot_tables() -> dict[str, dict[str, slots.Op[Any]]]:
     """Each slot's operations, composed as ``proxy.service.startup.running_proxy`` composes them."""
     anything: Any = SimpleNamespace(begin=None, chunk=None, commit=None, abort=None)
+    policies = routes.RouteOps(anything, anything, anything)
     return {
-        "predict": predict.PredictOps(
-            anything, anything, anything, anything, timeout_s=1.0
-        ).table(),
-        "admin": admin.AdminOps(anything, anything, anything, dict).table(),
+        "predict": predict.PredictOps(anything, anything, anything, anything, timeout_s=1.0).table()
+        | policies.predict_table(),
+        "admin": admin.AdminOps(anything, anything, anything, dict).table()
+        | policies.admin_table(),
         "deploy": deploy.DeployOps(anything, anything, anything, anything).table()
         | containers.ContainerOps(None).table(),
     }
@@ -312,6 +313,17 @@ BODIES: dict[str, type[BaseModel]] = {
     "model.deploy": deploy.DeployBody,
     "container.list": containers.ListBody,
     "container.run": containers.RunBody,
+    "route.set": routes.ContractBody,
+    "route.show": routes.AppBody,
+    "route.delete": routes.AppBody,
+    "route.feed_metric": routes.MetricBody,
+    "route.expire": routes.ReleaseBody,
+    "route.restore": routes.ReleaseBody,
+    "route.log": routes.LogBody,
+    "policy.set": routes.SelectionBody,
+    "policy.show": routes.PolicyShowBody,
+    "policy.delete": routes.AppBody,
+    "feedback": routes.FeedbackBody,
 }
 
 
