@@ -12,9 +12,24 @@ from proxy.cli.demo import demo
 from proxy.cli.deploy import deploy
 from proxy.cli.keys import grant, keys
 from proxy.cli.root import main
+from proxy.cli.route import policy, route
 from proxy.cli.serve import serve
 
 __all__ = ["main"]
 
-for _command in (bench, bus, demo, deploy, grant, keys, pub, query, serve, status, sub):
+for _command in (
+    bench,
+    bus,
+    demo,
+    deploy,
+    grant,
+    keys,
+    policy,
+    pub,
+    query,
+    route,
+    serve,
+    status,
+    sub,
+):
     main.add_command(_command)

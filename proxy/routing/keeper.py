@@ -14,7 +14,7 @@ state).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,11 +74,19 @@ class PolicyKeeper:
             self._contracts[app] = found
         return self._contracts[app]
 
-    async def set_contract(self, app: str, data: Any) -> Contract:
+    async def set_contract(
+        self,
+        app: str,
+        data: Any,
+        check: Callable[[str, list[str]], Awaitable[None]] | None = None,
+    ) -> Contract:
+        """Parse and store a contract; ``check(app, versions)`` may refuse its releases."""
         try:
             spec = ContractSpec.parse(data)
         except PolicyError as error:
             raise invalid(error, "contract") from None
+        if check is not None:
+            await check(app, [release.version for release in spec.releases])
         if await self.selection(app) is not None:
             raise Conflict(f"application {app!r} has a selection policy; delete it first", app=app)
         now = self.clock()

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from bus.errors import InvalidRequest, NotFound
+from bus.errors import Conflict, InvalidRequest, NotFound
 from chooser.policies import Contract, PolicyError, difference, learn, reward_from_truth
 from proxy.registry.records import AppName, ModelName
 from proxy.routing import Background, Pending, PolicyKeeper
@@ -111,7 +111,17 @@ class RouteOps:
         }
 
     async def route_set(self, sender: str, body: ContractBody) -> dict[str, Any]:
-        return self._shown(body.app, await self.keeper.set_contract(body.app, body.contract))
+        contract = await self.keeper.set_contract(body.app, body.contract, self._check_releases)
+        return self._shown(body.app, contract)
+
+    async def _check_releases(self, app: str, versions: list[str]) -> None:
+        """Every release is a registered version of the application's linked model."""
+        registry = self.keeper.registry
+        linked = (await registry.get_application(app)).linked_model
+        if linked is None:
+            raise Conflict(f"application {app!r} has no linked model; link one first", app=app)
+        for version in versions:
+            await registry.get_model(linked, version)
 
     async def route_show(self, sender: str, body: AppBody) -> dict[str, Any]:
         contract = await self.keeper.contract(body.app)

@@ -133,6 +133,11 @@ async def test_canary_shadow_log_gates_expiry(memory_harness: ProxyHarness) -> N
 
             with pytest.raises(InvalidRequest):
                 await operator.set_route("zone-a", {"releases": []})
+            with pytest.raises(NotFound):  # no such version of the linked model
+                await operator.set_route("zone-a", {"releases": [{"version": "9"}]})
+            await operator.register_application("unlinked", "doubles", "-1.0", 10_000_000)
+            with pytest.raises(Conflict):
+                await operator.set_route("unlinked", {"releases": [{"version": "1"}]})
             with pytest.raises(Conflict):
                 await operator.set_selection("zone-a", {"candidates": ["thermal"]})
             await operator.delete_route("zone-a")
