@@ -3,8 +3,10 @@
 Both go through bounded queues (``shadow_queue``, ``log_queue`` entries): submitting never
 waits — when a queue is full the item is dropped and counted (``dropped_shadows``,
 ``dropped_logs``), so neither a slow shadow version nor a slow registry or bus touches a served
-answer or its latency. One task runs shadow copies one at a time, each bounded by
-``shadow_timeout_s``; its answer is compared with the served one
+answer or its latency. One task runs shadow copies: it lets them gather for ``shadow_linger_s``
+(20 ms), then sends each shadow version the gathered inputs as one call (at most 1,024 inputs),
+bounded by ``shadow_timeout_s``, so a copy costs the served path little more than a queue
+entry. Each copy's answer is compared with the served one
 (``chooser.policies.difference``), the mean difference fed to the shadow release as the metric
 ``shadow_difference`` and its failures as ``shadow_error`` (1 failed, 0 answered) — both usable
 by a metric validity gate — and logged when the contract logs. One task writes log records in
@@ -36,6 +38,20 @@ logger = logging.getLogger(__name__)
 Predictor = Callable[[str, str, list[Any], float], Awaitable[list[Any]]]
 Publisher = Callable[[str, dict[str, Any]], Awaitable[None]]
 LOG_BATCH = 256
+SHADOW_BATCH_INPUTS = 1024
+
+
+def _batches(jobs: list[ShadowJob]) -> list[list[ShadowJob]]:
+    """Jobs grouped by (app, model, version), at most SHADOW_BATCH_INPUTS inputs a group."""
+    groups: dict[tuple[str, str, str], list[list[ShadowJob]]] = {}
+    for job in jobs:
+        chunks = groups.setdefault((job.app, job.model, job.version), [[]])
+        if chunks[-1] and sum(len(j.inputs) for j in chunks[-1]) + len(job.inputs) > (
+            SHADOW_BATCH_INPUTS
+        ):
+            chunks.append([])
+        chunks[-1].append(job)
+    return [chunk for chunks in groups.values() for chunk in chunks]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +77,7 @@ class Background:
         shadow_queue: int = 256,
         log_queue: int = 4096,
         shadow_timeout_s: float = 30.0,
+        shadow_linger_s: float = 0.02,
         flush_s: float = 1.0,
     ) -> None:
         self.keeper = keeper
@@ -68,6 +85,7 @@ class Background:
         self.publish = publish
         self.service_uri = service_uri
         self.shadow_timeout_s = shadow_timeout_s
+        self.shadow_linger_s = shadow_linger_s
         self.flush_s = flush_s
         self._shadow_in, self._shadow_out = anyio.create_memory_object_stream[ShadowJob](
             shadow_queue
@@ -120,19 +138,37 @@ class Background:
             await self.keeper.flush()
 
     async def _run_shadows(self) -> None:
-        async for job in self._shadow_out:
-            await self._shadow(job)
+        async for first in self._shadow_out:
+            await anyio.sleep(self.shadow_linger_s)  # let copies gather: one call for many
+            jobs = [first]
+            while True:
+                try:
+                    jobs.append(self._shadow_out.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+            for batch in _batches(jobs):
+                await self._shadow(batch)
 
-    async def _shadow(self, job: ShadowJob) -> None:
+    async def _shadow(self, jobs: list[ShadowJob]) -> None:
+        """One call to the shadow version for the inputs of ``jobs`` (same app and version)."""
+        head = jobs[0]
+        inputs = [value for job in jobs for value in job.inputs]
         began = time.perf_counter()
         try:
-            outputs = await self.predictor(
-                job.model, job.version, job.inputs, self.shadow_timeout_s
-            )
+            outputs = await self.predictor(head.model, head.version, inputs, self.shadow_timeout_s)
             error = None
         except BusError as failure:
-            outputs, error = [None] * len(job.inputs), f"{failure.code}: {failure.message}"
+            outputs, error = [None] * len(inputs), f"{failure.code}: {failure.message}"
         latency_ms = (time.perf_counter() - began) * 1e3
+        start = 0
+        for job in jobs:
+            own = outputs[start : start + len(job.inputs)]
+            start += len(job.inputs)
+            await self._compared(job, own, error, latency_ms)
+
+    async def _compared(
+        self, job: ShadowJob, outputs: list[Any], error: str | None, latency_ms: float
+    ) -> None:
         self.shadows_run += 1
         diffs = [difference(s, o) for s, o in zip(job.served, outputs, strict=False)]
         contract = await self.keeper.contract(job.app)
