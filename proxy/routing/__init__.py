@@ -5,6 +5,9 @@ the registry; ``Background`` runs shadow copies and writes the prediction log fr
 queues, off the served path; ``Pending`` remembers answers awaiting feedback;
 ``SelectionSpec`` is a selection policy as configured. The operations that use them are in
 ``proxy.service.operations`` (``routed``: the predict path; ``routes``: the bus operations).
+
+May import: ``bus``, ``chooser``, ``proxy.registry``. Not the slots, not the backend: running a
+shadow copy and publishing a log record are callables handed in (``Predictor``, ``Publisher``).
 """
 
 from proxy.routing.background import Background, Predictor, Publisher, ShadowJob
