@@ -68,8 +68,8 @@ class UserStates:
     def from_data(cls, data: Any, limit: int | None = None) -> UserStates:
         try:
             stored_limit, evicted, users = data["limit"], data["evicted"], data["users"]
-            states = cls(limit or int(stored_limit))
-            states.evicted = int(evicted)
+            states = cls(limit or _count(stored_limit))
+            states.evicted = _count(evicted)
             for user, sets in users:
                 states._users[_text(user, MAX_USER_ID)] = _sets(sets)
                 if len(states._users) > states.limit:
@@ -80,6 +80,12 @@ class UserStates:
             raise
         except (KeyError, TypeError, ValueError, AttributeError):
             raise PolicyError([("state", "malformed selection state")]) from None
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**12:
+        raise PolicyError([("state", "a count must be a non-negative integer")])
+    return value
 
 
 def _text(value: Any, limit: int) -> str:

@@ -39,6 +39,9 @@ def test_state_round_trips_through_json_in_recency_order() -> None:
         {"limit": 3, "evicted": 0, "users": [["u", {"k": {"m": {"n": float("inf")}}}]]},
         {"limit": 3, "evicted": 0, "users": [[1, {}]]},
         {"limit": 3, "evicted": 0, "users": "x"},
+        {"limit": float("inf"), "evicted": 0, "users": []},
+        {"limit": 0, "evicted": 0, "users": []},
+        {"limit": 3, "evicted": True, "users": []},
     ],
 )
 def test_malformed_stored_state_is_a_policy_error(bad: object) -> None:
