@@ -5,15 +5,17 @@ A policy row is ``(app, kind)`` with kind ``contract`` or ``selection``; it goes
 application is deleted. ``save_policy_state`` replaces the state in one transaction and only
 if the spec is still the one the state was made for (a spec changed meanwhile wins). The
 prediction log keeps at most ``log_retention`` records per application (oldest deleted first,
-checked as records are appended); records are JSON maps (``chooser.policies.LogRecord``).
+checked as records are appended); records are JSON maps (``chooser.policies.LogRecord``), a bin
+value stored as ``{"base64": str}``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any, Literal
 
-from bus.errors import InternalError, NotFound
+from bus.errors import InternalError, InvalidRequest, NotFound
 from proxy.registry.sql import Database, Session, find_app, to_json
 
 __all__ = ["DEFAULT_LOG_RETENTION", "PolicyKind", "RouteStore"]
@@ -88,7 +90,7 @@ class RouteStore:
                 await s.exec(
                     "INSERT INTO prediction_log (app_name, log_key, query_id, record) "
                     "VALUES (?, ?, ?, ?)",
-                    (app, record["key"], str(record["query_id"]), to_json(record)),
+                    (app, record["key"], str(record["query_id"]), _record_json(record)),
                 )
             await _trim(s, app, self.log_retention)
 
@@ -103,6 +105,21 @@ class RouteStore:
                 (app, key, key, limit),
             )
         return [_json(row["record"], "log record") for row in reversed(rows)]
+
+
+def _record_json(record: dict[str, Any]) -> str:
+    """A log record as JSON: a bin value becomes ``{"base64": str}``; NaN and infinities are
+    kept (as Python's JSON writes them), since a model may answer them."""
+
+    def bin_as_text(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return {"base64": base64.b64encode(value).decode("ascii")}
+        raise TypeError(f"{type(value).__name__} is not storable")
+
+    try:
+        return json.dumps(record, sort_keys=True, separators=(",", ":"), default=bin_as_text)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"a log record is not storable as JSON: {exc}") from None
 
 
 async def _trim(s: Session, app: str, keep: int) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup
 
 from bus.errors import BusError, NotFound
 from chooser.policies import (
@@ -211,25 +212,27 @@ class RoutedPredict:
         wait_s = min(slo_s, spec.deadline_ms / 1e3) if spec.deadline_ms else slo_s
         got: dict[str, tuple[list[Any] | None, str | None, int]] = {}
 
-        async def ask(model: str) -> None:
+        async def ask(model: str, group: TaskGroup) -> None:
             try:
                 version = await self.version_for(model)
                 outputs = await self.predictor(model, version, inputs, slo_s)
                 got[model] = (outputs, None, time.monotonic_ns() - began)
+                if spec.combine == "first":  # the first answer is the answer: stop the others
+                    group.cancel_scope.cancel()
             except BusError as error:
                 got[model] = (None, f"{error.code}: {error.message}", time.monotonic_ns() - began)
 
         with anyio.move_on_after(wait_s):
             async with anyio.create_task_group() as group:
                 for model in spec.candidates:
-                    group.start_soon(ask, model)
+                    group.start_soon(ask, model, group)
         values: list[Any] = []
         parts_per_input: list[list[dict[str, Any]]] = []
         why: str | None = None
         for position in range(len(inputs)):
             parts = []
             for model in spec.candidates:
-                outputs, error, arrived = got.get(model, (None, "timeout: no answer in time", 0))
+                outputs, error, arrived = got.get(model, (None, "no answer in time", 0))
                 if outputs is None:
                     parts.append(Part(model, error=error))
                 else:

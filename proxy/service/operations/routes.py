@@ -127,7 +127,8 @@ class RouteOps:
         contract = await self.keeper.contract(body.app)
         if contract is None:
             raise NotFound(f"application {body.app!r} has no release contract", app=body.app)
-        contract.refresh(self.clock())
+        if contract.refresh(self.clock()):
+            self.keeper.touch(body.app, "contract")
         return self._shown(body.app, contract)
 
     async def route_delete(self, sender: str, body: AppBody) -> dict[str, Any]:

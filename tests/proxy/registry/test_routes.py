@@ -59,3 +59,7 @@ async def test_the_log_keeps_the_newest_records_per_app(tmp_path: Path) -> None:
         assert [r["query_id"] for r in await registry.read_log("thermal", "k0")] == [4, 6]
         assert [r["query_id"] for r in await registry.read_log("thermal", limit=2)] == [6, 7]
         assert len(await registry.read_log("other")) == 1
+        odd = {"key": "b", "query_id": 1, "input": b"\x00\xff", "output": float("nan")}
+        await registry.append_log("thermal", [odd])
+        [back] = await registry.read_log("thermal", "b")
+        assert back["input"] == {"base64": "AP8="} and back["output"] != back["output"]

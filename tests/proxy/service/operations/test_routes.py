@@ -10,9 +10,11 @@ container_manager/routes.py.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -28,6 +30,17 @@ def scaled(factor: float, delay_s: float = 0.0) -> Callable[[list[list[float]]],
         if delay_s:
             time.sleep(delay_s)
         return [factor * sum(x) for x in inputs]
+
+    return predict
+
+
+def held_until(path: str) -> Callable[[list[list[float]]], list[float]]:
+    """A model that answers ``20·sum(x)`` only once ``path`` exists (the test holds it)."""
+
+    def predict(inputs: list[list[float]]) -> list[float]:
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        return [20.0 * sum(x) for x in inputs]
 
     return predict
 
@@ -154,14 +167,15 @@ async def _logged(operator: ServiceClient, count: int) -> bool:
 
 
 async def test_shadow_failure_and_slowness_leave_the_served_answer_alone(
-    memory_harness: ProxyHarness,
+    memory_harness: ProxyHarness, tmp_path: Path
 ) -> None:
+    release = tmp_path / "release-the-shadow"
     with anyio.fail_after(120):
         async with memory_harness.serving() as service:
             operator, viewer = service.operator, service.viewer
             await operator.register_application("zone-a", "doubles", "-1.0", 10_000_000)
             await _deploy(operator, "thermal", "1", scaled(10))
-            await _deploy(operator, "thermal", "2", scaled(20, delay_s=1.0))
+            await _deploy(operator, "thermal", "2", held_until(str(release)))
             await _deploy(operator, "thermal", "3", broken)
             await operator.link_model_to_app("zone-a", "thermal")
             await operator.set_route(
@@ -178,14 +192,17 @@ async def test_shadow_failure_and_slowness_leave_the_served_answer_alone(
             assert [(a["version"], a["output"], a["default"]) for a in answers] == [
                 ("1", 10.0, False)
             ] * 4
-            # all four answered while the slow shadow (1 s a copy) had not finished them all
+            # all four answered while the shadow release 2 was held: no copy had come back
             shown = await operator.show_route("zone-a")
-            assert shown["counters"]["shadows_run"] < 8
+            assert shown["counters"]["shadows_run"] == 0
+            release.touch()
             await wait_until(
                 lambda: _shadow_error_fed(operator), what="the failing shadow recorded"
             )
             failed = await _release(operator, "3")
             assert failed["metrics"]["shadow_error"]["value"] == 1.0 and failed["served"] == 0
+            held = await _release(operator, "2")
+            assert held["served"] == 4 and held["metrics"]["shadow_difference"]["value"] == 10.0
 
 
 async def _shadow_error_fed(operator: ServiceClient) -> bool:
@@ -223,7 +240,10 @@ async def test_a_bandit_learns_from_feedback_and_survives_a_restart(
             again = await service.operator.show_policy("zone-a", user_id="u1")
             assert again["state"] == shown["state"]
             answer = await service.viewer.predict_routed(app="zone-a", input=[2.0], user_id="u1")
-            assert answer["model"] == "good"  # ucb1 exploits: far ahead after 40 rounds
+            await service.viewer.feedback("zone-a", answer["query_id"], truth=2.0)
+            after = await service.operator.show_policy("zone-a", user_id="u1")
+            total = sum(arm["n"] for arm in after["state"]["good|poor"].values())
+            assert total == 41  # learning goes on from the stored state
 
 
 async def test_combined_answers_show_each_part(memory_harness: ProxyHarness) -> None:
@@ -248,3 +268,15 @@ async def test_combined_answers_show_each_part(memory_harness: ProxyHarness) -> 
                 "ensemble", {"candidates": ["a", "b"], "combine": "median"}
             )
             assert (await viewer.predict_routed(app="ensemble", input=[2.0]))["output"] == 4.0
+            await _deploy(operator, "slow", "1", scaled(7, delay_s=3.0))
+            await operator.set_selection(
+                "ensemble", {"candidates": ["slow", "a"], "combine": "first"}
+            )
+            got = await viewer.predict_routed(app="ensemble", input=[2.0])
+            assert got["output"] == 2.0  # a's; slow's answer is not waited for
+            assert [(p["model"], p["used"], p["error"]) for p in got["parts"]] == [
+                ("slow", False, "no answer in time"),
+                ("a", True, None),
+            ]
+            with pytest.raises(NotFound):  # combined answers take no feedback
+                await viewer.feedback("ensemble", got["query_id"], reward=1.0)
