@@ -280,3 +280,28 @@ async def test_combined_answers_show_each_part(memory_harness: ProxyHarness) -> 
             ]
             with pytest.raises(NotFound):  # combined answers take no feedback
                 await viewer.feedback("ensemble", got["query_id"], reward=1.0)
+
+
+def test_documented_policy_constants_match_the_code() -> None:
+    """PROTOCOL.md §17.7 states these bounds; they are the code's."""
+    import inspect
+
+    import bus
+    from chooser.policies import DEFAULT_USER_LIMIT, state
+    from proxy.registry.routes import DEFAULT_LOG_RETENTION
+    from proxy.routing import Background
+    from proxy.routing.background import SHADOW_BATCH_INPUTS
+    from proxy.routing.pending import DEFAULT_PENDING
+
+    text = (Path(bus.__file__).parent / "PROTOCOL.md").read_text()
+    section = " ".join(text[text.index("### 17.7") : text.index("## 18.")].split())
+    defaults = inspect.signature(Background).parameters
+    assert f"bounded queue ({defaults['shadow_queue'].default} requests" in section
+    assert f"bounded queue ({defaults['log_queue'].default:,} records" in section
+    assert f"at most {DEFAULT_LOG_RETENTION:,} records per application" in section
+    assert f"more than {DEFAULT_PENDING:,} since forgotten" in section
+    assert f'"user_limit": int = {DEFAULT_USER_LIMIT}' in section
+    assert f"more than {state.MAX_METRICS} metrics" in section
+    linger_ms = round(defaults["shadow_linger_s"].default * 1000)
+    assert f"gather for {linger_ms} ms" in section
+    assert f"one call of at most {SHADOW_BATCH_INPUTS:,} inputs" in section
