@@ -305,3 +305,38 @@ def test_documented_policy_constants_match_the_code() -> None:
     linger_ms = round(defaults["shadow_linger_s"].default * 1000)
     assert f"gather for {linger_ms} ms" in section
     assert f"one call of at most {SHADOW_BATCH_INPUTS:,} inputs" in section
+
+
+async def test_a_contract_state_survives_a_restart(memory_harness: ProxyHarness) -> None:
+    counted = {
+        "releases": [
+            {"version": "1"},
+            {"version": "2", "shadow": True, "validity": {"gate": "after_requests", "count": 3}},
+        ]
+    }
+    with anyio.fail_after(120):
+        async with memory_harness.serving() as service:
+            operator, viewer = service.operator, service.viewer
+            await operator.register_application("zone-a", "doubles", "-1.0", 10_000_000)
+            await _deploy(operator, "thermal", "1", scaled(10))
+            await _deploy(operator, "thermal", "2", scaled(20))
+            await operator.link_model_to_app("zone-a", "thermal")
+            await operator.set_route("zone-a", counted)
+            for _ in range(2):
+                await viewer.predict_routed(app="zone-a", input=[1.0])
+            await wait_until(lambda: _served(operator, "2", 2), what="two shadow answers")
+            before = await operator.show_route("zone-a")
+        async with memory_harness.serving() as service:
+            after = await service.operator.show_route("zone-a")
+            assert [r["served"] for r in after["releases"]] == [2, 2]
+            assert after["releases"][1]["reason"] == "not yet valid: 2 of 3 answers"
+            assert after["releases"][1]["added_ns"] == before["releases"][1]["added_ns"]
+            await service.operator.wait_ready("thermal", "2")
+            await service.viewer.predict_routed(app="zone-a", input=[1.0])
+            await wait_until(lambda: _served(service.operator, "2", 3), what="the third answer")
+            shown = await service.operator.show_route("zone-a")
+            assert [r["status"] for r in shown["releases"]] == ["serving", "serving"]
+
+
+async def _served(operator: ServiceClient, version: str, count: int) -> bool:
+    return bool((await _release(operator, version))["served"] >= count)
