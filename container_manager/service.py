@@ -18,6 +18,7 @@ learnt once, before the first call, as the signer of the service's persisted
 publish there when the owner gives users the narrow grants of §17.1; failing that (the client
 may not read ``!meta``, or nothing is announced yet), the namespace's own key, the case of a
 service that owns its namespace.
+Routing and selection policies' calls come from :class:`container_manager.routes.RouteCalls`.
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ from bus.grants import encode_chain
 from bus.liveness.heartbeat import STALE_AFTER_S, STATE
 from bus.liveness.monitor import ServiceState
 from bus.transfer import UploadProgress, upload_file
+from container_manager.routes import RouteCalls
 
 __all__ = ["DEFAULT_SERVICE_PATH", "ServiceClient"]
 
 DEFAULT_SERVICE_PATH = "s.modelbus/_"
 
 
-class ServiceClient:
+class ServiceClient(RouteCalls):
     """Talks to the service at ``service_uri`` (``<namespace>/s.modelbus/_`` by default)."""
 
     def __init__(

@@ -6,6 +6,7 @@
     modelbus bench upload [--mib 256] [--window 16]
     modelbus bench upload --image [--image-mib 300] [--docker-url URL]
     modelbus bench choose [--repeats 300] [--rounds 200]
+    modelbus bench policies [--calls 2000] [--served/--no-served] [--requests 1000]
 
 Each subcommand imports its measuring program (:mod:`proxy.bench`) only when it runs, so the
 other commands start without the benchmarks' baselines.
@@ -195,3 +196,31 @@ def choose(repeats: int, rounds: int) -> None:
 
     for line in run_choose_bench(repeats=repeats, end_to_end_rounds=rounds):
         click.echo(line)
+
+
+@bench.command("policies")
+@click.option(
+    "--calls",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="Decisions per timed batch (the median of 7 batches is reported).",
+)
+@click.option(
+    "--served/--no-served",
+    default=True,
+    show_default=True,
+    help="Also measure the served p50 with and without a shadow release (starts a service).",
+)
+@click.option("--requests", default=1000, show_default=True, type=click.IntRange(10, 1_000_000))
+def policies(calls: int, served: bool, requests: int) -> None:
+    """The per-request decision cost of each policy, and a shadow's cost to the served p50."""
+    from proxy.bench.policies import run_policies_bench
+
+    for line in run_policies_bench(calls=calls):
+        click.echo(line)
+    if served:
+        from proxy.bench.shadow import run_served_bench
+
+        for line in run_served_bench(count=requests):
+            click.echo(line)

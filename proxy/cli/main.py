@@ -17,6 +17,7 @@ from proxy.cli.diagnose import explain
 from proxy.cli.keys import grant, keys
 from proxy.cli.predict import models, predict
 from proxy.cli.root import main
+from proxy.cli.route import policy, route
 from proxy.cli.serve import serve
 from proxy.cli.versions import versions
 
@@ -33,9 +34,11 @@ for _command in (
     grant,
     keys,
     models,
+    policy,
     predict,
     pub,
     query,
+    route,
     serve,
     service_status,
     status,

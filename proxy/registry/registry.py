@@ -1,9 +1,10 @@
 """The registry: the service's store of applications, models, links, replicas and uploads.
 
 ``async with Registry.open(path) as registry:`` (or ``registry = await Registry.open(path)``
-then ``await registry.close()``). Its methods come from four parts, each a module:
+then ``await registry.close()``). Its methods come from five parts, each a module:
 :mod:`proxy.registry.apps` (applications, links), :mod:`proxy.registry.models` (versions, current
-version, stopping), :mod:`proxy.registry.replicas` and :mod:`proxy.registry.uploads`.
+version, stopping), :mod:`proxy.registry.replicas`, :mod:`proxy.registry.routes` (policies, the
+prediction log) and :mod:`proxy.registry.uploads`.
 
 The file is SQLite in WAL mode with foreign keys on and a busy timeout, so several proxies, or
 a proxy and a CLI, may share it. Opening applies the pending migrations of
@@ -39,6 +40,7 @@ from bus.errors import BusError, Conflict, InternalError, Overloaded
 from proxy.registry.apps import AppStore
 from proxy.registry.models import ModelStore
 from proxy.registry.replicas import ReplicaStore
+from proxy.registry.routes import RouteStore
 from proxy.registry.schema import MIGRATIONS, SCHEMA_VERSION
 from proxy.registry.space import disk_full, is_disk_full
 from proxy.registry.sql import Clock, Params
@@ -55,7 +57,7 @@ _JSON_COLUMNS = frozenset({"labels", "metadata"})
 _CLEANUP_S = 5.0
 
 
-class Registry(AppStore, ModelStore, ReplicaStore, UploadStore):
+class Registry(AppStore, ModelStore, ReplicaStore, RouteStore, UploadStore):
     """The registry over one SQLite file; make one with :meth:`open`."""
 
     _db: _Database

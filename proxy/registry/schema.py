@@ -15,6 +15,8 @@ History:
 1. the Clipper management surface: applications, model versions (immutable, with a trigger),
    the stack of current versions per model (its top is current; rollback pops it), links.
 2. runtime state: model replicas and chunked uploads.
+3. routing: release contracts and selection policies per application (spec and state as JSON),
+   and the prediction log (proxy.registry.routes).
 """
 
 from __future__ import annotations
@@ -115,5 +117,28 @@ _V2 = (
     "CREATE INDEX open_uploads_by_touch ON uploads (touched_ns) WHERE state = 'open'",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+_V3 = (
+    """
+    CREATE TABLE app_policies (
+        app_name TEXT NOT NULL REFERENCES applications (name) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('contract', 'selection')),
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        updated_ns INTEGER NOT NULL,
+        PRIMARY KEY (app_name, kind)
+    ) STRICT
+    """,
+    """
+    CREATE TABLE prediction_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        app_name TEXT NOT NULL,
+        log_key TEXT NOT NULL,
+        query_id TEXT NOT NULL,
+        record TEXT NOT NULL
+    ) STRICT
+    """,
+    "CREATE INDEX prediction_log_by_key ON prediction_log (app_name, log_key, seq)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)

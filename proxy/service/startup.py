@@ -47,6 +47,7 @@ from proxy.service.operations.admin import AdminOps
 from proxy.service.operations.containers import ContainerOps
 from proxy.service.operations.deploy import DeployOps
 from proxy.service.operations.predict import PredictOps
+from proxy.service.policies import build_policies
 from proxy.service.settings import ProxySettings
 from proxy.service.slots import Slot
 from proxy.service.status import ServiceStatus
@@ -177,6 +178,14 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         gate = ServeGate()
         metrics.watch(service_sources(client, gate, backend, heartbeat))
         router = VersionRouter(registry, backend, task_group, on_switch=heartbeat.nudge)
+        policies = build_policies(
+            registry,
+            backend,
+            router,
+            client,
+            service_uri,
+            shadow_timeout_s=settings.predict_timeout_s,
+        )
         predict = PredictOps(
             registry,
             backend,
@@ -184,6 +193,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             status,
             timeout_s=settings.predict_timeout_s,
             max_inputs_per_sender=settings.max_inputs_per_sender,
+            routed=policies.routed,
         )
         admin = AdminOps(
             registry,
@@ -197,11 +207,15 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             "predict": Slot(
                 "predict",
                 predict.table()
-                | (await forecast_ops(settings, registry, backend, verifier)).table(),
+                | (await forecast_ops(settings, registry, backend, verifier)).table()
+                | policies.ops.predict_table(),
                 on_answer=metrics.record,
             ),
             "admin": Slot(
-                "admin", admin.table(), on_done=heartbeat.nudge, on_answer=metrics.record
+                "admin",
+                admin.table() | policies.ops.admin_table(),
+                on_done=heartbeat.nudge,
+                on_answer=metrics.record,
             ),
             "deploy": Slot(
                 "deploy",
@@ -222,6 +236,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 gate,
             )
         await task_group.start(heartbeat.run, client)
+        await task_group.start(policies.background.run)
         task_group.start_soon(_sweep_uploads, uploads, registry)
         metrics_url = None
         if settings.metrics_port is not None:

@@ -35,7 +35,7 @@ from proxy.service.forecast import access as forecast_access
 from proxy.service.forecast import caches as forecast_caches
 from proxy.service.forecast import metadata as forecast_metadata
 from proxy.service.forecast import ops as forecast
-from proxy.service.operations import admin, containers, deploy, predict
+from proxy.service.operations import admin, containers, deploy, predict, routes
 from proxy.service.startup import service_uris
 from proxy.uploads import requests as upload_requests
 from proxy.uploads import sessions as uploads
@@ -294,10 +294,13 @@ def _slot_tables() -> dict[str, dict[str, slots.Op[Any]]]:
     """Each slot's operations, composed as ``proxy.service.startup.running_proxy`` composes them
     (the forecast operations of ``proxy.service.forecast.build`` on ``slot/predict``)."""
     anything: Any = SimpleNamespace(begin=None, chunk=None, commit=None, abort=None)
+    policies = routes.RouteOps(anything, anything, anything)
     return {
         "predict": predict.PredictOps(anything, anything, anything, anything, timeout_s=1.0).table()
-        | forecast.ForecastOps(anything, anything, anything).table(),
-        "admin": admin.AdminOps(anything, anything, anything, dict).table(),
+        | forecast.ForecastOps(anything, anything, anything).table()
+        | policies.predict_table(),
+        "admin": admin.AdminOps(anything, anything, anything, dict).table()
+        | policies.admin_table(),
         "deploy": deploy.DeployOps(anything, anything, anything, anything).table()
         | containers.ContainerOps(None).table(),
     }
@@ -335,6 +338,17 @@ BODIES: dict[str, type[BaseModel]] = {
     "model.deploy": deploy.DeployBody,
     "container.list": containers.ListBody,
     "container.run": containers.RunBody,
+    "route.set": routes.ContractBody,
+    "route.show": routes.AppBody,
+    "route.delete": routes.AppBody,
+    "route.feed_metric": routes.MetricBody,
+    "route.expire": routes.ReleaseBody,
+    "route.restore": routes.ReleaseBody,
+    "route.log": routes.LogBody,
+    "policy.set": routes.SelectionBody,
+    "policy.show": routes.PolicyShowBody,
+    "policy.delete": routes.AppBody,
+    "feedback": routes.FeedbackBody,
 }
 
 

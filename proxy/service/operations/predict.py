@@ -18,6 +18,7 @@ from bus.errors import BusError, InvalidRequest, NotFound
 from proxy.backend.embedded import EmbeddedBackend
 from proxy.registry.records import AppName, InputType, ModelName
 from proxy.registry.registry import Registry
+from proxy.service.operations.routed import RoutedPredict
 from proxy.service.quotas import SenderQuota
 from proxy.service.slots import Body, Op
 from proxy.service.status import ServiceStatus
@@ -36,6 +37,8 @@ class PredictBody(Body):
     version: ModelName | None = None
     input: Any = None
     inputs: list[Any] | None = Field(default=None, max_length=MAX_BATCH)
+    user_id: str | None = Field(default=None, max_length=128)
+    fields: dict[str, str | int | float] | None = Field(default=None, max_length=16)
 
     @model_validator(mode="after")
     def _one_target(self) -> PredictBody:
@@ -86,6 +89,7 @@ class PredictOps:
         *,
         timeout_s: float,
         max_inputs_per_sender: int = 2500,
+        routed: RoutedPredict | None = None,
     ) -> None:
         self.registry = registry
         self.backend = backend
@@ -94,6 +98,7 @@ class PredictOps:
         self._query_ids = itertools.count()
         self.status = status
         self.inputs = SenderQuota(max_inputs_per_sender, "inputs of this sender")
+        self.routed = routed
 
     def table(self) -> dict[str, Op[Any]]:
         return {"predict": Op(PredictBody, self.predict)}
@@ -101,11 +106,15 @@ class PredictOps:
     async def predict(self, sender: str, request: PredictBody) -> dict[str, Any]:
         inputs = request.inputs if request.inputs is not None else [request.input]
         with self.inputs.hold(sender, len(inputs)):  # no sender takes a version's whole queue
-            return await self._predict(request, inputs)
+            return await self._predict(sender, request, inputs)
 
-    async def _predict(self, request: PredictBody, inputs: list[Any]) -> dict[str, Any]:
+    async def _predict(
+        self, sender: str, request: PredictBody, inputs: list[Any]
+    ) -> dict[str, Any]:
         if request.app is not None:
-            return await self._for_app(request.app, inputs, request.inputs is not None)
+            return await self._for_app(
+                request.app, inputs, request.inputs is not None, sender, request
+            )
         assert request.model is not None
         version = await self.router.version_for(request.model, request.version)
         check_inputs(await self.router.input_type(request.model, version), inputs)
@@ -114,8 +123,15 @@ class PredictOps:
         )
         return self._answer(request.model, version, outputs, request.inputs is not None, None)
 
-    async def _for_app(self, name: str, inputs: list[Any], is_batch: bool) -> dict[str, Any]:
+    async def _for_app(
+        self, name: str, inputs: list[Any], is_batch: bool, sender: str, request: PredictBody
+    ) -> dict[str, Any]:
         app = await self.router.application(name)
+        if self.routed is not None and await self.routed.has_policy(app):
+            check_inputs(app.input_type, inputs)  # a release contract or a selection decides
+            return await self.routed.predict(
+                app, sender, inputs, is_batch, request.user_id, request.fields, self._answer
+            )
         if app.linked_model is None:
             raise NotFound(f"application {name!r} has no linked model; link one first", app=name)
         check_inputs(app.input_type, inputs)
