@@ -3,7 +3,8 @@
 ``async with Registry.open(path) as registry:`` (or ``registry = await Registry.open(path)``
 then ``await registry.close()``). Its methods come from four parts, each a module:
 :mod:`proxy.registry.apps` (applications, links), :mod:`proxy.registry.models` (versions, current
-version, stopping), :mod:`proxy.registry.replicas` and :mod:`proxy.registry.uploads`.
+version, stopping), :mod:`proxy.registry.replicas`, :mod:`proxy.registry.uploads`,
+:mod:`proxy.registry.fit_jobs` and :mod:`proxy.registry.schedules`.
 
 The file is SQLite in WAL mode with foreign keys on and a busy timeout, so several proxies, or
 a proxy and a CLI, may share it. Opening applies the pending migrations of
@@ -36,8 +37,10 @@ from pydantic import BaseModel
 
 from bus.errors import BusError, Conflict, InternalError, Overloaded
 from proxy.registry.apps import AppStore
+from proxy.registry.fit_jobs import FitJobStore
 from proxy.registry.models import ModelStore
 from proxy.registry.replicas import ReplicaStore
+from proxy.registry.schedules import ScheduleStore
 from proxy.registry.schema import MIGRATIONS, SCHEMA_VERSION
 from proxy.registry.sql import Clock, Params
 from proxy.registry.uploads import UploadStore
@@ -53,7 +56,7 @@ _JSON_COLUMNS = frozenset({"labels", "metadata"})
 _CLEANUP_S = 5.0
 
 
-class Registry(AppStore, ModelStore, ReplicaStore, UploadStore):
+class Registry(AppStore, ModelStore, ReplicaStore, UploadStore, FitJobStore, ScheduleStore):
     """The registry over one SQLite file; make one with :meth:`open`."""
 
     _db: _Database

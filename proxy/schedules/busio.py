@@ -1,0 +1,67 @@
+"""A schedule's inputs and outputs on the bus.
+
+Inputs are *persisted* messages (the latest message per exact URI, BOSSWAVE's persist / MQTT's
+retain): an input URI is a pattern (``ns/sensors/zone-a/temp/*``) whose persisted messages are
+the points of a series, one per URI. :class:`BusWindowInputs` queries it (the bus client
+verifies every message: signature, grant chain) and keeps the points whose time falls in the
+window. A point's time is the ``ts`` (ns) of an XBOS metadata payload ``2.0.3.1 {val, ts}`` —
+its value is then ``val`` — else the message's own signed timestamp; its value is the first
+payload's decoded value. A message whose value cannot be decoded is left out.
+
+Outputs are signed, persisted messages (PO ``2.0.0.0`` msgpack) on ``<output URI>/<window key>``:
+a re-run of a window publishes on the same URI, so it *replaces* the window's result on the bus
+and never adds a second one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from bus import BusClient, PayloadObject
+from bus.errors import BusError
+from bus.po import PO_METADATA
+from proxy.schedules.scheduler import Point
+
+__all__ = ["BusWindowInputs", "BusWindowOutputs", "point_of"]
+
+logger = logging.getLogger(__name__)
+
+
+def point_of(message: Any) -> Point | None:
+    """A verified message as a point ``(ts_ns, value)``; None if its payload is undecodable."""
+    try:
+        meta = message.value(PO_METADATA)
+        if isinstance(meta, dict) and isinstance(meta.get("ts"), int) and "val" in meta:
+            return meta["ts"], meta["val"]
+        return message.ts_ns, message.value()
+    except BusError:
+        return None
+
+
+class BusWindowInputs:
+    def __init__(self, client: BusClient, *, timeout_s: float = 5.0) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+
+    async def read(self, uris: Sequence[str], start_ns: int, end_ns: int) -> dict[str, list[Point]]:
+        series: dict[str, list[Point]] = {}
+        for uri in uris:
+            points = []
+            for message in await self.client.query(uri, timeout_s=self.timeout_s):
+                point = point_of(message)
+                if point is not None and start_ns <= point[0] < end_ns:
+                    points.append(point)
+            series[uri] = sorted(points, key=lambda p: p[0])
+        return series
+
+
+class BusWindowOutputs:
+    def __init__(self, client: BusClient) -> None:
+        self.client = client
+
+    async def publish(self, output_uri: str, key: str, document: dict[str, Any]) -> None:
+        await self.client.publish(
+            f"{output_uri}/{key}", PayloadObject.msgpack(document), persist=True
+        )

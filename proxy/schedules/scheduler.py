@@ -1,0 +1,279 @@
+"""The scheduler: runs every schedule's due windows, durably, on an injected clock.
+
+One :class:`Scheduler` per proxy. Each :meth:`Scheduler.tick` makes one pass over the schedules
+of the registry (:mod:`proxy.registry.schedules`):
+
+1. moves each unpaused schedule's cursor over the windows now due, recording the ones to run as
+   ``pending`` and the ones outside the catch-up limits as ``skipped``
+   (:func:`proxy.schedules.plan.advance`; compare-and-set, so with several proxies on one
+   registry only one records them);
+2. picks the pending windows the overlap policy and the catch-up rate let start
+   (:func:`proxy.schedules.plan.pick_runnable`), *claims* each in the registry (exactly one
+   instance wins; a claim whose lease expired — its proxy died mid-window — is taken over), and
+   runs it: reads its inputs (persisted messages on the input URIs whose time falls in the
+   window, verified by the bus client), calls the model once with the window's data, publishes
+   the result as a signed, persisted message on ``<output URI>/<window key>`` and stores it in
+   the window's row. A re-run of a window replaces both: the same row, the same URI;
+3. a run that fails is retried with back-off (:func:`proxy.schedules.plan.after_failure`), then
+   recorded ``failed`` with its reason; the schedule goes on with its later windows.
+
+:meth:`Scheduler.run` ticks forever, sleeping until the next window falls due or a retry comes
+(at most ``tick_s``), and wakes early when :meth:`Scheduler.nudge` is called (a schedule added,
+resumed or a window re-run). Tests call :meth:`tick` with their own clock instead: nothing here
+reads the time but through ``clock``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import TaskStatus
+
+from bus.errors import BusError
+from proxy.registry.registry import Registry
+from proxy.registry.schedules import NewWindow, ScheduleRecord, WindowRecord
+from proxy.schedules.plan import NS, Pending, Spec, advance, after_failure, pick_runnable
+
+__all__ = [
+    "Clock",
+    "Point",
+    "Predict",
+    "Scheduler",
+    "WindowData",
+    "WindowInputs",
+    "WindowOutputs",
+    "model_input",
+    "spec_of",
+]
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+Point = tuple[int, Any]
+"""One data point of an input series: its time (ns) and its value."""
+
+DEFAULT_LEASE_NS = 120 * NS
+_MAX_REASON = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class WindowData:
+    """What a window's model call gets: its key and bounds and each input's points in it."""
+
+    schedule: str
+    key: str
+    start_ns: int
+    end_ns: int
+    series: dict[str, list[Point]]
+
+
+class WindowInputs(Protocol):
+    async def read(self, uris: Sequence[str], start_ns: int, end_ns: int) -> dict[str, list[Point]]:
+        """Each input URI's points with ``start_ns <= time < end_ns``, oldest first."""
+        ...
+
+
+class WindowOutputs(Protocol):
+    async def publish(self, output_uri: str, key: str, document: dict[str, Any]) -> None:
+        """Publish a window's result (persisted, so a re-run replaces it)."""
+        ...
+
+
+Predict = Callable[[str, WindowData], Awaitable[tuple[str, Any]]]
+"""Call a schedule's model with a window: returns (the version that answered, its output)."""
+
+
+def spec_of(record: ScheduleRecord) -> Spec:
+    return Spec(**record.spec)
+
+
+def model_input(input_type: str, data: WindowData) -> Any:
+    """A window as one model input: for a numeric model (doubles, floats, integers) the values
+    of every input series, in input order then time order; for a strings model a JSON
+    document ``{schedule, window, start_ns, end_ns, series: {uri: [[ts_ns, value], ...]}}``."""
+    if input_type in ("doubles", "floats", "integers"):
+        return [value for points in data.series.values() for _, value in points]
+    document = {
+        "schedule": data.schedule,
+        "window": data.key,
+        "start_ns": data.start_ns,
+        "end_ns": data.end_ns,
+        "series": {uri: [[ts, value] for ts, value in pts] for uri, pts in data.series.items()},
+    }
+    if input_type == "bytes":
+        return json.dumps(document).encode()
+    return json.dumps(document)
+
+
+class Scheduler:
+    """Runs due windows; see the module docstring. ``instance`` names this proxy in claims."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        inputs: WindowInputs,
+        outputs: WindowOutputs,
+        predict: Predict,
+        *,
+        clock: Clock,
+        instance: str,
+        lease_ns: int = DEFAULT_LEASE_NS,
+        tick_s: float = 1.0,
+        max_parallel: int = 64,
+    ) -> None:
+        self.registry = registry
+        self.inputs = inputs
+        self.outputs = outputs
+        self.predict = predict
+        self.clock = clock
+        self.instance = instance
+        self.lease_ns = lease_ns
+        self.tick_s = tick_s
+        self._limit = anyio.CapacityLimiter(max_parallel)
+        self._last_backfill: dict[str, int | None] = {}
+        self._wake = anyio.Event()
+        self.windows_run = 0
+
+    def nudge(self) -> None:
+        """Tick again now (a schedule changed)."""
+        self._wake.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            self._wake = anyio.Event()
+            try:
+                wait_s = await self.tick()
+            except BusError as error:
+                logger.warning("scheduler pass failed: %s", error.message)
+                wait_s = self.tick_s
+            with anyio.move_on_after(wait_s):
+                await self._wake.wait()
+
+    async def tick(self) -> float:
+        """One pass; returns how long to wait before the next (seconds, at most ``tick_s``)."""
+        next_ns = math.inf
+        async with anyio.create_task_group() as group:
+            for record in await self.registry.list_schedules():
+                next_ns = min(next_ns, await self._pass(record, group))
+        return max(0.0, min(self.tick_s, (next_ns - self.clock()) / NS))
+
+    async def _pass(self, record: ScheduleRecord, group: anyio.abc.TaskGroup) -> float:
+        """Advance and start one schedule's windows; the time it next needs a pass."""
+        spec = spec_of(record)
+        now = self.clock()
+        if record.paused:
+            return math.inf
+        step = advance(spec, record.cursor, now)
+        if step.cursor != record.cursor:
+            windows = [_new(w, "pending") for w in step.run] + [
+                _new(w, "skipped") for w in step.skipped
+            ]
+            await self.registry.advance_cursor(record.name, record.cursor, step.cursor, windows, now)
+        open_windows = await self.registry.open_windows(record.name)
+        pending = [_pending(w, now) for w in open_windows]
+        last = self._last_backfill.get(record.name)
+        chosen, self._last_backfill[record.name] = pick_runnable(spec, pending, now, last)
+        by_index = {w.idx: w for w in open_windows}
+        for index in chosen:
+            claimed = await self.registry.claim_window(
+                record.name, index, instance=self.instance, now_ns=now, lease_ns=self.lease_ns
+            )
+            if claimed is not None:
+                group.start_soon(self._run_window, record, spec, claimed)
+        return _next_time(spec, step.cursor, [by_index[i] for i in by_index if i not in chosen])
+
+    async def _run_window(self, record: ScheduleRecord, spec: Spec, window: WindowRecord) -> None:
+        async with self._limit:
+            try:
+                version, output = await self._produce(record, window)
+            except BusError as error:
+                await self._failed(record, spec, window, f"{error.code}: {error.message}")
+                return
+            except Exception as exc:  # a bug in an adapter must not stop the scheduler
+                logger.exception("window %s of %s failed", window.window_key, record.name)
+                await self._failed(record, spec, window, f"internal: {type(exc).__name__}")
+                return
+            await self.registry.finish_window(
+                record.name,
+                window.idx,
+                instance=self.instance,
+                state="done",
+                now_ns=self.clock(),
+                output=output,
+                model_version=version,
+            )
+            self.windows_run += 1
+
+    async def _produce(self, record: ScheduleRecord, window: WindowRecord) -> tuple[str, Any]:
+        series = await self.inputs.read(record.inputs, window.start_ns, window.end_ns)
+        data = WindowData(record.name, window.window_key, window.start_ns, window.end_ns, series)
+        version, output = await self.predict(record.model, data)
+        document = {
+            "schedule": record.name,
+            "window": window.window_key,
+            "start_ns": window.start_ns,
+            "end_ns": window.end_ns,
+            "model": record.model,
+            "version": version,
+            "output": output,
+            "points": sum(len(points) for points in series.values()),
+            "produced_ns": self.clock(),
+        }
+        await self.outputs.publish(record.output, window.window_key, document)
+        return version, output
+
+    async def _failed(
+        self, record: ScheduleRecord, spec: Spec, window: WindowRecord, reason: str
+    ) -> None:
+        now = self.clock()
+        retry_ns = after_failure(spec, window.attempts, now)
+        logger.info(
+            "window %s of %s failed (attempt %d): %s",
+            window.window_key,
+            record.name,
+            window.attempts,
+            reason,
+        )
+        await self.registry.finish_window(
+            record.name,
+            window.idx,
+            instance=self.instance,
+            state="failed" if retry_ns is None else "pending",
+            now_ns=now,
+            next_try_ns=retry_ns,
+            reason=reason[:_MAX_REASON],
+        )
+
+
+def _new(window: Any, state: Any) -> NewWindow:
+    return NewWindow(
+        idx=window.index,
+        window_key=window.key,
+        start_ns=window.start_ns,
+        end_ns=window.end_ns,
+        due_ns=window.due_ns,
+        state=state,
+    )
+
+
+def _pending(window: WindowRecord, now_ns: int) -> Pending:
+    """A running window whose claim's lease has expired (its proxy died) is claimable again."""
+    if window.state == "running":
+        is_held = window.lease_until_ns is not None and window.lease_until_ns >= now_ns
+        return Pending(window.idx, window.due_ns, now_ns, is_running=is_held)
+    return Pending(window.idx, window.due_ns, window.next_try_ns, is_running=False)
+
+
+def _next_time(spec: Spec, cursor: int, waiting: list[WindowRecord]) -> float:
+    """When this schedule next needs a pass: its next window's due time or a retry time."""
+    next_due = spec.start_ns + cursor * spec.every_ns + spec.delay_ns
+    retries = [w.next_try_ns for w in waiting if w.state == "pending"]
+    retries += [w.lease_until_ns + 1 for w in waiting if w.lease_until_ns is not None]
+    return float(min([next_due, *retries]))
