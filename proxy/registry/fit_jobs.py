@@ -84,8 +84,16 @@ class FitJobStore:
             await s.exec(
                 "INSERT INTO fit_jobs VALUES (?, ?, ?, ?, ?, 'queued', ?, 'queued', NULL, '', 0, "
                 "?, ?, NULL)",
-                (job_id, model_name, parent_version, new_version, requester, to_json(request))
-                + (now, now),
+                (
+                    job_id,
+                    model_name,
+                    parent_version,
+                    new_version,
+                    requester,
+                    to_json(request),
+                    now,
+                    now,
+                ),
             )
             return await _job(s, job_id)
 
@@ -124,9 +132,18 @@ class FitJobStore:
                 " error = CASE WHEN ? THEN ? ELSE error END, log = coalesce(?, log), "
                 "attempts = attempts + ?, updated_ns = ?, "
                 "finished_ns = CASE WHEN ? THEN finished_ns ELSE ? END WHERE job_id = ?",
-                (state, progress, error is not None, None if error is None else to_json(error))
-                + (None if log is None else log[-_LOG_CHARS:], int(started), now)
-                + (keep_finished, finished, job_id),
+                (
+                    state,
+                    progress,
+                    error is not None,
+                    None if error is None else to_json(error),
+                    None if log is None else log[-_LOG_CHARS:],
+                    int(started),
+                    now,
+                    keep_finished,
+                    finished,
+                    job_id,
+                ),
             )
             return await _job(s, job_id)
 

@@ -110,8 +110,17 @@ class ScheduleStore:
                 raise Conflict(f"a schedule named {name!r} exists; remove it first", name=name)
             await s.exec(
                 "INSERT INTO schedules VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
-                (name, model, to_json(list(inputs)), output, to_json(spec), owner, cursor)
-                + (now_ns, now_ns),
+                (
+                    name,
+                    model,
+                    to_json(list(inputs)),
+                    output,
+                    to_json(spec),
+                    owner,
+                    cursor,
+                    now_ns,
+                    now_ns,
+                ),
             )
             return await _schedule(s, name)
 
@@ -163,9 +172,18 @@ class ScheduleStore:
                     f"INSERT INTO schedule_windows ({_WINDOW_COLUMNS}) VALUES "
                     "(?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, NULL, ?, NULL, NULL, NULL, ?) "
                     "ON CONFLICT DO NOTHING",
-                    (name, w.idx, w.window_key, w.start_ns, w.end_ns, w.due_ns, w.state)
-                    + (w.due_ns, "outside the catch-up limits" if skipped else None)
-                    + (now_ns if skipped else None,),
+                    (
+                        name,
+                        w.idx,
+                        w.window_key,
+                        w.start_ns,
+                        w.end_ns,
+                        w.due_ns,
+                        w.state,
+                        w.due_ns,
+                        "outside the catch-up limits" if skipped else None,
+                        now_ns if skipped else None,
+                    ),
                 )
             return True
 
@@ -240,8 +258,17 @@ class ScheduleStore:
                 "reason = ?, output = coalesce(?, output), model_version = coalesce(?, "
                 "model_version), finished_ns = ?, claimed_by = NULL, lease_until_ns = NULL "
                 "WHERE schedule = ? AND idx = ? AND state = 'running' AND claimed_by = ?",
-                (state, next_try_ns, reason, None if output is None else to_json(output))
-                + (model_version, now_ns if state != "pending" else None, name, idx, instance),
+                (
+                    state,
+                    next_try_ns,
+                    reason,
+                    None if output is None else to_json(output),
+                    model_version,
+                    now_ns if state != "pending" else None,
+                    name,
+                    idx,
+                    instance,
+                ),
             )
             return bool(changed)
 

@@ -30,7 +30,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -38,7 +38,7 @@ from anyio.abc import TaskStatus
 from bus.errors import BusError
 from proxy.registry.registry import Registry
 from proxy.registry.schedules import NewWindow, ScheduleRecord, WindowRecord
-from proxy.schedules.plan import NS, Pending, Spec, advance, after_failure, pick_runnable
+from proxy.schedules.plan import NS, Pending, Spec, Window, advance, after_failure, pick_runnable
 
 __all__ = [
     "Clock",
@@ -49,6 +49,7 @@ __all__ = [
     "WindowInputs",
     "WindowOutputs",
     "model_input",
+    "new_window",
     "spec_of",
 ]
 
@@ -172,10 +173,12 @@ class Scheduler:
             return math.inf
         step = advance(spec, record.cursor, now)
         if step.cursor != record.cursor:
-            windows = [_new(w, "pending") for w in step.run] + [
-                _new(w, "skipped") for w in step.skipped
+            windows = [new_window(w, "pending") for w in step.run] + [
+                new_window(w, "skipped") for w in step.skipped
             ]
-            await self.registry.advance_cursor(record.name, record.cursor, step.cursor, windows, now)
+            await self.registry.advance_cursor(
+                record.name, record.cursor, step.cursor, windows, now
+            )
         open_windows = await self.registry.open_windows(record.name)
         pending = [_pending(w, now) for w in open_windows]
         last = self._last_backfill.get(record.name)
@@ -252,7 +255,8 @@ class Scheduler:
         )
 
 
-def _new(window: Any, state: Any) -> NewWindow:
+def new_window(window: Window, state: Literal["pending", "skipped"]) -> NewWindow:
+    """A planned window as the registry records it."""
     return NewWindow(
         idx=window.index,
         window_key=window.key,

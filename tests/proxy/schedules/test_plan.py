@@ -45,7 +45,11 @@ def test_durations() -> None:
 def test_windows_lie_on_the_grid_from_the_start_time_not_now() -> None:
     s = spec()
     first = window(s, 0)
-    assert (first.end_ns, first.start_ns, first.due_ns) == (START, START - 24 * 60 * MIN, START + 5 * MIN)
+    assert (first.end_ns, first.start_ns, first.due_ns) == (
+        START,
+        START - 24 * 60 * MIN,
+        START + 5 * MIN,
+    )
     assert first.key == "20261207T000000Z"
     assert window(s, 3).key == "20261207T013000Z"
     # Due only once its delay has passed, whenever the clock is read.
