@@ -27,14 +27,16 @@ from bus.errors import NotFound, TransportError
 from bus.heartbeat import STALE_AFTER_S
 from bus.monitor import ServiceState
 from bus.transfer import UploadProgress, upload_file
+from container_manager.jobs import FitsAndSchedules
 
 __all__ = ["DEFAULT_SERVICE_PATH", "ServiceClient"]
 
 DEFAULT_SERVICE_PATH = "s.modelbus/_"
 
 
-class ServiceClient:
-    """Talks to the service at ``service_uri`` (``<namespace>/s.modelbus/_`` by default)."""
+class ServiceClient(FitsAndSchedules):
+    """Talks to the service at ``service_uri`` (``<namespace>/s.modelbus/_`` by default).
+    Fits and schedules: :class:`container_manager.jobs.FitsAndSchedules`."""
 
     def __init__(self, bus: BusClient, service_uri: str, *, timeout_s: float = 30.0) -> None:
         self.bus = bus

@@ -5,8 +5,9 @@ allow predicting without deploying:
 
     S/i.modelbus/slot/predict   predictions                       (proxy.service.operations.predict)
     S/i.modelbus/slot/admin     Clipper's management surface      (proxy.service.operations.admin)
+                                and schedules                     (….operations.schedules)
     S/i.modelbus/slot/deploy    artifact uploads, model deploys   (proxy.service.operations.deploy,
-    proxy.uploads.sessions)
+    proxy.uploads.sessions), fits (proxy.service.operations.fit)
 
 and announces its liveness under ``S/!meta/…`` (bus.heartbeat). On start it restarts the
 replicas of every registered, unstopped version, so a restarted proxy serves what it served.
@@ -46,6 +47,7 @@ from proxy.service.settings import ProxySettings
 from proxy.service.slots import Slot
 from proxy.service.status import ServiceStatus
 from proxy.service.versions import VersionRouter, start_model
+from proxy.service.wiring import fit_ops, schedule_ops
 from proxy.uploads.sessions import UploadLimits, Uploads
 from transports import open_or_embed
 
@@ -160,17 +162,21 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             registry, backend, router, status, timeout_s=settings.predict_timeout_s
         )
         admin = AdminOps(registry, backend, router, status.snapshot)
+        fits = fit_ops(settings, registry, uploads, backend, router, client, runtime, task_group)
+        schedules = schedule_ops(settings, registry, backend, router, client)
         slots = {
             "predict": Slot("predict", predict.table()),
-            "admin": Slot("admin", admin.table(), on_done=heartbeat.nudge),
+            "admin": Slot("admin", admin.table() | schedules.table(), on_done=heartbeat.nudge),
             "deploy": Slot(
                 "deploy",
                 DeployOps(registry, uploads, backend, router).table()
-                | ContainerOps(containers).table(),
+                | ContainerOps(containers).table()
+                | fits.table(),
                 on_done=heartbeat.nudge,
             ),
         }
         await _restore(registry, backend, router)
+        await fits.jobs.interrupt_leftovers()
         gate = ServeGate()
         for name, slot in slots.items():
             await task_group.start(
@@ -182,6 +188,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 gate,
             )
         await task_group.start(heartbeat.run, client)
+        await task_group.start(schedules.scheduler.run)
         task_group.start_soon(_sweep_uploads, uploads)
         info = ServiceInfo(
             bus_url=settings.bus_url,
