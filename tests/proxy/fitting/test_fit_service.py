@@ -1,7 +1,8 @@
 """Fits through a whole proxy (real sandboxed one-shot workers, SQLite, the memory bus).
 
 Covers proxy/fitting/jobs.py, proxy/fitting/runner.py, proxy/fitting/worker.py,
-proxy/service/operations/fit.py, proxy/service/wiring.py, container_manager/jobs.py and
+proxy/service/operations/fit.py, proxy/service/wiring.py, container_manager/jobs.py,
+proxy/registry/fit_jobs.py and
 bus/fittable.py.
 """
 
