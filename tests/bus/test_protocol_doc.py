@@ -29,7 +29,7 @@ from proxy.backend import embedded as backend
 from proxy.registry import records
 from proxy.service import settings, slots
 from proxy.service import versions as routing
-from proxy.service.operations import admin, containers, deploy, predict
+from proxy.service.operations import admin, containers, deploy, fit, predict, schedules
 from proxy.service.startup import service_uris
 from proxy.uploads import requests as upload_requests
 from proxy.uploads import sessions as uploads
@@ -271,14 +271,16 @@ def test_documented_cache_bounds_match_the_code() -> None:
 
 def _slot_tables() -> dict[str, dict[str, slots.Op[Any]]]:
     """Each slot's operations, composed as ``proxy.service.startup.running_proxy`` composes them."""
-    anything: Any = SimpleNamespace(begin=None, chunk=None, commit=None, abort=None)
+    anything: Any = SimpleNamespace(begin=None, chunk=None, commit=None, abort=None, clock=None)
     return {
         "predict": predict.PredictOps(
             anything, anything, anything, anything, timeout_s=1.0
         ).table(),
-        "admin": admin.AdminOps(anything, anything, anything, dict).table(),
+        "admin": admin.AdminOps(anything, anything, anything, dict).table()
+        | schedules.ScheduleOps(anything, SimpleNamespace(verifier=None), anything).table(),
         "deploy": deploy.DeployOps(anything, anything, anything, anything).table()
-        | containers.ContainerOps(None).table(),
+        | containers.ContainerOps(None).table()
+        | fit.FitOps(anything, anything, anything, anything).table(),
     }
 
 
@@ -312,6 +314,17 @@ BODIES: dict[str, type[BaseModel]] = {
     "model.deploy": deploy.DeployBody,
     "container.list": containers.ListBody,
     "container.run": containers.RunBody,
+    "fit.start": fit.FitStartBody,
+    "fit.status": fit.JobBody,
+    "fit.list": fit.FitListBody,
+    "fit.resume": fit.JobBody,
+    "schedule.add": schedules.ScheduleAddBody,
+    "schedule.list": slots.Body,
+    "schedule.runs": schedules.RunsBody,
+    "schedule.pause": schedules.ScheduleNameBody,
+    "schedule.resume": schedules.ScheduleNameBody,
+    "schedule.remove": schedules.ScheduleNameBody,
+    "schedule.rerun": schedules.RerunBody,
 }
 
 
