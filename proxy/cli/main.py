@@ -13,8 +13,10 @@ from proxy.cli.containers import containers, service_status
 from proxy.cli.demo import demo
 from proxy.cli.deploy import deploy
 from proxy.cli.diagnose import explain
+from proxy.cli.fit import fit
 from proxy.cli.keys import grant, keys
 from proxy.cli.root import main
+from proxy.cli.schedule import schedule
 from proxy.cli.serve import serve
 from proxy.cli.versions import versions
 
@@ -27,10 +29,12 @@ for _command in (
     containers,
     demo,
     deploy,
+    fit,
     grant,
     keys,
     pub,
     query,
+    schedule,
     serve,
     service_status,
     status,

@@ -68,7 +68,7 @@ def fit(artifact: Path, job: bytes) -> bytes:
     try:
         manifest = read_manifest(artifact)
         check_compatible(manifest)
-        model = load_closure(artifact)
+        model: Any = load_closure(artifact)
     except BusError as error:
         raise _Failed("not_fittable", f"the model cannot be loaded: {error.message}") from error
     if not (callable(getattr(model, "fit", None)) and callable(getattr(model, "with_state", None))):
