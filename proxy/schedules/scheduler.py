@@ -139,10 +139,13 @@ class Scheduler:
         self._limit = anyio.CapacityLimiter(max_parallel)
         self._last_backfill: dict[str, int | None] = {}
         self._wake = anyio.Event()
+        self._next_pass: dict[str, float] = {}
+        self._seen_ns = 0
         self.windows_run = 0
 
     def nudge(self) -> None:
-        """Tick again now (a schedule changed)."""
+        """Look at every schedule again, now (a schedule changed or a window is to re-run)."""
+        self._next_pass.clear()
         self._wake.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -158,11 +161,21 @@ class Scheduler:
                 await self._wake.wait()
 
     async def tick(self) -> float:
-        """One pass; returns how long to wait before the next (seconds, at most ``tick_s``)."""
+        """One pass; returns how long to wait before the next (seconds, at most ``tick_s``).
+        A schedule is looked at only once its next window is due, a retry or a lease expiry
+        has come, or after :meth:`nudge`."""
         next_ns = math.inf
+        now = self.clock()
         async with anyio.create_task_group() as group:
             for record in await self.registry.list_schedules():
-                next_ns = min(next_ns, await self._pass(record, group))
+                planned = self._next_pass.get(record.name)
+                if planned is not None and planned > now and record.updated_ns < self._seen_ns:
+                    next_ns = min(next_ns, planned)
+                    continue
+                planned = await self._pass(record, group)
+                self._next_pass[record.name] = planned
+                next_ns = min(next_ns, planned)
+        self._seen_ns = now
         return max(0.0, min(self.tick_s, (next_ns - self.clock()) / NS))
 
     async def _pass(self, record: ScheduleRecord, group: anyio.abc.TaskGroup) -> float:
@@ -176,21 +189,24 @@ class Scheduler:
             windows = [new_window(w, "pending") for w in step.run] + [
                 new_window(w, "skipped") for w in step.skipped
             ]
-            await self.registry.advance_cursor(
-                record.name, record.cursor, step.cursor, windows, now
-            )
+            await self.registry.advance_cursor(record.name, record.cursor, step.cursor, windows, now)
         open_windows = await self.registry.open_windows(record.name)
         pending = [_pending(w, now) for w in open_windows]
         last = self._last_backfill.get(record.name)
-        chosen, self._last_backfill[record.name] = pick_runnable(spec, pending, now, last)
-        by_index = {w.idx: w for w in open_windows}
+        chosen, last = pick_runnable(spec, pending, now, last)
+        self._last_backfill[record.name] = last
+        claimed_here: set[int] = set()
         for index in chosen:
             claimed = await self.registry.claim_window(
                 record.name, index, instance=self.instance, now_ns=now, lease_ns=self.lease_ns
             )
             if claimed is not None:
+                claimed_here.add(index)
                 group.start_soon(self._run_window, record, spec, claimed)
-        return _next_time(spec, step.cursor, [by_index[i] for i in by_index if i not in chosen])
+        waiting = [w for w in open_windows if w.idx not in claimed_here]
+        gap_ns = 0 if spec.catchup_rate == 0 else round(NS / spec.catchup_rate)
+        not_before = 0 if last is None else last + gap_ns
+        return _next_time(spec, step.cursor, waiting, not_before)
 
     async def _run_window(self, record: ScheduleRecord, spec: Spec, window: WindowRecord) -> None:
         async with self._limit:
@@ -275,9 +291,10 @@ def _pending(window: WindowRecord, now_ns: int) -> Pending:
     return Pending(window.idx, window.due_ns, window.next_try_ns, is_running=False)
 
 
-def _next_time(spec: Spec, cursor: int, waiting: list[WindowRecord]) -> float:
-    """When this schedule next needs a pass: its next window's due time or a retry time."""
+def _next_time(spec: Spec, cursor: int, waiting: list[WindowRecord], not_before: int) -> float:
+    """When this schedule next needs a pass: its next window's due time, a retry time (not
+    before the catch-up rate allows), or a lease's expiry."""
     next_due = spec.start_ns + cursor * spec.every_ns + spec.delay_ns
-    retries = [w.next_try_ns for w in waiting if w.state == "pending"]
+    retries = [max(w.next_try_ns, not_before) for w in waiting if w.state == "pending"]
     retries += [w.lease_until_ns + 1 for w in waiting if w.lease_until_ns is not None]
     return float(min([next_due, *retries]))

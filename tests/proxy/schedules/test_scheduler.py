@@ -156,6 +156,7 @@ async def test_rerun_replaces_and_never_duplicates(registry: Registry) -> None:
     assert published.count == 1
     series.points["ns/in/*"] = [(START - MIN, 7.0)]  # late data arrived
     await registry.rerun_window("s", key, now_ns=clock.now)
+    scheduler.nudge()
     await scheduler.tick()
     assert published.count == 2 and list(published.by_uri) == [f"ns/out/{key}"]
     assert published.by_uri[f"ns/out/{key}"]["output"] == 7.0
@@ -184,6 +185,7 @@ async def test_retry_with_back_off_then_failed_and_the_schedule_goes_on(registry
     await scheduler.tick()
     assert (await states(registry))[window(spec, 1).key] == "done"
     await registry.rerun_window("s", window(spec, 0).key, now_ns=clock.now)  # on demand
+    scheduler.nudge()
     await scheduler.tick()
     assert (await states(registry))[window(spec, 0).key] == "done"
 
@@ -193,12 +195,15 @@ async def test_pause_and_resume(registry: Registry) -> None:
     scheduler, _, _, model = make(registry, clock)
     spec = await add(registry)
     await registry.set_paused("s", True, cursor=None, now_ns=clock.now)
+    scheduler.nudge()
     await scheduler.tick()
     assert model.calls == []
     clock.now = START + 65 * MIN  # windows 0..2 fell due while paused
     from proxy.schedules.plan import due_index
 
     await registry.set_paused("s", False, cursor=due_index(spec, clock.now), now_ns=clock.now)
+
+    scheduler.nudge()
     await scheduler.tick()
     assert model.calls == [window(spec, 2).key]  # paused time is not backfilled
 
