@@ -189,7 +189,9 @@ class Scheduler:
             windows = [new_window(w, "pending") for w in step.run] + [
                 new_window(w, "skipped") for w in step.skipped
             ]
-            await self.registry.advance_cursor(record.name, record.cursor, step.cursor, windows, now)
+            await self.registry.advance_cursor(
+                record.name, record.cursor, step.cursor, windows, now
+            )
         open_windows = await self.registry.open_windows(record.name)
         pending = [_pending(w, now) for w in open_windows]
         last = self._last_backfill.get(record.name)
