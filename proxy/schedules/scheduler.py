@@ -75,6 +75,10 @@ class WindowData:
 
 
 class WindowInputs(Protocol):
+    def new_pass(self) -> None:
+        """A scheduler pass begins: what was read before may have changed."""
+        ...
+
     async def read(self, uris: Sequence[str], start_ns: int, end_ns: int) -> dict[str, list[Point]]:
         """Each input URI's points with ``start_ns <= time < end_ns``, oldest first."""
         ...
@@ -166,6 +170,7 @@ class Scheduler:
         has come, or after :meth:`nudge`."""
         next_ns = math.inf
         now = self.clock()
+        self.inputs.new_pass()
         async with anyio.create_task_group() as group:
             for record in await self.registry.list_schedules():
                 planned = self._next_pass.get(record.name)

@@ -44,7 +44,7 @@ def fit_ops(
         registry,
         settings.data_dir / "fits",
         task_group=task_group,
-        read_streams=BusWindowInputs(client).read,
+        read_streams=BusWindowInputs(client, per_pass=False).read,
         artifact_path=uploads.artifact_path,
         deploy=FittedVersions(registry, uploads, backend, router),
         sandbox=runtime.sandbox,

@@ -34,6 +34,10 @@ class Series:
     def __init__(self) -> None:
         self.points: dict[str, list[Point]] = {}
         self.missing = False
+        self.passes = 0
+
+    def new_pass(self) -> None:
+        self.passes += 1
 
     async def read(self, uris: Sequence[str], start_ns: int, end_ns: int) -> dict[str, list[Point]]:
         if self.missing:
