@@ -23,7 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field, Json, JsonValue
 from bus.errors import Conflict, NotFound
 from proxy.registry.sql import Database, Session, to_json
 
-__all__ = ["NewWindow", "ScheduleRecord", "ScheduleStore", "WindowRecord", "WindowState"]
+__all__ = [
+    "Finish",
+    "NewWindow",
+    "PassPlan",
+    "ScheduleRecord",
+    "ScheduleStore",
+    "WindowRecord",
+    "WindowState",
+]
 
 WindowState = Literal["pending", "running", "done", "failed", "skipped"]
 Ns = Annotated[int, Field(ge=0)]
@@ -86,6 +94,33 @@ class NewWindow(BaseModel):
     end_ns: int
     due_ns: int
     state: Literal["pending", "skipped"]
+
+
+class PassPlan(BaseModel):
+    """One schedule's part of a pass: its cursor move, new windows and windows to claim."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    expected_cursor: Ns
+    cursor: Ns
+    windows: tuple[NewWindow, ...] = ()
+    claim: tuple[int, ...] = ()
+
+
+class Finish(BaseModel):
+    """How one run of a window ended (see :meth:`ScheduleStore.finish_window`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    idx: Ns
+    state: Literal["pending", "done", "failed"]
+    now_ns: int
+    next_try_ns: int | None = None
+    reason: str | None = None
+    output: JsonValue = None
+    model_version: str | None = None
 
 
 class ScheduleStore:
@@ -159,33 +194,7 @@ class ScheduleStore:
         """Record ``windows`` and move the cursor from ``expected`` to ``cursor``, in one
         transaction; False (nothing written) when another proxy moved it first."""
         async with self._db.write() as s:
-            moved = await s.exec(
-                "UPDATE schedules SET cursor = ?, updated_ns = ? WHERE name = ? AND cursor = ? "
-                "AND paused = 0",
-                (cursor, now_ns, name, expected),
-            )
-            if not moved:
-                return False
-            for w in windows:
-                skipped = w.state == "skipped"
-                await s.exec(
-                    f"INSERT INTO schedule_windows ({_WINDOW_COLUMNS}) VALUES "
-                    "(?, ?, ?, ?, ?, ?, ?, 0, ?, NULL, NULL, ?, NULL, NULL, NULL, ?) "
-                    "ON CONFLICT DO NOTHING",
-                    (
-                        name,
-                        w.idx,
-                        w.window_key,
-                        w.start_ns,
-                        w.end_ns,
-                        w.due_ns,
-                        w.state,
-                        w.due_ns,
-                        "outside the catch-up limits" if skipped else None,
-                        now_ns if skipped else None,
-                    ),
-                )
-            return True
+            return await _advance(s, name, expected, cursor, windows, now_ns)
 
     async def open_windows(self, name: str) -> list[WindowRecord]:
         """The schedule's pending and running windows, in order."""
@@ -220,21 +229,56 @@ class ScheduleStore:
         """Claim a pending window whose retry time has come, or a running one whose lease has
         expired; the claimed window (its attempts counted), or None if not claimable."""
         async with self._db.write() as s:
-            claimed = await s.exec(
-                "UPDATE schedule_windows SET state = 'running', claimed_by = ?, "
-                "lease_until_ns = ?, attempts = attempts + 1, started_ns = ? "
-                "WHERE schedule = ? AND idx = ? AND ((state = 'pending' AND next_try_ns <= ?) "
-                "OR (state = 'running' AND lease_until_ns < ?))",
-                (instance, now_ns + lease_ns, now_ns, name, idx, now_ns, now_ns),
+            return await _claim(s, name, idx, instance, now_ns, lease_ns)
+
+    async def open_windows_by_schedule(self) -> dict[str, list[WindowRecord]]:
+        """Every schedule's pending and running windows, in order (one read for a pass)."""
+        async with self._db.read() as s:
+            rows = await s.rows(
+                f"SELECT {_WINDOW_COLUMNS} FROM schedule_windows "
+                "WHERE state IN ('pending', 'running') ORDER BY schedule, idx"
             )
-            if not claimed:
-                return None
-            row = await s.row(
-                f"SELECT {_WINDOW_COLUMNS} FROM schedule_windows WHERE schedule = ? AND idx = ?",
-                (name, idx),
-            )
-            assert row is not None
-            return s.load(WindowRecord, row)
+            found: dict[str, list[WindowRecord]] = {}
+            for row in rows:
+                window = s.load(WindowRecord, row)
+                found.setdefault(window.schedule, []).append(window)
+            return found
+
+    async def apply_pass(
+        self, plans: Sequence[PassPlan], *, instance: str, now_ns: int, lease_ns: int
+    ) -> list[WindowRecord]:
+        """A scheduler pass in one transaction: each plan's cursor moved (compare-and-set, as
+        :meth:`advance_cursor`) with its new windows, then its chosen windows claimed (as
+        :meth:`claim_window`). Returns the windows this instance claimed."""
+        claimed: list[WindowRecord] = []
+        async with self._db.write() as s:
+            for plan in plans:
+                fresh: set[int] = set()
+                if plan.cursor != plan.expected_cursor:
+                    lease = (instance, now_ns, now_ns + lease_ns)
+                    new = {w.idx for w in plan.windows}
+                    running = {idx for idx in plan.claim if idx in new}
+                    if await _advance(
+                        s,
+                        plan.name,
+                        plan.expected_cursor,
+                        plan.cursor,
+                        plan.windows,
+                        now_ns,
+                        running=running,
+                        lease=lease,
+                    ):
+                        fresh = running
+                        claimed += [
+                            _running(plan.name, w, *lease) for w in plan.windows if w.idx in fresh
+                        ]
+                for idx in plan.claim:
+                    if idx in fresh:
+                        continue
+                    window = await _claim(s, plan.name, idx, instance, now_ns, lease_ns)
+                    if window is not None:
+                        claimed.append(window)
+        return claimed
 
     async def finish_window(
         self,
@@ -252,25 +296,25 @@ class ScheduleStore:
         """Record a run's end: ``done`` with its output, ``pending`` again (a retry at
         ``next_try_ns``) or ``failed`` with its reason. False if ``instance`` no longer holds
         the claim (it was taken over): then nothing is written."""
+        end = Finish(
+            name=name,
+            idx=idx,
+            state=state,
+            now_ns=now_ns,
+            next_try_ns=next_try_ns,
+            reason=reason,
+            output=output,
+            model_version=model_version,
+        )
+        return await self.finish_windows([end], instance=instance) == 1
+
+    async def finish_windows(self, ends: Sequence[Finish], *, instance: str) -> int:
+        """Several :meth:`finish_window` in one transaction; how many counted."""
+        counted = 0
         async with self._db.write() as s:
-            changed = await s.exec(
-                "UPDATE schedule_windows SET state = ?, next_try_ns = coalesce(?, next_try_ns), "
-                "reason = ?, output = coalesce(?, output), model_version = coalesce(?, "
-                "model_version), finished_ns = ?, claimed_by = NULL, lease_until_ns = NULL "
-                "WHERE schedule = ? AND idx = ? AND state = 'running' AND claimed_by = ?",
-                (
-                    state,
-                    next_try_ns,
-                    reason,
-                    None if output is None else to_json(output),
-                    model_version,
-                    now_ns if state != "pending" else None,
-                    name,
-                    idx,
-                    instance,
-                ),
-            )
-            return bool(changed)
+            for end in ends:
+                counted += await _finish(s, end, instance)
+        return counted
 
     async def rerun_window(self, name: str, key: str, *, now_ns: int) -> WindowRecord:
         """Make a finished window pending again, now, with its attempts reset; Conflict if it
@@ -305,3 +349,118 @@ async def _window(s: Session, name: str, key: str) -> WindowRecord:
     if row is None:
         raise NotFound(f"schedule {name!r} has no window {key!r}", schedule=name, window=key)
     return s.load(WindowRecord, row)
+
+
+async def _advance(
+    s: Session,
+    name: str,
+    expected: int,
+    cursor: int,
+    windows: Sequence[NewWindow],
+    now_ns: int | None = None,
+    *,
+    running: set[int] = frozenset(),  # type: ignore[assignment]
+    lease: tuple[str, int, int] | None = None,
+) -> bool:
+    """Move the cursor (compare-and-set) and record the windows; those in ``running`` are
+    recorded already claimed with ``lease`` = (instance, started_ns, lease_until_ns): only the
+    instance whose compare-and-set succeeds inserts them, so no claim can race it."""
+    now = s.clock() if now_ns is None else now_ns
+    moved = await s.exec(
+        "UPDATE schedules SET cursor = ?, updated_ns = ? WHERE name = ? AND cursor = ? "
+        "AND paused = 0",
+        (cursor, now, name, expected),
+    )
+    if not moved:
+        return False
+    for w in windows:
+        skipped = w.state == "skipped"
+        claim = lease if w.idx in running and lease is not None else None
+        await s.exec(
+            f"INSERT INTO schedule_windows ({_WINDOW_COLUMNS}) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (
+                name,
+                w.idx,
+                w.window_key,
+                w.start_ns,
+                w.end_ns,
+                w.due_ns,
+                "running" if claim else w.state,
+                1 if claim else 0,
+                w.due_ns,
+                claim[0] if claim else None,
+                claim[2] if claim else None,
+                "outside the catch-up limits" if skipped else None,
+                claim[1] if claim else None,
+                now if skipped else None,
+            ),
+        )
+    return True
+
+
+def _running(
+    name: str, w: NewWindow, instance: str, started_ns: int, lease_until_ns: int
+) -> WindowRecord:
+    """A window as :func:`_advance` recorded it, claimed."""
+    return WindowRecord(
+        schedule=name,
+        idx=w.idx,
+        window_key=w.window_key,
+        start_ns=w.start_ns,
+        end_ns=w.end_ns,
+        due_ns=w.due_ns,
+        state="running",
+        attempts=1,
+        next_try_ns=w.due_ns,
+        claimed_by=instance,
+        lease_until_ns=lease_until_ns,
+        reason=None,
+        output=None,
+        model_version=None,
+        started_ns=started_ns,
+        finished_ns=None,
+    )
+
+
+async def _claim(
+    s: Session, name: str, idx: int, instance: str, now_ns: int, lease_ns: int
+) -> WindowRecord | None:
+    claimed = await s.exec(
+        "UPDATE schedule_windows SET state = 'running', claimed_by = ?, "
+        "lease_until_ns = ?, attempts = attempts + 1, started_ns = ? "
+        "WHERE schedule = ? AND idx = ? AND ((state = 'pending' AND next_try_ns <= ?) "
+        "OR (state = 'running' AND lease_until_ns < ?))",
+        (instance, now_ns + lease_ns, now_ns, name, idx, now_ns, now_ns),
+    )
+    if not claimed:
+        return None
+    row = await s.row(
+        f"SELECT {_WINDOW_COLUMNS} FROM schedule_windows WHERE schedule = ? AND idx = ?",
+        (name, idx),
+    )
+    assert row is not None
+    return s.load(WindowRecord, row)
+
+
+async def _finish(s: Session, end: Finish, instance: str) -> int:
+    output = None if end.output is None else to_json(end.output)
+    finished = end.now_ns if end.state != "pending" else None
+    return await s.exec(
+        "UPDATE schedule_windows SET state = ?, next_try_ns = coalesce(?, next_try_ns), "
+        "reason = ?, output = coalesce(?, output), model_version = coalesce(?, "
+        "model_version), finished_ns = ?, claimed_by = NULL, lease_until_ns = NULL "
+        "WHERE schedule = ? AND idx = ? AND state = 'running' AND claimed_by = ?",
+        (
+            end.state,
+            end.next_try_ns,
+            end.reason,
+            output,
+            end.model_version,
+            finished,
+            end.name,
+            end.idx,
+            instance,
+        ),
+    )

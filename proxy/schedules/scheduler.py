@@ -37,7 +37,7 @@ from anyio.abc import TaskStatus
 
 from bus.errors import BusError
 from proxy.registry.registry import Registry
-from proxy.registry.schedules import NewWindow, ScheduleRecord, WindowRecord
+from proxy.registry.schedules import Finish, NewWindow, PassPlan, ScheduleRecord, WindowRecord
 from proxy.schedules.plan import NS, Pending, Spec, Window, advance, after_failure, pick_runnable
 
 __all__ = [
@@ -166,76 +166,105 @@ class Scheduler:
 
     async def tick(self) -> float:
         """One pass; returns how long to wait before the next (seconds, at most ``tick_s``).
+
         A schedule is looked at only once its next window is due, a retry or a lease expiry
-        has come, or after :meth:`nudge`."""
+        has come, or after :meth:`nudge`. The registry work of a pass is three transactions
+        whatever the number of schedules: one read of the open windows, one write moving the
+        cursors and claiming the windows to run, one write recording how the runs ended."""
         next_ns = math.inf
         now = self.clock()
         self.inputs.new_pass()
-        async with anyio.create_task_group() as group:
-            for record in await self.registry.list_schedules():
-                planned = self._next_pass.get(record.name)
-                if planned is not None and planned > now and record.updated_ns < self._seen_ns:
-                    next_ns = min(next_ns, planned)
-                    continue
-                planned = await self._pass(record, group)
-                self._next_pass[record.name] = planned
+        looked: list[ScheduleRecord] = []
+        for record in await self.registry.list_schedules():
+            planned = self._next_pass.get(record.name)
+            if planned is not None and planned > now and record.updated_ns < self._seen_ns:
                 next_ns = min(next_ns, planned)
+            else:
+                looked.append(record)
         self._seen_ns = now
+        if looked:
+            next_ns = min(next_ns, await self._pass(looked, now))
         return max(0.0, min(self.tick_s, (next_ns - self.clock()) / NS))
 
-    async def _pass(self, record: ScheduleRecord, group: anyio.abc.TaskGroup) -> float:
-        """Advance and start one schedule's windows; the time it next needs a pass."""
-        spec = spec_of(record)
-        now = self.clock()
-        if record.paused:
-            return math.inf
-        step = advance(spec, record.cursor, now)
-        if step.cursor != record.cursor:
-            windows = [new_window(w, "pending") for w in step.run] + [
-                new_window(w, "skipped") for w in step.skipped
-            ]
-            await self.registry.advance_cursor(
-                record.name, record.cursor, step.cursor, windows, now
-            )
-        open_windows = await self.registry.open_windows(record.name)
-        pending = [_pending(w, now) for w in open_windows]
-        last = self._last_backfill.get(record.name)
-        chosen, last = pick_runnable(spec, pending, now, last)
-        self._last_backfill[record.name] = last
-        claimed_here: set[int] = set()
-        for index in chosen:
-            claimed = await self.registry.claim_window(
-                record.name, index, instance=self.instance, now_ns=now, lease_ns=self.lease_ns
-            )
-            if claimed is not None:
-                claimed_here.add(index)
-                group.start_soon(self._run_window, record, spec, claimed)
-        waiting = [w for w in open_windows if w.idx not in claimed_here]
-        gap_ns = 0 if spec.catchup_rate == 0 else round(NS / spec.catchup_rate)
-        not_before = 0 if last is None else last + gap_ns
-        return _next_time(spec, step.cursor, waiting, not_before)
+    async def _pass(self, records: list[ScheduleRecord], now: int) -> float:
+        opened = await self.registry.open_windows_by_schedule()
+        plans: list[PassPlan] = []
+        by_name: dict[str, tuple[ScheduleRecord, Spec]] = {}
+        for record in records:
+            if record.paused:
+                self._next_pass[record.name] = math.inf
+                continue
+            spec = spec_of(record)
+            by_name[record.name] = (record, spec)
+            plans.append(self._plan(record, spec, opened.get(record.name, []), now))
+        claimed = await self.registry.apply_pass(
+            plans, instance=self.instance, now_ns=now, lease_ns=self.lease_ns
+        )
+        ends: list[Finish] = []
+        async with anyio.create_task_group() as group:
+            for window in claimed:
+                record, spec = by_name[window.schedule]
+                group.start_soon(self._run_window, record, spec, window, ends)
+        if ends:
+            await self.registry.finish_windows(ends, instance=self.instance)
+        self.windows_run += sum(1 for end in ends if end.state == "done")
+        taken = {(w.schedule, w.idx) for w in claimed}
+        next_ns = math.inf
+        for plan in plans:
+            record, spec = by_name[plan.name]
+            waiting = [w for w in opened.get(plan.name, []) if (plan.name, w.idx) not in taken]
+            waiting += [_as_waiting(plan.name, w) for w in plan.windows if w.state == "pending"]
+            waiting = [w for w in waiting if (plan.name, w.idx) not in taken]
+            last = self._last_backfill.get(plan.name)
+            gap_ns = 0 if spec.catchup_rate == 0 else round(NS / spec.catchup_rate)
+            not_before = 0 if last is None else last + gap_ns
+            planned = _next_time(spec, plan.cursor, waiting, not_before)
+            self._next_pass[plan.name] = planned
+            next_ns = min(next_ns, planned)
+        return next_ns
 
-    async def _run_window(self, record: ScheduleRecord, spec: Spec, window: WindowRecord) -> None:
+    def _plan(
+        self, record: ScheduleRecord, spec: Spec, open_windows: list[WindowRecord], now: int
+    ) -> PassPlan:
+        """One schedule's part of a pass, worked out in memory."""
+        step = advance(spec, record.cursor, now)
+        new = [new_window(w, "pending") for w in step.run]
+        new += [new_window(w, "skipped") for w in step.skipped]
+        pending = [_pending(w, now) for w in open_windows]
+        pending += [Pending(w.idx, w.due_ns, w.due_ns, False) for w in new if w.state == "pending"]
+        chosen, last = pick_runnable(spec, pending, now, self._last_backfill.get(record.name))
+        self._last_backfill[record.name] = last
+        return PassPlan(
+            name=record.name,
+            expected_cursor=record.cursor,
+            cursor=step.cursor,
+            windows=tuple(new),
+            claim=tuple(chosen),
+        )
+
+    async def _run_window(
+        self, record: ScheduleRecord, spec: Spec, window: WindowRecord, ends: list[Finish]
+    ) -> None:
         async with self._limit:
             try:
                 version, output = await self._produce(record, window)
             except BusError as error:
-                await self._failed(record, spec, window, f"{error.code}: {error.message}")
+                ends.append(self._failed(record, spec, window, f"{error.code}: {error.message}"))
                 return
             except Exception as exc:  # a bug in an adapter must not stop the scheduler
                 logger.exception("window %s of %s failed", window.window_key, record.name)
-                await self._failed(record, spec, window, f"internal: {type(exc).__name__}")
+                ends.append(self._failed(record, spec, window, f"internal: {type(exc).__name__}"))
                 return
-            await self.registry.finish_window(
-                record.name,
-                window.idx,
-                instance=self.instance,
-                state="done",
-                now_ns=self.clock(),
-                output=output,
-                model_version=version,
+            ends.append(
+                Finish(
+                    name=record.name,
+                    idx=window.idx,
+                    state="done",
+                    now_ns=self.clock(),
+                    output=output,
+                    model_version=version,
+                )
             )
-            self.windows_run += 1
 
     async def _produce(self, record: ScheduleRecord, window: WindowRecord) -> tuple[str, Any]:
         series = await self.inputs.read(record.inputs, window.start_ns, window.end_ns)
@@ -255,9 +284,9 @@ class Scheduler:
         await self.outputs.publish(record.output, window.window_key, document)
         return version, output
 
-    async def _failed(
+    def _failed(
         self, record: ScheduleRecord, spec: Spec, window: WindowRecord, reason: str
-    ) -> None:
+    ) -> Finish:
         now = self.clock()
         retry_ns = after_failure(spec, window.attempts, now)
         logger.info(
@@ -267,10 +296,9 @@ class Scheduler:
             window.attempts,
             reason,
         )
-        await self.registry.finish_window(
-            record.name,
-            window.idx,
-            instance=self.instance,
+        return Finish(
+            name=record.name,
+            idx=window.idx,
             state="failed" if retry_ns is None else "pending",
             now_ns=now,
             next_try_ns=retry_ns,
@@ -305,3 +333,25 @@ def _next_time(spec: Spec, cursor: int, waiting: list[WindowRecord], not_before:
     retries = [max(w.next_try_ns, not_before) for w in waiting if w.state == "pending"]
     retries += [w.lease_until_ns + 1 for w in waiting if w.lease_until_ns is not None]
     return float(min([next_due, *retries]))
+
+
+def _as_waiting(name: str, window: NewWindow) -> WindowRecord:
+    """A window recorded in this pass but not run yet, as the registry now holds it."""
+    return WindowRecord(
+        schedule=name,
+        idx=window.idx,
+        window_key=window.window_key,
+        start_ns=window.start_ns,
+        end_ns=window.end_ns,
+        due_ns=window.due_ns,
+        state="pending",
+        attempts=0,
+        next_try_ns=window.due_ns,
+        claimed_by=None,
+        lease_until_ns=None,
+        reason=None,
+        output=None,
+        model_version=None,
+        started_ns=None,
+        finished_ns=None,
+    )
