@@ -134,6 +134,9 @@ class FitJobs:
             await self._fail(job_id, run, failed.wire())
         except BusError as error:
             await self._fail(job_id, run, {"code": error.code, "message": error.message})
+        except OSError as error:  # the job's files: a full disk, a removed directory
+            message = f"the fit's files could not be written or read: {error}"
+            await self._fail(job_id, run, {"code": "internal", "message": message})
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 await self.registry.update_fit_job(

@@ -28,17 +28,20 @@ from typing import Any
 
 import anyio
 
+from bus.artifact import MAX_ARCHIVE_BYTES
 from bus.codec import unpack
 from bus.errors import BusError, InternalError
 from proxy.backend.sandbox import SANDBOX_ARTIFACT, Sandbox, SandboxLimits
-from proxy.fitting.worker import MAX_INPUT_BYTES, PROGRESS_PREFIX
+from proxy.fitting.worker import PROGRESS_PREFIX
 
-__all__ = ["FitFailed", "FitLimits", "FitRun", "last_progress", "run_fit"]
+__all__ = ["MAX_OUTPUT_BYTES", "FitFailed", "FitLimits", "FitRun", "last_progress", "run_fit"]
 
 logger = logging.getLogger(__name__)
 
 _PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "VIRTUAL_ENV")
 _KILL_WAIT_S = 5.0
+MAX_OUTPUT_BYTES = MAX_ARCHIVE_BYTES + 1024 * 1024
+"""The most a fit worker may write (its result file, its log): RLIMIT_FSIZE in the sandbox."""
 
 
 class FitFailed(Exception):
@@ -138,7 +141,7 @@ def _command(
         memory_bytes=limits.memory_bytes,
         cpu_s=max(1, int(limits.timeout_s) + 1),
         processes=sandbox.limits.processes,
-        file_bytes=max(sandbox.limits.file_bytes, MAX_INPUT_BYTES),
+        file_bytes=max(sandbox.limits.file_bytes, MAX_OUTPUT_BYTES),
         tmp_bytes=sandbox.limits.tmp_bytes,
     )
     confined = replace(sandbox, limits=fit_limits)
@@ -151,7 +154,9 @@ def _command(
 
 def _result(run: FitRun, code: int) -> bytes:
     try:
-        body = unpack(run.output.read_bytes(), max_bytes=MAX_INPUT_BYTES)
+        if run.output.stat().st_size > MAX_OUTPUT_BYTES:
+            _raise("fit_crashed", f"the fit's result is over {MAX_OUTPUT_BYTES} bytes")
+        body = unpack(run.output.read_bytes(), max_bytes=MAX_OUTPUT_BYTES)
     except (OSError, BusError):
         body = None
     if code == 0 and isinstance(body, dict) and isinstance(body.get("archive"), bytes):

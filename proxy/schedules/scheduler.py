@@ -161,6 +161,9 @@ class Scheduler:
             except BusError as error:
                 logger.warning("scheduler pass failed: %s", error.message)
                 wait_s = self.tick_s
+            except Exception:  # a bad stored row must not stop the service: log, go on
+                logger.exception("scheduler pass failed")
+                wait_s = self.tick_s
             with anyio.move_on_after(wait_s):
                 await self._wake.wait()
 

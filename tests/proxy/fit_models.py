@@ -35,5 +35,12 @@ def fit_slow(data: Any, context: dict[str, Any]) -> dict[str, float]:
     return fit_mean(data, context)
 
 
+def fit_pause(data: Any, context: dict[str, Any]) -> dict[str, float]:
+    """A fit that takes 3 s: long enough to stop the service during it."""
+    context["progress"]("pausing")
+    time.sleep(3)
+    return fit_mean(data, context)
+
+
 def mean_model(fit: Any = fit_mean, mean: float = 0.0) -> Fittable:
     return Fittable(predict_mean, fit, state={"mean": mean})

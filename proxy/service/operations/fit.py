@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from pydantic import Field, StringConstraints
 
 from bus import artifact, consume_right, key_from_text
-from bus.errors import BusError, InvalidRequest, PermissionMissing
+from bus.errors import BusError, Conflict, InvalidRequest, PermissionMissing
 from bus.grants import decode_chain
 from bus.verifier import Verifier
 from proxy.backend.embedded import EmbeddedBackend
@@ -139,6 +139,13 @@ class FitOps:
         if parent.artifact_kind != "closure":
             raise InvalidRequest(f"{parent.key} is an image; only closure models can be fitted")
         job_id = uuid.uuid4().hex[:16]
+        new_version = body.new_version or f"{parent.version}-fit-{job_id[:8]}"
+        if new_version in [m.version for m in await self.registry.list_models(body.model)]:
+            raise Conflict(
+                f"{body.model}:{new_version} is registered already; name another new_version",
+                model=body.model,
+                version=new_version,
+            )
         request = body.model_dump(exclude={"op", "proofs"}) | {
             "proofs": [proof.hex() for proof in body.proofs]
         }
@@ -146,7 +153,7 @@ class FitOps:
             job_id,
             model_name=body.model,
             parent_version=parent.version,
-            new_version=body.new_version or f"{parent.version}-fit-{job_id[:8]}",
+            new_version=new_version,
             requester=sender,
             request=request,
         )

@@ -8,16 +8,18 @@ bus/fittable.py.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
 from bus import PayloadObject
-from bus.errors import PermissionMissing
+from bus.errors import Conflict, InvalidRequest, PermissionMissing
 from bus.grants import encode_chain
 from bus.po import PO_METADATA
 from container_manager import ServiceClient
@@ -187,7 +189,7 @@ async def test_a_restart_during_a_fit_marks_it_interrupted_and_it_resumes(
     with anyio.fail_after(TIMEOUT_S):
         async with h.serving() as service:
             operator = service.operator
-            await deploy_mean(operator, fit_models.fit_slow)
+            await deploy_mean(operator, fit_models.fit_pause)
             await publish_points(operator, stream, [4.0])
             job = await operator.fit("thermal", streams=[f"{stream}/*"], proofs=proofs)
 
@@ -203,4 +205,39 @@ async def test_a_restart_during_a_fit_marks_it_interrupted_and_it_resumes(
             assert (await operator.predict(model="thermal", input=[0.0]))["version"] == "1"
             resumed = await operator.fit_resume(job["job_id"])
             assert resumed["state"] == "queued"
-            assert (await operator.fit_status(job["job_id"]))["attempts"] >= 1
+            done = await operator.wait_fit(job["job_id"])
+            assert done["state"] == "succeeded" and done["attempts"] == 2, done
+            await operator.wait_ready("thermal", done["new_version"])
+            reply = await operator.predict(model="thermal", input=[0.0])
+            assert (reply["version"], reply["output"]) == (done["new_version"], 4.0)
+
+
+async def test_a_fit_on_an_uploaded_file_and_its_refusals(
+    memory_harness: ProxyHarness, tmp_path: Path
+) -> None:
+    good, bad = tmp_path / "train.json", tmp_path / "train.txt"
+    good.write_text(json.dumps([1.0, 2.0, 6.0]))
+    bad.write_text("not json at all")
+    with anyio.fail_after(TIMEOUT_S):
+        async with memory_harness.serving() as service:
+            operator = service.operator
+            await deploy_mean(operator)
+            job = await operator.fit("thermal", data_file=good, new_version="2")
+            done = await operator.wait_fit(job["job_id"])
+            assert done["state"] == "succeeded", done
+            meta = (await operator.call("admin", "model.info", name="thermal", version="2"))[
+                "metadata"
+            ]
+            assert meta["training_upload"] and meta["training_streams"] == []
+            await operator.wait_ready("thermal", "2")
+            reply = await operator.predict(model="thermal", input=[0.0])
+            assert (reply["version"], reply["output"]) == ("2", 3.0)
+            with pytest.raises(Conflict):  # versions are immutable
+                await operator.fit("thermal", data_file=good, new_version="2")
+            failed = await operator.wait_fit(
+                (await operator.fit("thermal", data_file=bad))["job_id"]
+            )
+            assert failed["state"] == "failed" and failed["error"]["code"] == "bad_data"
+            assert "not JSON" in failed["error"]["message"]
+            with pytest.raises(InvalidRequest):
+                await operator.fit("thermal")  # neither streams nor a file
