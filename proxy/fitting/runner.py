@@ -32,7 +32,7 @@ from bus.artifact import MAX_ARCHIVE_BYTES
 from bus.codec import unpack
 from bus.errors import BusError, InternalError
 from proxy.backend.sandbox import SANDBOX_ARTIFACT, Sandbox, SandboxLimits
-from proxy.fitting.worker import PROGRESS_PREFIX
+from proxy.fitting.protocol import PROGRESS_PREFIX
 
 __all__ = ["MAX_OUTPUT_BYTES", "FitFailed", "FitLimits", "FitRun", "last_progress", "run_fit"]
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,11 +34,9 @@ from typing import Any
 from bus.artifact import build_closure_archive, check_compatible, load_closure, read_manifest
 from bus.codec import pack, unpack
 from bus.errors import BusError
+from proxy.fitting.protocol import MAX_INPUT_BYTES, PROGRESS_PREFIX
 
-__all__ = ["MAX_INPUT_BYTES", "PROGRESS_PREFIX", "main"]
-
-PROGRESS_PREFIX = "modelbus-progress: "
-MAX_INPUT_BYTES = 1024 * 1024 * 1024
+__all__ = ["main"]
 _MAX_ERROR_CHARS = 2_000
 
 
@@ -53,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--artifact", required=True)
     args = parser.parse_args(argv)
     try:
-        archive = fit(Path(args.artifact), sys.stdin.buffer.read(MAX_INPUT_BYTES + 1))
+        archive = fit(Path(args.artifact), _read_stdin())
     except _Failed as failed:
         print(f"fit failed: {failed.code}: {failed.message}", file=sys.stderr, flush=True)
         sys.stdout.buffer.write(pack({"error": {"code": failed.code, "message": failed.message}}))
@@ -88,6 +87,17 @@ def fit(artifact: Path, job: bytes) -> bytes:
         return build_closure_archive(model.with_state(state), packages=manifest.packages)
     except Exception as exc:
         raise _Failed("fit_error", f"the fitted state cannot be pickled: {exc}") from exc
+
+
+def _read_stdin() -> bytes:
+    """The job file on stdin, refused past MAX_INPUT_BYTES before it is read."""
+    try:
+        size = os.fstat(sys.stdin.fileno()).st_size
+    except OSError:
+        size = 0
+    if size > MAX_INPUT_BYTES:
+        raise _Failed("bad_data", f"the training data is over {MAX_INPUT_BYTES} bytes")
+    return sys.stdin.buffer.read()
 
 
 def _read_job(job: bytes) -> tuple[Any, dict[str, Any]]:

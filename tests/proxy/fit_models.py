@@ -42,5 +42,11 @@ def fit_pause(data: Any, context: dict[str, Any]) -> dict[str, float]:
     return fit_mean(data, context)
 
 
+def fit_greedy(data: Any, context: dict[str, Any]) -> dict[str, float]:
+    """A fit that wants two gigabytes."""
+    hoard = bytearray(2048 * 1024 * 1024)
+    return {"mean": float(len(hoard))}
+
+
 def mean_model(fit: Any = fit_mean, mean: float = 0.0) -> Fittable:
     return Fittable(predict_mean, fit, state={"mean": mean})

@@ -1,6 +1,7 @@
 """Fits through a whole proxy (real sandboxed one-shot workers, SQLite, the memory bus).
 
 Covers proxy/fitting/jobs.py, proxy/fitting/runner.py, proxy/fitting/worker.py,
+proxy/fitting/protocol.py,
 proxy/service/operations/fit.py, proxy/service/wiring.py, container_manager/jobs.py,
 proxy/registry/fit_jobs.py and
 bus/fittable.py.
@@ -111,16 +112,18 @@ async def test_fit_under_traffic_switches_with_no_failed_request(
             assert [j["job_id"] for j in listed] == [again["job_id"], job["job_id"]]
 
 
-@pytest.mark.parametrize("fit", ["raises", "hangs", "killed"])
+@pytest.mark.parametrize("fit", ["raises", "hangs", "killed", "greedy"])
 async def test_a_failed_fit_is_recorded_and_serving_is_unchanged(
     memory_harness: ProxyHarness, fit: str
 ) -> None:
     h = memory_harness
     stream = f"{h.service_uri}/data/temp"
     proofs = [encode_chain([h.operator_grant()])]
-    func = {"raises": fit_models.fit_raises, "hangs": fit_models.fit_hangs}.get(
-        fit, fit_models.fit_slow
-    )
+    func = {
+        "raises": fit_models.fit_raises,
+        "hangs": fit_models.fit_hangs,
+        "greedy": fit_models.fit_greedy,
+    }.get(fit, fit_models.fit_slow)
     with anyio.fail_after(TIMEOUT_S):
         async with h.serving() as service:
             operator = service.operator
@@ -128,7 +131,7 @@ async def test_a_failed_fit_is_recorded_and_serving_is_unchanged(
             await publish_points(operator, stream, [1.0])
             limit_s = 3.0 if fit == "hangs" else 60.0  # the killed one must die of the kill
             job = await operator.fit(
-                "thermal", streams=[f"{stream}/*"], proofs=proofs, timeout_s=limit_s
+                "thermal", streams=[f"{stream}/*"], proofs=proofs, timeout_s=limit_s, memory_mb=1024
             )
             if fit == "killed":
 
@@ -141,8 +144,15 @@ async def test_a_failed_fit_is_recorded_and_serving_is_unchanged(
                 os.killpg(pid, signal.SIGKILL)
             finished = await operator.wait_fit(job["job_id"])
             assert finished["state"] == "failed"
-            expected = {"raises": "fit_error", "hangs": "fit_timeout", "killed": "fit_killed"}
+            expected = {
+                "raises": "fit_error",
+                "hangs": "fit_timeout",
+                "killed": "fit_killed",
+                "greedy": "fit_error",  # past its address-space limit: MemoryError
+            }
             assert finished["error"]["code"] == expected[fit], finished
+            if fit == "greedy":
+                assert "MemoryError" in finished["error"]["message"]
             if fit == "raises":
                 assert "ValueError: the data is all wrong" in finished["error"]["message"]
                 assert "the data is all wrong" in finished["log"]
