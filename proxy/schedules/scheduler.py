@@ -19,8 +19,11 @@ of the registry (:mod:`proxy.registry.schedules`):
 
 :meth:`Scheduler.run` ticks forever, sleeping until the next window falls due or a retry comes
 (at most ``tick_s``), and wakes early when :meth:`Scheduler.nudge` is called (a schedule added,
-resumed or a window re-run). Tests call :meth:`tick` with their own clock instead: nothing here
-reads the time but through ``clock``.
+resumed or a window re-run) or a run ends; its windows run in the background (at most
+``max_parallel`` at once), so a slow model holds up no other schedule. A window's claim lasts
+``lease_ns`` (120 s: longer than the service's prediction timeout), after which another
+instance — or this one restarted — takes it over. Tests call :meth:`tick` with their own clock
+instead: nothing here reads the time but through ``clock``.
 """
 
 from __future__ import annotations
@@ -145,6 +148,7 @@ class Scheduler:
         self._wake = anyio.Event()
         self._next_pass: dict[str, float] = {}
         self._seen_ns = 0
+        self._ends: list[Finish] = []
         self.windows_run = 0
 
     def nudge(self) -> None:
@@ -153,11 +157,17 @@ class Scheduler:
         self._wake.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        """Tick until cancelled. Windows run in the background here, so a slow model holds up
+        no other schedule: each run's end wakes the loop, which records it in the next pass."""
+        async with anyio.create_task_group() as group:
+            task_status.started()
+            await self._loop(group)
+
+    async def _loop(self, group: anyio.abc.TaskGroup) -> None:
         while True:
             self._wake = anyio.Event()
             try:
-                wait_s = await self.tick()
+                wait_s = await self.tick(background=group)
             except BusError as error:
                 logger.warning("scheduler pass failed: %s", error.message)
                 wait_s = self.tick_s
@@ -167,13 +177,16 @@ class Scheduler:
             with anyio.move_on_after(wait_s):
                 await self._wake.wait()
 
-    async def tick(self) -> float:
+    async def tick(self, *, background: anyio.abc.TaskGroup | None = None) -> float:
         """One pass; returns how long to wait before the next (seconds, at most ``tick_s``).
+        The windows it starts run to their end within the call, or, with ``background``, in
+        that task group (their ends are recorded by the next pass).
 
         A schedule is looked at only once its next window is due, a retry or a lease expiry
         has come, or after :meth:`nudge`. The registry work of a pass is three transactions
         whatever the number of schedules: one read of the open windows, one write moving the
         cursors and claiming the windows to run, one write recording how the runs ended."""
+        await self._record_ends()
         next_ns = math.inf
         now = self.clock()
         self.inputs.new_pass()
@@ -186,10 +199,18 @@ class Scheduler:
                 looked.append(record)
         self._seen_ns = now
         if looked:
-            next_ns = min(next_ns, await self._pass(looked, now))
+            next_ns = min(next_ns, await self._pass(looked, now, background))
         return max(0.0, min(self.tick_s, (next_ns - self.clock()) / NS))
 
-    async def _pass(self, records: list[ScheduleRecord], now: int) -> float:
+    async def _record_ends(self) -> None:
+        ends, self._ends = self._ends, []
+        if ends:
+            await self.registry.finish_windows(ends, instance=self.instance)
+            self.windows_run += sum(1 for end in ends if end.state == "done")
+
+    async def _pass(
+        self, records: list[ScheduleRecord], now: int, background: anyio.abc.TaskGroup | None
+    ) -> float:
         opened = await self.registry.open_windows_by_schedule()
         plans: list[PassPlan] = []
         by_name: dict[str, tuple[ScheduleRecord, Spec]] = {}
@@ -203,14 +224,14 @@ class Scheduler:
         claimed = await self.registry.apply_pass(
             plans, instance=self.instance, now_ns=now, lease_ns=self.lease_ns
         )
-        ends: list[Finish] = []
-        async with anyio.create_task_group() as group:
+        if background is not None:
             for window in claimed:
-                record, spec = by_name[window.schedule]
-                group.start_soon(self._run_window, record, spec, window, ends)
-        if ends:
-            await self.registry.finish_windows(ends, instance=self.instance)
-        self.windows_run += sum(1 for end in ends if end.state == "done")
+                background.start_soon(self._run_window, *by_name[window.schedule], window)
+        else:
+            async with anyio.create_task_group() as group:
+                for window in claimed:
+                    group.start_soon(self._run_window, *by_name[window.schedule], window)
+            await self._record_ends()
         taken = {(w.schedule, w.idx) for w in claimed}
         next_ns = math.inf
         for plan in plans:
@@ -245,28 +266,30 @@ class Scheduler:
             claim=tuple(chosen),
         )
 
-    async def _run_window(
-        self, record: ScheduleRecord, spec: Spec, window: WindowRecord, ends: list[Finish]
-    ) -> None:
+    async def _run_window(self, record: ScheduleRecord, spec: Spec, window: WindowRecord) -> None:
+        try:
+            end = await self._run(record, spec, window)
+        finally:
+            self._next_pass.pop(record.name, None)  # its next window may start now
+            self._wake.set()
+        self._ends.append(end)
+
+    async def _run(self, record: ScheduleRecord, spec: Spec, window: WindowRecord) -> Finish:
         async with self._limit:
             try:
                 version, output = await self._produce(record, window)
             except BusError as error:
-                ends.append(self._failed(record, spec, window, f"{error.code}: {error.message}"))
-                return
+                return self._failed(record, spec, window, f"{error.code}: {error.message}")
             except Exception as exc:  # a bug in an adapter must not stop the scheduler
                 logger.exception("window %s of %s failed", window.window_key, record.name)
-                ends.append(self._failed(record, spec, window, f"internal: {type(exc).__name__}"))
-                return
-            ends.append(
-                Finish(
-                    name=record.name,
-                    idx=window.idx,
-                    state="done",
-                    now_ns=self.clock(),
-                    output=output,
-                    model_version=version,
-                )
+                return self._failed(record, spec, window, f"internal: {type(exc).__name__}")
+            return Finish(
+                name=record.name,
+                idx=window.idx,
+                state="done",
+                now_ns=self.clock(),
+                output=output,
+                model_version=version,
             )
 
     async def _produce(self, record: ScheduleRecord, window: WindowRecord) -> tuple[str, Any]:

@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from bus.errors import InternalError
 from proxy.registry.registry import Registry
-from proxy.schedules.plan import NS, Spec, window
+from proxy.schedules.plan import NS, Spec, due_index, window
 from proxy.schedules.scheduler import Point, Scheduler, WindowData, model_input, new_window
 
 START = 1_796_601_600 * NS
@@ -203,8 +204,6 @@ async def test_pause_and_resume(registry: Registry) -> None:
     await scheduler.tick()
     assert model.calls == []
     clock.now = START + 65 * MIN  # windows 0..2 fell due while paused
-    from proxy.schedules.plan import due_index
-
     await registry.set_paused("s", False, cursor=due_index(spec, clock.now), now_ns=clock.now)
 
     scheduler.nudge()
@@ -254,3 +253,33 @@ async def test_missing_inputs_are_a_failed_attempt(registry: Registry) -> None:
     await scheduler.tick()
     failed = await registry.get_window("s", window(spec, 0).key)
     assert failed.state == "failed" and "inputs unavailable" in (failed.reason or "")
+
+
+async def test_in_the_background_a_slow_model_holds_up_no_other_schedule(
+    registry: Registry,
+) -> None:
+    clock = Clock(START + 5 * MIN)
+    release = anyio.Event()
+    calls: list[str] = []
+
+    async def model(name: str, data: WindowData) -> tuple[str, Any]:
+        calls.append(data.schedule)
+        if data.schedule == "slow":
+            await release.wait()
+        return "1", data.schedule
+
+    scheduler = Scheduler(registry, Series(), Published(), model, clock=clock, instance="a")
+    spec = await add(registry, "fast")
+    await add(registry, "slow")
+    key = window(spec, 0).key
+    async with anyio.create_task_group() as group:
+        await scheduler.tick(background=group)
+        await anyio.wait_all_tasks_blocked()  # the slow run waits; the fast one has ended
+        await scheduler.tick(background=group)
+        assert (await registry.get_window("fast", key)).state == "done"
+        assert (await registry.get_window("slow", key)).state == "running"
+        release.set()
+        await anyio.wait_all_tasks_blocked()
+        await scheduler.tick(background=group)
+    assert (await registry.get_window("slow", key)).output == "slow"
+    assert sorted(calls) == ["fast", "slow"]
