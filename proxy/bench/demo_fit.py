@@ -24,7 +24,7 @@ from bus.fittable import Fittable
 from bus.grants import encode_chain
 from bus.po import PO_METADATA
 from container_manager import ServiceClient
-from proxy.bench.demo import _free_base_port
+from proxy.bench.demo import free_base_port
 from proxy.service.settings import ProxySettings
 from proxy.service.startup import ServiceInfo, load_or_create_entity, run_proxy
 from transports import open_transport
@@ -50,7 +50,7 @@ def _step(text: str) -> None:
 
 
 async def run_fit_demo(data_dir: Path) -> None:
-    bus_url = f"zmq://127.0.0.1:{_free_base_port()}"
+    bus_url = f"zmq://127.0.0.1:{free_base_port()}"
     settings = ProxySettings(
         bus_url=bus_url,
         data_dir=data_dir,

@@ -103,10 +103,18 @@ def spec_of(record: ScheduleRecord) -> Spec:
 
 def model_input(input_type: str, data: WindowData) -> Any:
     """A window as one model input: for a numeric model (doubles, floats, integers) the values
-    of every input series, in input order then time order; for a strings model a JSON
-    document ``{schedule, window, start_ns, end_ns, series: {uri: [[ts_ns, value], ...]}}``."""
+    of every input series, in input order then time order — values that are not numbers of
+    that kind are left out, so one stray message cannot fail every window —; for a strings
+    model a JSON document ``{schedule, window, start_ns, end_ns, series: {uri: [[ts_ns, value],
+    ...]}}`` (its UTF-8 bytes for a bytes model)."""
     if input_type in ("doubles", "floats", "integers"):
-        return [value for points in data.series.values() for _, value in points]
+        kinds: tuple[type, ...] = (int,) if input_type == "integers" else (int, float)
+        return [
+            value
+            for points in data.series.values()
+            for _, value in points
+            if isinstance(value, kinds) and not isinstance(value, bool)
+        ]
     document = {
         "schedule": data.schedule,
         "window": data.key,

@@ -7,6 +7,7 @@ fail. End to end on the bus: tests/proxy/schedules/test_schedule_service.py.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -283,3 +284,12 @@ async def test_in_the_background_a_slow_model_holds_up_no_other_schedule(
         await scheduler.tick(background=group)
     assert (await registry.get_window("slow", key)).output == "slow"
     assert sorted(calls) == ["fast", "slow"]
+
+
+def test_a_window_as_a_model_input() -> None:
+    data = WindowData("s", "k", 0, 10, {"a": [(1, 1.5), (2, "x"), (3, True)], "b": [(4, 2)]})
+    assert model_input("doubles", data) == [1.5, 2]  # stray values are left out
+    assert model_input("integers", data) == [2]
+    document = json.loads(model_input("strings", data))
+    assert document["series"]["a"] == [[1, 1.5], [2, "x"], [3, True]]
+    assert json.loads(model_input("bytes", data).decode()) == document
