@@ -1,7 +1,7 @@
 """The registry: the service's store of applications, models, links, replicas and uploads.
 
 ``async with Registry.open(path) as registry:`` (or ``registry = await Registry.open(path)``
-then ``await registry.close()``). Its methods come from four parts, each a module:
+then ``await registry.close()``). Its methods come from its parts, each a module:
 :mod:`proxy.registry.apps` (applications, links), :mod:`proxy.registry.models` (versions, current
 version, stopping), :mod:`proxy.registry.replicas`, :mod:`proxy.registry.uploads`,
 :mod:`proxy.registry.fit_jobs` and :mod:`proxy.registry.schedules`.
