@@ -148,6 +148,8 @@ class FitJobs:
             raise
         finally:
             self._pids.pop(job_id, None)
+            for done_with in (run.input, run.output):  # the log stays, for fit.status
+                done_with.unlink(missing_ok=True)
 
     async def _attempt(self, job_id: str, run: FitRun) -> None:
         job = await self.registry.update_fit_job(
