@@ -25,7 +25,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from os import PathLike
 from pathlib import Path
@@ -215,6 +215,12 @@ class _Database:
 
     async def exec(self, sql: str, params: Params = ()) -> int:
         async with self._connection.execute(sql, params) as cursor:
+            return cursor.rowcount
+
+    async def exec_many(self, sql: str, rows: Sequence[Params]) -> int:
+        if not rows:
+            return 0
+        async with self._connection.executemany(sql, rows) as cursor:
             return cursor.rowcount
 
     def load(self, cls: type[R], row: sqlite3.Row) -> R:

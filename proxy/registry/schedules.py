@@ -251,33 +251,29 @@ class ScheduleStore:
         :meth:`advance_cursor`) with its new windows, then its chosen windows claimed (as
         :meth:`claim_window`). Returns the windows this instance claimed."""
         claimed: list[WindowRecord] = []
+        lease = (instance, now_ns, now_ns + lease_ns)
         async with self._db.write() as s:
+            moving = [plan for plan in plans if plan.cursor != plan.expected_cursor]
+            movable = await _movable(s, moving)
+            await s.exec_many(
+                "UPDATE schedules SET cursor = ?, updated_ns = ? WHERE name = ?",
+                [(plan.cursor, now_ns, plan.name) for plan in movable],
+            )
+            rows = []
+            for plan in movable:
+                running = set(plan.claim).intersection(w.idx for w in plan.windows)
+                rows += [_window_row(plan.name, w, now_ns, running, lease) for w in plan.windows]
+                claimed += [
+                    _running(plan.name, w, *lease) for w in plan.windows if w.idx in running
+                ]
+            await s.exec_many(_INSERT_WINDOW, rows)
+            fresh = {(w.schedule, w.idx) for w in claimed}
             for plan in plans:
-                fresh: set[int] = set()
-                if plan.cursor != plan.expected_cursor:
-                    lease = (instance, now_ns, now_ns + lease_ns)
-                    new = {w.idx for w in plan.windows}
-                    running = {idx for idx in plan.claim if idx in new}
-                    if await _advance(
-                        s,
-                        plan.name,
-                        plan.expected_cursor,
-                        plan.cursor,
-                        plan.windows,
-                        now_ns,
-                        running=running,
-                        lease=lease,
-                    ):
-                        fresh = running
-                        claimed += [
-                            _running(plan.name, w, *lease) for w in plan.windows if w.idx in fresh
-                        ]
                 for idx in plan.claim:
-                    if idx in fresh:
-                        continue
-                    window = await _claim(s, plan.name, idx, instance, now_ns, lease_ns)
-                    if window is not None:
-                        claimed.append(window)
+                    if (plan.name, idx) not in fresh:
+                        window = await _claim(s, plan.name, idx, instance, now_ns, lease_ns)
+                        if window is not None:
+                            claimed.append(window)
         return claimed
 
     async def finish_window(
@@ -309,12 +305,9 @@ class ScheduleStore:
         return await self.finish_windows([end], instance=instance) == 1
 
     async def finish_windows(self, ends: Sequence[Finish], *, instance: str) -> int:
-        """Several :meth:`finish_window` in one transaction; how many counted."""
-        counted = 0
+        """Several :meth:`finish_window` in one statement; how many counted."""
         async with self._db.write() as s:
-            for end in ends:
-                counted += await _finish(s, end, instance)
-        return counted
+            return await s.exec_many(_FINISH_WINDOW, [_finish_row(end, instance) for end in ends])
 
     async def rerun_window(self, name: str, key: str, *, now_ns: int) -> WindowRecord:
         """Make a finished window pending again, now, with its attempts reset; Conflict if it
@@ -358,46 +351,63 @@ async def _advance(
     cursor: int,
     windows: Sequence[NewWindow],
     now_ns: int | None = None,
-    *,
-    running: set[int] = frozenset(),  # type: ignore[assignment]
-    lease: tuple[str, int, int] | None = None,
 ) -> bool:
-    """Move the cursor (compare-and-set) and record the windows; those in ``running`` are
-    recorded already claimed with ``lease`` = (instance, started_ns, lease_until_ns): only the
-    instance whose compare-and-set succeeds inserts them, so no claim can race it."""
+    """Move the cursor from ``expected`` (compare-and-set) and record the windows."""
     now = s.clock() if now_ns is None else now_ns
     moved = await s.exec(
         "UPDATE schedules SET cursor = ?, updated_ns = ? WHERE name = ? AND cursor = ? "
         "AND paused = 0",
         (cursor, now, name, expected),
     )
-    if not moved:
-        return False
-    for w in windows:
-        skipped = w.state == "skipped"
-        claim = lease if w.idx in running and lease is not None else None
-        await s.exec(
-            f"INSERT INTO schedule_windows ({_WINDOW_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (
-                name,
-                w.idx,
-                w.window_key,
-                w.start_ns,
-                w.end_ns,
-                w.due_ns,
-                "running" if claim else w.state,
-                1 if claim else 0,
-                w.due_ns,
-                claim[0] if claim else None,
-                claim[2] if claim else None,
-                "outside the catch-up limits" if skipped else None,
-                claim[1] if claim else None,
-                now if skipped else None,
-            ),
-        )
-    return True
+    if moved:
+        await s.exec_many(_INSERT_WINDOW, [_window_row(name, w, now, set(), None) for w in windows])
+    return bool(moved)
+
+
+async def _movable(s: Session, plans: Sequence[PassPlan]) -> list[PassPlan]:
+    """The plans whose schedule still has the cursor they read and is not paused (inside the
+    write transaction: no other proxy can move it before the commit)."""
+    if not plans:
+        return []
+    rows = await s.rows("SELECT name, cursor, paused FROM schedules")
+    current = {row["name"]: (row["cursor"], row["paused"]) for row in rows}
+    return [plan for plan in plans if current.get(plan.name) == (plan.expected_cursor, 0)]
+
+
+_INSERT_WINDOW = (
+    f"INSERT INTO schedule_windows ({_WINDOW_COLUMNS}) VALUES "
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?) ON CONFLICT DO NOTHING"
+)
+
+
+def _window_row(
+    name: str,
+    w: NewWindow,
+    now_ns: int,
+    running: set[int],
+    lease: tuple[str, int, int] | None,
+) -> tuple[object, ...]:
+    """A new window's row; those in ``running`` are recorded already claimed with ``lease`` =
+    (instance, started_ns, lease_until_ns): only the instance whose cursor move succeeds inserts
+    them, so no claim can race it."""
+    skipped = w.state == "skipped"
+    claim = lease if w.idx in running else None
+    return (
+        name,
+        w.idx,
+        w.window_key,
+        w.start_ns,
+        w.end_ns,
+        w.due_ns,
+        "running" if claim else w.state,
+        1 if claim else 0,
+        w.due_ns,
+        claim[0] if claim else None,
+        claim[2] if claim else None,
+        "outside the catch-up limits" if skipped else None,
+        claim[1] if claim else None,
+        now_ns if skipped else None,
+    )
 
 
 def _running(
@@ -444,23 +454,25 @@ async def _claim(
     return s.load(WindowRecord, row)
 
 
-async def _finish(s: Session, end: Finish, instance: str) -> int:
+_FINISH_WINDOW = (
+    "UPDATE schedule_windows SET state = ?, next_try_ns = coalesce(?, next_try_ns), "
+    "reason = ?, output = coalesce(?, output), model_version = coalesce(?, model_version), "
+    "finished_ns = ?, claimed_by = NULL, lease_until_ns = NULL "
+    "WHERE schedule = ? AND idx = ? AND state = 'running' AND claimed_by = ?"
+)
+
+
+def _finish_row(end: Finish, instance: str) -> tuple[object, ...]:
     output = None if end.output is None else to_json(end.output)
     finished = end.now_ns if end.state != "pending" else None
-    return await s.exec(
-        "UPDATE schedule_windows SET state = ?, next_try_ns = coalesce(?, next_try_ns), "
-        "reason = ?, output = coalesce(?, output), model_version = coalesce(?, "
-        "model_version), finished_ns = ?, claimed_by = NULL, lease_until_ns = NULL "
-        "WHERE schedule = ? AND idx = ? AND state = 'running' AND claimed_by = ?",
-        (
-            end.state,
-            end.next_try_ns,
-            end.reason,
-            output,
-            end.model_version,
-            finished,
-            end.name,
-            end.idx,
-            instance,
-        ),
+    return (
+        end.state,
+        end.next_try_ns,
+        end.reason,
+        output,
+        end.model_version,
+        finished,
+        end.name,
+        end.idx,
+        instance,
     )
