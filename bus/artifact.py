@@ -240,9 +240,14 @@ def _distributions_by_module() -> Mapping[str, list[str]]:
 
 def _pickle(func: Callable[..., Any], by_value: Iterable[ModuleType]) -> bytes:
     modules = [*by_value]
-    own = sys.modules.get(getattr(func, "__module__", None) or "")
-    if own is not None and own.__name__ != "__main__" and not _is_installed(own):
-        modules.append(own)
+    # A fittable model (bus.fittable) ships its predict and fit functions' modules too; modelbus's
+    # own ``bus`` package is on every server, so it is pickled by name.
+    for part in (func, getattr(func, "predict", None), getattr(func, "fit", None)):
+        own = sys.modules.get(getattr(part, "__module__", None) or "")
+        if own is None or own.__name__ == "__main__" or own.__name__.startswith("bus."):
+            continue
+        if not _is_installed(own) and own not in modules:
+            modules.append(own)
     registered = []
     try:
         for module in modules:

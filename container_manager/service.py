@@ -40,6 +40,7 @@ from bus.grants import encode_chain
 from bus.liveness.heartbeat import STALE_AFTER_S, STATE
 from bus.liveness.monitor import ServiceState
 from bus.transfer import UploadProgress, upload_file
+from container_manager.jobs import FitsAndSchedules
 from container_manager.routes import RouteCalls
 
 __all__ = ["DEFAULT_SERVICE_PATH", "ServiceClient"]
@@ -47,8 +48,9 @@ __all__ = ["DEFAULT_SERVICE_PATH", "ServiceClient"]
 DEFAULT_SERVICE_PATH = "s.modelbus/_"
 
 
-class ServiceClient(RouteCalls):
-    """Talks to the service at ``service_uri`` (``<namespace>/s.modelbus/_`` by default)."""
+class ServiceClient(RouteCalls, FitsAndSchedules):
+    """Talks to the service at ``service_uri`` (``<namespace>/s.modelbus/_`` by default).
+    Fits and schedules: :class:`container_manager.jobs.FitsAndSchedules`."""
 
     def __init__(
         self,

@@ -167,12 +167,15 @@ class Sandbox:
                 status=done.returncode,
             )
 
-    def command(self, worker: Sequence[str], *, channel_dir: Path, artifact_fd: int) -> list[str]:
+    def command(
+        self, worker: Sequence[str], *, channel_dir: Path | None, artifact_fd: int
+    ) -> list[str]:
         """The command line running ``worker`` (a full argv whose paths are the sandbox's:
         :data:`SANDBOX_ARTIFACT`, a socket in :data:`SANDBOX_CHANNEL_DIR`) in the sandbox.
 
         ``artifact_fd`` is an open descriptor of the replica's artifact, to pass to the child
-        (bubblewrap copies it); ``channel_dir`` the directory of the backend's socket."""
+        (bubblewrap copies it); ``channel_dir`` the directory of the backend's socket (None for
+        a one-shot worker that talks through its stdin and stdout: :mod:`proxy.fitting`)."""
         limits = self.limits
         inner: list[str] = []
         if self.setpriv is not None and self.uid is not None:

@@ -29,7 +29,7 @@ from proxy.service.settings import ProxySettings
 from proxy.service.startup import ServiceInfo, load_or_create_entity, run_proxy
 from transports import open_transport
 
-__all__ = ["run_demo", "thermal_v1", "thermal_v2"]
+__all__ = ["free_base_port", "run_demo", "thermal_v1", "thermal_v2"]
 
 DAY_NS = 86_400 * 10**9
 
@@ -44,7 +44,7 @@ def thermal_v2(inputs: list[list[float]]) -> list[float]:
     return [round(0.93 * x[0] + 0.07 * x[1] + 1.1 * x[2], 3) for x in inputs]
 
 
-def _free_base_port() -> int:
+def free_base_port() -> int:
     for _ in range(100):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -69,7 +69,7 @@ def _step(text: str) -> None:
 
 async def run_demo(data_dir: Path) -> None:
     """The whole demo; its service keeps its registry and artifacts in ``data_dir``."""
-    bus_url = f"zmq://127.0.0.1:{_free_base_port()}"
+    bus_url = f"zmq://127.0.0.1:{free_base_port()}"
     # The demo deploys only its own functions, so without bubblewrap it may run them unconfined;
     # `modelbus serve` refuses to (untrusted deployers), unless told --unsafe-no-sandbox.
     unsandboxed = shutil.which("bwrap") is None

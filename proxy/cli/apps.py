@@ -19,6 +19,8 @@ from typing import Any
 
 import click
 
+from bus import Conflict, InvalidRequest, NotFound
+from container_manager.service import ServiceClient
 from proxy.cli.remote import (
     call_service,
     emit,
@@ -29,7 +31,7 @@ from proxy.cli.remote import (
 )
 from proxy.cli.root import Settings, pass_settings
 
-__all__ = ["INPUT_TYPES", "apps"]
+__all__ = ["INPUT_TYPES", "apps", "check_link"]
 
 INPUT_TYPES = ("integers", "floats", "doubles", "bytes", "strings")
 APP_FIELDS = ("name", "input_type", "default_output", "latency_slo_micros", "linked_models")
@@ -180,3 +182,31 @@ def apps_linked(settings: Settings, app: str, service: str, as_json: bool) -> No
     emit(models, as_json, lambda names: "\n".join(names))
     if not models and not as_json:
         click.echo(f"application {app} has no linked model", err=True)
+
+
+async def check_link(
+    service: ServiceClient, app: str, model: str, input_type: str, service_arg: str
+) -> None:
+    """Raise the error ``app.link`` would give after the deploy, naming the fix."""
+    where = f"--service {service_arg}"
+    try:
+        found = await service.get_app_info(app)
+    except NotFound:
+        raise NotFound(
+            f"no application named {app!r}: register it first (modelbus apps register {app} "
+            f"--input-type {input_type} {where}) or leave out --link; nothing was uploaded",
+            app=app,
+        ) from None
+    if found.get("input_type") != input_type:
+        raise InvalidRequest(
+            f"application {app!r} takes {found.get('input_type')} inputs, not {input_type} "
+            "(--input-type); nothing was uploaded",
+            app=app,
+        )
+    linked = [str(name) for name in found.get("linked_models") or []]
+    if linked and model not in linked:
+        raise Conflict(
+            f"application {app!r} is linked to model {linked[0]!r} (one model per application): "
+            f"modelbus apps unlink {app} {linked[0]} {where}; nothing was uploaded",
+            app=app,
+        )

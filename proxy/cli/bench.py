@@ -224,3 +224,22 @@ def policies(calls: int, served: bool, requests: int) -> None:
 
         for line in run_served_bench(count=requests):
             click.echo(line)
+
+
+@bench.command("schedule")
+@click.option("--schedules", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 100))
+@click.option(
+    "--delay-schedules",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Schedules of the real-time delay test (2 s grid, 0.5 s delay).",
+)
+def schedule(schedules: int, rounds: int, delay_schedules: int) -> None:
+    """Windows/s through the scheduler next to direct model calls; due-to-output delay."""
+    from bus import runner
+    from proxy.bench.schedule import print_schedule_table, run_schedule_bench
+
+    result = runner.run(run_schedule_bench, schedules, rounds, delay_schedules)
+    print_schedule_table(result)

@@ -43,8 +43,7 @@ from bus import (
 from bus.liveness.heartbeat import STALE_AFTER_S
 from bus.po import check_po_number
 from proxy.cli.diagnose import asking
-from proxy.cli.redaction import redact_url
-from proxy.cli.root import Settings, format_time_ns, pass_settings, run_async
+from proxy.cli.root import Settings, format_time_ns, pass_settings, redact_url, run_async
 from transports import open_transport
 
 __all__ = ["bus", "pub", "query", "status", "sub"]

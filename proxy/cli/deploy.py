@@ -39,8 +39,8 @@ from bus.transfer import UploadProgress
 from container_manager import engine
 from container_manager.clipper import CLOSURE_IMAGE_PREFIX
 from container_manager.service import DEFAULT_SERVICE_PATH, ServiceClient
+from proxy.cli.apps import check_link
 from proxy.cli.diagnose import asking
-from proxy.cli.linking import check_link
 from proxy.cli.remote import service_uri
 from proxy.cli.root import CliError, Settings, pass_settings
 from proxy.service.forecast.metadata import check_metadata

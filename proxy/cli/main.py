@@ -14,10 +14,12 @@ from proxy.cli.dashboard import dashboard
 from proxy.cli.demo import demo
 from proxy.cli.deploy import deploy
 from proxy.cli.diagnose import explain
+from proxy.cli.fit import fit
 from proxy.cli.keys import grant, keys
 from proxy.cli.predict import models, predict
 from proxy.cli.root import main
 from proxy.cli.route import policy, route
+from proxy.cli.schedule import schedule
 from proxy.cli.serve import serve
 from proxy.cli.versions import versions
 
@@ -31,6 +33,7 @@ for _command in (
     dashboard,
     demo,
     deploy,
+    fit,
     grant,
     keys,
     models,
@@ -39,6 +42,7 @@ for _command in (
     pub,
     query,
     route,
+    schedule,
     serve,
     service_status,
     status,

@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -54,6 +55,7 @@ __all__ = [
     "main",
     "pass_settings",
     "read_chain",
+    "redact_url",
     "relative_time",
     "run_async",
 ]
@@ -299,3 +301,17 @@ def main(
         raise click.UsageError(str(exc)) from exc
     _configure_logging(verbose)
     logger.debug("settings: %s", ctx.obj)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unprintable URL>"
+    if password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

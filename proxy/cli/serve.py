@@ -24,8 +24,7 @@ from anyio.abc import TaskStatus
 
 from bus.errors import BusError
 from proxy.backend.sandbox import SandboxLimits
-from proxy.cli.redaction import redact_url
-from proxy.cli.root import Settings, pass_settings, run_async
+from proxy.cli.root import Settings, pass_settings, redact_url, run_async
 from proxy.service.keys import ServiceKeys, default_namespace_key_file, provision
 from proxy.service.settings import DEFAULT_SERVICE_PATH, ProxySettings, default_data_dir
 from proxy.service.startup import ServiceInfo, run_proxy

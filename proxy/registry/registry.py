@@ -1,10 +1,11 @@
 """The registry: the service's store of applications, models, links, replicas and uploads.
 
 ``async with Registry.open(path) as registry:`` (or ``registry = await Registry.open(path)``
-then ``await registry.close()``). Its methods come from five parts, each a module:
+then ``await registry.close()``). Its methods come from its parts, each a module:
 :mod:`proxy.registry.apps` (applications, links), :mod:`proxy.registry.models` (versions, current
 version, stopping), :mod:`proxy.registry.replicas`, :mod:`proxy.registry.routes` (policies, the
-prediction log) and :mod:`proxy.registry.uploads`.
+prediction log), :mod:`proxy.registry.uploads`, :mod:`proxy.registry.fit_jobs` and
+:mod:`proxy.registry.schedules`.
 
 The file is SQLite in WAL mode with foreign keys on and a busy timeout, so several proxies, or
 a proxy and a CLI, may share it. Opening applies the pending migrations of
@@ -26,7 +27,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from os import PathLike
 from pathlib import Path
@@ -38,9 +39,11 @@ from pydantic import BaseModel
 
 from bus.errors import BusError, Conflict, InternalError, Overloaded
 from proxy.registry.apps import AppStore
+from proxy.registry.fit_jobs import FitJobStore
 from proxy.registry.models import ModelStore
 from proxy.registry.replicas import ReplicaStore
 from proxy.registry.routes import RouteStore
+from proxy.registry.schedules import ScheduleStore
 from proxy.registry.schema import MIGRATIONS, SCHEMA_VERSION
 from proxy.registry.space import disk_full, is_disk_full
 from proxy.registry.sql import Clock, Params
@@ -57,7 +60,9 @@ _JSON_COLUMNS = frozenset({"labels", "metadata"})
 _CLEANUP_S = 5.0
 
 
-class Registry(AppStore, ModelStore, ReplicaStore, RouteStore, UploadStore):
+class Registry(
+    AppStore, ModelStore, ReplicaStore, RouteStore, UploadStore, FitJobStore, ScheduleStore
+):
     """The registry over one SQLite file; make one with :meth:`open`."""
 
     _db: _Database
@@ -216,6 +221,12 @@ class _Database:
 
     async def exec(self, sql: str, params: Params = ()) -> int:
         async with self._connection.execute(sql, params) as cursor:
+            return cursor.rowcount
+
+    async def exec_many(self, sql: str, rows: Sequence[Params]) -> int:
+        if not rows:
+            return 0
+        async with self._connection.executemany(sql, rows) as cursor:
             return cursor.rowcount
 
     def load(self, cls: type[R], row: sqlite3.Row) -> R:

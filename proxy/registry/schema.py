@@ -17,6 +17,8 @@ History:
 2. runtime state: model replicas and chunked uploads.
 3. routing: release contracts and selection policies per application (spec and state as JSON),
    and the prediction log (proxy.registry.routes).
+4. fit jobs (:mod:`proxy.registry.fit_jobs`), schedules and their windows
+   (:mod:`proxy.registry.schedules`).
 """
 
 from __future__ import annotations
@@ -140,5 +142,69 @@ _V3 = (
     "CREATE INDEX prediction_log_by_key ON prediction_log (app_name, log_key, seq)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+
+_FIT_STATES = "('queued', 'running', 'succeeded', 'failed', 'interrupted')"
+_WINDOW_STATES = "('pending', 'running', 'done', 'failed', 'skipped')"
+
+_V4_FITS_AND_SCHEDULES = (
+    f"""
+    CREATE TABLE fit_jobs (
+        job_id TEXT PRIMARY KEY,
+        model_name TEXT NOT NULL,
+        parent_version TEXT NOT NULL,
+        new_version TEXT NOT NULL,
+        requester TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN {_FIT_STATES}),
+        request TEXT NOT NULL,
+        progress TEXT NOT NULL,
+        error TEXT,
+        log TEXT NOT NULL,
+        attempts INTEGER NOT NULL CHECK (attempts >= 0),
+        created_ns INTEGER NOT NULL,
+        updated_ns INTEGER NOT NULL,
+        finished_ns INTEGER
+    ) STRICT
+    """,
+    "CREATE INDEX fit_jobs_by_model ON fit_jobs (model_name, created_ns)",
+    """
+    CREATE TABLE schedules (
+        name TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        inputs TEXT NOT NULL,
+        output TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        paused INTEGER NOT NULL CHECK (paused IN (0, 1)),
+        cursor INTEGER NOT NULL CHECK (cursor >= 0),
+        created_ns INTEGER NOT NULL,
+        updated_ns INTEGER NOT NULL
+    ) STRICT
+    """,
+    f"""
+    CREATE TABLE schedule_windows (
+        schedule TEXT NOT NULL REFERENCES schedules (name) ON DELETE CASCADE,
+        idx INTEGER NOT NULL CHECK (idx >= 0),
+        window_key TEXT NOT NULL,
+        start_ns INTEGER NOT NULL,
+        end_ns INTEGER NOT NULL,
+        due_ns INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN {_WINDOW_STATES}),
+        attempts INTEGER NOT NULL CHECK (attempts >= 0),
+        next_try_ns INTEGER NOT NULL,
+        claimed_by TEXT,
+        lease_until_ns INTEGER,
+        reason TEXT,
+        output TEXT,
+        model_version TEXT,
+        started_ns INTEGER,
+        finished_ns INTEGER,
+        PRIMARY KEY (schedule, idx)
+    ) STRICT
+    """,
+    "CREATE UNIQUE INDEX schedule_windows_by_key ON schedule_windows (schedule, window_key)",
+    "CREATE INDEX open_schedule_windows ON schedule_windows (schedule, idx) "
+    "WHERE state IN ('pending', 'running')",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4_FITS_AND_SCHEDULES)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -54,6 +54,10 @@ class Session(Protocol):
         """Run a statement; returns the number of rows it changed."""
         ...
 
+    async def exec_many(self, sql: str, rows: Sequence[Params]) -> int:
+        """Run a statement once per parameter row, in one call; the rows changed in all."""
+        ...
+
     def load(self, cls: type[R], row: Row) -> R:
         """Validate a stored row into a record; a bad row is an InternalError."""
         ...

@@ -6,8 +6,9 @@ allow predicting without deploying:
     S/i.modelbus/slot/predict   predictions                       (proxy.service.operations.predict,
                                 by meaning                        proxy.service.forecast)
     S/i.modelbus/slot/admin     Clipper's management surface      (proxy.service.operations.admin)
+                                and schedules                     (….operations.schedules)
     S/i.modelbus/slot/deploy    artifact uploads, model deploys   (proxy.service.operations.deploy,
-    proxy.uploads.sessions)
+    proxy.uploads.sessions), fits (proxy.service.operations.fit)
 
 and announces its liveness under ``S/!meta/…`` (bus.liveness.heartbeat). On start it restarts the
 replicas of every registered, unstopped version, so a restarted proxy serves what it served.
@@ -52,6 +53,7 @@ from proxy.service.settings import ProxySettings
 from proxy.service.slots import Slot
 from proxy.service.status import ServiceStatus
 from proxy.service.versions import VersionRouter, start_model
+from proxy.service.wiring import fit_ops, schedule_ops
 from proxy.uploads.collect import collect_artifacts
 from proxy.uploads.sessions import UploadLimits, Uploads
 from transports import open_or_embed
@@ -203,6 +205,8 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             max_applications=settings.max_applications,
             max_waiting_ready=settings.max_waiting_ready,
         )
+        fits = fit_ops(settings, registry, uploads, backend, router, client, runtime, task_group)
+        schedules = schedule_ops(settings, registry, backend, router, client)
         slots = {
             "predict": Slot(
                 "predict",
@@ -213,19 +217,21 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             ),
             "admin": Slot(
                 "admin",
-                admin.table() | policies.ops.admin_table(),
+                admin.table() | policies.ops.admin_table() | schedules.table(),
                 on_done=heartbeat.nudge,
                 on_answer=metrics.record,
             ),
             "deploy": Slot(
                 "deploy",
                 DeployOps(registry, uploads, backend, router).table()
-                | ContainerOps(containers).table(),
+                | ContainerOps(containers).table()
+                | fits.table(),
                 on_done=heartbeat.nudge,
                 on_answer=metrics.record,
             ),
         }
         await _restore(registry, backend, router)
+        await fits.jobs.interrupt_leftovers()
         for name, slot in slots.items():
             await task_group.start(
                 _serve,
@@ -237,6 +243,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             )
         await task_group.start(heartbeat.run, client)
         await task_group.start(policies.background.run)
+        await task_group.start(schedules.scheduler.run)
         task_group.start_soon(_sweep_uploads, uploads, registry)
         metrics_url = None
         if settings.metrics_port is not None:

@@ -35,7 +35,15 @@ from proxy.service.forecast import access as forecast_access
 from proxy.service.forecast import caches as forecast_caches
 from proxy.service.forecast import metadata as forecast_metadata
 from proxy.service.forecast import ops as forecast
-from proxy.service.operations import admin, containers, deploy, predict, routes
+from proxy.service.operations import (
+    admin,
+    containers,
+    deploy,
+    fit,
+    predict,
+    routes,
+    schedules,
+)
 from proxy.service.startup import service_uris
 from proxy.uploads import requests as upload_requests
 from proxy.uploads import sessions as uploads
@@ -293,16 +301,18 @@ def test_documented_reply_limits_and_retries_match_the_code() -> None:
 def _slot_tables() -> dict[str, dict[str, slots.Op[Any]]]:
     """Each slot's operations, composed as ``proxy.service.startup.running_proxy`` composes them
     (the forecast operations of ``proxy.service.forecast.build`` on ``slot/predict``)."""
-    anything: Any = SimpleNamespace(begin=None, chunk=None, commit=None, abort=None)
+    anything: Any = SimpleNamespace(begin=None, chunk=None, commit=None, abort=None, clock=None)
     policies = routes.RouteOps(anything, anything, anything)
     return {
         "predict": predict.PredictOps(anything, anything, anything, anything, timeout_s=1.0).table()
         | forecast.ForecastOps(anything, anything, anything).table()
         | policies.predict_table(),
         "admin": admin.AdminOps(anything, anything, anything, dict).table()
-        | policies.admin_table(),
+        | policies.admin_table()
+        | schedules.ScheduleOps(anything, SimpleNamespace(verifier=None), anything).table(),
         "deploy": deploy.DeployOps(anything, anything, anything, anything).table()
-        | containers.ContainerOps(None).table(),
+        | containers.ContainerOps(None).table()
+        | fit.FitOps(anything, anything, anything, anything).table(),
     }
 
 
@@ -349,6 +359,17 @@ BODIES: dict[str, type[BaseModel]] = {
     "policy.show": routes.PolicyShowBody,
     "policy.delete": routes.AppBody,
     "feedback": routes.FeedbackBody,
+    "fit.start": fit.FitStartBody,
+    "fit.status": fit.JobBody,
+    "fit.list": fit.FitListBody,
+    "fit.resume": fit.JobBody,
+    "schedule.add": schedules.ScheduleAddBody,
+    "schedule.list": slots.Body,
+    "schedule.runs": schedules.RunsBody,
+    "schedule.pause": schedules.ScheduleNameBody,
+    "schedule.resume": schedules.ScheduleNameBody,
+    "schedule.remove": schedules.ScheduleNameBody,
+    "schedule.rerun": schedules.RerunBody,
 }
 
 

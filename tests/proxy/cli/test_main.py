@@ -738,7 +738,7 @@ def test_sub_never_prints_the_bus_password(world: World, mosquitto_url: str) -> 
 
 
 def test_redacted_urls() -> None:
-    from proxy.cli.redaction import redact_url
+    from proxy.cli.root import redact_url
 
     assert redact_url("mqtt://u:p%40ss@broker:1883") == "mqtt://u:***@broker:1883"
     assert redact_url("mqtts://u:pw@[::1]:8883") == "mqtts://u:***@[::1]:8883"

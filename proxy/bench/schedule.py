@@ -1,0 +1,248 @@
+"""``modelbus bench schedule``: windows per second through the scheduler, next to calling the
+model directly, in the same run; and the delay from a window's due time to its published output.
+
+Everything is real but the clock of the first part: a SQLite registry in a temporary directory,
+a trivial model (the length of its input) in a worker process of the embedded backend (sandboxed
+where bubblewrap is), and a bus client on an in-process bus that reads the inputs (persisted
+points, verified) and publishes the outputs (signed, persisted).
+
+1. **Throughput.** ``schedules`` schedules with a 1-minute interval; the scheduler's clock is
+   moved one interval at a time, so each pass has one window due per schedule, and the passes
+   are timed (``rounds`` of them). The same number of model calls, with the same input and the
+   same concurrency (64), is timed straight through the backend. The scheduler's *overhead* is
+   its time minus the direct calls' time, over the direct calls' time; its *load* is the time a
+   pass takes over the interval (the share of each minute it keeps a core busy).
+2. **Delay.** ``delay_schedules`` schedules on a 2 s grid with a 0.5 s delay run on the real
+   clock for a few intervals; each output's delay is when a subscriber received it minus its
+   window's due time (end + delay).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+
+from bus import BusClient, Entity, PayloadObject
+from bus.artifact import build_closure_archive
+from bus.po import PO_METADATA
+from proxy.backend import EmbeddedBackend
+from proxy.backend.runtime import ProcessRuntime
+from proxy.registry.registry import Registry
+from proxy.schedules import Scheduler, WindowData
+from proxy.schedules.busio import BusWindowInputs, BusWindowOutputs
+from proxy.schedules.plan import NS
+from proxy.schedules.scheduler import model_input
+from transports import open_transport
+
+__all__ = ["ScheduleResult", "print_schedule_table", "run_schedule_bench"]
+
+MINUTE = 60 * NS
+PARALLEL = 64
+
+
+def trivial(inputs: list[list[float]]) -> list[float]:
+    return [float(len(values)) for values in inputs]
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleResult:
+    schedules: int
+    windows: int
+    scheduler_s: float
+    direct_s: float
+    delays_ms: list[float]
+    delay_schedules: int
+    one_at_a_time_s: float
+    one_at_a_time_calls: int
+
+    @property
+    def overhead(self) -> float:
+        return (self.scheduler_s - self.direct_s) / self.direct_s
+
+    @property
+    def load(self) -> float:
+        """The share of each interval a pass of every schedule takes."""
+        passes = self.windows / self.schedules
+        return self.scheduler_s / passes / 60.0
+
+
+class _Clock:
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+async def run_schedule_bench(
+    schedules: int = 1000, rounds: int = 3, delay_schedules: int = 100, delay_rounds: int = 3
+) -> ScheduleResult:
+    with tempfile.TemporaryDirectory(prefix="modelbus-bench-schedule-") as tmp:
+        root = Path(tmp)
+        archive = root / "trivial.closure"
+        archive.write_bytes(build_closure_archive(trivial))
+        entity = Entity.generate(comment="bench")
+        runtime = ProcessRuntime(root / "replicas", unsafe_no_sandbox=True)
+        transport = open_transport(f"memory://bench-schedule-{uuid.uuid4().hex}")
+        async with (
+            Registry.open(root / "registry.sqlite3") as registry,
+            EmbeddedBackend(root / "replicas", runtime=runtime) as backend,
+            BusClient(transport, entity) as bus,
+        ):
+            await backend.start_version("trivial", "1", archive, replicas=1, batch_size=64)
+            await backend.wait_ready("trivial", "1", timeout_s=60)
+            ns = entity.key_text
+            inputs = f"{ns}/bench/in"
+            for index in range(10):
+                po = PayloadObject.msgpack({"val": float(index), "ts": index}, PO_METADATA)
+                await bus.publish(f"{inputs}/p{index}", po, persist=True)
+
+            async def predict(model: str, data: WindowData) -> tuple[str, Any]:
+                value = model_input("doubles", data)
+                return "1", (await backend.predict("trivial", "1", [value], timeout_s=30))[0]
+
+            start = 1_800_000_000 * NS
+            await _add(registry, schedules, start, MINUTE, 0, f"{inputs}/*", f"{ns}/bench/out")
+            clock = _Clock(start)
+            scheduler = Scheduler(
+                registry,
+                BusWindowInputs(bus),
+                BusWindowOutputs(bus),
+                predict,
+                clock=clock,
+                instance="bench",
+                max_parallel=PARALLEL,
+            )
+            began = time.perf_counter()
+            for round_index in range(rounds):
+                clock.now = start + round_index * MINUTE + 1
+                await scheduler.tick()
+            scheduler_s = time.perf_counter() - began
+            windows = scheduler.windows_run
+            direct_s = await _direct(backend, windows)
+            sequential = min(windows, 500)
+            one_s = await _direct(backend, sequential, parallel=1)
+            delays = await _delays(registry, bus, predict, delay_schedules, delay_rounds, ns)
+    return ScheduleResult(
+        schedules, windows, scheduler_s, direct_s, delays, delay_schedules, one_s, sequential
+    )
+
+
+async def _add(
+    registry: Registry,
+    count: int,
+    start: int,
+    every_ns: int,
+    delay_ns: int,
+    inputs: str,
+    output: str,
+    prefix: str = "s",
+) -> None:
+    spec = {"start_ns": start, "every_ns": every_ns, "window_ns": every_ns, "delay_ns": delay_ns}
+    for index in range(count):
+        await registry.add_schedule(
+            f"{prefix}{index:05d}",
+            model="trivial",
+            inputs=[inputs],
+            output=f"{output}/{prefix}{index:05d}",
+            spec=spec,
+            owner="bench",
+            cursor=0,
+            now_ns=start,
+        )
+
+
+async def _direct(backend: EmbeddedBackend, calls: int, parallel: int = PARALLEL) -> float:
+    limit = anyio.CapacityLimiter(parallel)
+    value = [float(index) for index in range(10)]
+
+    async def one() -> None:
+        async with limit:
+            await backend.predict("trivial", "1", [value], timeout_s=30)
+
+    began = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        for _ in range(calls):
+            group.start_soon(one)
+    return time.perf_counter() - began
+
+
+async def _delays(
+    registry: Registry, bus: BusClient, predict: Any, count: int, rounds: int, ns: str
+) -> list[float]:
+    """Real time: ``count`` schedules on a 2 s grid with a 0.5 s delay, ``rounds`` windows each;
+    each output's receive time minus its window's due time, in ms."""
+    every, delay = 2 * NS, NS // 2
+    start = (time.time_ns() // every + 1) * every
+    await _add(registry, count, start, every, delay, f"{ns}/bench/in/*", f"{ns}/bench/rt", "r")
+    for record in await registry.list_schedules():
+        if not record.name.startswith("r"):
+            await registry.set_paused(record.name, True, cursor=None, now_ns=time.time_ns())
+    scheduler = Scheduler(
+        registry,
+        BusWindowInputs(bus),
+        BusWindowOutputs(bus),
+        predict,
+        clock=time.time_ns,
+        instance="bench-rt",
+        tick_s=0.05,
+        max_parallel=PARALLEL,
+    )
+    delays: list[float] = []
+    expected = count * rounds
+    async with (
+        bus.subscribe(f"{ns}/bench/rt/*") as stream,
+        anyio.create_task_group() as group,
+    ):
+        await group.start(scheduler.run)
+        with anyio.move_on_after(rounds * 2 + 30):
+            async for message in stream:
+                document = message.value()
+                due = document["end_ns"] + delay
+                delays.append((time.time_ns() - due) / 1e6)
+                if len(delays) >= expected:
+                    break
+        group.cancel_scope.cancel()
+    return delays
+
+
+def print_schedule_table(result: ScheduleResult) -> None:
+    per_window_ms = result.scheduler_s / result.windows * 1e3
+    direct_ms = result.direct_s / result.windows * 1e3
+    click.echo(f"{result.schedules} schedules, 1-minute interval, {result.windows} windows")
+    click.echo(f"{'':34} {'windows/s':>10} {'ms/window':>10}")
+    click.echo(
+        f"{'through the scheduler':34} {result.windows / result.scheduler_s:>10.0f} "
+        f"{per_window_ms:>10.2f}"
+    )
+    click.echo(
+        f"{'the model called directly':34} {result.windows / result.direct_s:>10.0f} "
+        f"{direct_ms:>10.2f}"
+    )
+    one_ms = result.one_at_a_time_s / result.one_at_a_time_calls * 1e3
+    click.echo(f"{'the model called one at a time':34} {1e3 / one_ms:>10.0f} {one_ms:>10.2f}")
+    click.echo(
+        f"scheduler overhead over the direct calls: {result.overhead * 100:.0f}% (target < 10%)"
+    )
+    click.echo(
+        f"load: a pass of all {result.schedules} schedules takes "
+        f"{result.load * 100:.2f}% of the interval"
+    )
+    delays = sorted(result.delays_ms)
+    if delays:
+        p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+        click.echo(
+            f"due (end + delay) -> output received, {result.delay_schedules} schedules on a "
+            f"2 s grid, {len(delays)} outputs: p50 {statistics.median(delays):.0f} ms, "
+            f"p99 {p99:.0f} ms, max {delays[-1]:.0f} ms (target < 1000 ms)"
+        )
+    else:
+        click.echo("no output was received in the delay test")

@@ -1,0 +1,208 @@
+"""The ``schedule.*`` operations on ``slot/admin``, and the service's side of the scheduler.
+
+``schedule.add`` checks, before storing anything, that the model exists, that the requester may
+consume every input URI and publish on ``<output>/*`` (grant chains sent with the request,
+checked like a fit's training streams: :func:`proxy.service.operations.fit.check_consume`), and
+that this service itself may publish there. The semantics of windows, catch-up, overlap and
+retries are :mod:`proxy.schedules.plan`'s. :class:`WindowModel` is how the scheduler calls a
+schedule's model: the serving version of the named model, with the window as one input
+(:func:`proxy.schedules.scheduler.model_input`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from pydantic import Field, StringConstraints
+
+from bus import BusClient
+from bus.errors import InvalidRequest, NotFound
+from proxy.backend.embedded import EmbeddedBackend
+from proxy.registry.records import ModelName
+from proxy.registry.registry import Registry
+from proxy.registry.schedules import ScheduleRecord
+from proxy.schedules import Scheduler, Spec, parse_duration
+from proxy.schedules.plan import Overlap, due_index, window_key
+from proxy.schedules.scheduler import WindowData, model_input
+from proxy.service.operations.fit import check_consume, check_publish
+from proxy.service.operations.predict import check_inputs
+from proxy.service.slots import Body, Op
+from proxy.service.versions import VersionRouter
+
+__all__ = ["ScheduleOps", "WindowModel", "parse_start"]
+
+ScheduleName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
+Uri = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Duration = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+
+
+class ScheduleAddBody(Body):
+    name: ScheduleName
+    model: ModelName
+    every: Duration
+    window: Duration
+    delay: Duration = "0s"
+    start: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    inputs: list[Uri] = Field(min_length=1, max_length=64)
+    output: Uri
+    max_catchup: int = Field(default=100, ge=0, le=100_000)
+    catchup_window: Duration = "365d"
+    catchup_rate: float = Field(default=10.0, ge=0)
+    overlap: Overlap = "buffer_all"
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    retry_initial_s: float = Field(default=1.0, ge=0)
+    retry_factor: float = Field(default=2.0, ge=1)
+    retry_max_s: float = Field(default=300.0, ge=0)
+    proofs: list[bytes] = Field(default=[], max_length=16)
+
+
+class ScheduleNameBody(Body):
+    name: ScheduleName
+
+
+class RunsBody(Body):
+    name: ScheduleName
+    limit: int = Field(default=100, gt=0, le=10_000)
+    state: str | None = None
+
+
+class RerunBody(Body):
+    name: ScheduleName
+    window: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+def parse_start(text: str) -> int:
+    """A start time: nanoseconds since the epoch, or ISO 8601 (UTC unless it says otherwise)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"start {text[:64]!r} is neither ISO 8601 nor ns") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+
+
+def _spec(body: ScheduleAddBody) -> dict[str, Any]:
+    try:
+        fields: dict[str, Any] = {
+            "start_ns": parse_start(body.start),
+            "every_ns": parse_duration(body.every),
+            "window_ns": parse_duration(body.window),
+            "delay_ns": parse_duration(body.delay),
+            "catchup_window_ns": parse_duration(body.catchup_window),
+            "max_catchup": body.max_catchup,
+            "catchup_rate": body.catchup_rate,
+            "overlap": body.overlap,
+            "max_attempts": body.max_attempts,
+            "retry_initial_s": body.retry_initial_s,
+            "retry_factor": body.retry_factor,
+            "retry_max_s": body.retry_max_s,
+        }
+        Spec(**fields)
+    except ValueError as exc:
+        raise InvalidRequest(f"bad schedule: {exc}") from None
+    return fields
+
+
+def schedule_view(record: ScheduleRecord) -> dict[str, Any]:
+    return record.model_dump()
+
+
+class WindowModel:
+    """The scheduler's model call: the named model's serving version, one input per window."""
+
+    def __init__(
+        self, backend: EmbeddedBackend, router: VersionRouter, *, timeout_s: float
+    ) -> None:
+        self.backend = backend
+        self.router = router
+        self.timeout_s = timeout_s
+
+    async def __call__(self, model: str, data: WindowData) -> tuple[str, Any]:
+        version = await self.router.version_for(model, None)
+        input_type = await self.router.input_type(model, version)
+        value = model_input(input_type, data)
+        check_inputs(input_type, [value])
+        outputs = await self.backend.predict(model, version, [value], timeout_s=self.timeout_s)
+        return version, outputs[0]
+
+
+class ScheduleOps:
+    def __init__(self, registry: Registry, client: BusClient, scheduler: Scheduler) -> None:
+        self.registry = registry
+        self.client = client
+        self.verifier = client.verifier
+        self.scheduler = scheduler
+        self.clock = scheduler.clock
+
+    def table(self) -> dict[str, Op[Any]]:
+        return {
+            "schedule.add": Op(ScheduleAddBody, self.add),
+            "schedule.list": Op(Body, self.list_all),
+            "schedule.runs": Op(RunsBody, self.runs),
+            "schedule.pause": Op(ScheduleNameBody, self.pause),
+            "schedule.resume": Op(ScheduleNameBody, self.resume),
+            "schedule.remove": Op(ScheduleNameBody, self.remove),
+            "schedule.rerun": Op(RerunBody, self.rerun),
+        }
+
+    def _nudge(self) -> None:
+        self.scheduler.nudge()
+
+    async def add(self, sender: str, body: ScheduleAddBody) -> dict[str, Any]:
+        spec = _spec(body)
+        if not await self.registry.list_models(body.model):
+            raise NotFound(f"no model named {body.model!r} is registered", model=body.model)
+        check_consume(self.verifier, sender, list(body.inputs), body.proofs)
+        sample = f"{body.output}/{window_key(spec['start_ns'])}"
+        check_publish(self.verifier, sender, sample, body.proofs)
+        self.client.proof_for(sample, "P")  # this service must be able to publish the outputs
+        record = await self.registry.add_schedule(
+            body.name,
+            model=body.model,
+            inputs=body.inputs,
+            output=body.output,
+            spec=spec,
+            owner=sender,
+            cursor=0,
+            now_ns=self.clock(),
+        )
+        self._nudge()
+        return schedule_view(record)
+
+    async def list_all(self, sender: str, body: Body) -> list[dict[str, Any]]:
+        return [schedule_view(record) for record in await self.registry.list_schedules()]
+
+    async def runs(self, sender: str, body: RunsBody) -> list[dict[str, Any]]:
+        if body.state not in (None, "pending", "running", "done", "failed", "skipped"):
+            raise InvalidRequest(f"no window state {body.state[:20]!r}")
+        windows = await self.registry.list_windows(
+            body.name,
+            limit=body.limit,
+            state=body.state,  # type: ignore[arg-type]
+        )
+        return [w.view() for w in windows]
+
+    async def pause(self, sender: str, body: ScheduleNameBody) -> dict[str, Any]:
+        record = await self.registry.set_paused(body.name, True, cursor=None, now_ns=self.clock())
+        return schedule_view(record)
+
+    async def resume(self, sender: str, body: ScheduleNameBody) -> dict[str, Any]:
+        """Resume; windows that fell due while paused are not backfilled (Temporal's pause)."""
+        found = await self.registry.get_schedule(body.name)
+        now = self.clock()
+        cursor = due_index(Spec(**found.spec), now) if found.paused else None
+        record = await self.registry.set_paused(body.name, False, cursor=cursor, now_ns=now)
+        self._nudge()
+        return schedule_view(record)
+
+    async def remove(self, sender: str, body: ScheduleNameBody) -> dict[str, Any]:
+        return schedule_view(await self.registry.remove_schedule(body.name))
+
+    async def rerun(self, sender: str, body: RerunBody) -> dict[str, Any]:
+        window = await self.registry.rerun_window(body.name, body.window, now_ns=self.clock())
+        self._nudge()
+        return window.view()
