@@ -34,6 +34,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
         "proxy/bench/raw.py",
     ),
     "aiosqlite": ("proxy/registry/registry.py",),
+    "asyncpg": ("proxy/registry/postgres.py",),
     "docker": ("proxy/backend/docker_engine.py",),
     "aiohttp": ("proxy/bench/http.py",),
     "rdflib": ("chooser/places.py",),

@@ -88,9 +88,17 @@ logger = logging.getLogger(__name__)
     help="Where bubblewrap is missing, run deployed model code unconfined instead of refusing "
     "to start. Only when every deployer is trusted: their code can read this service's keys.",
 )
+@click.option(
+    "--registry",
+    default=None,
+    envvar="MODELBUS_REGISTRY",
+    help="The registry: a postgresql://user@host/db URL, shared by several proxies, or a SQLite "
+    "file [default: $MODELBUS_REGISTRY or DATA_DIR/registry.sqlite3].",
+)
 @pass_settings
 def serve(
     settings: Settings,
+    registry: str | None,
     data_dir: Path | None,
     namespace: str | None,
     service_path: str,
@@ -120,6 +128,7 @@ def serve(
         bus_url=settings.bus_url,
         embed_bus=not no_embedded_bus,
         data_dir=data_dir,
+        registry=registry,
         entity_path=entity_path,
         namespace=namespace,
         service_path=service_path,
@@ -168,6 +177,8 @@ def _announce(info: ServiceInfo, settings: ProxySettings, keys: ServiceKeys | No
     if keys is not None and keys.namespace_key is not None:
         click.echo(f"  ns key     {keys.namespace_key} (the service does not hold it)")
     click.echo(f"  data       {info.data_dir}")
+    if settings.registry is not None:
+        click.echo(f"  registry   {redact_url(str(settings.registry))}")
     _key_advice(keys)
     click.echo("Give a user access (predict, manage and deploy):")
     click.echo(

@@ -102,7 +102,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
     namespace = settings.namespace or entity.key_text
     service_uri, interface_uri = service_uris(namespace, settings.service_path)
     data_dir = settings.data_dir
-    _private_files(data_dir)
+    _private_files(data_dir, settings.registry_target)
     make_undumpable()
     runtime = ProcessRuntime(
         data_dir / "replicas",
@@ -118,7 +118,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         transport, embedded = await stack.enter_async_context(
             open_or_embed(settings.bus_url, embed=settings.embed_bus)
         )
-        registry = await stack.enter_async_context(Registry.open(data_dir / "registry.sqlite3"))
+        registry = await stack.enter_async_context(Registry.open(settings.registry_target))
         image_runtime, containers = _container_engine(settings, stack)
         backend = await stack.enter_async_context(
             EmbeddedBackend(data_dir / "replicas", runtime=runtime, image_runtime=image_runtime)
@@ -228,11 +228,12 @@ async def _serve(
     )
 
 
-def _private_files(data_dir: Path) -> None:
+def _private_files(data_dir: Path, registry: str | Path) -> None:
     """The data directory 0700 (nobody else may enter it) and the registry file 0600."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
-    registry = data_dir / "registry.sqlite3"
+    if not isinstance(registry, Path):
+        return  # a PostgreSQL registry: the database server guards it
     os.close(os.open(registry, os.O_WRONLY | os.O_CREAT, 0o600))
     os.chmod(registry, 0o600)
 

@@ -1,0 +1,133 @@
+"""The registry's PostgreSQL schema: the twin of :mod:`proxy.registry.schema`, step by step.
+
+``MIGRATIONS[n]`` takes a database from schema version ``n`` to ``n + 1``, exactly as the SQLite
+migration of the same index does: the same tables, columns in the same order (the stores insert
+by position), the same checks. A database's version is the one row of ``modelbus_schema``.
+:class:`proxy.registry.postgres.PostgresDatabase` applies the pending ones in one transaction
+under an advisory lock, so two proxies starting at once migrate once.
+
+Differences from the SQLite text, each for a reason:
+- integers are ``BIGINT`` (SQLite's ``INTEGER`` holds 64 bits; nanosecond stamps need them);
+- text is ``COLLATE "C"``: names sort by code point, as SQLite's ``BINARY`` sorts them,
+  whatever locale the database was created with;
+- ``models`` ends with ``rowid``, an identity column, for the registration order SQLite's own
+  rowid gives; ``current_versions.seq`` is an identity column too;
+- immutability is a PL/pgSQL trigger function.
+
+Whoever adds a SQLite migration adds its twin here at the same index: a test checks that both
+lists have the same length.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "VERSION_TABLE"]
+
+VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS modelbus_schema (one BOOLEAN PRIMARY KEY DEFAULT TRUE "
+    "CHECK (one), version BIGINT NOT NULL)"
+)
+
+_T = 'TEXT COLLATE "C"'
+_INPUT_TYPES = "('integers', 'floats', 'doubles', 'bytes', 'strings')"
+_ARTIFACT_KINDS = "('closure', 'image')"
+
+_V1 = (
+    f"""
+    CREATE TABLE applications (
+        name {_T} PRIMARY KEY,
+        input_type {_T} NOT NULL CHECK (input_type IN {_INPUT_TYPES}),
+        default_output {_T} NOT NULL,
+        latency_slo_micros BIGINT NOT NULL CHECK (latency_slo_micros > 0),
+        description {_T} NOT NULL,
+        created_ns BIGINT NOT NULL
+    )
+    """,
+    f"""
+    CREATE TABLE models (
+        name {_T} NOT NULL,
+        version {_T} NOT NULL,
+        input_type {_T} NOT NULL CHECK (input_type IN {_INPUT_TYPES}),
+        labels {_T} NOT NULL,
+        metadata {_T} NOT NULL,
+        artifact_kind {_T} NOT NULL CHECK (artifact_kind IN {_ARTIFACT_KINDS}),
+        artifact_sha256 {_T} NOT NULL,
+        artifact_path {_T} NOT NULL,
+        image {_T},
+        batch_size BIGINT NOT NULL CHECK (batch_size = -1 OR batch_size > 0),
+        desired_replicas BIGINT NOT NULL CHECK (desired_replicas >= 0),
+        stopped_ns BIGINT,
+        created_ns BIGINT NOT NULL,
+        rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,
+        PRIMARY KEY (name, version)
+    )
+    """,
+    """
+    CREATE FUNCTION models_are_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        RAISE EXCEPTION 'a registered model version is immutable'
+            USING ERRCODE = 'integrity_constraint_violation';
+    END
+    $$
+    """,
+    """
+    CREATE TRIGGER models_are_immutable
+    BEFORE UPDATE OF name, version, input_type, labels, metadata, artifact_kind,
+        artifact_sha256, artifact_path, image, batch_size, created_ns ON models
+    FOR EACH ROW EXECUTE FUNCTION models_are_immutable()
+    """,
+    f"""
+    CREATE TABLE current_versions (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        model_name {_T} NOT NULL,
+        version {_T} NOT NULL,
+        set_ns BIGINT NOT NULL,
+        FOREIGN KEY (model_name, version) REFERENCES models (name, version)
+    )
+    """,
+    "CREATE INDEX current_versions_by_model ON current_versions (model_name, seq)",
+    f"""
+    CREATE TABLE links (
+        app_name {_T} PRIMARY KEY REFERENCES applications (name) ON DELETE CASCADE,
+        model_name {_T} NOT NULL,
+        linked_ns BIGINT NOT NULL
+    )
+    """,
+    "CREATE INDEX links_by_model ON links (model_name)",
+)
+
+_V2 = (
+    f"""
+    CREATE TABLE replicas (
+        model_name {_T} NOT NULL,
+        model_version {_T} NOT NULL,
+        replica_id BIGINT NOT NULL CHECK (replica_id >= 0),
+        state {_T} NOT NULL CHECK (state IN ('starting', 'ready', 'failed', 'stopped')),
+        handle {_T},
+        updated_ns BIGINT NOT NULL,
+        PRIMARY KEY (model_name, model_version, replica_id),
+        FOREIGN KEY (model_name, model_version) REFERENCES models (name, version)
+    )
+    """,
+    f"""
+    CREATE TABLE uploads (
+        upload_id {_T} PRIMARY KEY,
+        sender {_T} NOT NULL,
+        name {_T} NOT NULL,
+        kind {_T} NOT NULL CHECK (kind IN {_ARTIFACT_KINDS}),
+        size BIGINT NOT NULL CHECK (size >= 0),
+        sha256 {_T} NOT NULL,
+        metadata {_T} NOT NULL,
+        chunk_size BIGINT NOT NULL CHECK (chunk_size > 0),
+        next_index BIGINT NOT NULL CHECK (next_index >= 0),
+        spool_path {_T} NOT NULL,
+        state {_T} NOT NULL CHECK (state IN ('open', 'committed', 'aborted')),
+        created_ns BIGINT NOT NULL,
+        touched_ns BIGINT NOT NULL
+    )
+    """,
+    "CREATE INDEX open_uploads_by_sender ON uploads (sender) WHERE state = 'open'",
+    "CREATE INDEX open_uploads_by_touch ON uploads (touched_ns) WHERE state = 'open'",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+SCHEMA_VERSION = len(MIGRATIONS)
