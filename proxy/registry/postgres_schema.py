@@ -129,5 +129,14 @@ _V2 = (
     "CREATE INDEX open_uploads_by_touch ON uploads (touched_ns) WHERE state = 'open'",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+_V3 = (
+    "ALTER TABLE models DROP CONSTRAINT models_artifact_kind_check",
+    """
+    ALTER TABLE models ADD CONSTRAINT models_artifact_kind_check
+        CHECK (artifact_kind IN ('closure', 'image', 'v2'))
+    """,
+    "CREATE INDEX models_by_kind ON models (artifact_kind)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -15,6 +15,11 @@ History:
 1. the Clipper management surface: applications, model versions (immutable, with a trigger),
    the stack of current versions per model (its top is current; rollback pops it), links.
 2. runtime state: model replicas and chunked uploads.
+3. versions served by a remote Open Inference Protocol server: ``models.artifact_kind`` may be
+   ``v2``. Widening a CHECK is the one schema change SQLite documents doing by editing the
+   table's text (``writable_schema``, then ``RESET``) rather than rebuilding the table, which
+   foreign keys to ``models`` would forbid here; the index after it is DDL, so the schema
+   cookie changes and other connections reload the schema.
 """
 
 from __future__ import annotations
@@ -115,5 +120,17 @@ _V2 = (
     "CREATE INDEX open_uploads_by_touch ON uploads (touched_ns) WHERE state = 'open'",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+_V3 = (
+    "PRAGMA writable_schema = ON",
+    """
+    UPDATE sqlite_schema SET sql = replace(sql,
+        'artifact_kind IN (''closure'', ''image'')',
+        'artifact_kind IN (''closure'', ''image'', ''v2'')')
+    WHERE type = 'table' AND name = 'models'
+    """,
+    "PRAGMA writable_schema = RESET",
+    "CREATE INDEX models_by_kind ON models (artifact_kind)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)

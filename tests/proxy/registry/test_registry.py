@@ -441,6 +441,39 @@ async def test_a_registered_version_is_immutable_under_the_registry_too(db_path:
         assert (await registry.get_model("thermal", "1")).artifact_path == first.artifact_path
 
 
+async def test_a_version_served_by_a_remote_v2_server(registry: Registry) -> None:
+    model = await add_model(
+        registry, artifact_kind="v2", artifact_path="http://mlserver:8080", image="doubler"
+    )
+    assert (await registry.get_model("thermal", "1")) == model
+    assert model.to_clipper()["container_name"] == "v2:http://mlserver:8080/v2/models/doubler"
+    with pytest.raises(InvalidRequest, match="image"):
+        await add_model(registry, version="2", artifact_kind="v2")  # the remote model's name
+    with pytest.raises(InvalidRequest, match="artifact_kind"):
+        await add_model(registry, version="3", artifact_kind="grpc", image="x")
+
+
+async def test_a_version_2_file_is_migrated_to_take_remote_versions(db_path: Path) -> None:
+    connection = raw(db_path)
+    for statement in MIGRATIONS[0] + MIGRATIONS[1]:
+        connection.execute(statement)
+    connection.execute("PRAGMA user_version = 2")
+    connection.close()
+    async with Registry.open(db_path) as registry:
+        await add_model(registry, artifact_kind="v2", artifact_path="http://h:1", image="m")
+    connection = raw(db_path)
+    try:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            connection.execute(
+                "INSERT INTO models VALUES ('x', '1', 'doubles', '[]', '{}', 'grpc', ?, "
+                "'/a', 'm', -1, 1, NULL, 2)",
+                (SHA_A,),
+            )
+    finally:
+        connection.close()
+
+
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
