@@ -175,6 +175,38 @@ class ServiceClient:
             )
         )
 
+    async def deploy_v2(
+        self,
+        name: str,
+        version: str,
+        input_type: str,
+        *,
+        url: str,
+        model: str,
+        labels: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        batch_size: int = -1,
+        make_current: bool = True,
+    ) -> dict[str, Any]:
+        """Deploy ``name:version`` as served by an Open Inference Protocol (V2) server: the
+        service forwards its predictions to ``{url}/v2/models/{model}/infer``."""
+        return dict(
+            await self.call(
+                "deploy",
+                "model.deploy",
+                name=name,
+                version=version,
+                input_type=input_type,
+                kind="v2",
+                v2_url=url,
+                v2_model=model,
+                labels=labels or [],
+                metadata=metadata or {},
+                batch_size=batch_size,
+                make_current=make_current,
+            )
+        )
+
     async def deploy_function(
         self,
         name: str,

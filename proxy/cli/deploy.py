@@ -256,6 +256,28 @@ async def _deploy(
         return await service.get_model_info(*key), sha256
 
 
+async def _deploy_v2(client: BusClient, plan: _Plan, url: str, model: str) -> dict[str, Any]:
+    """A version served by an Open Inference Protocol server: nothing to upload."""
+    async with client as bus:
+        service = ServiceClient(bus, plan.service_uri)
+        await service.check_alive()
+        key = (plan.name, plan.version)
+        await service.deploy_v2(
+            *key,
+            plan.input_type,
+            url=url,
+            model=model,
+            labels=plan.labels,
+            metadata=plan.metadata,
+            batch_size=plan.batch_size,
+        )
+        if plan.wait:
+            await service.wait_ready(*key, timeout_s=plan.ready_timeout_s)
+        if plan.link_app and plan.name not in await service.get_linked_models(plan.link_app):
+            await service.link_model_to_app(plan.link_app, plan.name)
+        return await service.get_model_info(*key)
+
+
 def _is_interruption(error: BaseException) -> bool:
     if isinstance(error, BaseExceptionGroup):
         return any(_is_interruption(inner) for inner in error.exceptions)
@@ -300,6 +322,13 @@ def _metadata(text: str | None) -> dict[str, Any]:
     metavar="REF",
     help="Deploy this image from your engine (with --image-tar: the tarball's image).",
 )
+@click.option(
+    "--v2-url",
+    metavar="URL",
+    help="Serve the version from this Open Inference Protocol (V2) server, e.g. "
+    "http://host:8080 (MLServer, Triton, KServe); with --v2-model.",
+)
+@click.option("--v2-model", metavar="NAME", help="The V2 server's name for the model.")
 @click.option("--input-type", type=click.Choice(INPUT_TYPES), default="doubles", show_default=True)
 @click.option("--replicas", type=click.IntRange(0, 64), default=1, show_default=True)
 @click.option("--batch-size", type=int, default=-1, show_default=True, help="-1: adaptive.")
@@ -324,6 +353,8 @@ def deploy(
     function_spec: str | None,
     image_tar: Path | None,
     image: str | None,
+    v2_url: str | None,
+    v2_model: str | None,
     input_type: str,
     replicas: int,
     batch_size: int,
@@ -334,10 +365,14 @@ def deploy(
     ready_timeout: float,
     cache_dir: Path | None,
 ) -> None:
-    """Deploy NAME:VERSION from a Python function or a container image."""
+    """Deploy NAME:VERSION from a Python function or a container image, or as served by an
+    Open Inference Protocol server (--v2-url, --v2-model)."""
     sources = (function_spec is not None, image_tar is not None, image_tar is None and bool(image))
-    if sum(sources) != 1:
-        raise click.UsageError("give exactly one of --function, --image-tar or --image")
+    remote = v2_url is not None or v2_model is not None
+    if remote and (any(sources) or v2_url is None or v2_model is None):
+        raise click.UsageError("--v2-url and --v2-model go together, and with no other source")
+    if not remote and sum(sources) != 1:
+        raise click.UsageError("give exactly one of --function, --image-tar, --image or --v2-url")
     client = BusClient(
         open_transport(settings.bus_url),
         settings.entity(),
@@ -358,6 +393,10 @@ def deploy(
         wait=wait,
         ready_timeout_s=ready_timeout,
     )
+    if v2_url is not None and v2_model is not None:
+        runner.run(_deploy_v2, client, plan, v2_url, v2_model)
+        click.echo(f"deployed {name}:{version} (served by {v2_url}, model {v2_model})")
+        return
     spool = (cache_dir or default_cache_dir()) / f"{name}-{version}"
     if function_spec is not None:
         artifact = _function_artifact(function_spec, spool)

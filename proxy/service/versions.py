@@ -14,6 +14,7 @@ from anyio.abc import TaskGroup
 
 from bus.errors import BusError, NotFound
 from proxy.backend.embedded import EmbeddedBackend
+from proxy.backend.remote_v2 import V2Endpoint
 from proxy.registry.records import Application, InputType, ModelVersion
 from proxy.registry.registry import Registry
 
@@ -35,6 +36,10 @@ async def start_model(backend: EmbeddedBackend, model: ModelVersion, replicas: i
     if is_running(backend, model.name, model.version):
         await backend.set_replicas(model.name, model.version, replicas)
         return
+    remote = None
+    if model.artifact_kind == "v2":  # served by a V2 server: artifact_path is its URL
+        assert model.image is not None
+        remote = V2Endpoint(model.artifact_path, model.image, model.input_type)
     if replicas > 0:
         batch_size = model.batch_size if model.batch_size > 0 else DEFAULT_BATCH_SIZE
         await backend.start_version(
@@ -43,7 +48,8 @@ async def start_model(backend: EmbeddedBackend, model: ModelVersion, replicas: i
             model.artifact_path,
             replicas=replicas,
             batch_size=batch_size,
-            image=model.image,
+            image=None if remote else model.image,
+            remote=remote,
         )
 
 
