@@ -35,7 +35,7 @@ OWNERS: dict[str, tuple[str, ...]] = {
     ),
     "aiosqlite": ("proxy/registry/registry.py",),
     "asyncpg": ("proxy/registry/postgres.py",),
-    "httpx": ("proxy/backend/remote_v2.py",),
+    "httpx": ("proxy/backend/remote_v2.py", "proxy/bench/remote.py"),
     "docker": ("proxy/backend/docker_engine.py",),
     "aiohttp": ("proxy/bench/http.py",),
     "rdflib": ("chooser/places.py",),

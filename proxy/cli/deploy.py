@@ -372,7 +372,9 @@ def deploy(
     if remote and (any(sources) or v2_url is None or v2_model is None):
         raise click.UsageError("--v2-url and --v2-model go together, and with no other source")
     if not remote and sum(sources) != 1:
-        raise click.UsageError("give exactly one of --function, --image-tar, --image or --v2-url")
+        raise click.UsageError(
+            "give exactly one of --function, --image-tar or --image (or --v2-url and --v2-model)"
+        )
     client = BusClient(
         open_transport(settings.bus_url),
         settings.entity(),
