@@ -35,9 +35,8 @@ OWNERS: dict[str, tuple[str, ...]] = {
     ),
     "aiosqlite": ("proxy/registry/registry.py",),
     "asyncpg": ("proxy/registry/postgres.py",),
-    "httpx": ("proxy/backend/remote_v2.py", "proxy/bench/remote.py"),
     "docker": ("proxy/backend/docker_engine.py",),
-    "aiohttp": ("proxy/bench/http.py",),
+    "aiohttp": ("proxy/bench/http.py", "proxy/backend/remote_v2.py"),
     "rdflib": ("chooser/places.py",),
 }
 TOP_PACKAGES = ("bus", "transports", "proxy", "container_manager", "chooser")

@@ -3,15 +3,14 @@
 One MLServer (``MODELBUS_MLSERVER``; one process, ``parallel_workers: 0``) serves a trivial
 model (double the first feature); in the same run, one request at a time, it measures p50/p99 of:
 
-1. a direct V2 REST call (aiohttp keep-alive, the client ``bench predict`` uses);
-2. a direct V2 REST call through httpx (the client the backend uses), the backend's own floor;
-3. :class:`proxy.backend.remote_v2.RemoteV2Versions` ``predict`` — the backend alone, in this
+1. a direct V2 REST call (aiohttp, keep-alive: the client the backend uses too);
+2. :class:`proxy.backend.remote_v2.RemoteV2Versions` ``predict`` — the backend alone, in this
    process: shape checks, tensor building, the HTTP call, the answer split back;
-4. a ``predict`` through a whole ``modelbus serve`` on its own ZeroMQ bus, with the version
+3. a ``predict`` through a whole ``modelbus serve`` on its own ZeroMQ bus, with the version
    deployed as ``kind: v2`` — signature, grant check, routing, the backend, and the reply.
 
-"Added by the backend" is (3) - (2); the target is under 0.5 ms p50. (4) - (1) is everything
-the bus and the service add on top of the server.
+"Added by the backend" is (2) - (1); the target is under 0.5 ms p50. (3) - (1) is everything
+the bus, the service and the backend add on top of the server.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 
 from bus import BusClient, runner
 from container_manager import ServiceClient
@@ -65,17 +63,6 @@ def _row(label: str, latencies: list[float]) -> RemoteRow:
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     return RemoteRow(label, statistics.median(ordered) * 1e3, p99 * 1e3)
-
-
-async def _direct_httpx(infer_url: str, count: int) -> list[float]:
-    body = bench_http.v2_body(ROW)
-    async with httpx.AsyncClient(trust_env=False) as client:
-
-        async def call() -> None:
-            response = await client.post(infer_url, json=body)
-            response.raise_for_status()
-
-        return await _timed(call, count)
 
 
 async def _backend(base_url: str, count: int) -> list[float]:
@@ -127,7 +114,6 @@ def run_remote_bench(count: int) -> list[RemoteRow]:
         direct = runner.run(bench_http.http_latencies, infer_url, body, count + WARM_UP)
         return [
             _row("direct V2 call, aiohttp", direct[WARM_UP:]),
-            _row("direct V2 call, httpx", runner.run(_direct_httpx, infer_url, count)),
             _row("V2 backend (RemoteV2Versions)", runner.run(_backend, base_url, count)),
             _row("modelbus serve (ZeroMQ) -> V2", runner.run(_service, base_url, workdir, count)),
         ]
@@ -138,15 +124,14 @@ def print_remote_table(rows: list[RemoteRow]) -> None:
     for row in rows:
         click.echo(f"{row.label:34} {row.p50_ms:8.3f} {row.p99_ms:8.3f}")
     by_label = {row.label: row for row in rows}
-    floor = by_label["direct V2 call, httpx"]
     backend = by_label["V2 backend (RemoteV2Versions)"]
     service = by_label["modelbus serve (ZeroMQ) -> V2"]
     direct = by_label["direct V2 call, aiohttp"]
     click.echo(
-        f"added by the V2 backend (p50, vs httpx direct): {backend.p50_ms - floor.p50_ms:+.3f} ms "
+        f"added by the V2 backend (p50, vs direct): {backend.p50_ms - direct.p50_ms:+.3f} ms "
         "(target < 0.5 ms)"
     )
     click.echo(
-        f"added by bus + service + backend (p50, vs aiohttp direct): "
+        f"added by bus + service + backend (p50, vs direct): "
         f"{service.p50_ms - direct.p50_ms:+.3f} ms"
     )
