@@ -10,11 +10,12 @@ from proxy.cli.bench import bench
 from proxy.cli.bus import bus, pub, query, status, sub
 from proxy.cli.demo import demo
 from proxy.cli.deploy import deploy
+from proxy.cli.health import health
 from proxy.cli.keys import grant, keys
 from proxy.cli.root import main
 from proxy.cli.serve import serve
 
 __all__ = ["main"]
 
-for _command in (bench, bus, demo, deploy, grant, keys, pub, query, serve, status, sub):
+for _command in (bench, bus, demo, deploy, grant, health, keys, pub, query, serve, status, sub):
     main.add_command(_command)

@@ -23,6 +23,7 @@ import click
 
 from proxy.cli.redaction import redact_url
 from proxy.cli.root import Settings, pass_settings, run_async
+from proxy.service.health import keep_health_file
 from proxy.service.keys import ServiceKeys, default_namespace_key_file, provision
 from proxy.service.settings import DEFAULT_SERVICE_PATH, ProxySettings, default_data_dir
 from proxy.service.startup import ServiceInfo, run_proxy
@@ -95,9 +96,17 @@ logger = logging.getLogger(__name__)
     help="The registry: a postgresql://user@host/db URL, shared by several proxies, or a SQLite "
     "file [default: $MODELBUS_REGISTRY or DATA_DIR/registry.sqlite3].",
 )
+@click.option(
+    "--health-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the time here once started and every heartbeat interval after, for probes "
+    "(`modelbus health --file`); removed on stop.",
+)
 @pass_settings
 def serve(
     settings: Settings,
+    health_file: Path | None,
     registry: str | None,
     data_dir: Path | None,
     namespace: str | None,
@@ -139,7 +148,7 @@ def serve(
         unsafe_no_sandbox=unsafe_no_sandbox,
         **_engine(docker_url),
     )
-    run_async(_serve, proxy_settings, keys)
+    run_async(_serve, proxy_settings, keys, health_file)
 
 
 def _engine(docker_url: str | None) -> dict[str, Any]:
@@ -147,10 +156,15 @@ def _engine(docker_url: str | None) -> dict[str, Any]:
     return {"docker_url": docker_url} if docker_url else {}
 
 
-async def _serve(settings: ProxySettings, keys: ServiceKeys | None) -> None:
+async def _serve(
+    settings: ProxySettings, keys: ServiceKeys | None, health_file: Path | None = None
+) -> None:
     stop = anyio.Event()
     async with anyio.create_task_group() as task_group:
         info: ServiceInfo = await task_group.start(run_proxy, settings, stop)
+        if health_file is not None:
+            interval_s = min(settings.heartbeat_interval_s, 10.0)
+            await task_group.start(keep_health_file, health_file, interval_s, stop)
         gc.freeze()  # what start-up made lives as long as the process: keep it out of GC passes
         _announce(info, settings, keys)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
