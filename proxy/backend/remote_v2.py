@@ -33,10 +33,9 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import anyio
 import anyio.abc
 
@@ -60,7 +59,9 @@ _EXCERPT = 200
 _READY_POLL_MIN_S = 0.05
 _READY_POLL_MAX_S = 2.0
 _READ_CHUNK = 64 * 1024
-_STALE = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
+
+if TYPE_CHECKING:
+    import aiohttp  # imported when a backend starts: commands that never serve never load it
 
 
 def check_v2_url(url: str) -> str:
@@ -151,6 +152,8 @@ class RemoteV2Versions:
         self._versions: dict[tuple[str, str], _Version] = {}
 
     async def __aenter__(self) -> RemoteV2Versions:
+        import aiohttp
+
         self._client = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.max_connections),
             timeout=aiohttp.ClientTimeout(total=30.0),
@@ -291,9 +294,12 @@ class RemoteV2Versions:
     async def _request(
         self, method: str, endpoint: V2Endpoint, url: str, body: Any, timeout_s: float
     ) -> Any:
+        import aiohttp
+
         _, client = self._running()
         where = f"the V2 server at {endpoint.url}"
         timeout = aiohttp.ClientTimeout(total=timeout_s)
+        stale = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
         for attempt in (1, 2):
             try:
                 async with client.request(method, url, json=body, timeout=timeout) as response:
@@ -305,7 +311,7 @@ class RemoteV2Versions:
             except aiohttp.ClientConnectionError as exc:
                 # A kept-alive connection the server closed meanwhile (uvicorn does after a
                 # 500): once more on a new one. Inference has no side effects in V2.
-                if attempt == 2 or not isinstance(exc, _STALE):
+                if attempt == 2 or not isinstance(exc, stale):
                     raise TransportError(
                         f"{where} cannot be reached: {type(exc).__name__}"
                     ) from exc
@@ -334,6 +340,8 @@ class RemoteV2Versions:
         return bytes(body)
 
     async def _probe_until_ready(self, state: _Version) -> None:
+        import aiohttp
+
         _, client = self._running()
         delay = _READY_POLL_MIN_S
         with state.scope:

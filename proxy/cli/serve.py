@@ -103,9 +103,17 @@ logger = logging.getLogger(__name__)
     help="Write the time here once started and every heartbeat interval after, for probes "
     "(`modelbus health --file`); removed on stop.",
 )
+@click.option(
+    "--artifacts",
+    default=None,
+    envvar="MODELBUS_ARTIFACTS",
+    help="Where committed artifacts live, content-addressed: file:///shared/path (or an "
+    "absolute path) on a filesystem several proxies share [default: DATA_DIR/artifacts].",
+)
 @pass_settings
 def serve(
     settings: Settings,
+    artifacts: str | None,
     health_file: Path | None,
     registry: str | None,
     data_dir: Path | None,
@@ -138,6 +146,7 @@ def serve(
         embed_bus=not no_embedded_bus,
         data_dir=data_dir,
         registry=registry,
+        artifacts=artifacts,
         entity_path=entity_path,
         namespace=namespace,
         service_path=service_path,

@@ -59,6 +59,10 @@ class ProxySettings(BaseModel):
     """Run closures unconfined where bubblewrap is missing (with a warning), instead of refusing
     to start. Only for a service whose every deployer is trusted."""
 
+    artifacts: Annotated[str, Field(pattern=r"^(file:///|/)")] | None = None
+    """Where committed artifacts live: an absolute directory or ``file:///path``, shared by
+    several proxies (mounted at the same path on each); None: ``<data_dir>/artifacts``."""
+
     @property
     def registry_target(self) -> str | Path:
         """What :meth:`proxy.registry.Registry.open` opens."""

@@ -45,6 +45,7 @@ from proxy.service.settings import ProxySettings
 from proxy.service.slots import Slot
 from proxy.service.status import ServiceStatus
 from proxy.service.versions import VersionRouter, start_model
+from proxy.uploads.artifacts import ArtifactStore, artifact_root
 from proxy.uploads.sessions import UploadLimits, Uploads
 from transports import open_or_embed
 
@@ -138,6 +139,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         )
         task_group = await stack.enter_async_context(anyio.create_task_group())
         router = VersionRouter(registry, backend, task_group, on_switch=heartbeat.nudge)
+        artifacts = ArtifactStore(artifact_root(settings.artifacts or data_dir / "artifacts"))
         uploads = Uploads(
             registry,
             data_dir,
@@ -146,6 +148,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 max_open_per_sender=settings.max_open_uploads_per_sender,
                 idle_timeout_s=settings.upload_idle_timeout_s,
             ),
+            artifacts,
         )
         predict = PredictOps(
             registry, backend, router, status, timeout_s=settings.predict_timeout_s

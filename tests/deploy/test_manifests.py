@@ -65,7 +65,8 @@ def test_each_manifest_is_a_valid_object_with_no_unknown_field(
 ) -> None:
     api = k8s.ApiClient()
     model = MODELS[(document["apiVersion"], document["kind"])]
-    obj = api.deserialize(json.dumps(document), model, "application/json")  # required fields missing: ValueError
+    # A missing required field, or one of the wrong type, raises here.
+    obj = api.deserialize(json.dumps(document), model, "application/json")
     # The models drop fields they do not know: a typo (``readinesProbe``) comes back missing.
     assert _normalized(api.sanitize_for_serialization(obj)) == _normalized(document), where
 
