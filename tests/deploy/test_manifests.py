@@ -25,6 +25,7 @@ MODELS = {
     ("v1", "Secret"): "V1Secret",
     ("v1", "Service"): "V1Service",
     ("apps/v1", "Deployment"): "V1Deployment",
+    ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim",
 }
 
 
@@ -54,7 +55,7 @@ def _normalized(value: Any) -> Any:
 
 def test_there_are_manifests() -> None:
     kinds = sorted({doc["kind"] for _, doc in documents()})
-    assert kinds == ["ConfigMap", "Deployment", "Secret", "Service"]
+    assert kinds == ["ConfigMap", "Deployment", "PersistentVolumeClaim", "Secret", "Service"]
 
 
 @pytest.mark.parametrize(
@@ -106,6 +107,10 @@ def test_the_proxy_deployment_runs_serve_and_probes_its_health() -> None:
     assert mounted <= set(secret["stringData"])
     config = by_kind("ConfigMap")[container["envFrom"][0]["configMapRef"]["name"]]["data"]
     assert config["MODELBUS_REGISTRY"].startswith("postgresql://")
+    artifacts = config["MODELBUS_ARTIFACTS"].removeprefix("file://")
+    assert artifacts in mounts
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"][3:]]
+    assert claims == list(by_kind("PersistentVolumeClaim"))
     assert ":" not in config["MODELBUS_REGISTRY"].split("//")[1].split("@")[0]  # no password
 
 
@@ -148,6 +153,8 @@ def test_the_compose_file_runs_three_proxies_on_the_shared_parts() -> None:
         check = proxy["healthcheck"]["test"]
         _parse(health, check[3:])
     assert len({services[name]["volumes"][0] for name in proxies}) == 3  # a data dir each
+    shared = {services[name]["volumes"][1] for name in proxies}  # one artifact volume
+    assert shared == {"artifacts:/artifacts"}
     for secret in compose["secrets"].values():
         assert secret["file"].startswith("./secrets/")  # made by make-secrets.sh, git-ignored
 
