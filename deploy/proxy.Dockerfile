@@ -21,7 +21,8 @@ COPY proxy /src/proxy
 COPY container_manager /src/container_manager
 RUN pip install --no-cache-dir /src && rm -rf /src
 
-RUN useradd --system --uid 10001 --home-dir /data --create-home modelbus
+RUN useradd --system --uid 10001 --home-dir /data --create-home modelbus \
+    && install -d -o 10001 -g 10001 -m 0700 /artifacts
 USER 10001
 ENV PYTHONUNBUFFERED=1 MODELBUS_DATA=/data
 WORKDIR /data
