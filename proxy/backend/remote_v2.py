@@ -262,15 +262,25 @@ class RemoteV2Versions:
     ) -> list[Any]:
         outputs: list[Any] = [None] * len(inputs)
         limit = anyio.Semaphore(self.max_in_flight)
+        failed: list[BusError] = []
 
-        async def one(position: int) -> None:
+        async def one(position: int, group: anyio.abc.TaskGroup) -> None:
             async with limit:
-                found = await self._infer(state, [inputs[position]], shapes[position], timeout_s)
+                try:
+                    found = await self._infer(
+                        state, [inputs[position]], shapes[position], timeout_s
+                    )
+                except BusError as error:  # the first one fails the call, the rest stop
+                    failed.append(error)
+                    group.cancel_scope.cancel()
+                    return
                 outputs[position] = found[0]
 
         async with anyio.create_task_group() as group:
             for position in range(len(inputs)):
-                group.start_soon(one, position)
+                group.start_soon(one, position, group)
+        if failed:
+            raise failed[0]
         return outputs
 
     async def _infer(

@@ -81,6 +81,8 @@ async def test_inputs_of_different_shapes_go_one_by_one(mlserver: MLServer) -> N
         # MLServer's NumpyCodec answers a tensor of shape [1] as [1, 1]: the server's choice.
         assert outputs == [[2.0], [4.0, 6.0], [8.0]]
         assert remote.stats("m", "1")[3] == {1: 3}
+        with pytest.raises(InvalidRequest, match="negative"):  # one failure fails the call
+            await remote.predict("m", "1", [[1.0], [-2.0, 3.0], 4.0], 10)
 
 
 async def test_integers_keep_their_type(mlserver: MLServer) -> None:
