@@ -13,6 +13,10 @@ SQLite does on its own, this module does by hand:
   it anyway would be a Conflict too. Waiting longer than ``busy_timeout_s`` for the lock
   (PostgreSQL's ``lock_timeout``) is :class:`Overloaded`, like SQLite's busy timeout.
 - **Reads** are ``REPEATABLE READ READ ONLY``: one snapshot for all of a method's statements.
+- **Switches heard by every proxy**: :meth:`PostgresDatabase.watch` listens (``LISTEN``, on a
+  connection of its own, re-made if it drops) on the channel a trigger notifies at each commit
+  that changes a model's current versions, and calls back with the model's name — or with None
+  after a reconnection, when some may have been missed.
 - **Migrations** (:mod:`proxy.registry.postgres_schema`) run at open in one transaction under
   another advisory lock: proxies starting together migrate once; the others wait, then find the
   schema current. A database from a newer modelbus is refused untouched.
@@ -27,17 +31,24 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydantic import BaseModel
 
 from bus.errors import BusError, Conflict, InternalError, Overloaded
-from proxy.registry.postgres_schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
+from proxy.registry.postgres_schema import (
+    CURRENT_CHANNEL,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    VERSION_TABLE,
+)
 from proxy.registry.sql import Clock, Params
 
 __all__ = ["SCHEMES", "PostgresDatabase", "is_postgres_url", "redact"]
@@ -52,6 +63,10 @@ _CLEANUP_S = 5.0
 # Advisory lock keys (64-bit, arbitrary but fixed): "mbwrite" and "mbmigrt" in ASCII.
 _WRITE_LOCK = 0x6D627772697465
 _MIGRATION_LOCK = 0x6D626D69677274
+_BACKLOG = 1000
+_RECONNECT_MIN_S = 0.5
+_RECONNECT_MAX_S = 10.0
+_CONNECT_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 def is_postgres_url(target: object) -> bool:
@@ -93,8 +108,12 @@ def numbered(sql: str) -> str:
 class PostgresDatabase:
     """A pool of connections to one database: the :class:`proxy.registry.sql.Database` seam."""
 
-    def __init__(self, pool: asyncpg.Pool, where: str, clock: Clock) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, where: str, clock: Clock, url: str = "", timeout_s: float = 10
+    ) -> None:
         self._pool = pool
+        self._url = url
+        self._timeout_s = timeout_s
         self.path = where
         self.clock = clock
         self._closed = False
@@ -114,9 +133,9 @@ class PostgresDatabase:
                 server_settings=settings,
                 timeout=max(busy_timeout_s, 10.0),
             )
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except _CONNECT_ERRORS as exc:
             raise _translate(exc, where) from exc
-        db = cls(pool, where, clock)
+        db = cls(pool, where, clock, url, max(busy_timeout_s, 10.0))
         try:
             await db.migrate()
         except BaseException:
@@ -153,6 +172,55 @@ class PostgresDatabase:
         async with self.read() as session:
             row = await session.row("SELECT version FROM modelbus_schema")
         return 0 if row is None else int(row[0])
+
+    async def watch(
+        self,
+        on_change: Callable[[str | None], None],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``on_change(model name)`` after each commit that changes a model's current
+        versions (``None``: after a lost connection, any may have); runs until cancelled.
+
+        asyncpg calls its listeners outside any task: they only queue the name, and a task of
+        this method's own makes the calls."""
+        send, receive = anyio.create_memory_object_stream[str | None](_BACKLOG)
+        async with anyio.create_task_group() as group, send, receive:
+            group.start_soon(_deliver, receive, on_change)
+            await self._listen(send, task_status=task_status)
+
+    async def _listen(
+        self, send: MemoryObjectSendStream[str | None], *, task_status: TaskStatus[None]
+    ) -> None:
+        delay, started = _RECONNECT_MIN_S, False
+        while True:
+            try:
+                connection = await asyncpg.connect(self._url, timeout=self._timeout_s)
+            except _CONNECT_ERRORS as exc:
+                if not started:
+                    raise _translate(exc, self.path) from exc
+                log.warning("registry %s: cannot listen again yet: %s", self.path, exc)
+                await anyio.sleep(delay)
+                delay = min(2 * delay, _RECONNECT_MAX_S)
+                continue
+            try:
+                lost = anyio.Event()
+                connection.add_termination_listener(lambda _, lost=lost: lost.set())
+                await connection.add_listener(
+                    CURRENT_CHANNEL, lambda _c, _pid, _channel, name: _offer(send, str(name))
+                )
+                if started:
+                    log.info("registry %s: listening again", self.path)
+                    _offer(send, None)
+                else:
+                    started = True
+                    task_status.started()
+                delay = _RECONNECT_MIN_S
+                await lost.wait()
+                log.warning("registry %s: lost the connection it listens on", self.path)
+            finally:
+                with anyio.move_on_after(_CLEANUP_S, shield=True):
+                    await connection.close()
 
     async def close(self) -> None:
         if self._closed:
@@ -237,6 +305,22 @@ class _Session:
                 f"database written by another program? ({exc})",
                 path=self._where,
             ) from exc
+
+
+def _offer(send: MemoryObjectSendStream[str | None], name: str | None) -> None:
+    try:
+        send.send_nowait(name)
+    except anyio.WouldBlock:
+        log.warning("registry: %d changes not yet followed: one more is not", _BACKLOG)
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        pass  # the watch has ended
+
+
+async def _deliver(
+    receive: MemoryObjectReceiveStream[str | None], on_change: Callable[[str | None], None]
+) -> None:
+    async for name in receive:
+        on_change(name)
 
 
 def _translate(exc: BaseException, where: str) -> BusError:

@@ -12,7 +12,9 @@ Differences from the SQLite text, each for a reason:
   whatever locale the database was created with;
 - ``models`` ends with ``rowid``, an identity column, for the registration order SQLite's own
   rowid gives; ``current_versions.seq`` is an identity column too;
-- immutability is a PL/pgSQL trigger function.
+- immutability is a PL/pgSQL trigger function;
+- a change to a model's current versions is announced to every listening proxy on the channel
+  ``modelbus_current`` (the model's name as payload, at commit), which SQLite has no way to do.
 
 Whoever adds a SQLite migration adds its twin here at the same index: a test checks that both
 lists have the same length.
@@ -20,7 +22,9 @@ lists have the same length.
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "VERSION_TABLE"]
+__all__ = ["CURRENT_CHANNEL", "MIGRATIONS", "SCHEMA_VERSION", "VERSION_TABLE"]
+
+CURRENT_CHANNEL = "modelbus_current"
 
 VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS modelbus_schema (one BOOLEAN PRIMARY KEY DEFAULT TRUE "
@@ -136,6 +140,18 @@ _V3 = (
         CHECK (artifact_kind IN ('closure', 'image', 'v2'))
     """,
     "CREATE INDEX models_by_kind ON models (artifact_kind)",
+    """
+    CREATE FUNCTION modelbus_current_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('modelbus_current', coalesce(NEW.model_name, OLD.model_name));
+        RETURN NULL;
+    END
+    $$
+    """,
+    """
+    CREATE TRIGGER current_versions_changed AFTER INSERT OR DELETE ON current_versions
+    FOR EACH ROW EXECUTE FUNCTION modelbus_current_changed()
+    """,
 )
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)

@@ -36,6 +36,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 import anyio
+from anyio.abc import TaskStatus
 from pydantic import BaseModel
 
 from bus.errors import BusError, Conflict, InternalError, Overloaded
@@ -65,6 +66,10 @@ class _Store(Database, Protocol):
     def path(self) -> Path | str: ...
 
     async def schema_version(self) -> int: ...
+
+    async def watch(
+        self, on_change: Callable[[str | None], None], *, task_status: TaskStatus[None]
+    ) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -119,6 +124,17 @@ class Registry(AppStore, ModelStore, ReplicaStore, UploadStore):
     async def schema_version(self) -> int:
         """The file's ``PRAGMA user_version`` (the database's ``modelbus_schema``)."""
         return await self._db.schema_version()
+
+    async def watch_current(
+        self,
+        on_change: Callable[[str | None], None],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Until cancelled, call ``on_change(name)`` when another connection (another proxy)
+        changes model ``name``'s current versions (``None``: maybe any). PostgreSQL tells;
+        a SQLite file cannot, so on SQLite this only waits (one machine, one proxy)."""
+        await self._db.watch(on_change, task_status=task_status)
 
     async def close(self) -> None:
         """Close the file; idempotent. A transaction under way finishes first."""
@@ -193,6 +209,15 @@ class _Database:
         async with self.read() as session:
             row = await session.row("PRAGMA user_version")
         return 0 if row is None else int(row[0])
+
+    async def watch(
+        self,
+        on_change: Callable[[str | None], None],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()  # SQLite announces nothing to other connections
+        await anyio.sleep_forever()
 
     async def close(self) -> None:
         if self._closed:

@@ -165,6 +165,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             ),
         }
         await _restore(registry, backend, router)
+        await task_group.start(registry.watch_current, router.follow)
         gate = ServeGate()
         for name, slot in slots.items():
             await task_group.start(

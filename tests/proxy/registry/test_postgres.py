@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import asyncpg
@@ -172,3 +173,51 @@ async def test_names_sort_by_code_point_as_in_sqlite(postgres_url: str) -> None:
             await registry.register_application(name, "doubles", "0", 100)
         names = [a.name for a in await registry.list_applications()]
         assert names == ["B", "Z", "a", "a-1", "a_1", "b"]
+
+
+async def test_another_connections_switches_are_heard_even_after_a_lost_connection(
+    postgres_url: str,
+) -> None:
+    heard: list[str | None] = []
+    changed = anyio.Event()
+
+    def on_change(name: str | None) -> None:
+        heard.append(name)
+        changed.set()
+
+    async def next_change() -> str | None:
+        nonlocal changed
+        if not heard:
+            with anyio.fail_after(10):
+                await changed.wait()
+        changed = anyio.Event()
+        return heard.pop(0)
+
+    async with (
+        Registry.open(postgres_url) as listener,
+        Registry.open(postgres_url) as writer,
+        anyio.create_task_group() as group,
+    ):
+        await group.start(listener.watch_current, on_change)
+        await add_model(writer, "1")
+        assert await next_change() == "thermal"
+        await add_model(writer, "2")
+        assert await next_change() == "thermal"
+        await writer.rollback("thermal")
+        assert await next_change() == "thermal"
+
+        async with raw(postgres_url) as admin:  # drop the listening connection
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'LISTEN%' AND pid != pg_backend_pid()"
+            )
+        assert await next_change() is None  # listening again: anything may have changed
+        await writer.set_current("thermal", "2")
+        assert await next_change() == "thermal"
+        group.cancel_scope.cancel()
+
+
+async def test_a_sqlite_registry_starts_watching_and_hears_nothing(tmp_path: Path) -> None:
+    async with Registry.open(tmp_path / "r.db") as registry, anyio.create_task_group() as group:
+        await group.start(registry.watch_current, lambda name: None)
+        group.cancel_scope.cancel()
