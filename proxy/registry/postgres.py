@@ -132,6 +132,7 @@ class PostgresDatabase:
                 max_size=pool_size,
                 server_settings=settings,
                 timeout=max(busy_timeout_s, 10.0),
+                reset=_end_transaction,
             )
         except _CONNECT_ERRORS as exc:
             raise _translate(exc, where) from exc
@@ -305,6 +306,15 @@ class _Session:
                 f"database written by another program? ({exc})",
                 path=self._where,
             ) from exc
+
+
+async def _end_transaction(connection: asyncpg.Connection) -> None:
+    """What the pool does to a connection given back, instead of asyncpg's reset query (a round
+    trip each time): transactions hold no session state here — the advisory locks are
+    transaction-scoped, nothing is SET or LISTENed on pool connections — so only a transaction
+    a cancellation left open needs ending."""
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
 
 
 def _offer(send: MemoryObjectSendStream[str | None], name: str | None) -> None:
