@@ -25,21 +25,21 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from bus import BusClient, Grant, service_states
+from bus import BusClient, service_states
 from bus import uri as uris
 from bus.artifact import build_closure_archive
 from bus.entity import key_from_text, key_to_text
 from bus.errors import DecodeError, InvalidUri, NotFound, TransportError, VerificationError
-from bus.grants import encode_chain
 from bus.liveness.heartbeat import STALE_AFTER_S, STATE
 from bus.liveness.monitor import ServiceState
 from bus.transfer import UploadProgress, upload_file
+from container_manager.forecasts import ForecastCalls
 from container_manager.jobs import FitsAndSchedules
 from container_manager.routes import RouteCalls
 
@@ -48,7 +48,7 @@ __all__ = ["DEFAULT_SERVICE_PATH", "ServiceClient"]
 DEFAULT_SERVICE_PATH = "s.modelbus/_"
 
 
-class ServiceClient(RouteCalls, FitsAndSchedules):
+class ServiceClient(RouteCalls, FitsAndSchedules, ForecastCalls):
     """Talks to the service at ``service_uri`` (``<namespace>/s.modelbus/_`` by default).
     Fits and schedules: :class:`container_manager.jobs.FitsAndSchedules`."""
 
@@ -235,6 +235,38 @@ class ServiceClient(RouteCalls, FitsAndSchedules):
             )
         )
 
+    async def deploy_v2(
+        self,
+        name: str,
+        version: str,
+        input_type: str,
+        *,
+        url: str,
+        model: str,
+        labels: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        batch_size: int = -1,
+        make_current: bool = True,
+    ) -> dict[str, Any]:
+        """Deploy ``name:version`` as served by an Open Inference Protocol (V2) server: the
+        service forwards its predictions to ``{url}/v2/models/{model}/infer``."""
+        return dict(
+            await self.call(
+                "deploy",
+                "model.deploy",
+                name=name,
+                version=version,
+                input_type=input_type,
+                kind="v2",
+                v2_url=url,
+                v2_model=model,
+                labels=labels or [],
+                metadata=metadata or {},
+                batch_size=batch_size,
+                make_current=make_current,
+            )
+        )
+
     async def deploy_function(
         self,
         name: str,
@@ -397,57 +429,6 @@ class ServiceClient(RouteCalls, FitsAndSchedules):
                 **{k: v for k, v in body.items() if v is not None},
             )
         )
-
-    # -- forecasts by meaning (the XBOS prediction API, PROTOCOL §17.8) -----------------------
-
-    async def forecast(
-        self,
-        type: str,
-        context: Mapping[str, str] | str,
-        start: str,
-        end: str,
-        granularity: str,
-        *,
-        aggregation: str | None = None,
-        proofs: Sequence[Sequence[Grant]] = (),
-        timeout_s: float | None = None,
-    ) -> dict[str, Any]:
-        """``type`` at ``context`` (``{"zone": "A"}`` or ``"zone=A"``) from ``start`` to ``end``
-        (with a zone: ``"2018-01-30 00:00 PST"``) by ``granularity`` (``"30min"``), answered by
-        the models the service chooses; ``proofs``: grant chains proving this key may consume
-        the models' training streams. The reply: ``points`` ``[ts_ns, value, [[name, version],
-        ...]]``, ``gaps`` ``[start_ns, end_ns, reason]``, ``problems``, ``composed``, ``cached``."""
-        body: dict[str, Any] = {
-            "type": type,
-            "context": dict(context) if isinstance(context, Mapping) else context,
-            "start": start,
-            "end": end,
-            "granularity": granularity,
-            "proofs": [encode_chain(list(chain)) for chain in proofs],
-        }
-        if aggregation is not None:
-            body["aggregation"] = aggregation
-        return dict(await self.call("predict", "forecast", reply_timeout_s=timeout_s, **body))
-
-    async def forecast_models(
-        self,
-        type: str,
-        context: Mapping[str, str] | str,
-        *,
-        start: str | None = None,
-        end: str | None = None,
-        proofs: Sequence[Sequence[Grant]] = (),
-    ) -> list[dict[str, Any]]:
-        """The models this key may use for ``type`` at ``context`` (and the places around it),
-        with their declared coverage and, given ``start`` and ``end``, what they cover there."""
-        body: dict[str, Any] = {
-            "type": type,
-            "context": dict(context) if isinstance(context, Mapping) else context,
-            "proofs": [encode_chain(list(chain)) for chain in proofs],
-        }
-        if start is not None or end is not None:
-            body |= {"start": start, "end": end}
-        return list(await self.call("predict", "forecast.models", **body))
 
 
 def _why_dead(state: ServiceState) -> str:

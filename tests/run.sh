@@ -18,10 +18,12 @@ SYSTEM_PREREQUISITES=(
     "catatonit:catatonit"  # the init process replicas run under (a podman recommendation only)
     "bwrap:bubblewrap"     # the sandbox closure replicas run in (proxy/sandbox.py)
     "chromium:chromium"    # the headless browser of the dashboard's page tests (Playwright drives it)
+    "initdb:postgresql"    # the registry's PostgreSQL server the tests start (tests/fixtures/postgres.py)
 )
 
 have() {
-    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ] ||
+        compgen -G "/usr/lib/postgresql/*/bin/$1" >/dev/null
 }
 
 in_venv() {
@@ -62,6 +64,21 @@ fi
 echo "== $python -m pip install -e '.[test,clipper]' and clipper_admin 0.4.1 (--no-deps)"
 "$python" -m pip install --quiet --disable-pip-version-check -e '.[test,clipper]'
 "$python" -m pip install --quiet --disable-pip-version-check --no-deps 'clipper_admin==0.4.1'
+
+# ---- MLServer, the Open Inference Protocol server the V2 backend's tests run against -----------
+# In its own virtualenv: it pins many packages. 1.7.1 crashes its worker at start with the
+# newest uvloop and exits 0 (../shared/MEASURED.md), hence uvloop 0.21.0 beside it. The tests
+# and `modelbus bench remote` find it through MODELBUS_MLSERVER; a failure here fails the run.
+if [ -z "${MODELBUS_MLSERVER:-}" ]; then
+    if [ ! -x .venv-mlserver/bin/mlserver ]; then
+        echo "== creating .venv-mlserver (mlserver 1.7.1, uvloop 0.21.0)"
+        python3 -m venv .venv-mlserver
+        .venv-mlserver/bin/pip install --quiet --disable-pip-version-check \
+            'mlserver==1.7.1' 'uvloop==0.21.0'
+    fi
+    MODELBUS_MLSERVER="$(pwd)/.venv-mlserver/bin/mlserver"
+    export MODELBUS_MLSERVER
+fi
 
 # ---- checks: run them all, report every failure, fail at the end ----------------------------
 failed=()

@@ -34,10 +34,13 @@ OWNERS: dict[str, tuple[str, ...]] = {
         "proxy/bench/raw.py",
     ),
     "aiosqlite": ("proxy/registry/registry.py",),
+    "asyncpg": ("proxy/registry/postgres.py",),
     "docker": ("proxy/backend/docker_engine.py",),
-    "aiohttp": (  # the HTTP servers: the dashboard's, /metrics, the benchmarks' baseline
+    "aiohttp": (  # the HTTP servers and clients: the dashboard's, /metrics, the V2 backend's, the
+        # benchmarks' baseline
         "proxy/dashboard/app.py",
         "proxy/metrics/recording.py",
+        "proxy/backend/remote_v2.py",
         "proxy/bench/http.py",
     ),
     "prometheus_client": ("proxy/metrics/recording.py", "proxy/dashboard/app.py"),

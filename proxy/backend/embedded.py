@@ -3,9 +3,8 @@
 Each started model version has replicas; each replica is a worker started by a
 :class:`~proxy.backend.runtime.Runtime` that connects back to this backend's ROUTER socket and
 speaks the replica protocol (:mod:`proxy.backend.worker`). ``predict`` queues its inputs
-(:mod:`proxy.backend.batching`);
-whenever a ready replica is idle it is sent a batch of whatever is queued right then — the idle
-replica that was given work least recently goes first. :mod:`proxy.backend.supervisor` restarts
+(:mod:`proxy.backend.batching`); an idle ready replica is sent a batch of whatever is queued right
+then — the one given work least recently goes first. :mod:`proxy.backend.supervisor` restarts
 workers that exit.
 
 Failures: the batch of a worker that died is retried once, and inputs whose batch has crashed two
@@ -13,6 +12,9 @@ workers fail with :class:`~bus.errors.InternalError`; a model function that rais
 predictions in that batch; a worker that cannot load its model reports why, is not restarted, and
 its version's predictions fail with that reason; a ready worker silent for ``silence_limit_s`` is
 killed and restarted.
+
+A version started with ``remote=V2Endpoint(...)`` has no replicas: it is served by an Open
+Inference Protocol server (:mod:`proxy.backend.remote_v2`), and each method below hands it on.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from bus.errors import (
 from proxy.backend.batching import BatchQueue
 from proxy.backend.channel import RouterChannel
 from proxy.backend.images import check_saved_image
+from proxy.backend.remote_v2 import RemoteV2Versions, V2Endpoint
 from proxy.backend.replica_link import Dispatcher, ServedVersion
 from proxy.backend.runtime import ImageRuntime, ProcessRuntime, ReplicaSpec, Runtime, RuntimeByKind
 from proxy.backend.supervisor import Replica, ReplicaState, ReplicaStatus, Supervisor
@@ -109,6 +112,7 @@ class EmbeddedBackend:
         self._images: dict[tuple[str, str], str] = {}  # image versions → their image
         self._dispatcher: Dispatcher | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._remote = RemoteV2Versions()
 
     async def __aenter__(self) -> Self:
         channel = RouterChannel(self.settings.host)
@@ -124,6 +128,7 @@ class EmbeddedBackend:
         await self._tg.__aenter__()
         self._tg.start_soon(self._dispatcher.receive_loop)
         self._tg.start_soon(self._dispatcher.heartbeat_loop)
+        await self._tg.start(self._remote.serve)
         return self
 
     async def __aexit__(
@@ -160,8 +165,10 @@ class EmbeddedBackend:
         replicas: int = 1,
         batch_size: int = 64,
         image: str | None = None,
+        remote: V2Endpoint | None = None,
     ) -> None:
         """Check the archive can run here and start its replicas (returns before they are ready).
+        With ``remote``, the version is served by that V2 server instead (no artifact).
 
         With ``image``, the artifact is a ``docker save`` tarball holding that image, run by the
         image runtime (the worker inside checks the closure it carries).
@@ -174,8 +181,10 @@ class EmbeddedBackend:
         _check_count("replicas", replicas, 1, self.settings.max_replicas)
         self.check_replica_budget(name, version, replicas)
         _check_count("batch_size", batch_size, 1, self.settings.max_batch_size)
-        artifact = Path(artifact_path).resolve()
         self._refuse_started(name, version)
+        if remote is not None:
+            return self._remote.start(name, version, remote)
+        artifact = Path(artifact_path).resolve()
         if image is None:
             manifest = await anyio.to_thread.run_sync(read_manifest, artifact)
             await anyio.to_thread.run_sync(check_compatible, manifest)
@@ -198,6 +207,8 @@ class EmbeddedBackend:
     async def stop_version(self, name: str, version: str) -> None:
         """Stop every replica (gracefully, then by force) and forget the version (and remove
         its image, if it has one no other version uses)."""
+        if (name, version) in self._remote:
+            return self._remote.stop(name, version)
         await self._stop_version(self._live(name, version), remove_image=True)
 
     async def load_image(self, tarball: str | Path, image: str) -> str:
@@ -211,6 +222,8 @@ class EmbeddedBackend:
 
     async def set_replicas(self, name: str, version: str, count: int) -> None:
         """Start or stop replicas until ``count`` run; returns once surplus workers exited."""
+        if (name, version) in self._remote:
+            return  # the V2 server sizes itself
         state = self._live(name, version)
         _check_count("replicas", count, 0, self.settings.max_replicas)
         self.check_replica_budget(name, version, count)
@@ -237,9 +250,12 @@ class EmbeddedBackend:
             )
 
     def versions(self) -> list[tuple[str, str]]:
-        return sorted(key for key, state in self._versions.items() if not state.stopping)
+        local = [key for key, state in self._versions.items() if not state.stopping]
+        return sorted(local + self._remote.versions())
 
     def is_ready(self, name: str, version: str) -> bool:
+        if (name, version) in self._remote:
+            return self._remote.is_ready(name, version)
         state = self._versions.get((name, version))
         return state is not None and not state.stopping and state.is_ready()
 
@@ -248,6 +264,8 @@ class EmbeddedBackend:
 
         Raises the load error at once if every replica failed to load the model.
         """
+        if (name, version) in self._remote:
+            return await self._remote.wait_ready(name, version, timeout_s)
         state = self._live(name, version)
         with anyio.move_on_after(timeout_s):
             while not state.is_ready():
@@ -264,10 +282,15 @@ class EmbeddedBackend:
         )
 
     def replicas(self, name: str, version: str) -> list[ReplicaState]:
+        if (name, version) in self._remote:
+            return []
         state = self._live(name, version)
         return [state.replicas[i].snapshot() for i in sorted(state.replicas)]
 
     def stats(self, name: str, version: str) -> VersionStats:
+        if (name, version) in self._remote:
+            in_flight, done, errors, sizes = self._remote.stats(name, version)
+            return VersionStats(0, in_flight, done, errors, 0, sizes)
         state = self._live(name, version)
         queue = state.queue
         return VersionStats(
@@ -299,6 +322,8 @@ class EmbeddedBackend:
         Overloaded (queue full), RequestTimeout, InternalError (the model or its workers failed),
         or the reason the model cannot load here.
         """
+        if (name, version) in self._remote:
+            return await self._remote.predict(name, version, inputs, timeout_s)
         dispatcher = self._running()[1]
         state = self._live(name, version)
         if not isinstance(inputs, list):
@@ -444,7 +469,7 @@ class EmbeddedBackend:
         return self._image_runtime
 
     def _refuse_started(self, name: str, version: str) -> None:
-        if (name, version) in self._versions:
+        if (name, version) in self._versions or (name, version) in self._remote:
             raise Conflict(f"model version {name}:{version} is already started", model=name)
 
     def _live(self, name: str, version: str) -> ServedVersion:

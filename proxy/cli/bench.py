@@ -3,6 +3,7 @@
     modelbus bench bus [--bus URL]... [--count N] [--requests N] [--size BYTES] [--qos 0|1|2]
     modelbus bench heartbeats [--services N]... [--seconds 30] [--bus URL]
     modelbus bench predict [--count N] [--in-flight 8]
+    modelbus bench remote [--count N]
     modelbus bench upload [--mib 256] [--window 16]
     modelbus bench upload --image [--image-mib 300] [--docker-url URL]
     modelbus bench choose [--repeats 300] [--rounds 200]
@@ -123,6 +124,21 @@ def predict(count: int, in_flight: int) -> None:
 
     rows, notes = run_predict_bench(count, in_flight)
     print_predict_table(rows, notes, in_flight)
+
+
+@bench.command("remote")
+@click.option(
+    "--count",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(16, 1_000_000),
+    help="Predictions per measurement.",
+)
+def remote(count: int) -> None:
+    """What the remote V2 backend adds to a direct call to MLServer (MODELBUS_MLSERVER)."""
+    from proxy.bench.remote import print_remote_table, run_remote_bench
+
+    print_remote_table(run_remote_bench(count))
 
 
 @bench.command("upload")

@@ -19,27 +19,26 @@ from its :class:`~proxy.cli.root.Settings`; the work is done by :mod:`container_
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
 import json
-import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import click
 
 from bus import BusClient, BusError, Conflict, RequestTimeout, TransportError, runner
-from bus.artifact import build_closure_archive
 from bus.errors import InvalidRequest
 from bus.transfer import UploadProgress
-from container_manager import engine
-from container_manager.clipper import CLOSURE_IMAGE_PREFIX
 from container_manager.service import DEFAULT_SERVICE_PATH, ServiceClient
 from proxy.cli.apps import check_link
+from proxy.cli.artifacts import (
+    Artifact,
+    default_cache_dir,
+    function_artifact,
+    image_artifact,
+    tarball_artifact,
+)
 from proxy.cli.diagnose import asking
 from proxy.cli.remote import service_uri
 from proxy.cli.root import CliError, Settings, pass_settings
@@ -49,137 +48,6 @@ from transports import open_transport
 __all__ = ["deploy"]
 
 INPUT_TYPES = ("integers", "floats", "doubles", "bytes", "strings")
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "modelbus" / "deploy"
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """The file to upload and deploy; ``spool`` is set when the command built it (kept in
-    the cache until the deploy succeeds)."""
-
-    path: Path
-    kind: str
-    image: str | None
-    spool: Path | None = None
-
-    def container_name(self, sha256: str) -> str:
-        """How the service will name the version's containers (to recognise a done deploy)."""
-        return self.image or f"{CLOSURE_IMAGE_PREFIX}{sha256}"
-
-    def forget(self) -> None:
-        if self.spool is not None:
-            for path in (self.spool, _sidecar(self.spool)):
-                path.unlink(missing_ok=True)
-
-
-def _sidecar(spool: Path) -> Path:
-    return spool.with_name(spool.name + ".json")
-
-
-def _reusable(spool: Path, fingerprint: str) -> bool:
-    try:
-        return bool(json.loads(_sidecar(spool).read_text()) == {"source": fingerprint})
-    except (OSError, ValueError):
-        return False
-
-
-def _spool(spool: Path, fingerprint: str, write: Callable[[Path], object]) -> Path:
-    """``spool`` as built by ``write`` — or as kept from an interrupted run of the same source."""
-    if spool.exists() and _reusable(spool, fingerprint):
-        click.echo(f"reusing {spool} from an interrupted run", err=True)
-        return spool
-    spool.parent.mkdir(parents=True, exist_ok=True)
-    partial = spool.with_name(spool.name + ".partial")
-    write(partial)
-    partial.replace(spool)
-    _sidecar(spool).write_text(json.dumps({"source": fingerprint}))
-    return spool
-
-
-# ---- building the artifact ---------------------------------------------------------------------
-
-
-def _load_function(spec: str) -> tuple[Callable[..., Any], list[ModuleType]]:
-    """``FILE.py:FUNC`` → the function and the modules to ship with it, by value: the file's
-    own and those it imported from its directory (and its subdirectories)."""
-    file_name, sep, func_name = spec.rpartition(":")
-    path = Path(file_name)
-    if not sep or not func_name.isidentifier() or path.suffix != ".py":
-        raise click.BadParameter(f"{spec!r} is not FILE.py:FUNCTION", param_hint="--function")
-    if not path.is_file():
-        raise click.BadParameter(f"no file {file_name}", param_hint="--function")
-    directory = path.resolve().parent
-    module_name = f"modelbus_deploy_{path.stem}"
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    before = set(sys.modules)
-    sys.modules[module_name] = module
-    sys.path.insert(0, str(directory))
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        raise click.ClickException(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        sys.path.remove(str(directory))
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise click.BadParameter(f"{path} has no function {func_name!r}", param_hint="--function")
-    # What the file imported from under its directory, and modules of that directory itself
-    # imported earlier (by an earlier load in this process).
-    siblings = [
-        loaded
-        for name, loaded in sorted(sys.modules.items())
-        if name != module_name and _is_under(loaded, directory, deep=name not in before)
-    ]
-    return func, [module, *siblings]
-
-
-def _is_under(module: ModuleType, directory: Path, *, deep: bool) -> bool:
-    file = getattr(module, "__file__", None)
-    if not isinstance(file, str):
-        return False
-    where = Path(file).resolve()
-    return where.is_relative_to(directory) if deep else where.parent == directory
-
-
-def _function_artifact(spec: str, spool: Path) -> Artifact:
-    func, modules = _load_function(spec)
-    digest = hashlib.sha256(f"{spec.rpartition(':')[2]}|{sys.version_info[:2]}".encode())
-    for module in modules:
-        digest.update(Path(str(module.__file__)).read_bytes())
-    by_value = modules[1:]
-    path = _spool(
-        spool.with_name(spool.name + ".closure"),
-        digest.hexdigest(),
-        lambda out: out.write_bytes(build_closure_archive(func, by_value=by_value)),
-    )
-    return Artifact(path, "closure", None, spool=path)
-
-
-def _image_artifact(image: str, spool: Path) -> Artifact:
-    image_id = engine.image_id(image)
-    click.echo(f"exporting {image} ({image_id[:19]}) from your container engine", err=True)
-    path = _spool(spool.with_name(spool.name + ".tar"), image_id, lambda out: _export(image, out))
-    return Artifact(path, "image", image, spool=path)
-
-
-def _export(image: str, out: Path) -> None:
-    engine.export_image(image, out)
-
-
-def _tarball_artifact(tarball: Path, image: str | None) -> Artifact:
-    named = engine.image_references(tarball)
-    if image is None and not named:
-        raise click.UsageError(f"{tarball} names no image: give its reference with --image")
-    return Artifact(tarball, "image", image or named[0])
-
-
-# ---- progress ----------------------------------------------------------------------------------
 
 
 class _Progress:
@@ -320,6 +188,28 @@ def _message(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+async def _deploy_v2(client: BusClient, plan: _Plan, url: str, model: str) -> dict[str, Any]:
+    """A version served by an Open Inference Protocol server: nothing to upload."""
+    async with client as bus:
+        service = ServiceClient(bus, plan.service_uri)
+        await service.check_alive()
+        key = (plan.name, plan.version)
+        await service.deploy_v2(
+            *key,
+            plan.input_type,
+            url=url,
+            model=model,
+            labels=plan.labels,
+            metadata=plan.metadata,
+            batch_size=plan.batch_size,
+        )
+        if plan.wait:
+            await service.wait_ready(*key, timeout_s=plan.ready_timeout_s)
+        if plan.link_app and plan.name not in await service.get_linked_models(plan.link_app):
+            await service.link_model_to_app(plan.link_app, plan.name)
+        return await service.get_model_info(*key)
+
+
 def _is_interruption(error: BaseException) -> bool:
     if isinstance(error, BaseExceptionGroup):
         return any(_is_interruption(inner) for inner in error.exceptions)
@@ -375,6 +265,13 @@ def _checked_metadata(text: str | None, meta_file: Path | None) -> dict[str, Any
     metavar="REF",
     help="Deploy this image from your engine (with --image-tar: the tarball's image).",
 )
+@click.option(
+    "--v2-url",
+    metavar="URL",
+    help="Serve the version from this Open Inference Protocol (V2) server, e.g. "
+    "http://host:8080 (MLServer, Triton, KServe); with --v2-model.",
+)
+@click.option("--v2-model", metavar="NAME", help="The V2 server's name for the model.")
 @click.option("--input-type", type=click.Choice(INPUT_TYPES), default="doubles", show_default=True)
 @click.option("--replicas", type=click.IntRange(0, 64), default=1, show_default=True)
 @click.option("--batch-size", type=int, default=-1, show_default=True, help="-1: adaptive.")
@@ -406,6 +303,8 @@ def deploy(
     function_spec: str | None,
     image_tar: Path | None,
     image: str | None,
+    v2_url: str | None,
+    v2_model: str | None,
     input_type: str,
     replicas: int,
     batch_size: int,
@@ -417,10 +316,16 @@ def deploy(
     ready_timeout: float,
     cache_dir: Path | None,
 ) -> None:
-    """Deploy NAME:VERSION from a Python function or a container image."""
+    """Deploy NAME:VERSION from a Python function or a container image, or as served by an
+    Open Inference Protocol server (--v2-url, --v2-model)."""
     sources = (function_spec is not None, image_tar is not None, image_tar is None and bool(image))
-    if sum(sources) != 1:
-        raise click.UsageError("give exactly one of --function, --image-tar or --image")
+    remote = v2_url is not None or v2_model is not None
+    if remote and (any(sources) or v2_url is None or v2_model is None):
+        raise click.UsageError("--v2-url and --v2-model go together, and with no other source")
+    if not remote and sum(sources) != 1:
+        raise click.UsageError(
+            "give exactly one of --function, --image-tar or --image (or --v2-url and --v2-model)"
+        )
     client = BusClient(
         open_transport(settings.bus_url),
         settings.entity(),
@@ -442,14 +347,18 @@ def deploy(
         service=service,
     )
     asking(plan.service_uri)
+    if v2_url is not None and v2_model is not None:
+        runner.run(_deploy_v2, client, plan, v2_url, v2_model)
+        click.echo(f"deployed {name}:{version} (served by {v2_url}, model {v2_model})")
+        return
     spool = (cache_dir or default_cache_dir()) / f"{name}-{version}"
     if function_spec is not None:
-        artifact = _function_artifact(function_spec, spool)
+        artifact = function_artifact(function_spec, spool)
     elif image_tar is not None:
-        artifact = _tarball_artifact(image_tar, image)
+        artifact = tarball_artifact(image_tar, image)
     else:
         assert image is not None
-        artifact = _image_artifact(image, spool)
+        artifact = image_artifact(image, spool)
     outcome = _Outcome()
     with contextlib.ExitStack() as stack:
         progress = _Progress(stack, f"uploading {name}:{version}")

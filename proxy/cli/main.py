@@ -20,7 +20,7 @@ from proxy.cli.predict import models, predict
 from proxy.cli.root import main
 from proxy.cli.route import policy, route
 from proxy.cli.schedule import schedule
-from proxy.cli.serve import serve
+from proxy.cli.serve import health, serve
 from proxy.cli.versions import versions
 
 __all__ = ["main"]
@@ -35,6 +35,7 @@ for _command in (
     deploy,
     fit,
     grant,
+    health,
     keys,
     models,
     policy,

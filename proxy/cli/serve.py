@@ -15,6 +15,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,12 @@ from anyio.abc import TaskStatus
 from bus.errors import BusError
 from proxy.backend.sandbox import SandboxLimits
 from proxy.cli.root import Settings, pass_settings, redact_url, run_async
+from proxy.service.health import check_health_file, keep_health_file
 from proxy.service.keys import ServiceKeys, default_namespace_key_file, provision
 from proxy.service.settings import DEFAULT_SERVICE_PATH, ProxySettings, default_data_dir
 from proxy.service.startup import ServiceInfo, run_proxy
 
-__all__ = ["serve"]
+__all__ = ["health", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,12 @@ logger = logging.getLogger(__name__)
     help="Serve Prometheus /metrics on this loopback port (0: any free port) [default: off].",
 )
 @click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address /metrics binds to (a pod's 0.0.0.0 for Prometheus to scrape it).",
+)
+@click.option(
     "--dashboard-port",
     type=click.IntRange(0, 65535),
     default=None,
@@ -117,9 +125,33 @@ logger = logging.getLogger(__name__)
     default=None,
     help="A Brick model (Turtle) of the building: the places forecasts compose and fall back on.",
 )
+@click.option(
+    "--registry",
+    default=None,
+    envvar="MODELBUS_REGISTRY",
+    help="The registry: a postgresql://user@host/db URL, shared by several proxies, or a SQLite "
+    "file [default: $MODELBUS_REGISTRY or DATA_DIR/registry.sqlite3].",
+)
+@click.option(
+    "--health-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the time here once started and every heartbeat interval after, for probes "
+    "(`modelbus health --file`); removed on stop.",
+)
+@click.option(
+    "--artifacts",
+    default=None,
+    envvar="MODELBUS_ARTIFACTS",
+    help="Where committed artifacts live, content-addressed: file:///shared/path (or an "
+    "absolute path) on a filesystem several proxies share [default: DATA_DIR/artifacts].",
+)
 @pass_settings
 def serve(
     settings: Settings,
+    artifacts: str | None,
+    health_file: Path | None,
+    registry: str | None,
     data_dir: Path | None,
     namespace: str | None,
     service_path: str,
@@ -127,6 +159,7 @@ def serve(
     max_concurrency: int,
     heartbeat_interval: float,
     metrics_port: int | None,
+    metrics_host: str,
     dashboard_port: int | None,
     docker_url: str | None,
     namespace_key: Path | None,
@@ -153,6 +186,8 @@ def serve(
         bus_url=settings.bus_url,
         embed_bus=not no_embedded_bus,
         data_dir=data_dir,
+        registry=registry,
+        artifacts=artifacts,
         entity_path=entity_path,
         namespace=namespace,
         service_path=service_path,
@@ -161,12 +196,13 @@ def serve(
         max_concurrency=max_concurrency,
         heartbeat_interval_s=heartbeat_interval,
         metrics_port=metrics_port,
+        metrics_host=metrics_host,
         unsafe_no_sandbox=unsafe_no_sandbox,
         sandbox_limits=SandboxLimits(shared_dirs=tuple(path.resolve() for path in shared_dirs)),
         brick_path=brick_path,
         **_engine(docker_url),
     )
-    run_async(_serve, proxy_settings, keys, dashboard_port)
+    run_async(_serve, proxy_settings, keys, dashboard_port, health_file)
 
 
 def _engine(docker_url: str | None) -> dict[str, Any]:
@@ -175,11 +211,17 @@ def _engine(docker_url: str | None) -> dict[str, Any]:
 
 
 async def _serve(
-    settings: ProxySettings, keys: ServiceKeys | None, dashboard_port: int | None = None
+    settings: ProxySettings,
+    keys: ServiceKeys | None,
+    dashboard_port: int | None = None,
+    health_file: Path | None = None,
 ) -> None:
     stop = anyio.Event()
     async with anyio.create_task_group() as task_group:
         info: ServiceInfo = await task_group.start(run_proxy, settings, stop)
+        if health_file is not None:
+            interval_s = min(settings.heartbeat_interval_s, 10.0)
+            await task_group.start(keep_health_file, health_file, interval_s, stop)
         gc.freeze()  # what start-up made lives as long as the process: keep it out of GC passes
         board = anyio.CancelScope()
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -243,6 +285,8 @@ def _announce(info: ServiceInfo, settings: ProxySettings, keys: ServiceKeys | No
     if info.metrics_url:
         click.echo(f"  metrics    {info.metrics_url}")
     click.echo(f"  key        {info.entity_key} (clients pin replies and liveness to it)")
+    if settings.registry is not None:
+        click.echo(f"  registry   {redact_url(str(settings.registry))}")
     _key_advice(keys)
     click.echo("Give a user access, one grant per right (never on the whole service: that would")
     click.echo("let them answer other users' requests and declare the service dead):")
@@ -276,3 +320,27 @@ def _key_advice(keys: ServiceKeys | None) -> None:
             "grants (yearly).",
             err=True,
         )
+
+
+@click.command()
+@click.option(
+    "--file",
+    "path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The file `modelbus serve --health-file` keeps.",
+)
+@click.option(
+    "--max-age",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds since the service last wrote it, past which it is not alive.",
+)
+def health(path: Path, max_age: float) -> None:
+    """Exit 0 if the service keeping FILE finished starting and wrote it within MAX-AGE s."""
+    problem = check_health_file(path, max_age)
+    if problem is not None:
+        click.echo(f"unhealthy: {problem}", err=True)
+        sys.exit(1)
+    click.echo("healthy")

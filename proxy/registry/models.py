@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from bus.errors import Conflict, InvalidRequest, NotFound
-from proxy.registry.records import ADAPTIVE_BATCH_SIZE, ArtifactKind, InputType, ModelVersion
+from proxy.registry.records import ADAPTIVE_BATCH_SIZE, InputType, ModelKind, ModelVersion
 from proxy.registry.sql import (
     Database,
     Session,
@@ -57,7 +57,7 @@ class ModelStore:
         version: str,
         *,
         input_type: InputType,
-        artifact_kind: ArtifactKind,
+        artifact_kind: ModelKind,
         artifact_sha256: str,
         artifact_path: str,
         image: str | None = None,

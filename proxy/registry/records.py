@@ -18,6 +18,7 @@ __all__ = [
     "Application",
     "ArtifactKind",
     "InputType",
+    "ModelKind",
     "ModelName",
     "ModelVersion",
     "Replica",
@@ -29,6 +30,12 @@ __all__ = [
 
 InputType = Literal["integers", "floats", "doubles", "bytes", "strings"]
 ArtifactKind = Literal["closure", "image"]
+"""What an upload carries."""
+ModelKind = Literal["closure", "image", "v2"]
+"""How a version is served: a closure or an image run by replicas here, or ``v2``: by a remote
+Open Inference Protocol (V2) server. A v2 version keeps the server's base URL in
+``artifact_path``, the server's model name in ``image``, and in ``artifact_sha256`` the SHA-256
+of ``"<url>\n<model>"``: its identity, as an artifact's digest is a closure's."""
 ReplicaState = Literal["starting", "ready", "failed", "stopped"]
 UploadState = Literal["open", "committed", "aborted"]
 
@@ -83,11 +90,12 @@ class ModelVersion(_Record):
     labels: tuple[str, ...]
     metadata: dict[str, JsonValue]
     """Free JSON: the chooser's metadata (type, context, ranges, training streams…)."""
-    artifact_kind: ArtifactKind
+    artifact_kind: ModelKind
     artifact_sha256: Sha256
     artifact_path: Text
     image: Text | None
-    """The image reference the docker runtime runs; set exactly when ``artifact_kind`` is image."""
+    """The image reference the docker runtime runs, or a v2 version's remote model name; set
+    exactly when ``artifact_kind`` is image or v2."""
     batch_size: int
     desired_replicas: Annotated[int, Field(ge=0)]
     is_current: bool
@@ -96,8 +104,8 @@ class ModelVersion(_Record):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelVersion:
-        if (self.artifact_kind == "image") != (self.image is not None):
-            raise ValueError("image is required for an image artifact and only for one")
+        if (self.artifact_kind != "closure") != (self.image is not None):
+            raise ValueError("image is required for an image or v2 version and only for one")
         if self.batch_size != ADAPTIVE_BATCH_SIZE and self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive or {ADAPTIVE_BATCH_SIZE} (adaptive)")
         return self
@@ -110,6 +118,12 @@ class ModelVersion(_Record):
     def key(self) -> str:
         return f"{self.name}:{self.version}"
 
+    @property
+    def container_name(self) -> str:
+        if self.artifact_kind == "v2":
+            return f"v2:{self.artifact_path}/v2/models/{self.image}"
+        return self.image or f"closure@sha256:{self.artifact_sha256}"
+
     def to_clipper(self) -> dict[str, Any]:
         """Clipper's ``get_model_info`` answer (one item of ``get_all_models(verbose=True)``)."""
         return {
@@ -119,7 +133,7 @@ class ModelVersion(_Record):
             "input_type": self.input_type,
             "labels": list(self.labels),
             # Clipper refuses to resize "NO_CONTAINER" models, so closures get a name of their own.
-            "container_name": self.image or f"closure@sha256:{self.artifact_sha256}",
+            "container_name": self.container_name,
             "model_data_path": self.artifact_path,
             "batch_size": self.batch_size,
         }

@@ -16,6 +16,10 @@ write lock up front (``BEGIN IMMEDIATE``), so a check and the write it guards ca
 another connection. Rows read back are validated into the frozen records of
 :mod:`proxy.registry.records`.
 
+``Registry.open("postgresql://…")`` keeps the registry in PostgreSQL instead, through
+:class:`proxy.registry.postgres.PostgresDatabase`: the same stores, the same contract, for
+several proxies sharing one registry.
+
 This is the only module that imports aiosqlite. SQLite errors leave it as :class:`Overloaded`
 (the file stayed locked past the busy timeout), :class:`LimitExceeded` (its disk is full:
 :mod:`proxy.registry.space`) or :class:`InternalError`.
@@ -31,22 +35,24 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Seque
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from os import PathLike
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 import anyio
+from anyio.abc import TaskStatus
 from pydantic import BaseModel
 
 from bus.errors import BusError, Conflict, InternalError, Overloaded
 from proxy.registry.apps import AppStore
 from proxy.registry.fit_jobs import FitJobStore
 from proxy.registry.models import ModelStore
+from proxy.registry.postgres import PostgresDatabase, is_postgres_url
 from proxy.registry.replicas import ReplicaStore
 from proxy.registry.routes import RouteStore
 from proxy.registry.schedules import ScheduleStore
 from proxy.registry.schema import MIGRATIONS, SCHEMA_VERSION
 from proxy.registry.space import disk_full, is_disk_full
-from proxy.registry.sql import Clock, Params
+from proxy.registry.sql import Clock, Database, Params, Row
 from proxy.registry.uploads import UploadStore
 
 __all__ = ["Registry"]
@@ -60,14 +66,29 @@ _JSON_COLUMNS = frozenset({"labels", "metadata"})
 _CLEANUP_S = 5.0
 
 
+class _Store(Database, Protocol):
+    """A :class:`Database` the registry owns: SQLite's ``_Database`` or ``PostgresDatabase``."""
+
+    @property
+    def path(self) -> Path | str: ...
+
+    async def schema_version(self) -> int: ...
+
+    async def watch(
+        self, on_change: Callable[[str | None], None], *, task_status: TaskStatus[None]
+    ) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Registry(
     AppStore, ModelStore, ReplicaStore, RouteStore, UploadStore, FitJobStore, ScheduleStore
 ):
     """The registry over one SQLite file; make one with :meth:`open`."""
 
-    _db: _Database
+    _db: _Store
 
-    def __init__(self, db: _Database) -> None:
+    def __init__(self, db: _Store) -> None:
         self._db = db
         self.path = db.path
 
@@ -75,12 +96,21 @@ class Registry(
     def open(
         cls, path: str | PathLike[str], *, busy_timeout_s: float = 5.0, clock: Clock = time.time_ns
     ) -> _Opening:
-        """Open the file, creating or migrating it; await the result or ``async with`` it.
+        """Open the file (or a ``postgresql://`` database), creating or migrating it; await the
+        result or ``async with`` it.
 
         ``busy_timeout_s`` bounds how long a write waits for another connection's; ``clock``
         (ns since the epoch) stamps ``created_ns``/``touched_ns``/``updated_ns``.
         """
+        if is_postgres_url(path):
+            url = str(path)
+            return _Opening(lambda: cls._connect_postgres(url, busy_timeout_s, clock))
         return _Opening(lambda: cls._connect(Path(path), busy_timeout_s, clock))
+
+    @classmethod
+    async def _connect_postgres(cls, url: str, busy_timeout_s: float, clock: Clock) -> Registry:
+        db = await PostgresDatabase.connect(url, busy_timeout_s=busy_timeout_s, clock=clock)
+        return cls(db)
 
     @classmethod
     async def _connect(cls, path: Path, busy_timeout_s: float, clock: Clock) -> Registry:
@@ -101,10 +131,19 @@ class Registry(
         return cls(db)
 
     async def schema_version(self) -> int:
-        """The file's ``PRAGMA user_version``."""
-        async with self._db.read() as session:
-            row = await session.row("PRAGMA user_version")
-        return 0 if row is None else int(row[0])
+        """The file's ``PRAGMA user_version`` (the database's ``modelbus_schema``)."""
+        return await self._db.schema_version()
+
+    async def watch_current(
+        self,
+        on_change: Callable[[str | None], None],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Until cancelled, call ``on_change(name)`` when another connection (another proxy)
+        changes model ``name``'s current versions (``None``: maybe any). PostgreSQL tells;
+        a SQLite file cannot, so on SQLite this only waits (one machine, one proxy)."""
+        await self._db.watch(on_change, task_status=task_status)
 
     async def close(self) -> None:
         """Close the file; idempotent. A transaction under way finishes first."""
@@ -175,6 +214,20 @@ class _Database:
                 await self.exec(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 log.info("registry %s: schema version %d -> %d", self.path, found, SCHEMA_VERSION)
 
+    async def schema_version(self) -> int:
+        async with self.read() as session:
+            row = await session.row("PRAGMA user_version")
+        return 0 if row is None else int(row[0])
+
+    async def watch(
+        self,
+        on_change: Callable[[str | None], None],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()  # SQLite announces nothing to other connections
+        await anyio.sleep_forever()
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -229,7 +282,7 @@ class _Database:
         async with self._connection.executemany(sql, rows) as cursor:
             return cursor.rowcount
 
-    def load(self, cls: type[R], row: sqlite3.Row) -> R:
+    def load(self, cls: type[R], row: Row) -> R:
         data = {key: row[key] for key in row.keys()}  # noqa: SIM118 (a Row iterates values)
         try:
             for key in _JSON_COLUMNS.intersection(data):

@@ -74,7 +74,10 @@ class ReplicaStore:
         self, name: str | None = None, version: str | None = None
     ) -> list[Replica]:
         """Clipper's ``get_all_model_replicas``, optionally of one model or one version."""
-        where = " WHERE (? IS NULL OR r.model_name = ?) AND (? IS NULL OR r.model_version = ?)"
+        where = (
+            " WHERE (CAST(? AS TEXT) IS NULL OR r.model_name = ?)"
+            " AND (CAST(? AS TEXT) IS NULL OR r.model_version = ?)"
+        )
         order = " ORDER BY r.model_name, m.rowid, r.replica_id"
         async with self._db.read() as s:
             rows = await s.rows(_SELECT + where + order, (name, name, version, version))

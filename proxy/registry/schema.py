@@ -19,6 +19,11 @@ History:
    and the prediction log (proxy.registry.routes).
 4. fit jobs (:mod:`proxy.registry.fit_jobs`), schedules and their windows
    (:mod:`proxy.registry.schedules`).
+5. versions served by a remote Open Inference Protocol server: ``models.artifact_kind`` may be
+   ``v2``. Widening a CHECK is the one schema change SQLite documents doing by editing the
+   table's text (``writable_schema``, then ``RESET``) rather than rebuilding the table, which
+   foreign keys to ``models`` would forbid here; the index after it is DDL, so the schema
+   cookie changes and other connections reload the schema.
 """
 
 from __future__ import annotations
@@ -206,5 +211,18 @@ _V4_FITS_AND_SCHEDULES = (
     "WHERE state IN ('pending', 'running')",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4_FITS_AND_SCHEDULES)
+
+_V5_REMOTE_V2 = (
+    "PRAGMA writable_schema = ON",
+    """
+    UPDATE sqlite_schema SET sql = replace(sql,
+        'artifact_kind IN (''closure'', ''image'')',
+        'artifact_kind IN (''closure'', ''image'', ''v2'')')
+    WHERE type = 'table' AND name = 'models'
+    """,
+    "PRAGMA writable_schema = RESET",
+    "CREATE INDEX models_by_kind ON models (artifact_kind)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4_FITS_AND_SCHEDULES, _V5_REMOTE_V2)
 SCHEMA_VERSION = len(MIGRATIONS)

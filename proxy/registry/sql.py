@@ -2,17 +2,23 @@
 
 A store (:mod:`proxy.registry.apps`, :mod:`proxy.registry.models`, :mod:`proxy.registry.replicas`,
 :mod:`proxy.registry.uploads`) runs each operation in one transaction from its :class:`Database` —
-``async with db.write() as s:`` takes SQLite's write lock up front, so the checks made inside
-hold until commit — and issues SQL through the :class:`Session` it gets. Only
-:mod:`proxy.registry.registry` implements these, over aiosqlite.
+``async with db.write() as s:`` takes the write lock up front, so the checks made inside
+hold until commit — and issues SQL through the :class:`Session` it gets.
+:mod:`proxy.registry.registry` implements these over aiosqlite, :mod:`proxy.registry.postgres`
+over asyncpg.
+
+The stores' SQL is written once, in the dialect both engines share: ``?`` placeholders (the
+PostgreSQL session numbers them), ``TRUE``/``FALSE``, a typed ``CAST(? AS TEXT)`` where a
+parameter's type cannot be inferred (``? IS NULL``), ``ON CONFLICT … DO UPDATE`` upserts,
+``m.rowid`` for registration order (a real column in PostgreSQL). What differs — ``BEGIN
+IMMEDIATE``, the DDL, the error codes — stays in the two implementations.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from sqlite3 import Row
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -26,6 +32,7 @@ __all__ = [
     "Clock",
     "Database",
     "Params",
+    "Row",
     "Session",
     "build",
     "check_links_accept",
@@ -41,12 +48,20 @@ Clock = Callable[[], int]
 Params = Sequence[object]
 
 
+class Row(Protocol):
+    """A result row, by column name or position (``sqlite3.Row``, ``asyncpg.Record``)."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+    def keys(self) -> Iterable[str]: ...
+
+
 class Session(Protocol):
     """SQL inside one open transaction."""
 
     clock: Clock
 
-    async def rows(self, sql: str, params: Params = ()) -> list[Row]: ...
+    async def rows(self, sql: str, params: Params = ()) -> Sequence[Row]: ...
 
     async def row(self, sql: str, params: Params = ()) -> Row | None: ...
 
@@ -79,7 +94,7 @@ MODEL_SELECT = """
         m.artifact_sha256, m.artifact_path, m.image, m.batch_size, m.desired_replicas,
         m.stopped_ns, m.created_ns,
         coalesce(m.version = (SELECT c.version FROM current_versions c
-            WHERE c.model_name = m.name ORDER BY c.seq DESC LIMIT 1), 0) AS is_current
+            WHERE c.model_name = m.name ORDER BY c.seq DESC LIMIT 1), FALSE) AS is_current
     FROM models m"""
 
 
@@ -112,7 +127,7 @@ async def find_app(s: Session, name: str) -> Application:
 
 async def find_versions(s: Session, name: str | None) -> list[ModelVersion]:
     """The versions of one model (or of all), by name then registration order."""
-    sql = MODEL_SELECT + " WHERE ? IS NULL OR m.name = ? ORDER BY m.name, m.rowid"
+    sql = MODEL_SELECT + " WHERE CAST(? AS TEXT) IS NULL OR m.name = ? ORDER BY m.name, m.rowid"
     return [s.load(ModelVersion, row) for row in await s.rows(sql, (name, name))]
 
 

@@ -34,6 +34,9 @@ class ProxySettings(BaseModel):
     embed_bus: bool = True
     """Start the ZeroMQ forwarder in-process when ``bus_url`` is zmq:// and none answers."""
     data_dir: Path = Field(default_factory=default_data_dir)
+    registry: Annotated[str, Field(pattern=r"^postgres(ql)?://")] | Path | None = None
+    """The registry: a ``postgresql://`` URL (shared by several proxies) or a SQLite file;
+    None: ``<data_dir>/registry.sqlite3``."""
     entity_path: Path | None = None
     """None: ``<data_dir>/proxy.key``, created on first start."""
     namespace: str | None = None
@@ -75,6 +78,15 @@ class ProxySettings(BaseModel):
     unsafe_no_sandbox: bool = False
     """Run closures unconfined where bubblewrap is missing (with a warning), instead of refusing
     to start. Only for a service whose every deployer is trusted."""
+
+    artifacts: Annotated[str, Field(pattern=r"^(file:///|/)")] | None = None
+    """Where committed artifacts live: an absolute directory or ``file:///path``, shared by
+    several proxies (mounted at the same path on each); None: ``<data_dir>/artifacts``."""
+
+    @property
+    def registry_target(self) -> str | Path:
+        """What :meth:`proxy.registry.Registry.open` opens."""
+        return self.registry or self.data_dir / "registry.sqlite3"
 
     @property
     def entity_file(self) -> Path:

@@ -54,6 +54,7 @@ from proxy.service.slots import Slot
 from proxy.service.status import ServiceStatus
 from proxy.service.versions import VersionRouter, start_model
 from proxy.service.wiring import fit_ops, schedule_ops
+from proxy.uploads.artifacts import ArtifactStore, artifact_root
 from proxy.uploads.collect import collect_artifacts
 from proxy.uploads.sessions import UploadLimits, Uploads
 from transports import open_or_embed
@@ -122,7 +123,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
     namespace = settings.namespace or entity.key_text
     service_uri, interface_uri = service_uris(namespace, settings.service_path)
     data_dir = settings.data_dir
-    _private_files(data_dir)
+    _private_files(data_dir, settings.registry_target)
     make_undumpable()
     runtime = ProcessRuntime(
         data_dir / "replicas",
@@ -138,7 +139,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         transport, embedded = await stack.enter_async_context(
             open_or_embed(settings.bus_url, embed=settings.embed_bus)
         )
-        registry = await stack.enter_async_context(Registry.open(data_dir / "registry.sqlite3"))
+        registry = await stack.enter_async_context(Registry.open(settings.registry_target))
         image_runtime, containers = _container_engine(settings, stack)
         backend = await stack.enter_async_context(
             EmbeddedBackend(
@@ -148,6 +149,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 settings=BackendSettings(max_replicas_total=settings.max_replicas_total),
             )
         )
+        artifacts = ArtifactStore(artifact_root(settings.artifacts or data_dir / "artifacts"))
         uploads = Uploads(
             registry,
             data_dir,
@@ -157,6 +159,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 idle_timeout_s=settings.upload_idle_timeout_s,
                 reserve_bytes=settings.disk_reserve_bytes,
             ),
+            artifacts,
         )
         metrics = ProxyMetrics()
         verifier = Verifier(aliases=settings.aliases)
@@ -232,6 +235,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         }
         await _restore(registry, backend, router)
         await fits.jobs.interrupt_leftovers()
+        await task_group.start(registry.watch_current, router.follow)
         for name, slot in slots.items():
             await task_group.start(
                 _serve,
@@ -311,11 +315,12 @@ async def _serve(
     )
 
 
-def _private_files(data_dir: Path) -> None:
+def _private_files(data_dir: Path, registry: str | Path) -> None:
     """The data directory 0700 (nobody else may enter it) and the registry file 0600."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
-    registry = data_dir / "registry.sqlite3"
+    if not isinstance(registry, Path):
+        return  # a PostgreSQL registry: the database server guards it
     os.close(os.open(registry, os.O_WRONLY | os.O_CREAT, 0o600))
     os.chmod(registry, 0o600)
 

@@ -3,6 +3,11 @@
 A model's *current* version (in the registry) changes at once when an operator sets it; the
 version that *serves* changes only when one of its replicas is ready, so the previous version
 keeps answering meanwhile and no request fails during a switch.
+
+Several proxies sharing a PostgreSQL registry hear each other's switches (deploys, set current,
+rollbacks): the registry calls :meth:`VersionRouter.follow` with the model's name, and this
+instance starts the new current version if it does not run it yet (its artifact in the shared
+store) and switches to it by the same rule.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from anyio.abc import TaskGroup
 
 from bus.errors import BusError, NotFound
 from proxy.backend.embedded import EmbeddedBackend
+from proxy.backend.remote_v2 import V2Endpoint
 from proxy.registry.records import Application, InputType, ModelVersion
 from proxy.registry.registry import Registry
 
@@ -35,6 +41,10 @@ async def start_model(backend: EmbeddedBackend, model: ModelVersion, replicas: i
     if is_running(backend, model.name, model.version):
         await backend.set_replicas(model.name, model.version, replicas)
         return
+    remote = None
+    if model.artifact_kind == "v2":  # served by a V2 server: artifact_path is its URL
+        assert model.image is not None
+        remote = V2Endpoint(model.artifact_path, model.image, model.input_type)
     if replicas > 0:
         batch_size = model.batch_size if model.batch_size > 0 else DEFAULT_BATCH_SIZE
         await backend.start_version(
@@ -43,7 +53,8 @@ async def start_model(backend: EmbeddedBackend, model: ModelVersion, replicas: i
             model.artifact_path,
             replicas=replicas,
             batch_size=batch_size,
-            image=model.image,
+            image=None if remote else model.image,
+            remote=remote,
         )
 
 
@@ -102,6 +113,34 @@ class VersionRouter:
             self._serving[name] = version
         if not self._backend.is_ready(name, version):
             self._task_group.start_soon(self._switch_when_ready, name, version)
+
+    def follow(self, name: str | None) -> None:
+        """Another instance changed ``name``'s current version (None: perhaps any model's):
+        start it here if needed, then switch to it once ready."""
+        self._task_group.start_soon(self._follow, name)
+
+    async def _follow(self, name: str | None) -> None:
+        try:
+            models = (
+                [await self._registry.current_version(name)]
+                if name is not None
+                else await self._registry.list_models(current_only=True)
+            )
+        except BusError as error:
+            logger.warning("cannot follow the current version of %s: %s", name, error.message)
+            return
+        for model in models:
+            if model.is_stopped or model.desired_replicas == 0:
+                continue
+            try:
+                if not is_running(self._backend, model.name, model.version):
+                    await start_model(self._backend, model, model.desired_replicas)
+            except BusError as error:
+                logger.warning("cannot start %s here: %s", model.key, error.message)
+                continue
+            if self._serving.get(model.name) != model.version:
+                logger.info("%s is current (switched by another instance)", model.key)
+                self.switch(model.name, model.version)
 
     def forget(self, name: str, version: str) -> None:
         if self._serving.get(name) == version:

@@ -9,7 +9,8 @@ envelope's signature, so it is not hashed again) or inline in the body (hashed i
 thread). The whole file's SHA-256 is computed as the acknowledged prefix advances
 (:mod:`proxy.uploads.digest`); an acknowledged chunk is never written again. ``commit`` compares
 that digest — or, for an upload resumed after a restart, a hash of the whole spool file — with
-the announced one and moves the file to ``artifacts/<sha256>``: content-addressed, so a second
+the announced one and moves the file into the artifact store (:mod:`proxy.uploads.artifacts`,
+``<data dir>/artifacts/<sha256>`` or a shared directory): content-addressed, so a second
 upload of the same bytes is skipped. Limits: total size, chunk size, open uploads per sender,
 idle time, and room on the disk: an upload that would leave less than the registry's reserve
 free (:mod:`proxy.registry.space`) is refused at ``begin``, and at a chunk it is refused and
@@ -37,6 +38,7 @@ from bus.transfer import file_sha256
 from proxy.registry.records import Upload
 from proxy.registry.registry import Registry
 from proxy.registry.space import DEFAULT_RESERVE_BYTES, disk_full, ensure_room, is_disk_full
+from proxy.uploads.artifacts import ArtifactStore
 from proxy.uploads.digest import PrefixDigest, write_at
 from proxy.uploads.requests import BeginRequest, ChunkRequest, UploadRef
 
@@ -62,13 +64,19 @@ class UploadLimits:
 
 
 class Uploads:
-    def __init__(self, registry: Registry, data_dir: Path, limits: UploadLimits) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        data_dir: Path,
+        limits: UploadLimits,
+        artifacts: ArtifactStore | None = None,
+    ) -> None:
         self.registry = registry
         self.limits = limits
         self.spool_dir = data_dir / "spool"
-        self.artifact_dir = data_dir / "artifacts"
+        self.artifacts = artifacts or ArtifactStore(data_dir / "artifacts")
+        self.artifact_dir = self.artifacts.root
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self.artifact_dir.mkdir(parents=True, exist_ok=True)
         self._received: dict[str, set[int]] = {}
         self._open: dict[str, Upload] = {}  # open uploads, acknowledged prefix up to date
         self._written: dict[str, tuple[int, float]] = {}  # prefix in the registry, and when
@@ -87,10 +95,10 @@ class Uploads:
         ]
 
     def artifact_path(self, sha256: str) -> Path:
-        return self.artifact_dir / sha256
+        return self.artifacts.path(sha256)
 
     def has_artifact(self, sha256: str) -> bool:
-        return self.artifact_path(sha256).is_file()
+        return self.artifacts.has(sha256)
 
     async def begin(self, sender: str, request: BeginRequest) -> dict[str, Any]:
         if self.has_artifact(request.sha256):
@@ -318,7 +326,7 @@ class Uploads:
                 expected=upload.sha256,
                 actual=actual,
             )
-        os.replace(spool, self.artifact_path(upload.sha256))
+        await self.artifacts.put(spool, upload.sha256)
         _progress_path(upload).unlink(missing_ok=True)
         await self.registry.finish_upload(upload.upload_id, "committed")
         self._forget(upload.upload_id)

@@ -7,6 +7,7 @@ and a closure is checked against this interpreter before it is registered.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Annotated, Any, Literal
 
@@ -15,7 +16,14 @@ from pydantic import Field
 from bus import artifact
 from bus.errors import InvalidRequest, NotFound
 from proxy.backend.embedded import EmbeddedBackend
-from proxy.registry.records import ADAPTIVE_BATCH_SIZE, InputType, ModelName, Sha256
+from proxy.backend.remote_v2 import V2Endpoint
+from proxy.registry.records import (
+    ADAPTIVE_BATCH_SIZE,
+    InputType,
+    ModelName,
+    ModelVersion,
+    Sha256,
+)
 from proxy.registry.registry import Registry
 from proxy.service.forecast.metadata import check_metadata
 from proxy.service.quotas import check_metadata as check_metadata_size
@@ -35,9 +43,14 @@ class DeployBody(Body):
     name: ModelName
     version: ModelName
     input_type: InputType
-    artifact: Sha256
-    kind: Literal["closure", "image"] = "closure"
+    artifact: Sha256 | None = None
+    """The uploaded artifact; none for a v2 version."""
+    kind: Literal["closure", "image", "v2"] = "closure"
     image: str | None = None
+    v2_url: str | None = None
+    """A v2 version: the Open Inference Protocol server's base URL (http or https)."""
+    v2_model: str | None = None
+    """A v2 version: the server's name for the model."""
     labels: list[Annotated[str, Field(max_length=256)]] = Field(default=[], max_length=64)
     metadata: dict[str, Any] = {}
     replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
@@ -72,6 +85,12 @@ class DeployOps:
         return await self.uploads.begin(sender, request)
 
     async def deploy(self, sender: str, request: DeployBody) -> dict[str, Any]:
+        if request.kind == "v2":
+            return await self._deploy_v2(sender, request)
+        if request.v2_url is not None or request.v2_model is not None:
+            raise InvalidRequest("v2_url and v2_model are for a v2 deploy (kind 'v2') only")
+        if request.artifact is None:
+            raise InvalidRequest(f"a {request.kind} deploy names its uploaded artifact")
         check_metadata_size(request.metadata, what="the version's metadata")
         self.backend.check_replica_budget(request.name, request.version, request.replicas)
         path = self.uploads.artifact_path(request.artifact)
@@ -113,7 +132,37 @@ class DeployOps:
         logger.info(
             "deployed %s:%s (%s) for %s", model.name, model.version, model.artifact_kind, sender
         )
-        await start_model(self.backend, model, request.replicas)
+        return await self._start(model, request.replicas)
+
+    async def _deploy_v2(self, sender: str, request: DeployBody) -> dict[str, Any]:
+        """A version served by an Open Inference Protocol server: nothing is uploaded; the
+        server's URL and model name are checked, registered, and the backend forwards to it."""
+        if request.artifact is not None or request.image is not None:
+            raise InvalidRequest("a v2 deploy has no artifact or image: it names v2_url, v2_model")
+        if request.v2_url is None or request.v2_model is None:
+            raise InvalidRequest("a v2 deploy names the server (v2_url) and its model (v2_model)")
+        endpoint = V2Endpoint(request.v2_url, request.v2_model, request.input_type)
+        url = endpoint.url
+        identity = hashlib.sha256(f"{url}\n{endpoint.model}".encode()).hexdigest()
+        model = await self.registry.register_model(
+            request.name,
+            request.version,
+            input_type=request.input_type,
+            artifact_kind="v2",
+            artifact_sha256=identity,
+            artifact_path=url,
+            image=endpoint.model,
+            labels=request.labels,
+            metadata=request.metadata,
+            batch_size=request.batch_size,
+            desired_replicas=1,
+            make_current=request.make_current,
+        )
+        logger.info("deployed %s:%s (v2 at %s) for %s", model.name, model.version, url, sender)
+        return await self._start(model, 1)
+
+    async def _start(self, model: ModelVersion, replicas: int) -> dict[str, Any]:
+        await start_model(self.backend, model, replicas)
         if model.is_current:
             self.router.switch(model.name, model.version)
-        return model.to_clipper() | {"replicas": request.replicas}
+        return model.to_clipper() | {"replicas": replicas}

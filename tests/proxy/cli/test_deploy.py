@@ -1,6 +1,9 @@
 """``modelbus deploy`` against a real service on Mosquitto: a function from a file (with a
 sibling module it imports) deployed, linked and predicting; a second run that finds it done; an
-image upload interrupted and resumed by running the command again; and the refusals."""
+image upload interrupted and resumed by running the command again; and the refusals.
+
+Covers proxy/cli/deploy.py and proxy/cli/artifacts.py (what a deploy builds and keeps to resume).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""The registry against real SQLite files under tmp_path.
+"""The registry's contract, over real SQLite files under tmp_path and a real PostgreSQL.
+
+The ``store`` fixture runs each contract test twice: on a SQLite file and on a fresh database of
+the session's PostgreSQL server (tests/fixtures/postgres.py). Tests that look under SQLite itself
+(WAL, ``PRAGMA user_version``, file locks held by a plain sqlite3 connection) take ``db_path``
+and run on SQLite only; their PostgreSQL twins are in tests/proxy/registry/test_postgres.py.
 
 Covers proxy/registry/registry.py and its stores: proxy/registry/apps.py,
 proxy/registry/models.py, proxy/registry/replicas.py, proxy/registry/uploads.py,
@@ -46,14 +51,23 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "registry.db"
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, db_path: Path) -> str | Path:
+    """Where a registry lives: a SQLite file, or a fresh PostgreSQL database's URL."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return db_path
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
 
 @pytest.fixture
-async def registry(db_path: Path, clock: FakeClock) -> AsyncIterator[Registry]:
-    async with Registry.open(db_path, clock=clock) as opened:
+async def registry(store: str | Path, clock: FakeClock) -> AsyncIterator[Registry]:
+    async with Registry.open(store, clock=clock) as opened:
         yield opened
 
 
@@ -86,20 +100,19 @@ def raw(path: Path) -> sqlite3.Connection:
 # -- the file: modes, schema versions, migration, restart -------------------------------------
 
 
-async def test_a_new_file_is_in_wal_mode_at_the_current_schema(
-    registry: Registry, db_path: Path
-) -> None:
+async def test_a_new_file_is_in_wal_mode_at_the_current_schema(db_path: Path) -> None:
+    async with Registry.open(db_path) as registry:
+        assert await registry.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
     connection = raw(db_path)
     try:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         connection.close()
-    assert await registry.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
 
 
-async def test_await_open_then_close_twice_and_use_after_close(db_path: Path) -> None:
-    registry = await Registry.open(db_path)
+async def test_await_open_then_close_twice_and_use_after_close(store: str | Path) -> None:
+    registry = await Registry.open(store)
     await registry.register_application("hvac", "doubles", "0", 100_000)
     await registry.close()
     await registry.close()
@@ -107,8 +120,8 @@ async def test_await_open_then_close_twice_and_use_after_close(db_path: Path) ->
         await registry.list_applications()
 
 
-async def test_reopening_the_file_keeps_everything(db_path: Path) -> None:
-    async with Registry.open(db_path) as registry:
+async def test_reopening_the_file_keeps_everything(store: str | Path) -> None:
+    async with Registry.open(store) as registry:
         app = await registry.register_application("hvac", "doubles", "0", 100_000, "zone A")
         await add_model(registry, version="1", labels=["thermal"], metadata={"type": "thermal"})
         await add_model(registry, version="2")
@@ -118,7 +131,7 @@ async def test_reopening_the_file_keeps_everything(db_path: Path) -> None:
         replica = await registry.put_replica("thermal", "1", 0, "ready", "4242")
         upload = await add_upload(registry)
         before = (await registry.list_models(), await registry.list_applications())
-    async with Registry.open(db_path) as registry:
+    async with Registry.open(store) as registry:
         assert (await registry.list_models(), await registry.list_applications()) == before
         assert (await registry.get_application("hvac")).description == app.description
         assert await registry.get_replica("thermal", "1", 0) == replica
@@ -409,19 +422,57 @@ async def test_every_new_version_becomes_current_as_in_clipper(registry: Registr
     assert await registry.list_models("ghost") == []
 
 
-async def test_a_registered_version_is_immutable(registry: Registry, db_path: Path) -> None:
+async def test_a_registered_version_is_immutable(registry: Registry) -> None:
     first = await add_model(registry)
     with pytest.raises(Conflict, match="'thermal' version '1' is already registered"):
         await add_model(registry, artifact_sha256=SHA_B, artifact_path="/elsewhere")
     assert await registry.get_model("thermal", "1") == first
 
+
+async def test_a_registered_version_is_immutable_under_the_registry_too(db_path: Path) -> None:
+    async with Registry.open(db_path) as registry:
+        first = await add_model(registry)
     connection = raw(db_path)
     try:
         with pytest.raises(sqlite3.IntegrityError, match="immutable"):
             connection.execute("UPDATE models SET artifact_path = '/evil' WHERE name = 'thermal'")
     finally:
         connection.close()
-    assert (await registry.get_model("thermal", "1")).artifact_path == first.artifact_path
+    async with Registry.open(db_path) as registry:
+        assert (await registry.get_model("thermal", "1")).artifact_path == first.artifact_path
+
+
+async def test_a_version_served_by_a_remote_v2_server(registry: Registry) -> None:
+    model = await add_model(
+        registry, artifact_kind="v2", artifact_path="http://mlserver:8080", image="doubler"
+    )
+    assert (await registry.get_model("thermal", "1")) == model
+    assert model.to_clipper()["container_name"] == "v2:http://mlserver:8080/v2/models/doubler"
+    with pytest.raises(InvalidRequest, match="image"):
+        await add_model(registry, version="2", artifact_kind="v2")  # the remote model's name
+    with pytest.raises(InvalidRequest, match="artifact_kind"):
+        await add_model(registry, version="3", artifact_kind="grpc", image="x")
+
+
+async def test_a_version_2_file_is_migrated_to_take_remote_versions(db_path: Path) -> None:
+    connection = raw(db_path)
+    for statement in MIGRATIONS[0] + MIGRATIONS[1]:
+        connection.execute(statement)
+    connection.execute("PRAGMA user_version = 2")
+    connection.close()
+    async with Registry.open(db_path) as registry:
+        await add_model(registry, artifact_kind="v2", artifact_path="http://h:1", image="m")
+    connection = raw(db_path)
+    try:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            connection.execute(
+                "INSERT INTO models VALUES ('x', '1', 'doubles', '[]', '{}', 'grpc', ?, "
+                "'/a', 'm', -1, 1, NULL, 2)",
+                (SHA_A,),
+            )
+    finally:
+        connection.close()
 
 
 @pytest.mark.parametrize(
@@ -784,8 +835,8 @@ async def test_opening_a_new_file_waits_while_another_connection_holds_it(
             await registry.close()
 
 
-async def test_two_registries_writing_at_once_lose_nothing(db_path: Path) -> None:
-    async with Registry.open(db_path) as first, Registry.open(db_path) as second:
+async def test_two_registries_writing_at_once_lose_nothing(store: str | Path) -> None:
+    async with Registry.open(store) as first, Registry.open(store) as second:
 
         async def write(registry: Registry, prefix: str) -> None:
             for index in range(20):
@@ -796,24 +847,27 @@ async def test_two_registries_writing_at_once_lose_nothing(db_path: Path) -> Non
             group.start_soon(write, first, "a")
             group.start_soon(write, second, "b")
 
-    async with Registry.open(db_path) as registry:
+    async with Registry.open(store) as registry:
         assert len(await registry.list_applications()) == 40
         versions = await registry.list_models("thermal")
         assert len(versions) == 40
         assert sum(m.is_current for m in versions) == 1
 
 
-async def test_a_race_for_one_version_has_one_winner(db_path: Path) -> None:
+async def test_a_race_for_one_version_has_one_winner(store: str | Path) -> None:
+    """Two connections (two proxies) deploying the same version at once: one winner, and a
+    Conflict that says why for every other attempt."""
     outcomes: list[str] = []
 
     async def attempt(registry: Registry, path: str) -> None:
         try:
             await add_model(registry, artifact_path=path)
             outcomes.append(path)
-        except Conflict:
+        except Conflict as exc:
+            assert "already registered" in exc.message
             outcomes.append("conflict")
 
-    async with Registry.open(db_path) as first, Registry.open(db_path) as second:
+    async with Registry.open(store) as first, Registry.open(store) as second:
         async with anyio.create_task_group() as group:
             for index in range(5):
                 group.start_soon(attempt, first, f"/first/{index}")
@@ -823,7 +877,7 @@ async def test_a_race_for_one_version_has_one_winner(db_path: Path) -> None:
     assert stored.artifact_path in outcomes
 
 
-async def test_the_upload_limit_holds_across_registries(db_path: Path) -> None:
+async def test_the_upload_limit_holds_across_registries(store: str | Path) -> None:
     created: list[str] = []
 
     async def attempt(registry: Registry, upload_id: str) -> None:
@@ -833,7 +887,7 @@ async def test_the_upload_limit_holds_across_registries(db_path: Path) -> None:
         except LimitExceeded:
             pass
 
-    async with Registry.open(db_path) as first, Registry.open(db_path) as second:
+    async with Registry.open(store) as first, Registry.open(store) as second:
         async with anyio.create_task_group() as group:
             for index in range(5):
                 group.start_soon(attempt, first, f"first-{index}")

@@ -4,6 +4,8 @@ listing; deploy-time metadata checks; the index following set_version, rollback 
 
 Covers proxy/service/forecast/ops.py, proxy/service/forecast/catalog.py,
 proxy/service/forecast/build.py and the metadata check of proxy/service/operations/deploy.py.
+
+Covers container_manager/forecasts.py (the client calls) too.
 """
 
 from __future__ import annotations
