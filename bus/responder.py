@@ -40,6 +40,8 @@ __all__ = ["Responder", "ServeGate"]
 
 logger = logging.getLogger(__name__)
 
+_REPLY_TARGETS = 4096  # (slot URI, sender) pairs whose reply URI is remembered
+
 
 class ServeGate:
     """Shared by the responders of one service to shut down gracefully: counts requests in
@@ -140,6 +142,7 @@ class Responder:
         self._verifier: Verifier | None = None  # the stream's: it counts dropped requests too
         self.max_per_sender = max_per_sender or max_concurrency
         self._per_sender: dict[bytes, int] = {}
+        self._reply_targets: dict[tuple[str, bytes], str] = {}  # (slot URI, sender) -> reply URI
 
     @property
     def in_flight(self) -> int:
@@ -283,7 +286,12 @@ class Responder:
 
     async def _send_packed(self, uri: str, origin: bytes, reply: PayloadObject) -> None:
         try:
-            target = reply_uri(uri, key_to_text(origin))
+            target = self._reply_targets.get((uri, origin))
+            if target is None:
+                target = reply_uri(uri, key_to_text(origin))
+                if len(self._reply_targets) >= _REPLY_TARGETS:
+                    self._reply_targets.clear()
+                self._reply_targets[(uri, origin)] = target
             await self._client.publish(target, reply)
         except BusError as error:
             logger.warning("could not reply on %s: %s", uri, error.message)

@@ -71,6 +71,7 @@ MAX_REPLY_BYTES = DEFAULT_MAX_FRAME_BYTES - 64 * 1024  # room for the envelope a
 RETRY_MIN_S = 1.0
 RETRY_MAX_S = 5.0
 Handler = Callable[["Request"], Awaitable[Any]]
+_REPLY_URIS = 1024  # reply URIs remembered per requester or responder (a few slots in use)
 
 
 class Endpoint(Protocol):
@@ -141,7 +142,17 @@ class Requester:
         self._route_lock = anyio.Lock()
         self._remove_hook: Callable[[], None] | None = None
         self._expected: dict[str, bytes] = {}
+        self._reply_uris: dict[str, str] = {}  # slot URI -> this requester's reply URI
         self.foreign_replies = 0
+
+    def _reply_uri(self, uri: str) -> str:
+        known = self._reply_uris.get(uri)
+        if known is None:
+            known = reply_uri(uri, self._client.key_text)
+            if len(self._reply_uris) >= _REPLY_URIS:
+                self._reply_uris.clear()
+            self._reply_uris[uri] = known
+        return known
 
     def expect(self, slot_uri: str, origin: bytes) -> None:
         """Accept replies to requests on ``slot_uri`` (and every slot of its prefix) only when
@@ -160,7 +171,7 @@ class Requester:
         """``attachment``, a binary PO, travels next to the request PO (module docstring)."""
         if attachment is not None and attachment.kind != "binary":
             raise InvalidRequest(f"an attachment is a binary PO (1.x.x.x), not {attachment.number}")
-        await self._ensure_route(reply_uri(uri, self._client.key_text))
+        await self._ensure_route(self._reply_uri(uri))
         rid = request_id or secrets.token_hex(16)
         if rid in self._pending:
             raise Conflict(f"request id {rid!r} is already waiting for a reply")
