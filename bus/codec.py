@@ -88,8 +88,11 @@ def _header(marker: int, length: int) -> bytes:
     return bytes((marker,)) + struct.pack(">I", length)
 
 
-def unpack(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
-    """Decode exactly one msgpack value from ``data``; raise DecodeError on anything else."""
+def unpack(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, shape_checked: bool = False) -> Any:
+    """Decode exactly one msgpack value from ``data``; raise DecodeError on anything else.
+    ``shape_checked``: the caller checks the type of every nested value before it uses the
+    value (an envelope body), so a deep nesting fails there without recursion and the depth
+    walk is skipped (msgpack's own decoder stops at 1024 levels)."""
     if not isinstance(data, _BYTES_LIKE):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
     size = len(data)
@@ -114,7 +117,7 @@ def unpack(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
         raise
     except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, ExtraData, ...
         raise DecodeError(f"malformed msgpack in {size} bytes ({_reason(exc)})") from exc
-    if type(value) is list or type(value) is dict:
+    if not shape_checked and (type(value) is list or type(value) is dict):
         _bound_depth(value, data)
     return value
 

@@ -104,7 +104,7 @@ def seal(
     entries: list[list[Any]] = []
     blobs: list[bytes] = []
     for po in pos:
-        check_po_number(po.number)
+        _check_number(po.number)
         if len(po.data) > DETACH_OVER:
             entries.append([po.number, _digest_of(po), len(po.data)])
             blobs.append(po.data)
@@ -139,6 +139,21 @@ def check_frame_size(size: int, max_bytes: int = DEFAULT_MAX_FRAME) -> None:
             size=size,
             limit=max_bytes,
         )
+
+
+def _check_number(number: object) -> str:
+    """:func:`~bus.po.check_po_number`, remembering the numbers that passed (a few hundred at
+    most; a message uses a handful): a set lookup for the numbers every message carries."""
+    if type(number) is str and number in _VALID_NUMBERS:
+        return number
+    checked = check_po_number(number)
+    if len(_VALID_NUMBERS) < _VALID_NUMBERS_SIZE:
+        _VALID_NUMBERS.add(checked)
+    return checked
+
+
+_VALID_NUMBERS: set[str] = set()
+_VALID_NUMBERS_SIZE = 512
 
 
 def _digest_of(po: PayloadObject) -> bytes:
@@ -181,7 +196,15 @@ def _parse(frame: bytes, max_bytes: int) -> Envelope:
         raise DecodeError("a frame's body and signature are bytes")
     if len(signature) != SIGNATURE_BYTES:
         raise DecodeError(f"a signature is {SIGNATURE_BYTES} bytes")
-    return _parse_body(codec.unpack(body, max_bytes=max_bytes), signature, body, blobs)
+    # _parse_body checks the type of every nested value, so a body nested deeper than
+    # codec.MAX_DEPTH fails there; only then is its depth walked, to say so.
+    fields = codec.unpack(body, max_bytes=max_bytes, shape_checked=True)
+    try:
+        return _parse_body(fields, signature, body, blobs)
+    except Exception:
+        if type(fields) is list or type(fields) is dict:
+            codec.check_depth(fields)
+        raise
 
 
 def _parse_body(fields: Any, signature: bytes, body: bytes, blobs: list[bytes]) -> Envelope:
@@ -229,10 +252,10 @@ def _parse_pos(raw_pos: Any, blobs: list[bytes]) -> tuple[PayloadObject, ...]:
     pos = []
     for item in raw_pos:
         if isinstance(item, list) and len(item) == 2 and isinstance(item[1], bytes):
-            pos.append(PayloadObject(check_po_number(item[0]), item[1]))
+            pos.append(PayloadObject(_check_number(item[0]), item[1]))
         elif isinstance(item, list) and len(item) == 3:
             data, digest = _detached(item, next(pending, None))
-            pos.append(PayloadObject(check_po_number(item[0]), data, digest))
+            pos.append(PayloadObject(_check_number(item[0]), data, digest))
         else:
             raise DecodeError("a payload object is [po_number, bytes] or [po_number, sha256, size]")
     if next(pending, None) is not None:

@@ -26,8 +26,9 @@ counted in ``Requester.foreign_replies``, and the real reply still arrives.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import uuid
+import secrets
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ MAX_REPLY_BYTES = DEFAULT_MAX_FRAME_BYTES - 64 * 1024  # room for the envelope a
 RETRY_MIN_S = 1.0
 RETRY_MAX_S = 5.0
 Handler = Callable[["Request"], Awaitable[Any]]
+_REPLY_URIS = 1024  # reply URIs remembered per requester or responder (a few slots in use)
 
 
 class Endpoint(Protocol):
@@ -124,7 +126,7 @@ class _Waiter:
     """One request waiting for its reply; ``wake`` is set by the reply or by a reconnect."""
 
     def __init__(self) -> None:
-        self.wake = anyio.Event()
+        self.wake = asyncio.Event()
         self.has_reply = False
         self.reply: Any = None
         self.send_error: str | None = None  # why the latest send failed, if it did
@@ -140,7 +142,17 @@ class Requester:
         self._route_lock = anyio.Lock()
         self._remove_hook: Callable[[], None] | None = None
         self._expected: dict[str, bytes] = {}
+        self._reply_uris: dict[str, str] = {}  # slot URI -> this requester's reply URI
         self.foreign_replies = 0
+
+    def _reply_uri(self, uri: str) -> str:
+        known = self._reply_uris.get(uri)
+        if known is None:
+            known = reply_uri(uri, self._client.key_text)
+            if len(self._reply_uris) >= _REPLY_URIS:
+                self._reply_uris.clear()
+            self._reply_uris[uri] = known
+        return known
 
     def expect(self, slot_uri: str, origin: bytes) -> None:
         """Accept replies to requests on ``slot_uri`` (and every slot of its prefix) only when
@@ -159,8 +171,8 @@ class Requester:
         """``attachment``, a binary PO, travels next to the request PO (module docstring)."""
         if attachment is not None and attachment.kind != "binary":
             raise InvalidRequest(f"an attachment is a binary PO (1.x.x.x), not {attachment.number}")
-        await self._ensure_route(reply_uri(uri, self._client.key_text))
-        rid = request_id or uuid.uuid4().hex
+        await self._ensure_route(self._reply_uri(uri))
+        rid = request_id or secrets.token_hex(16)
         if rid in self._pending:
             raise Conflict(f"request id {rid!r} is already waiting for a reply")
         request = PayloadObject.msgpack({"id": rid, "body": body}, PO_REQUEST)
@@ -196,8 +208,9 @@ class Requester:
     ) -> Any:
         """Publish until the reply comes: again (same id, signed afresh) after a reconnect, a
         failed send, or ``retry_after_s`` without a reply. The caller bounds the whole."""
+        loop = asyncio.get_running_loop()
         while True:
-            waiter.wake = anyio.Event()
+            waiter.wake = wake = asyncio.Event()
             try:
                 await self._client.publish(uri, pos)
                 waiter.send_error = None
@@ -206,8 +219,11 @@ class Requester:
             except TransportError as error:
                 waiter.send_error = error.message
                 logger.info("sending a request on %s failed, will retry: %s", uri, error.message)
-            with anyio.move_on_after(retry_after_s):
-                await waiter.wake.wait()
+            retry = loop.call_later(retry_after_s, wake.set)  # a timer, not a cancel scope
+            try:
+                await wake.wait()
+            finally:
+                retry.cancel()
             if waiter.has_reply:
                 return waiter.reply
 

@@ -40,6 +40,9 @@ __all__ = ["Verifier"]
 
 logger = logging.getLogger(__name__)
 
+_ALLOWED_SIZE = 4096  # remembered authorizations: (sender, proof, URI, right)
+_FOREVER_NS = 1 << 63
+
 
 class Verifier:
     """Checks frames from the bus. One per service or client; not thread-safe (one event loop).
@@ -69,6 +72,8 @@ class Verifier:
         self.rejected: Counter[str] = Counter()
         self._seen: OrderedDict[tuple[Hashable, bytes, bytes], int] = OrderedDict()
         self._last_log_ns: dict[str, int] = {}
+        # (sender, proof, asked, right) -> (valid until, counts as a verdict-cache hit)
+        self._allowed: dict[tuple[bytes, tuple[bytes, ...], str, str], tuple[int, bool]] = {}
 
     def canonical(self, uri: str) -> str:
         """The URI with an alias namespace replaced by the namespace key."""
@@ -120,12 +125,30 @@ class Verifier:
         now_ns: int | None = None,
     ) -> None:
         """Raise unless ``proof`` lets ``sender`` do ``right`` on ``asked`` (URI or pattern).
-        The namespace owner needs no proof."""
-        asked = self.canonical(asked)
-        if uris.namespace_of(asked) == key_to_text(sender):
-            return
+        The namespace owner needs no proof. An answer already given is remembered until the
+        chain's earliest expiry (the only check that depends on the time): steady traffic
+        costs one dict lookup here, and a verdict-cache hit is counted as before."""
         now_ns = self.clock_ns() if now_ns is None else now_ns
-        self.verdicts.authorize(sender, proof, asked, right, now_ns=now_ns)
+        key = (sender, proof, asked, right)
+        allowed = self._allowed.get(key)
+        if allowed is not None and now_ns < allowed[0]:
+            if allowed[1]:
+                self.verdicts.hits += 1
+            return
+        canonical = self.canonical(asked)
+        if uris.namespace_of(canonical) == key_to_text(sender):
+            self._remember_allowed(key, (_FOREVER_NS, False))
+            return
+        verdict = self.verdicts.authorize(sender, proof, canonical, right, now_ns=now_ns)
+        self._remember_allowed(key, (verdict.expires_ns, True))
+
+    def _remember_allowed(
+        self, key: tuple[bytes, tuple[bytes, ...], str, str], allowed: tuple[int, bool]
+    ) -> None:
+        remembered = self._allowed
+        if len(remembered) >= _ALLOWED_SIZE:
+            del remembered[next(iter(remembered))]  # the oldest answer
+        remembered[key] = allowed
 
     def _remember_nonce(self, envelope: Envelope, now_ns: int, scope: Hashable) -> None:
         key = (scope, envelope.origin, envelope.nonce)

@@ -51,10 +51,20 @@ from proxy.bench.bus_results import (
     report,
 )
 from proxy.bench.buses import check_bus_url, free_port_block, own_buses
+from proxy.bench.environment import environment_line
 from proxy.bench.raw import raw_mqtt_rtt, raw_mqtt_stream, raw_zmq_rtt, raw_zmq_stream
 from transports import open_transport
 
-__all__ = ["BenchSettings", "check_bus_url", "free_port_block", "own_buses", "run_bench"]
+__all__ = [
+    "BenchSettings",
+    "check_bus_url",
+    "crypto_costs",
+    "free_port_block",
+    "own_buses",
+    "run_bench",
+    "signed_echo_rtt",
+    "transport_rtt",
+]
 
 # -- entities and grants -------------------------------------------------------------------------
 
@@ -92,6 +102,17 @@ def _client(url: str, party: _Party, qos: int) -> BusClient:
 
 
 # -- ours ----------------------------------------------------------------------------------------
+
+
+async def signed_echo_rtt(url: str, settings: BenchSettings) -> list[int]:
+    """Round trips (ns) of ``client.request`` to a ``client.serve`` echo on ``url``, signed and
+    verified as every message is: what a request costs on that bus before any service work."""
+    return await _ours_rtt(url, _Keys(), settings)
+
+
+async def transport_rtt(url: str, settings: BenchSettings) -> list[int]:
+    """Round trips (ns) of unsigned frames through our transport alone on ``url``."""
+    return await _transport_rtt(url, _Keys(), settings)
 
 
 async def _ours_rtt(
@@ -330,7 +351,8 @@ def _short_path(filename: str) -> str:
     return Path(filename).name
 
 
-def _crypto_costs(size: int, count: int = 1000) -> Costs:
+def crypto_costs(size: int, count: int = 1000) -> Costs:
+    """Sign, verify, seal and receive check of one message of ``size`` bytes, in µs, here."""
     keys = _Keys()
     party, pos = keys.publisher, (PayloadObject.binary(os.urandom(size)),)
     proof = tuple(grant.encode() for grant in party.chain)
@@ -353,6 +375,7 @@ def _crypto_costs(size: int, count: int = 1000) -> Costs:
 
 def run_bench(settings: BenchSettings, progress: Callable[[str], None] = lambda line: None) -> str:
     """Measure every bus of ``settings`` (or our own, started here) and return the report."""
+    environment = environment_line()  # the load before we add ours
     named = [(check_bus_url(url), url) for url in settings.buses]
     notes: list[str] = []
     results = []
@@ -362,4 +385,4 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] = lambda 
             progress(f"measuring {url} ({label}) ...")
             results.append(_bench_one(url, label, settings, notes))
     progress("measuring signing and verifying ...")
-    return report(settings, results, _crypto_costs(settings.size), notes)
+    return report(settings, results, crypto_costs(settings.size), notes, environment)

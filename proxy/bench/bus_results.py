@@ -171,11 +171,16 @@ def _where_time_goes(result: BusResult, costs: Costs) -> list[str]:
 
 
 def report(
-    settings: BenchSettings, results: list[BusResult], costs: Costs, notes: list[str]
+    settings: BenchSettings,
+    results: list[BusResult],
+    costs: Costs,
+    notes: list[str],
+    environment: str = "",
 ) -> str:
     lines = [
         f"modelbus bench bus: {settings.size} B payloads; {settings.requests} round trips one at a "
         f"time; {settings.count} messages one-way; MQTT QoS {settings.qos}",
+        *([environment] if environment else []),
         "ours = BusClient, every message signed and verified (2-grant chains); "
         "raw = the library alone",
         "",

@@ -11,6 +11,7 @@ MQTT (Mosquitto), through a minimal aiohttp server, and through MLServer's REST 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -25,7 +26,15 @@ import click
 from bus import BusClient, runner
 from container_manager import ServiceClient
 from proxy.bench import http as bench_http
-from proxy.bench.bus import free_port_block, own_buses
+from proxy.bench.bus import (
+    crypto_costs,
+    free_port_block,
+    own_buses,
+    signed_echo_rtt,
+    transport_rtt,
+)
+from proxy.bench.bus_results import BenchSettings, Costs
+from proxy.bench.environment import environment_line
 from proxy.bench.service import service_process
 from transports import open_transport
 
@@ -33,20 +42,30 @@ __all__ = ["PredictRow", "run_predict_bench"]
 
 ROW = [1.5, 2.0, 3.0]
 EMBEDDED_LABEL = "modelbus, serve's own ZeroMQ bus"
+_REPORT_LINES = ("environment:", "per message", "where the time goes", "  ")  # not notes
 
 
 @dataclass(frozen=True, slots=True)
 class PredictRow:
+    """One server's figures; for ours also, on the same bus in the same run, the p50 round trip
+    of our transport alone and of a signed echo (``client.request`` to ``client.serve``)."""
+
     label: str
     p50_ms: float
     p99_ms: float
     per_s_8: float
+    transport_p50_ms: float | None = None
+    echo_p50_ms: float | None = None
 
 
 def _row(label: str, latencies: list[float], per_s: float) -> PredictRow:
     latencies = sorted(latencies)
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     return PredictRow(label, statistics.median(latencies) * 1e3, p99 * 1e3, per_s)
+
+
+def _p50_ms(rtts_ns: list[int]) -> float | None:
+    return statistics.median(rtts_ns) / 1e6 if rtts_ns else None
 
 
 async def _ours(
@@ -76,7 +95,12 @@ async def _ours(
                 for _ in range(in_flight):
                     load.start_soon(worker, count // in_flight)
             per_s = (count // in_flight * in_flight) / (time.perf_counter() - started)
-    return _row(label, latencies, per_s)
+        # The bus alone, the same bus, the service still up (the embedded bus is its own):
+        settings = BenchSettings(requests=min(count, 1000), size=len(repr(ROW)))
+        transport = _p50_ms(await transport_rtt(bus_url, settings))
+        echo = _p50_ms(await signed_echo_rtt(bus_url, settings))
+    row = _row(label, latencies, per_s)
+    return dataclasses.replace(row, transport_p50_ms=transport, echo_p50_ms=echo)
 
 
 async def _http(
@@ -89,7 +113,9 @@ async def _http(
 
 
 def run_predict_bench(count: int, in_flight: int) -> tuple[list[PredictRow], list[str]]:
-    notes: list[str] = []
+    """The rows and the notes; the notes start with the environment and, measured in this run,
+    the per-message crypto costs the "where the time goes" lines use."""
+    notes: list[str] = [environment_line()]
     rows: list[PredictRow] = []
     with tempfile.TemporaryDirectory(prefix="modelbus-bench-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
@@ -119,7 +145,32 @@ def run_predict_bench(count: int, in_flight: int) -> tuple[list[PredictRow], lis
                 "MLServer: not measured (set MODELBUS_MLSERVER to its `mlserver` "
                 "executable, e.g. in a virtualenv with mlserver==1.7.1)"
             )
+    notes += where_time_goes(rows, crypto_costs(len(repr(ROW))))
     return rows, notes
+
+
+def where_time_goes(rows: list[PredictRow], costs: Costs) -> list[str]:
+    """Per bus, p50 one at a time: our transport alone -> a signed echo (of which the two
+    seals and two receive checks) -> a prediction (the service's own path: slot, operation,
+    the hop to the replica and back)."""
+    crypto_ms = 2 * (costs.seal_us + costs.check_us) / 1000
+    lines = [
+        f"per message, measured in this run: sign {costs.sign_us:.1f} us, verify "
+        f"{costs.verify_us:.1f} us; seal {costs.seal_us:.1f} us; receive check "
+        f"{costs.check_us:.1f} us",
+        "where the time goes (p50, one request at a time):",
+    ]
+    for row in rows:
+        if row.transport_p50_ms is None or row.echo_p50_ms is None:
+            continue
+        transport, echo, ours = row.transport_p50_ms, row.echo_p50_ms, row.p50_ms
+        lines.append(
+            f"  {row.label}: our transport alone {transport:.2f} ms -> signed echo "
+            f"{echo:.2f} ({echo - transport:+.2f}, of which 2 seals + 2 receive checks "
+            f"{crypto_ms:.2f}) -> prediction {ours:.2f} ({ours - echo:+.2f}: slot, operation, "
+            "the hop to the replica and back)"
+        )
+    return lines
 
 
 def print_predict_table(rows: list[PredictRow], notes: list[str], in_flight: int) -> None:
@@ -139,4 +190,4 @@ def print_predict_table(rows: list[PredictRow], notes: list[str], in_flight: int
     if reference:
         click.echo(f"(reference: {reference.label})")
     for note in notes:
-        click.echo(f"note: {note}")
+        click.echo(note if note.startswith(_REPORT_LINES) else f"note: {note}")

@@ -718,3 +718,32 @@ async def test_one_sender_cannot_take_every_slot_of_a_responder() -> None:
             release.set()
         assert sorted(answers) == sorted([greedy.key_text] * 2 + [other.key_text])
         assert await greedy.request(service.slot(), None, request_id="g3") == greedy.key_text
+
+
+async def test_stopping_a_responder_cancels_the_handlers_it_runs() -> None:
+    """Handlers run as tasks of the responder: when it stops, a handler still running is
+    cancelled (its cleanup runs) and the responder waits for it to end."""
+    started, cleaned_up = anyio.Event(), anyio.Event()
+
+    async def stuck(request: Request) -> Any:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cleaned_up.set()
+
+    service = Service()
+    url = memory_url()
+    async with (
+        connect(url, service.server()) as server,
+        connect(url, service.requester()) as client,
+    ):
+        async with anyio.create_task_group() as serving_group:
+            await serving_group.start(server.serve, service.slot(), stuck)
+            client.require_task_group().start_soon(
+                functools.partial(client.request, service.slot(), "x", timeout_s=30)
+            )
+            with anyio.fail_after(10):
+                await started.wait()
+            serving_group.cancel_scope.cancel()
+        assert cleaned_up.is_set()

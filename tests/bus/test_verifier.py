@@ -369,3 +369,33 @@ def test_anything_a_frame_causes_is_a_typed_error(namespace: Namespace) -> None:
         verifier.check_frame(frame(namespace.as_member, namespace.uri("a")))
     assert isinstance(caught.value.__cause__, ZeroDivisionError)
     assert verifier.rejected == {"decode": 1}
+
+
+def test_a_remembered_authorization_ends_when_the_chain_expires(namespace: Namespace) -> None:
+    """Steady traffic is authorized from memory (counted as verdict-cache hits), until the
+    instant the chain's earliest grant expires: from then on the same sender, chain and URI
+    are refused, as on the first message."""
+    expires_ns = NOW + 10 * 10**9
+    member = namespace.member("a", "P", expires_ns=expires_ns)
+    clock = Clock(NOW)
+    verifier = Verifier(clock_ns=clock, skew_s=SKEW_S)
+    uri = namespace.uri("a")
+    for _ in range(3):
+        verifier.check_frame(frame(member, uri))
+    assert (verifier.verdicts.misses, verifier.verdicts.hits) == (1, 2)
+    clock.now_ns = expires_ns - 1
+    verifier.check_frame(frame(member, uri, ts_ns=clock.now_ns))
+    clock.now_ns = expires_ns
+    with pytest.raises(GrantExpired):
+        verifier.check_frame(frame(member, uri, ts_ns=clock.now_ns))
+
+
+def test_a_remembered_authorization_is_for_its_uri_and_right_only(namespace: Namespace) -> None:
+    member = namespace.member("a", "P")
+    verifier = fixed_clock_verifier()
+    verifier.check_frame(frame(member, namespace.uri("a")))
+    with pytest.raises(OutOfScope):
+        verifier.check_frame(frame(member, namespace.uri("b")))
+    with pytest.raises(PermissionMissing):
+        verifier.check_frame(frame(member, namespace.uri("a")), right="C")
+    verifier.check_frame(frame(member, namespace.uri("a")))  # still allowed where it was

@@ -7,6 +7,7 @@ MQTT 5 subscription identifier) shared by every bus subscription and query that 
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 
 from paho.mqtt.packettypes import PacketTypes
@@ -61,13 +62,16 @@ class Filter:
 
     def offer(self, delivery: Delivery) -> None:
         for subscription in list(self.subscriptions):
-            if uris.matches(subscription.pattern, delivery.topic):
+            if _matches(subscription.pattern, delivery.topic):
                 subscription.offer(delivery)
 
     def collect(self, delivery: Delivery) -> None:
         for query in self.queries:
             if delivery.frame and uris.matches(query.pattern, delivery.topic):
                 query.found[delivery.topic] = delivery.frame
+
+
+_matches = functools.lru_cache(maxsize=4096)(uris.matches)  # the same few (pattern, topic)s
 
 
 def subscribe_properties(subscription_id: int) -> Properties:

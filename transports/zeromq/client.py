@@ -6,6 +6,7 @@ See :mod:`transports.zeromq` for the ports and the wire. Readiness is awaited, n
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 from collections.abc import Callable, Iterator
@@ -46,6 +47,8 @@ from transports.zeromq.sockets import (
 __all__ = ["ZmqTransport"]
 
 logger = logging.getLogger(__name__)
+
+_matches = functools.lru_cache(maxsize=4096)(uris.matches)  # the same few (pattern, topic)s
 
 
 @dataclass
@@ -371,7 +374,7 @@ class ZmqTransport:
             return
         delivery = Delivery(topic, frame)
         for subscription in self._subscriptions:
-            if uris.matches(subscription.pattern, topic):
+            if _matches(subscription.pattern, topic):
                 subscription.offer(delivery)
 
     @contextmanager
