@@ -53,6 +53,7 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "Manifest",
     "build_closure_archive",
+    "check_archive",
     "check_compatible",
     "detect_packages",
     "load_closure",
@@ -135,6 +136,31 @@ def read_manifest(
     with _open_archive(path, max_archive_bytes, max_closure_bytes) as archive:
         raw = _read_member(archive, MANIFEST_MEMBER, MAX_MANIFEST_BYTES, path)
     return _parse_manifest(raw, path)
+
+
+def check_archive(
+    path: str | Path,
+    *,
+    max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+    max_closure_bytes: int = MAX_CLOSURE_BYTES,
+) -> Manifest:
+    """All that can be checked of a closure archive without running it — its members and their
+    sizes, every manifest key, and that ``closure.pkl`` is the bytes the manifest's digest names
+    — before anything is registered. Every failure is one code, InvalidRequest. The pickle is
+    never loaded here (that runs code): whether it holds a callable is the worker's to find."""
+    try:
+        with _open_archive(path, max_archive_bytes, max_closure_bytes) as archive:
+            raw = _read_member(archive, MANIFEST_MEMBER, MAX_MANIFEST_BYTES, path)
+            closure = _read_member(archive, CLOSURE_MEMBER, max_closure_bytes, path)
+        manifest = _parse_manifest(raw, path)
+    except DecodeError as error:
+        raise InvalidRequest(error.message, **error.details) from None
+    if hashlib.sha256(closure).hexdigest() != manifest.closure_sha256:
+        raise InvalidRequest(
+            f"{path}: closure.pkl does not match the digest in its manifest; rebuild the archive",
+            path=str(path),
+        )
+    return manifest
 
 
 def check_compatible(manifest: Manifest) -> None:
@@ -397,19 +423,16 @@ def _read_member(zf: zipfile.ZipFile, name: str, limit: int, path: str | Path) -
 def _parse_manifest(raw: bytes, path: str | Path) -> Manifest:
     try:
         document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"{path}: manifest.json is not JSON: {exc}", path=str(path)) from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise DecodeError(f"{path}: manifest.json is not JSON", path=str(path)) from exc
     if isinstance(document, dict) and document.get("format") != FORMAT:
         raise InvalidRequest(
-            f"{path} uses archive format {document.get('format')!r}; this server reads format "
-            f"{FORMAT}: rebuild the archive with a matching modelbus",
+            f"{path} uses another archive format; this server reads format {FORMAT}: rebuild "
+            "the archive with a matching modelbus",
             path=str(path),
         )
     if isinstance(document, dict) and document.get("kind") != "closure":
-        raise InvalidRequest(
-            f"{path} is a {document.get('kind')!r} archive, not a closure archive",
-            path=str(path),
-        )
+        raise InvalidRequest(f"{path} is not a closure archive", path=str(path))
     try:
         return Manifest.model_validate(document)
     except ValidationError as exc:

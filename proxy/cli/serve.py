@@ -290,9 +290,13 @@ def _announce(info: ServiceInfo, settings: ProxySettings, keys: ServiceKeys | No
     _key_advice(keys)
     click.echo("Give a user access, one grant per right (never on the whole service: that would")
     click.echo("let them answer other users' requests and declare the service dead):")
+    # Serving under another's namespace, the service re-delegates the grant it holds (made with
+    # --ttl 1 or more): the line names that chain (the first, if it holds several).
+    delegated = keys is None and settings.namespace is not None and settings.proof_paths
+    proof = f" --proof {settings.proof_paths[0]}" if delegated else ""
     for right, pattern, perms in _user_grants(info):
         click.echo(
-            f"  modelbus grant --from {granting} --to USER.key "
+            f"  modelbus grant --from {granting}{proof} --to USER.key "
             f"--uri '{pattern}' --perms {perms} --expires 30d -o user-{right}.grant"
         )
     click.echo("Ctrl-C stops the service.", err=True)

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from bus.artifact import (
     Manifest,
     build_closure_archive,
+    check_archive,
     check_compatible,
     detect_packages,
     load_closure,
@@ -208,7 +209,7 @@ def test_oversized_archives_and_members_are_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "error", "pattern"),
     [
-        ({"format": 2}, InvalidRequest, "format 2"),
+        ({"format": 2}, InvalidRequest, "another archive format"),
         ({"kind": "image"}, InvalidRequest, "not a closure archive"),
         ({"surprise": 1}, DecodeError, "surprise"),
         ({"created_ns": "yesterday"}, DecodeError, "created_ns"),
@@ -306,3 +307,44 @@ def test_mangled_archives_raise_only_documented_errors(data: st.DataObject) -> N
             return
     # A byte the reader does not depend on (a timestamp, a comment) changed: the same model.
     assert func([1.0, 2.5]) == models.double([1.0, 2.5]) == [2.0, 5.0]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"format": 2},
+        {"surprise": 1},
+        {"closure_sha256": None},
+        {"python": "three"},
+        {"closure_sha256": "0" * 64},  # a closure.pkl that is not the bytes the manifest names
+    ],
+)
+def test_check_archive_refuses_with_one_code_before_anything_runs(
+    tmp_path: Path, changes: dict[str, Any]
+) -> None:
+    """What a deploy checks before it registers anything: every manifest problem and a
+    closure.pkl that does not match its digest are one code, invalid_request."""
+    data = with_manifest(build_closure_archive(models.double), **changes)
+    with pytest.raises(InvalidRequest) as refused:
+        check_archive(write(tmp_path, data))
+    assert refused.value.code == "invalid_request"
+
+
+def test_check_archive_refuses_a_manifest_missing_a_key(tmp_path: Path) -> None:
+    members = members_of(build_closure_archive(models.double))
+    manifest = json.loads(members["manifest.json"])
+    del manifest["closure_sha256"]
+    members["manifest.json"] = json.dumps(manifest).encode()
+    with pytest.raises(InvalidRequest, match="closure_sha256"):
+        check_archive(write(tmp_path, zip_of(members)))
+
+
+def test_check_archive_accepts_a_good_archive_and_a_deep_manifest_is_no_crash(
+    tmp_path: Path,
+) -> None:
+    good = write(tmp_path, build_closure_archive(models.double), "good.zip")
+    assert check_archive(good).kind == "closure"
+    members = members_of(build_closure_archive(models.double))
+    members["manifest.json"] = b"[" * 30_000 + b"]" * 30_000  # under the 64 KiB limit
+    with pytest.raises(InvalidRequest, match="not JSON"):
+        check_archive(write(tmp_path, zip_of(members), "deep.zip"))

@@ -114,7 +114,7 @@ class DeployOps:
             assert request.image is not None
             await self.backend.load_image(path, request.image)
         else:
-            artifact.check_compatible(artifact.read_manifest(path))
+            artifact.check_compatible(artifact.check_archive(path))
         model = await self.registry.register_model(
             request.name,
             request.version,

@@ -204,7 +204,7 @@ class FittedVersions:
             spool = path.with_name(f".{sha}.{job.job_id}.tmp")
             spool.write_bytes(archive)
             os.replace(spool, path)
-        artifact.check_compatible(artifact.read_manifest(path))
+        artifact.check_compatible(artifact.check_archive(path))
         parent = await self.registry.get_model(job.model_name, job.parent_version)
         asked = job.request.get("make_current")
         auto = bool(parent.metadata.get("fit_auto_switch", False)) if asked is None else asked

@@ -21,11 +21,13 @@ Covers proxy/uploads/sessions.py, proxy/uploads/requests.py and proxy/uploads/di
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import signal
 import subprocess
 import sys
+import zipfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -355,10 +357,11 @@ async def test_a_duplicate_version_is_a_conflict_and_the_first_still_serves(
 async def test_refused_deploys_register_nothing(memory_harness: ProxyHarness) -> None:
     archive = build_closure_archive(summed(1))
     junk = b"not a docker image tarball"
+    tampered = _tampered(archive)
     with anyio.fail_after(30):
         async with memory_harness.serving() as service:
             operator = service.operator
-            for data in (archive, junk):
+            for data in (archive, junk, tampered):
                 opened = await begin(operator, data)
                 await send_chunk(operator, opened["upload_id"], 0, data)
                 await operator.call("deploy", "upload.commit", upload_id=opened["upload_id"])
@@ -370,6 +373,7 @@ async def test_refused_deploys_register_nothing(memory_harness: ProxyHarness) ->
                 (InvalidRequest, {"artifact": sha(archive), "batch_size": 1_000_000}),
                 (InvalidRequest, {"artifact": sha(archive), "replicas": 1_000}),
                 (InvalidRequest, {"artifact": sha(archive), "input_type": "tensors"}),
+                (InvalidRequest, {"artifact": sha(tampered)}),  # closure.pkl not its digest's
             ]
             for error, fields in refusals:
                 request = {"input_type": "doubles"} | fields
@@ -379,6 +383,18 @@ async def test_refused_deploys_register_nothing(memory_harness: ProxyHarness) ->
                     )
                 assert await operator.get_all_models() == [], fields
             assert (await operator.status())["models"] == []
+
+
+def _tampered(archive: bytes) -> bytes:
+    """``archive`` with other bytes in closure.pkl than its manifest's digest names (checked
+    before the deploy registers anything: the proxy never unpickles)."""
+    source = zipfile.ZipFile(io.BytesIO(archive))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            target.writestr(info, data + b"." if info.filename == "closure.pkl" else data)
+    return out.getvalue()
 
 
 @asynccontextmanager
