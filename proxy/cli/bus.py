@@ -352,14 +352,15 @@ def status_table(states: list[ServiceState], *, now_ns: int) -> str:
             )
         )
     widths = [max(len(row[column]) for row in rows) for column in range(5)]
-    return "\n".join(
-        (
-            "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True))
-            + "  "
-            + row[5]
-        ).rstrip()
-        for row in rows
-    )
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)]
+        if index:  # colours on a terminal (click.echo drops them elsewhere): the state at a glance
+            colour = "green" if row[1] == "ALIVE" else "yellow" if "stale" in row[2] else "red"
+            cells[1] = click.style(cells[1], fg=colour, bold=True)
+            cells[2] = click.style(cells[2], fg=colour)
+        lines.append(("  ".join(cells) + "  " + row[5]).rstrip())
+    return "\n".join(lines)
 
 
 def _fact(value: Any) -> str:

@@ -744,3 +744,20 @@ def test_redacted_urls() -> None:
     assert redact_url("mqtts://u:pw@[::1]:8883") == "mqtts://u:***@[::1]:8883"
     assert redact_url("mqtt://u@broker") == "mqtt://u@broker"
     assert redact_url("zmq://127.0.0.1:7700") == "zmq://127.0.0.1:7700"
+
+
+def test_the_status_table_colours_each_state_for_a_terminal() -> None:
+    from bus.liveness.monitor import ServiceState
+    from proxy.cli.bus import status_table
+
+    now = time.time_ns()
+    states = [
+        ServiceState("ns/s.a/_", True, "alive", now, 1, {}),
+        ServiceState("ns/s.b/_", False, "stale (40 s)", now - 40 * 10**9, 2, {}),
+        ServiceState("ns/s.c/_", False, "died", now, 3, {}),
+    ]
+    table = status_table(states, now_ns=now)
+    assert click.style("ALIVE", fg="green", bold=True)[:5] in table  # the green escape
+    assert "\x1b[31m" in table and "\x1b[33m" in table  # red for died, yellow for stale
+    plain = click.unstyle(table).splitlines()
+    assert [line.split()[1] for line in plain[1:]] == ["ALIVE", "DEAD", "DEAD"]
