@@ -464,3 +464,26 @@ async def test_a_publish_gives_up_after_its_timeout(
     finally:
         await transport.close()
         mosquitto.start()
+
+
+def test_a_password_can_come_from_the_environment_or_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mqtt://user@host`` takes its password from $MODELBUS_MQTT_PASSWORD_FILE (first line)
+    or $MODELBUS_MQTT_PASSWORD, so it stands in no command line or banner; one in the URL wins."""
+    from transports.mqtt.broker import parse_url
+
+    monkeypatch.delenv("MODELBUS_MQTT_PASSWORD_FILE", raising=False)
+    monkeypatch.setenv("MODELBUS_MQTT_PASSWORD", "from-env")
+    assert parse_url("mqtt://alice@broker").password == "from-env"
+    assert parse_url("mqtt://alice:in-url@broker").password == "in-url"
+    assert parse_url("mqtt://broker").password is None  # no user: no password
+    secret = tmp_path / "mqtt.password"
+    secret.write_text("from-file\n")
+    monkeypatch.setenv("MODELBUS_MQTT_PASSWORD_FILE", str(secret))
+    broker = parse_url("mqtt://alice@broker")
+    assert broker.password == "from-file"
+    assert "from-file" not in broker.safe_url and "from-file" not in repr(broker)
+    monkeypatch.setenv("MODELBUS_MQTT_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(TransportError, match="cannot read the MQTT password file"):
+        parse_url("mqtt://alice@broker")

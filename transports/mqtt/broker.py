@@ -7,13 +7,23 @@ logs each time its loop runs while the client has no socket.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from bus.errors import TransportError
 
-__all__ = ["Broker", "paho_logger", "parse_url", "redact", "tls_context"]
+__all__ = [
+    "PASSWORD_ENV",
+    "PASSWORD_FILE_ENV",
+    "Broker",
+    "paho_logger",
+    "parse_url",
+    "password_from_environment",
+    "redact",
+    "tls_context",
+]
 
 
 class SpuriousPahoErrors(logging.Filter):
@@ -56,10 +66,31 @@ def parse_url(url: str) -> Broker:
         raise TransportError(f"bad port in {redact(url)}", url=redact(url)) from exc
     username = unquote(parts.username) if parts.username is not None else None
     password = unquote(parts.password) if parts.password is not None else None
+    if username is not None and password is None:
+        password = password_from_environment()
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     user = f"{parts.username}@" if parts.username else ""
     safe_url = f"{parts.scheme}://{user}{host}:{port}"
     return Broker(parts.hostname, port, is_tls, username, password, safe_url)
+
+
+PASSWORD_ENV = "MODELBUS_MQTT_PASSWORD"
+PASSWORD_FILE_ENV = "MODELBUS_MQTT_PASSWORD_FILE"
+
+
+def password_from_environment() -> str | None:
+    """The broker password for a URL that names a user but no password, so it need not stand in
+    a command line or a banner: ``$MODELBUS_MQTT_PASSWORD_FILE`` (a file's first line) or
+    ``$MODELBUS_MQTT_PASSWORD``; None if neither is set."""
+    if path := os.environ.get(PASSWORD_FILE_ENV):
+        try:
+            with open(path, encoding="utf-8") as file:
+                return file.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise TransportError(
+                f"cannot read the MQTT password file ${PASSWORD_FILE_ENV} ({path}): {exc.strerror}"
+            ) from exc
+    return os.environ.get(PASSWORD_ENV)
 
 
 def redact(url: str) -> str:
