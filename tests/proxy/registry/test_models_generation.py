@@ -8,9 +8,9 @@ import pytest
 
 from bus.errors import Conflict
 from proxy.registry.registry import Registry
-from tests.proxy.registry.test_registry import add_model, clock, db_path, registry
+from tests.proxy.registry.test_registry import add_model, clock, db_path, registry, store
 
-__all__ = ["clock", "db_path", "registry"]  # the fixtures, shared with test_registry
+__all__ = ["clock", "db_path", "registry", "store"]  # the fixtures, shared with test_registry
 
 
 async def test_each_committed_model_change_counts_once(registry: Registry) -> None:
