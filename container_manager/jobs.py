@@ -13,7 +13,7 @@ you name — the service checks them before it reads anything for you.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,24 +126,27 @@ class FitsAndSchedules:
         self,
         name: str,
         *,
-        model: str,
+        model: str | None = None,
+        query: Mapping[str, Any] | None = None,
         every: str,
         window: str,
         start: str,
-        inputs: Sequence[str],
+        inputs: Sequence[str] = (),
         output: str,
         delay: str = "0s",
         proofs: Sequence[str | Path | bytes] = (),
         **policies: Any,
     ) -> dict[str, Any]:
-        """Add a schedule; ``policies``: max_catchup, catchup_window, catchup_rate, overlap,
-        max_attempts, retry_initial_s, retry_factor, retry_max_s (see bus/PROTOCOL.md)."""
+        """Add a schedule of ``model`` — or of a forecast ``query`` ``{type, context,
+        granularity}`` answered by the prediction API over each window; ``policies``:
+        max_catchup, catchup_window, catchup_rate, overlap, max_attempts, retry_initial_s,
+        retry_factor, retry_max_s (see bus/PROTOCOL.md)."""
+        target = {"model": model} if query is None else {"query": dict(query)}
         return dict(
             await self.call(
                 "admin",
                 "schedule.add",
                 name=name,
-                model=model,
                 every=every,
                 window=window,
                 delay=delay,
@@ -151,6 +154,7 @@ class FitsAndSchedules:
                 inputs=list(inputs),
                 output=output,
                 proofs=proof_bytes(proofs),
+                **target,
                 **policies,
             )
         )

@@ -50,12 +50,15 @@ def _schedule_text(record: dict[str, Any]) -> str:
 
 @schedule.command("add")
 @click.argument("name")
-@click.option("--model", required=True)
+@click.option("--model", help="The model each window calls (or a forecast query, below).")
+@click.option("--type", "forecast_type", help="Instead of --model: the prediction API's type.")
+@click.option("--context", help="With --type: the place, kind=id (zone=A).")
+@click.option("--granularity", help="With --type: the forecast's step (30min).")
 @click.option("--every", required=True, help="The interval: 30min, 1h, 10s …")
 @click.option("--window", required=True, help="The data each window reads: 24h …")
 @click.option("--delay", default="0s", show_default=True, help="Wait this long past the end.")
 @click.option("--start", required=True, help="The grid's origin: ISO 8601 or ns.")
-@click.option("--inputs", multiple=True, required=True, help="Input URI pattern; repeatable.")
+@click.option("--inputs", multiple=True, help="Input URI pattern; repeatable (a model's).")
 @click.option("--output", required=True, help="Results go to OUTPUT/<window key>.")
 @click.option("--max-catchup", type=int, default=100, show_default=True)
 @click.option("--catchup-window", default="365d", show_default=True)
@@ -69,7 +72,10 @@ def _schedule_text(record: dict[str, Any]) -> str:
 def schedule_add(
     settings: Settings,
     name: str,
-    model: str,
+    model: str | None,
+    forecast_type: str | None,
+    context: str | None,
+    granularity: str | None,
     every: str,
     window: str,
     delay: str,
@@ -85,7 +91,17 @@ def schedule_add(
     service: str,
     as_json: bool,
 ) -> None:
-    """Add schedule NAME: MODEL on every window of the grid from --start."""
+    """Add schedule NAME: MODEL (or a forecast by --type/--context/--granularity) on every
+    window of the grid from --start."""
+    if (model is None) == (forecast_type is None):
+        raise click.UsageError("give --model, or --type with --context and --granularity")
+    if forecast_type is not None and not (context and granularity):
+        raise click.UsageError("--type needs --context and --granularity")
+    query = (
+        None
+        if forecast_type is None
+        else {"type": forecast_type, "context": context, "granularity": granularity}
+    )
     proofs = [encode_chain(chain) for chain in settings.proofs()]
     added = call_service(
         settings,
@@ -93,6 +109,7 @@ def schedule_add(
         lambda remote: remote.schedule_add(
             name,
             model=model,
+            query=query,
             every=every,
             window=window,
             delay=delay,

@@ -209,13 +209,12 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             max_waiting_ready=settings.max_waiting_ready,
         )
         fits = fit_ops(settings, registry, uploads, backend, router, client, runtime, task_group)
-        schedules = schedule_ops(settings, registry, backend, router, client)
+        forecasts = await forecast_ops(settings, registry, backend, verifier)
+        schedules = schedule_ops(settings, registry, backend, router, client, forecasts)
         slots = {
             "predict": Slot(
                 "predict",
-                predict.table()
-                | (await forecast_ops(settings, registry, backend, verifier)).table()
-                | policies.ops.predict_table(),
+                predict.table() | forecasts.table() | policies.ops.predict_table(),
                 on_answer=metrics.record,
             ),
             "admin": Slot(

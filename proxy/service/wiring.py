@@ -21,6 +21,7 @@ from proxy.fitting import FitJobs
 from proxy.registry.registry import Registry
 from proxy.schedules import Scheduler
 from proxy.schedules.busio import BusWindowInputs, BusWindowOutputs
+from proxy.service.forecast.ops import ForecastOps
 from proxy.service.operations.fit import FitOps, FittedVersions
 from proxy.service.operations.schedules import ScheduleOps, WindowModel
 from proxy.service.settings import ProxySettings
@@ -58,12 +59,13 @@ def schedule_ops(
     backend: EmbeddedBackend,
     router: VersionRouter,
     client: BusClient,
+    forecasts: ForecastOps | None = None,
 ) -> ScheduleOps:
     scheduler = Scheduler(
         registry,
         BusWindowInputs(client),
         BusWindowOutputs(client),
-        WindowModel(backend, router, timeout_s=settings.predict_timeout_s),
+        WindowModel(backend, router, timeout_s=settings.predict_timeout_s, forecasts=forecasts),
         clock=time.time_ns,
         instance=uuid.uuid4().hex,
     )

@@ -12,9 +12,10 @@ schedule's model: the serving version of the named model, with the window as one
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from bus import BusClient
 from bus.errors import InvalidRequest, NotFound
@@ -25,6 +26,7 @@ from proxy.registry.schedules import ScheduleRecord
 from proxy.schedules import Scheduler, Spec, parse_duration
 from proxy.schedules.plan import Overlap, due_index, window_key
 from proxy.schedules.scheduler import WindowData, model_input
+from proxy.service.forecast.ops import ForecastBody, ForecastOps
 from proxy.service.operations.fit import check_consume, check_publish
 from proxy.service.operations.predict import check_inputs
 from proxy.service.slots import Body, Op
@@ -37,14 +39,27 @@ Uri = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 Duration = Annotated[str, StringConstraints(min_length=1, max_length=40)]
 
 
+FORECAST_PREFIX = "forecast:"
+"""A schedule's model text for a forecast query (§17.11): the prefix, then the query's JSON."""
+
+
+class ForecastQuery(Body):
+    """A schedule whose windows are answered by the prediction API (§17.8) instead of a model."""
+
+    type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    context: dict[str, str] | Annotated[str, StringConstraints(max_length=200)]
+    granularity: Annotated[str, StringConstraints(min_length=1, max_length=16)]
+
+
 class ScheduleAddBody(Body):
     name: ScheduleName
-    model: ModelName
+    model: ModelName | None = None
+    query: ForecastQuery | None = None
     every: Duration
     window: Duration
     delay: Duration = "0s"
     start: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    inputs: list[Uri] = Field(min_length=1, max_length=64)
+    inputs: list[Uri] = Field(default=[], max_length=64)
     output: Uri
     max_catchup: int = Field(default=100, ge=0, le=100_000)
     catchup_window: Duration = "365d"
@@ -55,6 +70,23 @@ class ScheduleAddBody(Body):
     retry_factor: float = Field(default=2.0, ge=1)
     retry_max_s: float = Field(default=300.0, ge=0)
     proofs: list[bytes] = Field(default=[], max_length=16)
+
+    @model_validator(mode="after")
+    def _model_or_query(self) -> ScheduleAddBody:
+        if (self.model is None) == (self.query is None):
+            raise ValueError("name exactly one of 'model' or 'query'")
+        if self.model is not None and not self.inputs:
+            raise ValueError("a model's schedule reads at least one input URI")
+        return self
+
+    def target(self, owner: str) -> str:
+        """What the schedule record keeps as its model: the name, or the query's canonical
+        text (with the owner it runs as) behind :data:`FORECAST_PREFIX`."""
+        if self.query is None:
+            assert self.model is not None
+            return self.model
+        fields = self.query.model_dump(exclude={"op"}) | {"owner": owner}
+        return FORECAST_PREFIX + json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
 class ScheduleNameBody(Body):
@@ -112,22 +144,50 @@ def schedule_view(record: ScheduleRecord) -> dict[str, Any]:
 
 
 class WindowModel:
-    """The scheduler's model call: the named model's serving version, one input per window."""
+    """The scheduler's model call: the named model's serving version, one input per window; or,
+    for a schedule of a forecast query, the prediction API over the window (its answer, with
+    provenance and gaps, is the output; "forecast" stands for the version)."""
 
     def __init__(
-        self, backend: EmbeddedBackend, router: VersionRouter, *, timeout_s: float
+        self,
+        backend: EmbeddedBackend,
+        router: VersionRouter,
+        *,
+        timeout_s: float,
+        forecasts: ForecastOps | None = None,
     ) -> None:
         self.backend = backend
         self.router = router
         self.timeout_s = timeout_s
+        self.forecasts = forecasts
 
     async def __call__(self, model: str, data: WindowData) -> tuple[str, Any]:
+        if model.startswith(FORECAST_PREFIX):
+            return "forecast", await self._forecast(json.loads(model[len(FORECAST_PREFIX) :]), data)
         version = await self.router.version_for(model, None)
         input_type = await self.router.input_type(model, version)
         value = model_input(input_type, data)
         check_inputs(input_type, [value])
         outputs = await self.backend.predict(model, version, [value], timeout_s=self.timeout_s)
         return version, outputs[0]
+
+    async def _forecast(self, query: dict[str, Any], data: WindowData) -> dict[str, Any]:
+        if self.forecasts is None:
+            raise InvalidRequest("this service answers no forecast queries")
+        body = ForecastBody(
+            type=query["type"],
+            context=query["context"],
+            start=_iso(data.start_ns),
+            end=_iso(data.end_ns),
+            granularity=query["granularity"],
+        )
+        # As the schedule's owner, presenting no proofs: a model with training streams the
+        # owner may not consume without one is not used (§17.8, §17.11).
+        return await self.forecasts.forecast(str(query["owner"]), body)
+
+
+def _iso(ts_ns: int) -> str:
+    return dt.datetime.fromtimestamp(ts_ns / 1e9, tz=dt.UTC).isoformat()
 
 
 class ScheduleOps:
@@ -154,7 +214,7 @@ class ScheduleOps:
 
     async def add(self, sender: str, body: ScheduleAddBody) -> dict[str, Any]:
         spec = _spec(body)
-        if not await self.registry.list_models(body.model):
+        if body.model is not None and not await self.registry.list_models(body.model):
             raise NotFound(f"no model named {body.model!r} is registered", model=body.model)
         check_consume(self.verifier, sender, list(body.inputs), body.proofs)
         sample = f"{body.output}/{window_key(spec['start_ns'])}"
@@ -162,7 +222,7 @@ class ScheduleOps:
         self.client.proof_for(sample, "P")  # this service must be able to publish the outputs
         record = await self.registry.add_schedule(
             body.name,
-            model=body.model,
+            model=body.target(sender),
             inputs=body.inputs,
             output=body.output,
             spec=spec,

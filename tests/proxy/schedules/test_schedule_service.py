@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from bus import PayloadObject
-from bus.errors import Conflict, NotFound, PermissionMissing
+from bus.errors import Conflict, InvalidRequest, NotFound, PermissionMissing
 from bus.grants import encode_chain
 from bus.po import PO_METADATA
 from container_manager import ServiceClient
@@ -184,3 +184,63 @@ async def test_end_to_end_on_mosquitto_in_real_time(mosquitto_url: str, tmp_path
             assert published[first]["output"] == 1.5  # the point is in [start - 10 s, start)
             for doc in published.values():
                 assert doc["produced_ns"] >= doc["end_ns"] + NS // 2  # never before due
+
+
+def always(value: float) -> Any:
+    """A range model (the prediction API's call, §17.8) answering ``value`` at every step."""
+
+    def predict(inputs: list[Any]) -> list[Any]:
+        return [[value] * x["points"] for x in inputs]
+
+    return predict
+
+
+ALWAYS = {
+    "type": "thermal",
+    "context": {"zone": "A"},
+    "resolution_s": 900,
+    "coverage": {"timezone": "UTC", "rules": [{"days": list(range(7)), "hours": list(range(24))}]},
+}
+
+
+async def test_a_schedule_of_a_forecast_query_publishes_each_windows_answer(
+    memory_harness: ProxyHarness,
+) -> None:
+    """A schedule may name a prediction-API query (type, context, granularity) instead of a
+    model: each window's output is the forecast over the window, with provenance."""
+    h = memory_harness
+    out = f"{h.service_uri}/forecast/zone-a"
+    start = (time.time_ns() // HOUR - 3) * HOUR
+    proofs = [encode_chain([h.operator_grant()])]
+    with anyio.fail_after(TIMEOUT_S):
+        async with h.serving() as service:
+            operator = service.operator
+            await operator.deploy_function("zone-a", "1", always(21.5), "strings", metadata=ALWAYS)
+            await operator.wait_ready("zone-a", "1")
+            await operator.schedule_add(
+                "zone-a-hourly",
+                query={"type": "thermal", "context": "zone=A", "granularity": "30min"},
+                every="1h",
+                window="1h",
+                start=str(start),
+                output=out,
+                proofs=proofs,
+                max_catchup=2,
+            )
+
+            async def done() -> bool:
+                return len(await operator.schedule_runs("zone-a-hourly", state="done")) == 3
+
+            await wait_until(done, what="three forecast windows")
+            published = await outputs(operator, out)
+            assert sorted(published) == [window_key(start + i * HOUR) for i in (1, 2, 3)]
+            answer = published[window_key(start + 2 * HOUR)]["output"]
+            assert [p[1] for p in answer["points"]] == [21.5, 21.5]  # two 30-min points
+            assert answer["points"][0][2] == [["zone-a", "1"]] and answer["gaps"] == []
+            assert published[window_key(start + 2 * HOUR)]["version"] == "forecast"
+            with pytest.raises(InvalidRequest, match="exactly one of 'model' or 'query'"):
+                await operator.call(  # as a raw client may send it: both
+                    "admin", "schedule.add", name="both", model="zone-a",
+                    query={"type": "thermal", "context": "zone=A", "granularity": "30min"},
+                    every="1h", window="1h", start=str(start), output=out,
+                )  # fmt: skip
