@@ -761,3 +761,19 @@ def test_the_status_table_colours_each_state_for_a_terminal() -> None:
     assert "\x1b[31m" in table and "\x1b[33m" in table  # red for died, yellow for stale
     plain = click.unstyle(table).splitlines()
     assert [line.split()[1] for line in plain[1:]] == ["ALIVE", "DEAD", "DEAD"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give --model, or --type with --context and --granularity"),
+        (["--model", "m", "--type", "thermal"], "give --model, or --type"),
+        (["--type", "thermal"], "--type needs --context and --granularity"),
+    ],
+)
+def test_schedule_add_takes_a_model_or_a_forecast_query(args: list[str], message: str) -> None:
+    common = ["--every", "1h", "--window", "1h", "--start", "0", "--output", "ns/x"]
+    common += ["--service", "A" * 43]
+    result = invoke("schedule", "add", "s", *common, *args)
+    assert result.exit_code == 2
+    assert message in result.output + result.stderr
