@@ -16,7 +16,7 @@ SYSTEM_PREREQUISITES=(
     "podman:podman"        # the container engine behind the docker runtime's tests (its Docker API)
     "runc:runc"            # the OCI runtime the tests' containers.conf selects
     "catatonit:catatonit"  # the init process replicas run under (a podman recommendation only)
-    "bwrap:bubblewrap"     # the sandbox closure replicas run in (proxy/sandbox.py)
+    "bwrap:bubblewrap"     # the sandbox closure replicas run in (proxy/backend/sandbox.py)
     "chromium:chromium"    # the headless browser of the dashboard's page tests (Playwright drives it)
     "initdb:postgresql"    # the registry's PostgreSQL server the tests start (tests/fixtures/postgres.py)
 )
