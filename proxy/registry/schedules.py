@@ -31,6 +31,7 @@ __all__ = [
     "ScheduleStore",
     "WindowRecord",
     "WindowState",
+    "window_record",
 ]
 
 WindowState = Literal["pending", "running", "done", "failed", "skipped"]
@@ -264,7 +265,15 @@ class ScheduleStore:
                 running = set(plan.claim).intersection(w.idx for w in plan.windows)
                 rows += [_window_row(plan.name, w, now_ns, running, lease) for w in plan.windows]
                 claimed += [
-                    _running(plan.name, w, *lease) for w in plan.windows if w.idx in running
+                    window_record(
+                        plan.name,
+                        w,
+                        claimed_by=lease[0],
+                        started_ns=lease[1],
+                        lease_until_ns=lease[2],
+                    )
+                    for w in plan.windows
+                    if w.idx in running
                 ]
             await s.exec_many(_INSERT_WINDOW, rows)
             fresh = {(w.schedule, w.idx) for w in claimed}
@@ -410,10 +419,17 @@ def _window_row(
     )
 
 
-def _running(
-    name: str, w: NewWindow, instance: str, started_ns: int, lease_until_ns: int
+def window_record(
+    name: str,
+    w: NewWindow,
+    *,
+    claimed_by: str | None = None,
+    started_ns: int | None = None,
+    lease_until_ns: int | None = None,
 ) -> WindowRecord:
-    """A window as :func:`_advance` recorded it, claimed."""
+    """A new window as a pass records it: pending, or (``claimed_by`` given) claimed and
+    running its first attempt."""
+    is_running = claimed_by is not None
     return WindowRecord(
         schedule=name,
         idx=w.idx,
@@ -421,10 +437,10 @@ def _running(
         start_ns=w.start_ns,
         end_ns=w.end_ns,
         due_ns=w.due_ns,
-        state="running",
-        attempts=1,
+        state="running" if is_running else "pending",
+        attempts=1 if is_running else 0,
         next_try_ns=w.due_ns,
-        claimed_by=instance,
+        claimed_by=claimed_by,
         lease_until_ns=lease_until_ns,
         reason=None,
         output=None,

@@ -40,7 +40,14 @@ from anyio.abc import TaskStatus
 
 from bus.errors import BusError
 from proxy.registry.registry import Registry
-from proxy.registry.schedules import Finish, NewWindow, PassPlan, ScheduleRecord, WindowRecord
+from proxy.registry.schedules import (
+    Finish,
+    NewWindow,
+    PassPlan,
+    ScheduleRecord,
+    WindowRecord,
+    window_record,
+)
 from proxy.schedules.plan import NS, Pending, Spec, Window, advance, after_failure, pick_runnable
 
 __all__ = [
@@ -245,7 +252,7 @@ class Scheduler:
         for plan in plans:
             record, spec = by_name[plan.name]
             waiting = [w for w in opened.get(plan.name, []) if (plan.name, w.idx) not in taken]
-            waiting += [_as_waiting(plan.name, w) for w in plan.windows if w.state == "pending"]
+            waiting += [window_record(plan.name, w) for w in plan.windows if w.state == "pending"]
             waiting = [w for w in waiting if (plan.name, w.idx) not in taken]
             last = self._last_backfill.get(plan.name)
             gap_ns = 0 if spec.catchup_rate == 0 else round(NS / spec.catchup_rate)
@@ -367,25 +374,3 @@ def _next_time(spec: Spec, cursor: int, waiting: list[WindowRecord], not_before:
     retries = [max(w.next_try_ns, not_before) for w in waiting if w.state == "pending"]
     retries += [w.lease_until_ns + 1 for w in waiting if w.lease_until_ns is not None]
     return float(min([next_due, *retries]))
-
-
-def _as_waiting(name: str, window: NewWindow) -> WindowRecord:
-    """A window recorded in this pass but not run yet, as the registry now holds it."""
-    return WindowRecord(
-        schedule=name,
-        idx=window.idx,
-        window_key=window.window_key,
-        start_ns=window.start_ns,
-        end_ns=window.end_ns,
-        due_ns=window.due_ns,
-        state="pending",
-        attempts=0,
-        next_try_ns=window.due_ns,
-        claimed_by=None,
-        lease_until_ns=None,
-        reason=None,
-        output=None,
-        model_version=None,
-        started_ns=None,
-        finished_ns=None,
-    )
