@@ -146,9 +146,17 @@ logger = logging.getLogger(__name__)
     help="Where committed artifacts live, content-addressed: file:///shared/path (or an "
     "absolute path) on a filesystem several proxies share [default: DATA_DIR/artifacts].",
 )
+@click.option(
+    "--instance",
+    default=None,
+    envvar="MODELBUS_INSTANCE",
+    help="This proxy's name among several serving one service on one MQTT broker, with a "
+    "postgresql:// registry and a shared --artifacts store [default: the only proxy].",
+)
 @pass_settings
 def serve(
     settings: Settings,
+    instance: str | None,
     artifacts: str | None,
     health_file: Path | None,
     registry: str | None,
@@ -188,6 +196,7 @@ def serve(
         data_dir=data_dir,
         registry=registry,
         artifacts=artifacts,
+        instance=instance,
         entity_path=entity_path,
         namespace=namespace,
         service_path=service_path,

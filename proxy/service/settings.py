@@ -79,6 +79,9 @@ class ProxySettings(BaseModel):
     """Run closures unconfined where bubblewrap is missing (with a warning), instead of refusing
     to start. Only for a service whose every deployer is trusted."""
 
+    instance: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")] | None = None
+    """This proxy's name among several serving one service URI (on MQTT, with a shared
+    registry and artifact store); None: the only proxy of its service."""
     artifacts: Annotated[str, Field(pattern=r"^(file:///|/)")] | None = None
     """Where committed artifacts live: an absolute directory or ``file:///path``, shared by
     several proxies (mounted at the same path on each); None: ``<data_dir>/artifacts``."""
