@@ -48,6 +48,8 @@ sys.path.insert(0, str(ROOT))
 from proxy.backend.images import (  # noqa: E402 (the checkout's packages, whatever the caller's path)
     BASE_LABEL,
     ENTRY_LABEL,
+    FIT_COMMAND,
+    FIT_LABEL,
     MODEL_CLOSURE_PATH,
     WORKER_COMMAND,
 )
@@ -115,6 +117,8 @@ def write_base_context(directory: Path, *, extra_packages: Iterable[str] = ()) -
         closure=MODEL_CLOSURE_PATH,
         digest=digest,
         entrypoint=json.dumps(list(WORKER_COMMAND)),
+        fit_label=FIT_LABEL,
+        fit_command=json.dumps(list(FIT_COMMAND)),
     )
     (directory / "Dockerfile").write_text(dockerfile)
     digest = hashlib.sha256(f"{digest}\n{dockerfile}".encode()).hexdigest()
@@ -131,7 +135,8 @@ ENV PATH=/usr/local/bin:/usr/bin:/bin \\
     LANG=C.UTF-8 \\
     PYTHONUNBUFFERED=1
 LABEL {base_label}="{digest}" \\
-      {entry_label}="closure:{closure}"
+      {entry_label}="closure:{closure}" \\
+      {fit_label}='{fit_command}'
 WORKDIR /model
 ENTRYPOINT {entrypoint}
 """
@@ -169,9 +174,12 @@ def _walk(root: Path, *, skip: set[str]) -> Iterator[Path]:
 
 
 def _distributions(extra: Iterable[str]) -> list[str]:
-    """Distributions the worker imports (asked of a fresh interpreter), plus ``extra`` and all
-    they require."""
-    script = "import json, sys, proxy.backend.worker; print(json.dumps(sorted(sys.modules)))"
+    """Distributions the replica and fit workers import (asked of a fresh interpreter), plus
+    ``extra`` and all they require."""
+    script = (
+        "import json, sys, proxy.backend.worker, proxy.fitting.worker; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

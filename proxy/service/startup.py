@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
@@ -36,7 +37,7 @@ from bus.errors import BusError
 from bus.grants import load_chain
 from bus.responder import ServeGate
 from proxy.backend import BackendSettings, ContainerEngine, EmbeddedBackend
-from proxy.backend.runtime import ImageRuntime, ProcessRuntime
+from proxy.backend.runtime import ProcessRuntime
 from proxy.backend.sandbox import make_undumpable
 from proxy.metrics import ProxyMetrics, serve_metrics
 from proxy.registry.registry import Registry
@@ -58,6 +59,9 @@ from proxy.uploads.artifacts import ArtifactStore, artifact_root
 from proxy.uploads.collect import collect_artifacts
 from proxy.uploads.sessions import UploadLimits, Uploads
 from transports import open_or_embed
+
+if TYPE_CHECKING:  # docker-py only if an engine is used
+    from proxy.backend.docker import DockerRuntime
 
 __all__ = [
     "ServiceInfo",
@@ -208,7 +212,9 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             max_applications=settings.max_applications,
             max_waiting_ready=settings.max_waiting_ready,
         )
-        fits = fit_ops(settings, registry, uploads, backend, router, client, runtime, task_group)
+        fits = fit_ops(
+            settings, registry, uploads, backend, router, client, runtime, task_group, image_runtime
+        )
         forecasts = await forecast_ops(settings, registry, backend, verifier)
         schedules = schedule_ops(settings, registry, backend, router, client, forecasts)
         slots = {
@@ -326,7 +332,7 @@ def _private_files(data_dir: Path, registry: str | Path) -> None:
 
 def _container_engine(
     settings: ProxySettings, stack: AsyncExitStack
-) -> tuple[ImageRuntime | None, ContainerEngine | None]:
+) -> tuple[DockerRuntime | None, ContainerEngine | None]:
     """The docker runtime for image versions and the engine behind ``container.*``, or none."""
     if settings.docker_url is None:
         return None, None
@@ -358,7 +364,8 @@ async def _sweep_uploads(uploads: Uploads, registry: Registry) -> None:
     while True:
         try:
             await uploads.expire_idle()
-            referenced = {m.artifact_sha256 for m in await registry.list_models(None)}
+            models = await registry.list_models(None)
+            referenced = {sha for model in models for sha in model.artifact_digests}
             await anyio.to_thread.run_sync(collect_artifacts, uploads.artifact_dir, referenced)
         except BusError as error:
             logger.warning("upload sweep failed: %s", error.message)

@@ -19,6 +19,7 @@ from proxy.backend.embedded import EmbeddedBackend
 from proxy.backend.remote_v2 import V2Endpoint
 from proxy.registry.records import (
     ADAPTIVE_BATCH_SIZE,
+    FIT_STATE_KEY,
     InputType,
     ModelName,
     ModelVersion,
@@ -100,6 +101,11 @@ class DeployOps:
                 artifact=request.artifact,
             )
         check_metadata(request.metadata)  # a map declaring the range API must be valid
+        if FIT_STATE_KEY in request.metadata:
+            raise InvalidRequest(
+                f"the metadata key {FIT_STATE_KEY!r} is reserved: only a fit sets it",
+                key=FIT_STATE_KEY,
+            )
         if request.kind == "image" and not request.image:
             raise InvalidRequest("an image deploy names the image (repository:tag)")
         if request.batch_size > (limit := self.backend.settings.max_batch_size):
