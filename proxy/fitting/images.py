@@ -20,7 +20,9 @@ is removed by force). Its output and error lines are the job's log (copied every
 - exit 0 and ``out/state`` a regular file of at most :data:`MAX_STATE_BYTES`: the new state;
 - ``out/error.json`` ``{"code", "message"}``: that failure (``not_fittable``, ``bad_data``,
   ``fit_error`` …);
-- OOM-killed or killed by a signal: ``fit_killed``; past ``timeout_s``: ``fit_timeout``;
+- OOM-killed or killed by a signal: ``fit_killed`` (a SIGKILL the service did not send is
+  taken for the memory limit: Podman under cgroup v2 does not always report ``OOMKilled``);
+  past ``timeout_s``: ``fit_timeout``;
 - anything else (another exit status, no state, a state too large or not a regular file):
   ``fit_crashed``.
 
@@ -35,6 +37,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -184,8 +187,8 @@ def _volumes(run: FitRun, output: Path, state: Path | None) -> dict[Path, tuple[
 
 
 def _result(output: Path, code: int, oom_killed: bool, limits: FitLimits) -> bytes:
+    mib = limits.memory_bytes // (1024 * 1024)
     if oom_killed:
-        mib = limits.memory_bytes // (1024 * 1024)
         raise FitFailed("fit_killed", f"the fit was killed: over its memory limit of {mib} MiB")
     if code == 0:
         state = _read_regular(output / "state", MAX_STATE_BYTES)
@@ -199,6 +202,11 @@ def _result(output: Path, code: int, oom_killed: bool, limits: FitLimits) -> byt
     error = _error(output / "error.json")
     if error is not None:
         raise FitFailed(*error)
+    if code == 128 + signal.SIGKILL:  # engines under cgroup v2 do not always say OOMKilled
+        raise FitFailed(
+            "fit_killed",
+            f"the fit was killed by SIGKILL: most likely past its memory limit of {mib} MiB",
+        )
     if 128 < code < 128 + 65:
         raise FitFailed("fit_killed", f"the fit was killed by signal {code - 128}")
     raise FitFailed("fit_crashed", f"the fit's container exited with status {code} and no result")

@@ -201,8 +201,8 @@ def test_what_a_fit_container_leaves_is_read_as_a_result(tmp_path: Path) -> None
         _result(tmp_path, 1, False, _limits())
     assert said.value.code == "bad_data"
     (tmp_path / "error.json").write_text("[not a map]")
-    with pytest.raises(FitFailed, match="killed by signal 9") as killed:
-        _result(tmp_path, 137, False, _limits())
+    with pytest.raises(FitFailed, match="killed by signal 15") as killed:
+        _result(tmp_path, 143, False, _limits())
     assert killed.value.code == "fit_killed"
 
 
