@@ -46,10 +46,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from bus.artifact import MAX_ARCHIVE_BYTES
 from bus.errors import BusError, NotFound
 from proxy.backend.images import STATE_PATH
 from proxy.backend.sandbox import NOBODY
-from proxy.fitting.runner import MAX_OUTPUT_BYTES, FitFailed, FitLimits, FitRun
+from proxy.fitting.runner import FitFailed, FitLimits, FitRun
 
 if TYPE_CHECKING:  # docker-py only where an engine is used
     from proxy.backend.docker import DockerRuntime
@@ -59,8 +60,8 @@ __all__ = ["FIT_DIR", "MAX_STATE_BYTES", "ContainerFits", "ImageFit"]
 logger = logging.getLogger(__name__)
 
 FIT_DIR = "/run/modelbus-fit"
-MAX_STATE_BYTES = MAX_OUTPUT_BYTES
-"""The largest state a fit may write (the largest closure archive, and a margin)."""
+MAX_STATE_BYTES = MAX_ARCHIVE_BYTES
+"""The largest state a fit may write (the largest closure archive: the base images' state)."""
 JOB_LABEL = "modelbus.fit-job"
 _LOG_S = 0.5
 _LOG_LINES = 2_000
