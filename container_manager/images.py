@@ -61,7 +61,7 @@ def write_model_image(
     context.mkdir(parents=True, exist_ok=True)
     archive = build_closure_archive(model, packages=packages, by_value=by_value)
     (context / "model.closure").write_bytes(archive)
-    fittable = callable(getattr(model, "fit", None)) and callable(getattr(model, "with_state", None))
+    fittable = all(callable(getattr(model, name, None)) for name in ("fit", "with_state"))
     fit_label = f" \\\n      modelbus.fit='{json.dumps(list(FIT_COMMAND))}'" if fittable else ""
     dockerfile = _DOCKERFILE.format(base=base, model_path=MODEL_PATH, fit_label=fit_label)
     (context / "Dockerfile").write_text(dockerfile)

@@ -15,6 +15,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -72,9 +73,9 @@ async def _deploy(service: Service, image: SavedModel) -> None:
     await operator.wait_ready("thermal", "1", timeout_s=120)
 
 
-async def _fit_containers(engine: DockerEngine) -> list[str]:
+async def _fit_containers(docker: DockerEngine) -> list[str]:
     def listed() -> list[str]:
-        found = engine.client.containers.list(all=True, filters={"label": "modelbus.fit-job"})
+        found = docker.client.containers.list(all=True, filters={"label": "modelbus.fit-job"})
         return [str(c.name) for c in found]
 
     return await anyio.to_thread.run_sync(listed)
@@ -155,7 +156,8 @@ async def test_failed_image_fits_are_recorded_and_serving_is_unchanged(
 ) -> None:
     h = memory_harness
     proofs = [encode_chain([h.operator_grant()])]
-    cases = {  # the value the fit fails on: (limits, the recorded code, in its message)
+    cases: dict[float, tuple[dict[str, Any], str, str]] = {
+        # the value the fit fails on: (limits, the recorded code, in its message)
         666.0: ({}, "fit_error", "ValueError: the data is all wrong"),
         777.0: ({}, "fit_crashed", "exited with status 7"),
         888.0: ({"memory_mb": 256}, "fit_killed", "memory limit of 256 MiB"),
@@ -224,4 +226,3 @@ async def test_a_deploy_may_not_name_a_fitted_state(
                 "thermal", "1", fit_models.mean_model(), "doubles", metadata={"fit_state": "0" * 64}
             )
         assert await operator.get_all_models() == []
-
