@@ -19,7 +19,7 @@ The tarballs are deterministic (sorted, owner root, files keep their modificatio
 ``.pyc`` stay valid), and the digest of their contents (bytecode aside) names the image: a rebuild
 is skipped while this machine's Python, its packages and modelbus are unchanged. modelbus has a
 layer of its own (<1 MB), so a change to its code adds that layer, not another copy of Python.
-Writing the context takes about 2 s, building it about 4 s; the image is ~95 MB. It has no
+Writing the context takes about 2 s, building it about 4 s; the image is ~110 MB. It has no
 shell: images derived from it ``COPY`` their model in (``RUN`` needs ``deploy/Dockerfile``).
 Supported: CPython laid out as python.org builds it (pyenv, uv, the official images, a
 ``./configure --prefix`` build): ``<prefix>/lib/pythonX.Y`` and its ``site-packages``.

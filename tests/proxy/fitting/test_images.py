@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import cloudpickle
 import pytest
 
+from bus.artifact import load_closure
+from bus.codec import pack
 from bus.errors import InvalidRequest
 from bus.grants import encode_chain
 from container_manager.images import write_model_image
@@ -35,6 +41,7 @@ from tests.proxy.fitting.test_fit_service import publish_points
 pytestmark = pytest.mark.slow
 
 TIMEOUT_S = 240
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="session")
@@ -211,7 +218,7 @@ def test_what_a_fit_container_leaves_is_read_as_a_result(tmp_path: Path) -> None
 def test_the_fit_label_is_a_json_array_of_strings() -> None:
     assert parse_fit_command(None, "x") is None
     assert parse_fit_command('["fit", "--fast"]', "x") == ["fit", "--fast"]
-    for bad in ("", "fit", "[]", '[""]', "[1]", '{"a": 1}'):
+    for bad in ("", "fit", "[]", '[""]', "[1]", '{"a": 1}', "[" * 100_000):
         with pytest.raises(InvalidRequest, match=FIT_LABEL):
             parse_fit_command(bad, "x")
 
@@ -226,3 +233,46 @@ async def test_a_deploy_may_not_name_a_fitted_state(
                 "thermal", "1", fit_models.mean_model(), "doubles", metadata={"fit_state": "0" * 64}
             )
         assert await operator.get_all_models() == []
+
+
+def _fit_in_image_mode(
+    tmp_path: Path, *model: str, values: list[float]
+) -> subprocess.CompletedProcess[bytes]:
+    """``python -m proxy.fitting.worker`` as an image runs it, here on the host."""
+    job = {"data": {"s": [[i, v] for i, v in enumerate(values)]}, "upload": None, "context": {}}
+    (tmp_path / "input").write_bytes(pack(job))
+    out = tmp_path / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    command = [sys.executable, "-m", "proxy.fitting.worker", *model]
+    command += ["--input", str(tmp_path / "input"), "--output-dir", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(command, env=env, capture_output=True, check=False)
+
+
+def test_the_base_images_fit_program_writes_the_fitted_model_as_the_state(tmp_path: Path) -> None:
+    """Clipper's layout (a cloudpickled function) fits; the state is a closure archive the
+    replica worker serves; fitting from that state chains; a failure is error.json."""
+    model = tmp_path / "func.pkl"
+    model.write_bytes(cloudpickle.dumps(fit_models.mean_model(fit_models.fit_by_data)))
+    done = _fit_in_image_mode(tmp_path, "--function", str(model), values=[2.0, 4.0])
+    assert done.returncode == 0, done.stderr
+    assert b"modelbus-progress: fitting 2 values" in done.stderr
+    state = tmp_path / "state"
+    shutil.move(tmp_path / "out" / "state", state)
+    fitted = load_closure(state)
+    assert fitted([0.0, 0.0]) == [3.0, 3.0]
+    chained = _fit_in_image_mode(
+        tmp_path, "--function", str(model), "--state", str(state), values=[10.0]
+    )
+    assert chained.returncode == 0, chained.stderr
+    assert load_closure(tmp_path / "out" / "state")([0.0]) == [10.0]
+    failed = _fit_in_image_mode(tmp_path, "--function", str(model), values=[666.0])
+    assert failed.returncode == 1 and not (tmp_path / "out" / "state").exists()
+    error = json.loads((tmp_path / "out" / "error.json").read_text())
+    assert error == {"code": "fit_error", "message": "fit raised ValueError: the data is all wrong"}
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(cloudpickle.dumps(fit_models.predict_mean))
+    refused = _fit_in_image_mode(tmp_path, "--function", str(plain), values=[1.0])
+    assert json.loads((tmp_path / "out" / "error.json").read_text())["code"] == "not_fittable"
+    assert refused.returncode == 1
