@@ -12,11 +12,11 @@ The context holds the model as a closure archive (:func:`bus.artifact.build_clos
 so build it with the same Python as the base image) at ``/model/model.closure`` and a
 ``Dockerfile`` ``FROM`` the base image (``deploy/base-image/``) that says where the model is
 (label ``modelbus.entry``) and, for a model with ``fit`` (a :class:`bus.fittable.Fittable`),
-how it is fitted: label ``modelbus.fit``, the base image's fit program, which loads the model,
-calls ``fit(data, context)`` and writes the fitted model as the new version's state
-(bus/PROTOCOL.md §18.9). ``modelbus fit NAME`` then fits the image version like a closure: the
-fit runs in a one-shot container of the image, and the new version is the same image with the
-fitted state.
+how it is fitted (for another model, that it is not): label ``modelbus.fit``, the base image's
+fit program, which loads the model, calls ``fit(data, context)`` and writes the fitted model as
+the new version's state (bus/PROTOCOL.md §18.9). ``modelbus fit NAME`` then fits the image
+version like a closure: the fit runs in a one-shot container of the image, and the new version
+is the same image with the fitted state.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ _DOCKERFILE = """\
 ARG BASE={base}
 FROM ${{BASE}}
 COPY model.closure {model_path}
-LABEL modelbus.entry="closure:{model_path}"{fit_label}
+LABEL modelbus.entry="closure:{model_path}" \\
+      modelbus.fit='{fit_command}'
 """
 
 
@@ -56,13 +57,14 @@ def write_model_image(
 ) -> Path:
     """Write ``model.closure`` and ``Dockerfile`` into ``directory`` (made if missing); the
     directory. ``packages`` and ``by_value`` are :func:`~bus.artifact.build_closure_archive`'s.
-    A model with ``fit`` and ``with_state`` gets the ``modelbus.fit`` label."""
+    A model with ``fit`` and ``with_state`` gets the base image's fit program as its
+    ``modelbus.fit`` label; another model an empty one: it declares no fit."""
     context = Path(directory)
     context.mkdir(parents=True, exist_ok=True)
     archive = build_closure_archive(model, packages=packages, by_value=by_value)
     (context / "model.closure").write_bytes(archive)
     fittable = all(callable(getattr(model, name, None)) for name in ("fit", "with_state"))
-    fit_label = f" \\\n      modelbus.fit='{json.dumps(list(FIT_COMMAND))}'" if fittable else ""
-    dockerfile = _DOCKERFILE.format(base=base, model_path=MODEL_PATH, fit_label=fit_label)
+    command = json.dumps(list(FIT_COMMAND)) if fittable else ""  # "": no fit (the base has one)
+    dockerfile = _DOCKERFILE.format(base=base, model_path=MODEL_PATH, fit_command=command)
     (context / "Dockerfile").write_text(dockerfile)
     return context

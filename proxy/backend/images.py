@@ -113,9 +113,10 @@ def parse_entry(value: str | None, image: str) -> Entry:
 
 
 def parse_fit_command(value: str | None, image: str) -> list[str] | None:
-    """``modelbus.fit``'s program: None without the label, InvalidRequest if it is not a JSON
-    array of 1 to 64 non-empty strings."""
-    if value is None:
+    """``modelbus.fit``'s program: None without the label or with an empty one (how an image
+    built FROM one that has a fit program opts out), InvalidRequest if it is not a JSON array of
+    1 to 64 non-empty strings."""
+    if not value:
         return None
     try:
         command = json.loads(value)

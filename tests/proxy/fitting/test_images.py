@@ -63,6 +63,24 @@ def fittable_image(
     engine.remove_image(image_id, force=True)
 
 
+@pytest.fixture(scope="session")
+def plain_image(
+    engine: DockerEngine,  # noqa: F811
+    base_image: str,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[SavedModel]:
+    """A model image whose model has no fit: its modelbus.fit label is empty."""
+    work = tmp_path_factory.mktemp("plain-image")
+    context = write_model_image(work / "context", fit_models.predict_mean, base=base_image)
+    tag = f"modelbus-test/plain:{uuid.uuid4().hex[:8]}"
+    image_id = engine.build(context, tag)
+    tarball = work / "plain.tar"
+    engine.save(tag, tarball)
+    engine.remove_image(image_id, force=True)
+    yield SavedModel(tag, tarball, image_id)
+    engine.remove_image(image_id, force=True)
+
+
 async def _deploy(service: Service, image: SavedModel) -> None:
     operator = service.operator
     artifact = await operator.upload_artifact(
@@ -187,6 +205,59 @@ async def test_failed_image_fits_are_recorded_and_serving_is_unchanged(
             assert await _fit_containers(engine) == []
 
 
+@pytest.mark.timeout(TIMEOUT_S)
+async def test_an_image_without_a_fit_program_is_refused(
+    memory_harness: ProxyHarness,
+    docker_url: str,
+    plain_image: SavedModel,
+) -> None:
+    h = memory_harness
+    proofs = [encode_chain([h.operator_grant()])]
+    assert find_saved_image(plain_image.tarball, plain_image.tag).fit_command is None
+    async with h.serving(docker_url=docker_url) as service:
+        operator = service.operator
+        artifact = await operator.upload_artifact(
+            plain_image.tarball, name=plain_image.tag, kind="image", chunk_size=4 * 1024 * 1024
+        )
+        await operator.deploy_artifact(
+            "plain", "1", "doubles", artifact, kind="image", image=plain_image.tag, replicas=0
+        )
+        with pytest.raises(InvalidRequest, match="declares no fit program"):
+            await operator.fit("plain", streams=[f"{h.service_uri}/data/x/*"], proofs=proofs)
+        assert await operator.fit_list() == []
+
+
+@pytest.mark.timeout(TIMEOUT_S)
+async def test_a_restart_during_an_image_fit_removes_its_container(
+    memory_harness: ProxyHarness,
+    docker_url: str,
+    engine: DockerEngine,  # noqa: F811
+    fittable_image: SavedModel,
+) -> None:
+    """The service stops mid-fit: the fit's container goes with it, and the job is interrupted
+    (and can be resumed, as a closure's)."""
+    h = memory_harness
+    stream = f"{h.service_uri}/data/hangs"
+    proofs = [encode_chain([h.operator_grant()])]
+    async with h.serving(docker_url=docker_url) as service:
+        operator = service.operator
+        await _deploy(service, fittable_image)
+        await publish_points(operator, stream, [999.0])
+        job = await operator.fit("thermal", streams=[f"{stream}/*"], proofs=proofs, timeout_s=120)
+
+        async def fitting() -> bool:
+            status = await operator.fit_status(job["job_id"])
+            return status["progress"] == "fitting 1 values" and status["pid"] is not None
+
+        await wait_until(fitting, what="the fit runs in its container", timeout_s=120)
+        assert await _fit_containers(engine) == [f"modelbus-fit-{job['job_id']}"]
+    assert await _fit_containers(engine) == []
+    async with h.serving(docker_url=docker_url) as restarted:
+        status = await restarted.operator.fit_status(job["job_id"])
+        assert status["state"] == "interrupted", status
+        assert "fitting 1 values" in status["log"]
+
+
 def _limits() -> FitLimits:
     return FitLimits(timeout_s=10.0, memory_bytes=64 * 1024 * 1024)
 
@@ -215,10 +286,11 @@ def test_what_a_fit_container_leaves_is_read_as_a_result(tmp_path: Path) -> None
     assert killed.value.code == "fit_killed"
 
 
-def test_the_fit_label_is_a_json_array_of_strings() -> None:
+def test_the_fit_label_is_empty_or_a_json_array_of_strings() -> None:
     assert parse_fit_command(None, "x") is None
+    assert parse_fit_command("", "x") is None  # an empty label declares no fit
     assert parse_fit_command('["fit", "--fast"]', "x") == ["fit", "--fast"]
-    for bad in ("", "fit", "[]", '[""]', "[1]", '{"a": 1}', "[" * 100_000):
+    for bad in ("fit", "[]", '[""]', "[1]", '{"a": 1}', "[" * 100_000):
         with pytest.raises(InvalidRequest, match=FIT_LABEL):
             parse_fit_command(bad, "x")
 
