@@ -86,6 +86,11 @@ class DeployOps:
         return await self.uploads.begin(sender, request)
 
     async def deploy(self, sender: str, request: DeployBody) -> dict[str, Any]:
+        if FIT_STATE_KEY in request.metadata:
+            raise InvalidRequest(
+                f"the metadata key {FIT_STATE_KEY!r} is reserved: only a fit sets it",
+                key=FIT_STATE_KEY,
+            )
         if request.kind == "v2":
             return await self._deploy_v2(sender, request)
         if request.v2_url is not None or request.v2_model is not None:
@@ -101,11 +106,6 @@ class DeployOps:
                 artifact=request.artifact,
             )
         check_metadata(request.metadata)  # a map declaring the range API must be valid
-        if FIT_STATE_KEY in request.metadata:
-            raise InvalidRequest(
-                f"the metadata key {FIT_STATE_KEY!r} is reserved: only a fit sets it",
-                key=FIT_STATE_KEY,
-            )
         if request.kind == "image" and not request.image:
             raise InvalidRequest("an image deploy names the image (repository:tag)")
         if request.batch_size > (limit := self.backend.settings.max_batch_size):
