@@ -7,8 +7,8 @@ stream it names: each stream must be authorized by one of the grant chains sent 
 :mod:`proxy.fitting`; here is what it needs from the service: reading the streams over the bus
 (:class:`proxy.schedules.busio.BusWindowInputs`) and deploying the result
 (:class:`FittedVersions`): the archive (an image version's: its new state, PROTOCOL §18.9)
-stored content-addressed like any upload, a new
-immutable version registered with its provenance (``parent_version``, ``fit_job``,
+stored content-addressed like any upload, a new immutable version registered with its
+provenance (``parent_version``, ``fit_job``,
 ``training_streams``, ``training_range`` …), its replicas started, and — when the request or the
 parent version's ``fit_auto_switch`` metadata says so — made current, so it takes traffic once
 one of its replicas is ready (:class:`proxy.service.versions.VersionRouter`), the old version
