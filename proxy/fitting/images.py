@@ -110,9 +110,11 @@ class ContainerFits:
             *saved.entry.worker_args(),
             *(["--state", STATE_PATH] if fit.state is not None else []),
         ]
+        name = f"modelbus-fit-{fit.job_id}"
+        await anyio.to_thread.run_sync(self.engine.remove, name)  # an earlier attempt's, if left
         container_id, pid = await self.runtime.run_once(
             saved.id,
-            name=f"modelbus-fit-{fit.job_id}",
+            name=name,
             model=(fit.name, fit.new_version),
             entrypoint=command,
             command=args,
