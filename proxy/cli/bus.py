@@ -334,7 +334,7 @@ def status_table(states: list[ServiceState], *, now_ns: int) -> str:
     below a service served by named instances, a row for each instance (``  └ name``)."""
     if not states:
         return ""
-    rows = [("SERVICE", "STATE", "REASON", "LASTALIVE", "SEQ", "STATUS")]
+    rows: list[tuple[str, ...]] = [("SERVICE", "STATE", "REASON", "LASTALIVE", "SEQ", "STATUS")]
     for state in states:
         rows.append(_status_row(state.service, state, now_ns))
         for instance in state.instances:  # a service served by named instances: one row each
