@@ -16,9 +16,9 @@ Replies and liveness count only when signed by the **service's key** (protocol �
 learnt once, before the first call, as the signer of the service's persisted
 ``S/!meta/state`` (or ``S/!meta/lastalive`` for a service served by named instances, which
 publish no ``S/!meta/state``) — a namespace-rooted chain lets only the service (and the
-namespace owner) publish there when the owner gives users the narrow grants of §17.1; failing that (the client
-may not read ``!meta``, or nothing is announced yet), the namespace's own key, the case of a
-service that owns its namespace.
+namespace owner) publish there when the owner gives users the narrow grants of §17.1; failing
+that (the client may not read ``!meta``, or nothing is announced yet), the namespace's own key,
+the case of a service that owns its namespace.
 Routing and selection policies' calls come from :class:`container_manager.routes.RouteCalls`.
 """
 

@@ -132,6 +132,7 @@ async def service_states(
 
 
 _KINDS = {"lastalive": PO_METADATA, "state": PO_STATE, "status": PO_STATUS}
+_NAMED = 8  # dead instances named in a dead service's reason
 Records = dict[str, dict[str, Any]]  # kind ("lastalive", "state", "status") → its value
 
 
@@ -159,8 +160,9 @@ def aggregate(
     if alive:
         reason = f"alive ({alive} of {len(judged)} instances)"
     else:
-        reason = "no instance alive (" + ", ".join(f"{i.service}: {i.reason}" for i in judged)
-        reason += ")"
+        named = [f"{i.service}: {i.reason}" for i in judged[:_NAMED]]
+        more = [f"{len(judged) - _NAMED} more"] if len(judged) > _NAMED else []
+        reason = "no instance alive (" + ", ".join(named + more) + ")"
     return ServiceState(
         service, alive > 0, reason, max(seen, default=None), None, {}, instances=judged
     )

@@ -186,21 +186,43 @@ class FleetMonitor:
         suffixes other than lastalive, state and status are ignored."""
         topic = item.uri if isinstance(item, Message) else item.topic
         service, _, suffix = topic.rpartition("/!meta/")
-        instance, named = None, suffix.split("/")
-        if len(named) == 3 and named[0] == "instances":  # S/!meta/instances/<name>/<suffix>
-            instance, suffix = named[1], named[2]
+        if suffix.startswith("instances/"):
+            self._take_instance(item, service, suffix)
+            return
         if suffix not in _SUFFIXES or not service:
             return
         now_ns = self.confirmed_ns = self.clock_ns()
         if isinstance(item, Rejected):
             self.rejected += 1
-            self.fleet.untrusted(
-                service, _why(item.error.code), arrived_ns=now_ns, instance=instance
-            )
+            self.fleet.untrusted(service, _why(item.error.code), arrived_ns=now_ns)
         else:
             self.messages += 1
             if not item.pos:
                 return  # a tombstone: the service was removed by hand
+            value = _value(item, _SUFFIXES[suffix])
+            if suffix == "lastalive":
+                self.fleet.lastalive(service, value, arrived_ns=now_ns)
+            elif suffix == "state":
+                self.fleet.state(service, value, sealed_ns=item.ts_ns)
+            else:
+                self.fleet.status(service, value, arrived_ns=now_ns)
+        self.on_change()
+
+    def _take_instance(self, item: Message | Rejected, service: str, suffix: str) -> None:
+        """:meth:`take` for ``S/!meta/instances/<name>/<lastalive|state|status>``."""
+        named = suffix.split("/")
+        if len(named) != 3 or named[2] not in _SUFFIXES or not service:
+            return
+        instance, suffix = named[1], named[2]
+        now_ns = self.confirmed_ns = self.clock_ns()
+        if isinstance(item, Rejected):
+            self.rejected += 1
+            why = _why(item.error.code)
+            self.fleet.untrusted(service, why, arrived_ns=now_ns, instance=instance)
+        else:
+            self.messages += 1
+            if not item.pos:
+                return
             value = _value(item, _SUFFIXES[suffix])
             if suffix == "lastalive":
                 self.fleet.lastalive(service, value, arrived_ns=now_ns, instance=instance)

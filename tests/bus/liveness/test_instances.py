@@ -11,12 +11,15 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from bus import PO_STATE, Heartbeat
+from bus import PO_METADATA, PO_MSGPACK, PO_STATE, PO_STATUS, Heartbeat, PayloadObject
 from bus.errors import InvalidUri
-from bus.liveness import InstanceView, aggregate
+from bus.liveness import InstanceView, aggregate, plain_status
 from bus.liveness.heartbeat import LASTALIVE, STATE, STATUS, record
 from bus.liveness.plain_status import PLAIN_STATUS
+from bus.message import Message
 from tests.bus.helpers import Namespace, bus_url_for, connect, memory_url
 from tests.bus.liveness.test_heartbeat import liveness_process, states, wait_for_state
 from tests.bus.liveness.test_plain_status import read_retained
@@ -126,6 +129,8 @@ def test_aggregate_is_alive_while_any_instance_is() -> None:
     none_alive = aggregate("ns/s", {"b": died, "c": stale}, now_ns=NOW)
     assert not none_alive.is_alive
     assert none_alive.reason == "no instance alive (b: died, c: stale (60 s))"
+    many = aggregate("ns/s", {f"i{n:02}": stale for n in range(20)}, now_ns=NOW)
+    assert many.reason.endswith("i07: stale (60 s), 12 more)") and len(many.instances) == 20
 
 
 async def test_a_reader_without_the_instances_grant_judges_by_the_service_lastalive(
@@ -180,8 +185,6 @@ async def test_the_instance_view_without_a_grant_stays_empty(
 
 
 def test_the_plain_document_lists_the_instances() -> None:
-    from bus.liveness import plain_status
-
     status = {"seq": 7, "ts": NOW, "uptime_s": 1.0, "interval_s": 10.0, "models": []}
     known = [
         {"instance": "b", "online": False, "ts": NOW - 40 * S},
@@ -255,3 +258,69 @@ async def test_killed_instances_die_by_their_wills_and_the_service_with_the_last
         [dead] = await wait_for_state(monitor, namespace, lambda s: not s[0].is_alive, timeout_s=10)
     assert dead.reason == "no instance alive (a: died, b: died)"
     assert [(i.service, i.seq) for i in dead.instances] == [("a", seq_a), ("b", seq_b)]
+
+
+# -- hostile records: a verified signer may still send anything ---------------------------------
+
+VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=12,
+)
+PACKABLE = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats()
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=12,
+)
+FIELDS = st.dictionaries(st.sampled_from(["ts", "seq", "online", "val", "interval_s"]), VALUES)
+RECORDS = st.dictionaries(st.sampled_from(["lastalive", "state", "status"]), FIELDS)
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=4), RECORDS, max_size=4))
+def test_aggregate_judges_any_records_without_failing(instances: dict[str, Any]) -> None:
+    judged = aggregate("ns/s", instances, now_ns=NOW)
+    assert judged.is_alive == any(i.is_alive for i in judged.instances)
+    assert [i.service for i in judged.instances] == sorted(instances)
+
+
+@given(
+    st.sampled_from(["lastalive", "state", "status", "status.json", "x"]),
+    st.sampled_from(["a", "b.c", "+"]),
+    st.sampled_from([PO_METADATA, PO_STATE, PO_STATUS, PO_MSGPACK]),
+    st.binary(max_size=24) | PACKABLE.map(PayloadObject.msgpack).map(lambda po: po.data),
+)
+def test_the_instance_view_keeps_only_well_formed_records(
+    kind: str, name: str, number: str, data: bytes
+) -> None:
+    view = InstanceView("ns/s")
+    message = Message(
+        f"ns/s/!meta/instances/{name}/{kind}", (PayloadObject(number, data),), b"k", 1, True
+    )
+    view.take(message)
+    for records in view.records.values():
+        assert set(records) <= {"lastalive", "state", "status"}
+        assert all(isinstance(value, dict) for value in records.values())
+    document = json.loads(
+        plain_status.encode(
+            "ns/s", {"ts": NOW}, online=True, instance="z", instances=view.snapshot()
+        )
+    )
+    assert document["instances"][-1]["instance"] == "z"
+
+
+@given(st.lists(st.dictionaries(st.sampled_from(["instance", "online", "ts"]), VALUES), max_size=4))
+def test_the_plain_document_takes_any_instance_list(known: list[dict[str, Any]]) -> None:
+    document = json.loads(
+        plain_status.encode("ns/s", {"seq": 1}, online=False, instance="a", instances=known)
+    )
+    assert all(isinstance(entry["instance"], str) for entry in document["instances"])
+    assert document["online"] == any(entry["online"] for entry in document["instances"])
