@@ -85,10 +85,11 @@ async def test_an_unnamed_heartbeat_keeps_its_three_records(namespace: Namespace
     assert (solo.reason, solo.instances) == ("alive", ())
 
 
+@pytest.mark.parametrize("kind", ["memory", "zmq", pytest.param("mqtt", marks=pytest.mark.mqtt)])
 async def test_the_monitor_lists_instances_and_a_clean_shutdown_leaves_the_service_alive(
-    namespace: Namespace,
+    request: pytest.FixtureRequest, namespace: Namespace, kind: str
 ) -> None:
-    url = memory_url()
+    url = bus_url_for(request, kind)
     service = namespace.uri("svc", "thermal")
     member = namespace.member("svc/*", "P")
     first, second = (Heartbeat(service, instance=name, interval_s=60) for name in ("a", "b"))
