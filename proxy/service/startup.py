@@ -165,7 +165,9 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         )
         metrics = ProxyMetrics()
         verifier = Verifier(aliases=settings.aliases)
-        status = ServiceStatus(backend, uploads, metrics, rejections=verifier.rejected)
+        status = ServiceStatus(
+            backend, uploads, metrics, rejections=verifier.rejected, instance=settings.instance
+        )
         plain_json = settings.bus_url.startswith(("mqtt://", "mqtts://"))
         siblings = InstanceView(service_uri) if settings.instance and plain_json else None
         heartbeat = Heartbeat(

@@ -54,7 +54,8 @@ async def test_two_named_proxies_beat_as_themselves_and_keep_the_service_alive(
             task_group.cancel_scope.cancel()  # b stops cleanly
         one_left = await operator.check_alive()
     assert [(i.service, i.is_alive) for i in both.instances] == [("a", True), ("b", True)]
-    assert all("models" in i.status for i in both.instances)  # each its own service facts
+    assert [i.status["instance"] for i in both.instances] == ["a", "b"]  # each its own facts
+    assert all("models" in i.status for i in both.instances)
     assert one_left.reason == "alive (1 of 2 instances)"
     assert [(i.service, i.is_alive, i.reason) for i in one_left.instances] == [
         ("a", True, "alive"),
