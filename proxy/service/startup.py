@@ -10,7 +10,8 @@ allow predicting without deploying:
     S/i.modelbus/slot/deploy    artifact uploads, model deploys   (proxy.service.operations.deploy,
     proxy.uploads.sessions), fits (proxy.service.operations.fit)
 
-and announces its liveness under ``S/!meta/…`` (bus.liveness.heartbeat). On start it restarts the
+and announces its liveness under ``S/!meta/…`` (bus.liveness.heartbeat; a named instance, under
+``S/!meta/instances/<name>/…``). On start it restarts the
 replicas of every registered, unstopped version, so a restarted proxy serves what it served.
 
 Closures run sandboxed (:mod:`proxy.backend.sandbox`): the service refuses to start where
@@ -35,6 +36,7 @@ from anyio.abc import TaskStatus
 from bus import BusClient, Entity, Grant, Heartbeat, Verifier
 from bus.errors import BusError
 from bus.grants import load_chain
+from bus.liveness import InstanceView
 from bus.responder import ServeGate
 from proxy.backend import BackendSettings, ContainerEngine, EmbeddedBackend
 from proxy.backend.runtime import ProcessRuntime
@@ -167,12 +169,18 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         )
         metrics = ProxyMetrics()
         verifier = Verifier(aliases=settings.aliases)
-        status = ServiceStatus(backend, uploads, metrics, rejections=verifier.rejected)
+        status = ServiceStatus(
+            backend, uploads, metrics, rejections=verifier.rejected, instance=settings.instance
+        )
+        plain_json = settings.bus_url.startswith(("mqtt://", "mqtts://"))
+        siblings = InstanceView(service_uri) if settings.instance and plain_json else None
         heartbeat = Heartbeat(
             service_uri,
             interval_s=settings.heartbeat_interval_s,
             status=status.snapshot,
-            plain_json=settings.bus_url.startswith(("mqtt://", "mqtts://")),
+            plain_json=plain_json,
+            instance=settings.instance,
+            instances=siblings.snapshot if siblings else None,
         )
         client = await stack.enter_async_context(
             BusClient(
@@ -250,6 +258,8 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 settings,
                 gate,
             )
+        if siblings is not None:  # the instance list of the plain JSON status
+            await task_group.start(siblings.run, client)
         await task_group.start(heartbeat.run, client)
         await task_group.start(policies.background.run)
         await task_group.start(schedules.scheduler.run)

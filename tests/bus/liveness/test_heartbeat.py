@@ -280,16 +280,23 @@ def test_evaluate_uses_the_given_staleness() -> None:
 
 @asynccontextmanager
 async def liveness_process(
-    url: str, member: Member, service: str, tmp_path: Path, *, interval_s: float
+    url: str,
+    member: Member,
+    service: str,
+    tmp_path: Path,
+    *,
+    interval_s: float,
+    instance: str | None = None,
 ) -> AsyncIterator[tuple[Process, int]]:
-    """Run tests/bus/liveness/liveness_process.py; yield it with its heartbeat seq once it is
-    ready."""
-    entity_file, chain_file = tmp_path / "svc.ent", tmp_path / "svc.chain"
+    """Run tests/bus/liveness/liveness_process.py (as ``instance`` of the service, if named);
+    yield it with its heartbeat seq once it is ready."""
+    name = instance or "svc"
+    entity_file, chain_file = tmp_path / f"{name}.ent", tmp_path / f"{name}.chain"
     member.entity.save(entity_file)
     chain_file.write_bytes(encode_chain(member.chain))
-    log = tmp_path / "liveness_process.log"
+    log = tmp_path / f"liveness_process-{name}.log"
     command = [sys.executable, str(SCRIPT), url, str(entity_file), str(chain_file), service]
-    command.append(str(interval_s))
+    command += [str(interval_s), *([instance] if instance else [])]
     with log.open("wb") as stderr:
         process = await anyio.open_process(command, stdout=subprocess.PIPE, stderr=stderr)
     try:
