@@ -82,7 +82,7 @@ class FitJobs:
         *,
         task_group: TaskGroup,
         read_streams: ReadStreams,
-        artifact_path: Callable[[str], Path],
+        local_artifact: Callable[[str], Awaitable[Path]],
         deploy: Deploy,
         sandbox: Callable[[], Awaitable[Sandbox | None]],
         clock: Callable[[], int] = time.time_ns,
@@ -91,7 +91,7 @@ class FitJobs:
         self.work_dir = work_dir
         self._task_group = task_group
         self._read_streams = read_streams
-        self._artifact_path = artifact_path
+        self._local_artifact = local_artifact
         self._deploy = deploy
         self._sandbox = sandbox
         self._clock = clock
@@ -172,7 +172,7 @@ class FitJobs:
             try:
                 archive = await run_fit(
                     run,
-                    Path(parent.artifact_path),
+                    await self._local_artifact(parent.artifact_sha256),
                     sandbox=sandbox,
                     limits=limits,
                     on_start=lambda pid: self._pids.__setitem__(job_id, pid),
@@ -212,7 +212,7 @@ class FitJobs:
         }
         upload = request.get("upload")
         if upload:
-            path = self._artifact_path(str(upload))
+            path = await self._local_artifact(str(upload))
             uploaded = await anyio.to_thread.run_sync(path.read_bytes)
             body: dict[str, Any] = {"upload": uploaded, "data": None, "context": context}
             training = Training(streams, since, until, None, None, 0, str(upload))

@@ -16,9 +16,7 @@ answering until then. Otherwise it is "deployed, not current".
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import uuid
 from typing import Annotated, Any
 
@@ -34,7 +32,7 @@ from proxy.registry.fit_jobs import FitJobRecord
 from proxy.registry.records import ModelName, Sha256
 from proxy.registry.registry import Registry
 from proxy.service.slots import Body, Op
-from proxy.service.versions import VersionRouter, start_model
+from proxy.service.versions import VersionRouter
 from proxy.uploads import Uploads
 
 __all__ = ["FitOps", "FitStartBody", "FittedVersions", "check_consume", "check_publish"]
@@ -128,7 +126,7 @@ class FitOps:
             and body.since_ns >= body.until_ns
         ):
             raise InvalidRequest("since_ns must be before until_ns")
-        if body.upload is not None and not self.uploads.has_artifact(body.upload):
+        if body.upload is not None and not await self.uploads.has_artifact(body.upload):
             raise InvalidRequest(f"no uploaded file {body.upload}; upload it first")
         check_consume(self.verifier, sender, body.streams, body.proofs)
         parent = (
@@ -197,13 +195,8 @@ class FittedVersions:
         self, job: FitJobRecord, archive: bytes, training: Training
     ) -> dict[str, Any]:
         """Store the archive, register the new version with its provenance, start it."""
-        sha = hashlib.sha256(archive).hexdigest()
-        path = self.uploads.artifact_path(sha)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            spool = path.with_name(f".{sha}.{job.job_id}.tmp")
-            spool.write_bytes(archive)
-            os.replace(spool, path)
+        sha = await self.uploads.keep_artifact(archive)
+        path = await self.uploads.local_artifact(sha)
         artifact.check_compatible(artifact.check_archive(path))
         parent = await self.registry.get_model(job.model_name, job.parent_version)
         asked = job.request.get("make_current")
@@ -217,14 +210,14 @@ class FittedVersions:
             input_type=parent.input_type,
             artifact_kind="closure",
             artifact_sha256=sha,
-            artifact_path=str(path),
+            artifact_path=self.uploads.artifact_location(sha),
             labels=parent.labels,
             metadata=metadata,
             batch_size=parent.batch_size,
             desired_replicas=replicas,
             make_current=bool(auto),
         )
-        await start_model(self.backend, model, replicas)
+        await self.router.start(model, replicas)
         if model.is_current:
             self.router.switch(model.name, model.version)
         return model.to_clipper()
