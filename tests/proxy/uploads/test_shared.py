@@ -1,0 +1,185 @@
+"""Uploads shared by several proxies: two instances of the upload machinery (each its own
+:class:`Uploads`, data directory and registry connection) on one PostgreSQL registry
+(tests/fixtures/postgres.py) and one artifact store — a shared directory, or a bucket on a real
+S3 server (moto, tests/fixtures/s3.py). An upload begun through the first is resumed and finished
+through the second; chunks received out of order and across both count; the artifact becomes
+visible only once its whole digest is verified; bytes corrupted or cut short in the store are
+refused at that check, the upload discarded and nothing made visible.
+
+Covers proxy/uploads/shared.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from bus.errors import InvalidRequest, NotFound
+from proxy.registry.registry import Registry
+from proxy.uploads import BeginRequest, ChunkRequest, UploadLimits, UploadRef, Uploads
+from proxy.uploads.store import ArtifactStore, open_store
+
+pytestmark = pytest.mark.postgres
+
+CHUNK = 64 * 1024
+SENDER = "alice-key"
+
+
+@pytest.fixture(params=["file", "s3"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "s3":
+        return f"s3://{request.getfixturevalue('s3_bucket')}/artifacts"
+    return f"file://{tmp_path}/shared"
+
+
+@pytest.fixture
+async def instances(
+    location: str, postgres_url: str, tmp_path: Path
+) -> AsyncIterator[tuple[Uploads, Uploads]]:
+    """Two upload services sharing the registry and the store, as two proxies would."""
+    async with AsyncExitStack() as stack:
+        pair = []
+        for name in ("first", "second"):
+            registry = await stack.enter_async_context(Registry.open(postgres_url))
+            data_dir = tmp_path / name
+            store = open_store(location, data_dir / "cache")
+            pair.append(Uploads(registry, data_dir, UploadLimits(), store, shared=True))
+        yield pair[0], pair[1]
+
+
+def payload(size: int) -> bytes:
+    return bytes((i * 7 + i // 251) % 256 for i in range(size))
+
+
+def chunk(data: bytes, upload_id: str, index: int) -> ChunkRequest:
+    piece = data[index * CHUNK : (index + 1) * CHUNK]
+    return ChunkRequest(
+        upload_id=upload_id, index=index, sha256=hashlib.sha256(piece).hexdigest(), data=piece
+    )
+
+
+def begin_request(data: bytes) -> BeginRequest:
+    return BeginRequest(
+        name="thermal:1",
+        kind="closure",
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        chunk_size=CHUNK,
+    )
+
+
+async def test_an_upload_begun_on_one_instance_is_finished_on_another(
+    instances: tuple[Uploads, Uploads],
+) -> None:
+    first, second = instances
+    data = payload(10 * CHUNK + 123)  # 11 chunks
+    sha = hashlib.sha256(data).hexdigest()
+    opened = await first.begin(SENDER, begin_request(data))
+    upload_id = opened["upload_id"]
+    assert (opened["complete"], opened["next_index"], opened["chunk_count"]) == (False, 0, 11)
+    for index in (0, 1, 2, 5):  # 5 arrives ahead of the prefix
+        reply = await first.chunk(SENDER, chunk(data, upload_id, index))
+    assert reply["next_index"] == 3
+    assert await first.registry.received_ranges(upload_id) == [(0, 3), (5, 6)]
+
+    # The first instance is gone; the client begins again and lands on the second.
+    resumed = await second.begin(SENDER, begin_request(data))
+    assert (resumed["upload_id"], resumed["next_index"]) == (upload_id, 3)
+    assert (await second.chunk(SENDER, chunk(data, upload_id, 3)))["next_index"] == 4
+    assert (await second.chunk(SENDER, chunk(data, upload_id, 4)))["next_index"] == 6
+    assert (await second.chunk(SENDER, chunk(data, upload_id, 1)))["next_index"] == 6  # again
+    for index in range(6, 11):
+        reply = await second.chunk(SENDER, chunk(data, upload_id, index))
+    assert reply["next_index"] == 11
+    assert not await second.has_artifact(sha)  # not visible before commit verifies it
+
+    committed = await second.commit(SENDER, UploadRef(upload_id=upload_id))
+    assert committed == {"artifact": sha, "size": len(data), "kind": "closure"}
+    for instance in (first, second):  # every instance sees it, and fetches it verified
+        assert await instance.has_artifact(sha)
+        assert (await instance.local_artifact(sha)).read_bytes() == data
+    with pytest.raises(NotFound):
+        await first.registry.get_upload(upload_id)
+    with pytest.raises(NotFound):  # its chunks are gone from the store
+        await second.artifacts.read_chunk(upload_id, 0)
+    assert (await first.begin(SENDER, begin_request(data)))["complete"] is True
+
+
+async def test_commit_needs_every_chunk_whichever_instance_got_them(
+    instances: tuple[Uploads, Uploads],
+) -> None:
+    first, second = instances
+    data = payload(3 * CHUNK)
+    upload_id = (await first.begin(SENDER, begin_request(data)))["upload_id"]
+    await first.chunk(SENDER, chunk(data, upload_id, 0))
+    await second.chunk(SENDER, chunk(data, upload_id, 2))
+    with pytest.raises(InvalidRequest, match="missing chunks from 1"):
+        await second.commit(SENDER, UploadRef(upload_id=upload_id))
+    with pytest.raises(NotFound):  # only its sender may go on with it
+        await second.chunk("mallory-key", chunk(data, upload_id, 1))
+    await second.chunk(SENDER, chunk(data, upload_id, 1))
+    assert (await first.commit(SENDER, UploadRef(upload_id=upload_id)))["size"] == len(data)
+
+
+async def _fill(uploads: Uploads, data: bytes) -> str:
+    upload_id: str = (await uploads.begin(SENDER, begin_request(data)))["upload_id"]
+    for index in range(-(-len(data) // CHUNK)):
+        await uploads.chunk(SENDER, chunk(data, upload_id, index))
+    return upload_id
+
+
+async def _refused(uploads: Uploads, upload_id: str, sha: str, match: str) -> None:
+    with pytest.raises(InvalidRequest, match=match) as refused:
+        await uploads.commit(SENDER, UploadRef(upload_id=upload_id))
+    assert refused.value.details["expected"] == sha
+    assert not await uploads.has_artifact(sha)  # never visible
+    with pytest.raises(NotFound):  # discarded: begin again
+        await uploads.registry.get_upload(upload_id)
+    with pytest.raises(NotFound):
+        await uploads.artifacts.read_chunk(upload_id, 0)
+
+
+async def _overwrite(store: ArtifactStore, upload_id: str, index: int, data: bytes) -> None:
+    await store.put_chunk(upload_id, index, data)
+
+
+async def test_bytes_corrupted_in_the_store_are_refused_at_the_digest_check(
+    instances: tuple[Uploads, Uploads],
+) -> None:
+    first, second = instances
+    data = payload(4 * CHUNK)
+    sha = hashlib.sha256(data).hexdigest()
+    upload_id = await _fill(first, data)
+    flipped = bytearray(data[2 * CHUNK : 3 * CHUNK])
+    flipped[100] ^= 0xFF
+    await _overwrite(first.artifacts, upload_id, 2, bytes(flipped))  # rot, or a bad writer
+    await _refused(second, upload_id, sha, "hash to")
+
+
+async def test_a_short_chunk_in_the_store_is_refused_at_the_digest_check(
+    instances: tuple[Uploads, Uploads],
+) -> None:
+    first, second = instances
+    data = payload(3 * CHUNK + 10)
+    sha = hashlib.sha256(data).hexdigest()
+    upload_id = await _fill(first, data)
+    await _overwrite(first.artifacts, upload_id, 3, b"short")
+    await _refused(second, upload_id, sha, "short: chunk 3")
+
+
+async def test_an_announced_digest_the_bytes_do_not_have_is_refused(
+    instances: tuple[Uploads, Uploads],
+) -> None:
+    first, second = instances
+    data = payload(2 * CHUNK)
+    claimed = hashlib.sha256(b"something else").hexdigest()
+    request = begin_request(data).model_copy(update={"sha256": claimed})
+    upload_id = (await first.begin(SENDER, request))["upload_id"]
+    for index in range(2):
+        await first.chunk(SENDER, chunk(data, upload_id, index))
+    await _refused(second, upload_id, claimed, "not the announced")
+    assert not await second.has_artifact(hashlib.sha256(data).hexdigest())
