@@ -4,8 +4,12 @@ The upload protocol itself (chunks, digests, acknowledgements, spooling) belongs
 uploads module; this store keeps its state across restarts, so an upload resumes from
 ``next_index``, and answers the two questions its limits need: a sender's open uploads
 (checked atomically by :meth:`UploadStore.create_upload`) and the uploads idle since a time
-(for expiry). A finished upload — committed, aborted or expired — is deleted: its row, and its
-metadata (up to 64 KiB), do not outlive it.
+(for expiry). For a shared upload (chunks in the artifact store, continued by any proxy:
+:mod:`proxy.uploads.shared`) it also keeps the received ranges: :meth:`UploadStore.receive_chunk`
+records each chunk — those beyond the prefix in ``upload_chunks`` until the prefix absorbs them
+— in one transaction, so every proxy answers with the same ``next_index``. A finished upload
+— committed, aborted or expired — is deleted: its row, its received chunks, and its metadata (up
+to 64 KiB), do not outlive it.
 """
 
 from __future__ import annotations

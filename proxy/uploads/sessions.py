@@ -43,7 +43,13 @@ from proxy.registry.registry import Registry
 from proxy.registry.space import DEFAULT_RESERVE_BYTES, disk_full, ensure_room, is_disk_full
 from proxy.uploads.artifacts import FileStore
 from proxy.uploads.digest import PrefixDigest, write_at
-from proxy.uploads.requests import BeginRequest, ChunkRequest, UploadRef
+from proxy.uploads.requests import (
+    BeginRequest,
+    ChunkRequest,
+    UploadRef,
+    chunk_bytes,
+    chunk_sha256,
+)
 from proxy.uploads.shared import SharedChunks
 from proxy.uploads.spool import (
     make_sparse,
@@ -60,8 +66,6 @@ logger = logging.getLogger(__name__)
 
 
 REGISTRY_EVERY_S = 0.5
-HASH_ON_LOOP_MAX = 64 * 1024
-"""Inline chunk data up to this size is hashed on the event loop (a thread hop costs more)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +245,7 @@ class Uploads:
     ) -> dict[str, Any]:
         """Check a chunk — its bytes are the attachment or the body's ``data`` — write it, and
         acknowledge it with the new contiguous prefix."""
-        data = _chunk_bytes(request, attachment)
+        data = chunk_bytes(request, attachment)
         upload = await self._open_upload(sender, request.upload_id)
         if request.index >= upload.chunk_count:
             raise InvalidRequest(
@@ -252,7 +256,7 @@ class Uploads:
             raise InvalidRequest(
                 f"chunk {request.index} has {len(data)} bytes; expected {expected}"
             )
-        if await _sha256_hex(data, attachment) != request.sha256:
+        if await chunk_sha256(data, attachment) != request.sha256:
             raise InvalidRequest(
                 f"chunk {request.index} does not match its SHA-256 (corrupted); send it again",
                 index=request.index,
@@ -442,24 +446,3 @@ class Uploads:
         self._received.pop(upload_id, None)
         self._locks.pop(upload_id, None)
         self._digests.pop(upload_id, None)
-
-
-def _chunk_bytes(request: ChunkRequest, attachment: PayloadObject | None) -> bytes:
-    if attachment is not None and request.data is None:
-        return attachment.data
-    if attachment is None and request.data is not None:
-        return request.data
-    raise InvalidRequest(
-        f"chunk {request.index} carries its bytes either as the request's attachment or as "
-        "the body's data: exactly one of the two",
-        index=request.index,
-    )
-
-
-async def _sha256_hex(data: bytes, attachment: PayloadObject | None) -> str:
-    """A chunk's SHA-256: a detached attachment's was checked against the signed envelope."""
-    if attachment is not None and attachment.sha256 is not None:
-        return attachment.sha256.hex()
-    if len(data) <= HASH_ON_LOOP_MAX:
-        return hashlib.sha256(data).hexdigest()
-    return await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())

@@ -183,3 +183,33 @@ async def test_an_announced_digest_the_bytes_do_not_have_is_refused(
         await first.chunk(SENDER, chunk(data, upload_id, index))
     await _refused(second, upload_id, claimed, "not the announced")
     assert not await second.has_artifact(hashlib.sha256(data).hexdigest())
+
+
+async def test_an_upload_aborted_or_expired_through_another_instance_is_gone_everywhere(
+    location: str, postgres_url: str, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack:
+        made = []
+        for name, idle_s in (("first", 3600.0), ("second", 0.0)):
+            registry = await stack.enter_async_context(Registry.open(postgres_url))
+            store = open_store(location, tmp_path / name / "cache")
+            limits = UploadLimits(idle_timeout_s=idle_s)
+            made.append(Uploads(registry, tmp_path / name, limits, store, shared=True))
+        first, second = made
+        data = payload(3 * CHUNK)
+        aborted = (await first.begin(SENDER, begin_request(data)))["upload_id"]
+        await first.chunk(SENDER, chunk(data, aborted, 0))
+        await second.abort(SENDER, UploadRef(upload_id=aborted))
+        with pytest.raises(NotFound, match="begin \\(or resume\\) it again"):
+            await first.chunk(SENDER, chunk(data, aborted, 1))
+        with pytest.raises(NotFound):
+            await first.artifacts.read_chunk(aborted, 0)
+
+        idle = (await first.begin(SENDER, begin_request(data)))["upload_id"]
+        assert idle != aborted
+        await first.chunk(SENDER, chunk(data, idle, 0))
+        assert await second.expire_idle() == 1  # the second's limit: idle at once
+        with pytest.raises(NotFound):
+            await first.artifacts.read_chunk(idle, 0)
+        with pytest.raises(NotFound):
+            await first.commit(SENDER, UploadRef(upload_id=idle))

@@ -140,3 +140,14 @@ async def test_an_unreachable_or_missing_bucket_is_an_internal_error(
     with pytest.raises(InternalError, match="cannot reach") as raised:
         await unreachable.has(sha)
     assert "testing" not in raised.value.message  # no credential in the message
+
+
+def test_the_service_setting_takes_a_directory_or_a_bucket() -> None:
+    from pydantic import ValidationError
+
+    from proxy.service.settings import ProxySettings
+
+    for accepted in ("/shared", "file:///shared", "s3://bucket/prefix"):
+        assert ProxySettings(artifacts=accepted).artifacts == accepted
+    with pytest.raises(ValidationError):
+        ProxySettings(artifacts="http://host/bucket")
