@@ -294,6 +294,7 @@ class Uploads:
             stored = await self._shared.store_chunk(upload, index, data)
         except (NotFound, Conflict):  # finished through another instance meanwhile
             self._forget(upload.upload_id)
+            await self._shared.discard(upload)  # what this chunk just wrote, were it left
             raise NotFound(
                 f"no open upload {upload.upload_id!r} of yours; begin (or resume) it again",
                 upload_id=upload.upload_id,

@@ -4,7 +4,9 @@
 S3 server (moto, tests/fixtures/s3.py). An upload begun through the first is resumed and finished
 through the second; chunks received out of order and across both count; the artifact becomes
 visible only once its whole digest is verified; bytes corrupted or cut short in the store are
-refused at that check, the upload discarded and nothing made visible.
+refused at that check, the upload discarded and nothing made visible. And the same through the
+whole service, on the wire: a closure upload begun through one proxy, the proxy stopped, then
+resumed, committed, deployed and served through a second proxy with its own data directory.
 
 Covers proxy/uploads/shared.py.
 """
@@ -15,13 +17,17 @@ import hashlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bus.artifact import build_closure_archive
 from bus.errors import InvalidRequest, NotFound
+from container_manager import ServiceClient
 from proxy.registry.registry import Registry
 from proxy.uploads import BeginRequest, ChunkRequest, UploadLimits, UploadRef, Uploads
 from proxy.uploads.store import ArtifactStore, open_store
+from tests.proxy.conftest import ProxyHarness
 
 pytestmark = pytest.mark.postgres
 
@@ -213,3 +219,63 @@ async def test_an_upload_aborted_or_expired_through_another_instance_is_gone_eve
             await first.artifacts.read_chunk(idle, 0)
         with pytest.raises(NotFound):
             await first.commit(SENDER, UploadRef(upload_id=idle))
+
+
+def quadrupled(inputs: list[list[float]]) -> list[float]:
+    return [4.0 * sum(x) for x in inputs]
+
+
+@pytest.mark.slow
+async def test_through_the_service_an_upload_begun_on_one_proxy_is_finished_on_another(
+    memory_harness: ProxyHarness, location: str, postgres_url: str, tmp_path: Path
+) -> None:
+    archive = build_closure_archive(quadrupled)
+    size = len(archive) // 5 + 1  # five chunks
+    pieces = [archive[i : i + size] for i in range(0, len(archive), size)]
+    assert len(pieces) == 5
+    body: dict[str, Any] = {
+        "name": "quad:1",
+        "kind": "closure",
+        "size": len(archive),
+        "sha256": hashlib.sha256(archive).hexdigest(),
+        "chunk_size": size,
+    }
+    common = {
+        "registry": postgres_url,
+        "artifacts": location,
+        "entity_path": memory_harness.settings().entity_file,
+    }
+
+    async def send(client: ServiceClient, upload_id: str, index: int) -> int:
+        piece = pieces[index]
+        reply = await client.call(
+            "deploy",
+            "upload.chunk",
+            upload_id=upload_id,
+            index=index,
+            sha256=hashlib.sha256(piece).hexdigest(),
+            data=piece,
+        )
+        return int(reply["next_index"])
+
+    async with memory_harness.serving(**common) as first:
+        opened = await first.operator.call("deploy", "upload.begin", **body)
+        upload_id = opened["upload_id"]
+        assert await send(first.operator, upload_id, 0) == 1
+        assert await send(first.operator, upload_id, 2) == 1  # ahead of the prefix
+
+    async with memory_harness.serving(data_dir=tmp_path / "second", **common) as second:
+        resumed = await second.operator.call("deploy", "upload.begin", **body)
+        assert (resumed["upload_id"], resumed["next_index"]) == (upload_id, 1)
+        assert await send(second.operator, upload_id, 1) == 3  # chunk 2 was kept
+        for index in range(3, len(pieces)):
+            await send(second.operator, upload_id, index)
+        committed = await second.operator.call("deploy", "upload.commit", upload_id=upload_id)
+        assert committed["artifact"] == body["sha256"]
+        await second.operator.deploy_artifact("quad", "1", "doubles", committed["artifact"])
+        await second.operator.wait_ready("quad", "1", timeout_s=60)
+        reply = await second.operator.predict(model="quad", input=[1.0, 2.0])
+        assert reply["output"] == 12.0
+    assert not (tmp_path / "second" / "spool").exists() or not any(
+        (tmp_path / "second" / "spool").iterdir()
+    )
