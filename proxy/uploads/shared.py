@@ -40,6 +40,9 @@ __all__ = ["SharedChunks"]
 
 logger = logging.getLogger(__name__)
 
+READ_AHEAD = 8
+"""Chunks read from the store at once while a commit assembles the file (8 MiB chunks: 64 MiB)."""
+
 
 class SharedChunks:
     """The chunk side of shared uploads (the sessions module keeps the protocol's rules)."""
@@ -82,26 +85,38 @@ class SharedChunks:
         await self.store.drop_chunks(upload.upload_id)
 
     async def _assemble(self, upload: Upload, target: Path) -> str:
-        """Write chunks ``0 .. chunk_count - 1`` from the store to ``target``; their SHA-256
-        (``"missing"`` or ``"short"`` when a chunk is not in the store as recorded)."""
+        """Write chunks ``0 .. chunk_count - 1`` from the store to ``target``, reading up to
+        READ_AHEAD of them at once; their SHA-256 (``"missing: …"`` or ``"short: …"`` when a
+        chunk is not in the store as recorded)."""
         digest = hashlib.sha256()
         with target.open("xb") as file:
-            for index in range(upload.chunk_count):
-                try:
-                    data = await self.store.read_chunk(upload.upload_id, index)
-                except NotFound:
-                    logger.warning("upload %s: chunk %d is missing", upload.upload_id, index)
-                    return f"missing: chunk {index} is not in the store"
-                expected = min(upload.chunk_size, upload.size - index * upload.chunk_size)
-                if len(data) != expected:
-                    return f"short: chunk {index} has {len(data)} bytes, not {expected}"
+            for start in range(0, upload.chunk_count, READ_AHEAD):
+                indexes = range(start, min(start + READ_AHEAD, upload.chunk_count))
+                read: dict[int, bytes | None] = {}
+                async with anyio.create_task_group() as group:
+                    for index in indexes:
+                        group.start_soon(self._read, upload.upload_id, index, read)
+                for index in indexes:
+                    data = read[index]
+                    if data is None:
+                        logger.warning("upload %s: chunk %d is missing", upload.upload_id, index)
+                        return f"missing: chunk {index} is not in the store"
+                    expected = min(upload.chunk_size, upload.size - index * upload.chunk_size)
+                    if len(data) != expected:
+                        return f"short: chunk {index} has {len(data)} bytes, not {expected}"
 
-                def write(data: bytes = data) -> None:
-                    digest.update(data)
-                    file.write(data)
+                    def write(data: bytes = data) -> None:
+                        digest.update(data)
+                        file.write(data)
 
-                await anyio.to_thread.run_sync(write)
+                    await anyio.to_thread.run_sync(write)
         return digest.hexdigest()
+
+    async def _read(self, upload_id: str, index: int, into: dict[int, bytes | None]) -> None:
+        try:
+            into[index] = await self.store.read_chunk(upload_id, index)
+        except NotFound:
+            into[index] = None
 
     async def discard(self, upload: Upload) -> None:
         await self.store.drop_chunks(upload.upload_id)
