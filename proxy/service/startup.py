@@ -142,6 +142,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         registry = await stack.enter_async_context(Registry.open(settings.registry_target))
         image_runtime, containers = _container_engine(settings, stack)
         artifacts = open_store(settings.artifacts or data_dir / "artifacts", data_dir / "cache")
+        await artifacts.check()
         backend = await stack.enter_async_context(
             EmbeddedBackend(
                 data_dir / "replicas",

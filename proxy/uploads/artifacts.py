@@ -69,6 +69,10 @@ class FileStore:
     def path(self, sha256: str) -> Path:
         return self.root / sha256
 
+    async def check(self) -> None:
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise InternalError(f"the artifact directory {self.root} is not writable here")
+
     def location_of(self, sha256: str) -> str:
         return str(self.path(sha256))
 

@@ -87,6 +87,13 @@ class S3Store:
     def _key(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts)) if self.prefix else "/".join(parts)
 
+    async def check(self) -> None:
+        await self._call(
+            lambda: self._client.list_objects_v2(
+                Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1
+            )
+        )
+
     def location_of(self, sha256: str) -> str:
         return f"s3://{self.bucket}/{self._key(sha256)}"
 

@@ -51,6 +51,12 @@ class ArtifactStore(Protocol):
         """A local directory on which a file to :meth:`put` is best assembled (a rename away)."""
         ...
 
+    async def check(self) -> None:
+        """InternalError, naming the location, unless the store can be reached and listed (a
+        service checks at start, so a wrong bucket or key stops it rather than its first
+        upload)."""
+        ...
+
     def location_of(self, sha256: str) -> str:
         """Where the artifact is, as a version records it (``model_data_path``)."""
         ...

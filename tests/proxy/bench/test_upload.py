@@ -17,9 +17,9 @@ _ROW = r"^modelbus upload over (.+?) +[\d.]+ +[\d,]+ +\d+%$"
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_bench_upload_prints_the_default_and_the_s3_store_next_to_raw(s3_bucket: str) -> None:
+    argv = ["bench", "upload", "--mib", "2", "--artifacts", f"s3://{s3_bucket}/bench"]
     completed = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "bench", "upload", "--mib", "2"]
-        + ["--artifacts", f"s3://{s3_bucket}/bench"],
+        [sys.executable, "-m", "proxy.cli", *argv],
         capture_output=True,
         text=True,
         timeout=280,

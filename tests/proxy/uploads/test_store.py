@@ -51,6 +51,7 @@ def test_locations_pick_the_store() -> None:
 async def test_an_artifact_is_stored_by_digest_and_fetched_verified(
     store: ArtifactStore, tmp_path: Path
 ) -> None:
+    await store.check()
     data = b"closure archive " * 5000
     path, sha = spooled(store.scratch_dir, data)
     assert not await store.has(sha)
@@ -129,6 +130,8 @@ async def test_an_unreachable_or_missing_bucket_is_an_internal_error(
     s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     missing = open_store("s3://no-such-bucket-here/p", tmp_path / "cache")
+    with pytest.raises(InternalError, match=r"NoSuchBucket .*s3://no-such-bucket-here/p"):
+        await missing.check()
     path, sha = spooled(tmp_path / "spool", b"x")
     with pytest.raises(InternalError, match="no-such-bucket-here"):
         await missing.put(path, sha)
@@ -138,7 +141,7 @@ async def test_an_unreachable_or_missing_bucket_is_an_internal_error(
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     unreachable = open_store(f"s3://{s3_bucket}/p", tmp_path / "cache2")
     with pytest.raises(InternalError, match="cannot reach") as raised:
-        await unreachable.has(sha)
+        await unreachable.check()
     assert "testing" not in raised.value.message  # no credential in the message
 
 
