@@ -232,7 +232,8 @@ class Uploads:
             except NotFound:
                 upload = None
             if upload is not None and upload.state == "open":
-                upload = self._open[upload_id] = with_progress(upload)
+                shared = self._shared is not None  # no progress file: the registry has it all
+                upload = self._open[upload_id] = upload if shared else with_progress(upload)
         if upload is None or upload.sender != sender or upload.state != "open":
             raise NotFound(
                 f"no open upload {upload_id!r} of yours; begin (or resume) it again",
