@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from bus.artifact import build_closure_archive
@@ -129,6 +130,28 @@ async def test_commit_needs_every_chunk_whichever_instance_got_them(
         await second.chunk("mallory-key", chunk(data, upload_id, 1))
     await second.chunk(SENDER, chunk(data, upload_id, 1))
     assert (await first.commit(SENDER, UploadRef(upload_id=upload_id)))["size"] == len(data)
+
+
+async def test_chunks_arriving_at_both_instances_at_once_all_count(
+    instances: tuple[Uploads, Uploads],
+) -> None:
+    """As with requests spread over instances by a shared subscription: every chunk in flight
+    at once, alternately at each instance, in reverse order."""
+    first, second = instances
+    data = payload(12 * CHUNK)
+    upload_id = (await first.begin(SENDER, begin_request(data)))["upload_id"]
+    replies: dict[int, int] = {}
+
+    async def send(instance: Uploads, index: int) -> None:
+        replies[index] = (await instance.chunk(SENDER, chunk(data, upload_id, index)))["next_index"]
+
+    async with anyio.create_task_group() as group:
+        for index in reversed(range(12)):
+            group.start_soon(send, (first, second)[index % 2], index)
+    assert max(replies.values()) == 12  # whichever reply saw the prefix complete
+    assert await second.registry.received_ranges(upload_id) == [(0, 12)]
+    committed = await first.commit(SENDER, UploadRef(upload_id=upload_id))
+    assert committed["artifact"] == hashlib.sha256(data).hexdigest()
 
 
 async def _fill(uploads: Uploads, data: bytes) -> str:
