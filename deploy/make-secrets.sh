@@ -7,6 +7,7 @@
 #   postgres-password     the registry database's password
 #   pgpass                the same, as libpq's/asyncpg's passfile (PGPASSFILE): never in a URL
 #   s3-access-key, s3-secret-key   the S3 server's credentials
+#   s3-credentials        the same, as boto3's credentials file (AWS_SHARED_CREDENTIALS_FILE)
 #   namespace             the namespace (the namespace key's public key), for --namespace
 # Needs the `modelbus` command (pip install -e .) and openssl. Never overwrites a key.
 set -euo pipefail
@@ -32,9 +33,11 @@ modelbus --entity namespace.key grant --to "$service" --uri "$uri/!meta/*" \
 printf '*:*:modelbus:modelbus:%s\n' "$(cat postgres-password)" > pgpass
 [ -e s3-access-key ] || openssl rand -hex 10 > s3-access-key
 [ -e s3-secret-key ] || openssl rand -hex 20 > s3-secret-key
+printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' \
+    "$(cat s3-access-key)" "$(cat s3-secret-key)" > s3-credentials
 # Compose bind-mounts secret files with their host modes, and the proxies run as uid 10001:
 # the files they read are 0644 inside this 0700 directory, which guards them on the host.
 chmod 0700 .
-chmod 0644 service.key grant-*.grant pgpass
+chmod 0644 service.key grant-*.grant pgpass s3-credentials
 echo "namespace $ns; service key $service; secrets in $(pwd)"
 echo "Move namespace.key offline once the grants are made (renew them with it before they expire)."

@@ -35,6 +35,8 @@ OWNERS: dict[str, tuple[str, ...]] = {
     ),
     "aiosqlite": ("proxy/registry/registry.py",),
     "asyncpg": ("proxy/registry/postgres.py",),
+    "boto3": ("proxy/uploads/s3.py",),
+    "botocore": ("proxy/uploads/s3.py",),
     "docker": ("proxy/backend/docker_engine.py",),
     "aiohttp": (  # the HTTP servers and clients: the dashboard's, /metrics, the V2 backend's, the
         # benchmarks' baseline

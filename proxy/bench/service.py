@@ -43,12 +43,13 @@ class ServiceUnderTest:
 
 @contextmanager
 def service_process(
-    bus_url: str, data_dir: Path, *, embedded_bus: bool = False
+    bus_url: str, data_dir: Path, *, embedded_bus: bool = False, artifacts: str | None = None
 ) -> Iterator[ServiceUnderTest]:
     """Run ``modelbus serve`` on ``bus_url`` until the block ends (then SIGTERM, bounded).
     ``embedded_bus``: the service runs the ZeroMQ bus itself at ``bus_url`` (a free ``zmq://``
     address), as ``modelbus serve`` does by default, instead of joining a running one. The
-    namespace key is made beside the data directory, never in the user's own config."""
+    namespace key is made beside the data directory, never in the user's own config.
+    ``artifacts``: the service's ``--artifacts`` store (a shared directory or S3 bucket)."""
     namespace_key = data_dir.parent / f"{data_dir.name}.namespace.key"
     argv = [
         sys.executable,
@@ -62,6 +63,7 @@ def service_process(
         "--namespace-key",
         str(namespace_key),
         *(() if embedded_bus else ("--no-embedded-bus",)),
+        *(() if artifacts is None else ("--artifacts", artifacts)),
     ]
     log = data_dir.parent / f"{data_dir.name}.serve.log"
     with log.open("w") as errors:

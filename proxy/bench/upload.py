@@ -6,6 +6,13 @@ verified, spooled to disk, the whole digest computed as chunks arrive and checke
 over ZeroMQ and over MQTT (Mosquitto). Raw: the same bytes
 sent with ``socket.sendall`` in 1 MiB pieces to a receiver in another process that writes them
 to a file: the ceiling for moving bytes between two processes here.
+
+With ``--artifacts LOCATION`` (repeatable: ``file:///shared/path``, ``s3://bucket/prefix`` with
+the endpoint and keys in the AWS_* environment), the same upload again to a service whose
+artifact store is there: chunks written to the store and recorded in the registry as they
+arrive, the file assembled from them and verified at commit (what lets another proxy continue
+an upload), next to the default (a local spool file). Each run gets a fresh sub-prefix of the
+location, so no upload finds its artifact already held.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +94,11 @@ with socket.socket() as server:
 """
 
 
-async def _ours(bus_url: str, path: Path, workdir: Path, window: int) -> float:
-    with service_process(bus_url, Path(tempfile.mkdtemp(dir=workdir)) / "data") as service:
+async def _ours(
+    bus_url: str, path: Path, workdir: Path, window: int, artifacts: str | None
+) -> float:
+    data_dir = Path(tempfile.mkdtemp(dir=workdir)) / "data"
+    with service_process(bus_url, data_dir, artifacts=artifacts) as service:
         user, grant = service.user_with_grant()
         async with BusClient(open_transport(bus_url), user, proofs=[[grant]]) as bus:
             client = ServiceClient(bus, service.service_uri, timeout_s=120)
@@ -96,7 +107,9 @@ async def _ours(bus_url: str, path: Path, workdir: Path, window: int) -> float:
             return time.perf_counter() - started
 
 
-def run_upload_bench(mib: int, window: int) -> tuple[list[UploadRow], list[str]]:
+def run_upload_bench(
+    mib: int, window: int, stores: tuple[str, ...] = ()
+) -> tuple[list[UploadRow], list[str]]:
     notes: list[str] = []
     rows: list[UploadRow] = []
     megabytes = mib * MIB / 1e6
@@ -108,8 +121,11 @@ def run_upload_bench(mib: int, window: int) -> tuple[list[UploadRow], list[str]]
             UploadRow("raw loopback TCP (sendall → file)", _raw_tcp(source, workdir), megabytes)
         )
         for label, url in stack.enter_context(own_buses(notes)):
-            seconds = runner.run(_ours, url, source, workdir, window)
-            rows.append(UploadRow(f"modelbus chunked upload over {label}", seconds, megabytes))
+            for store in (None, *stores):
+                fresh = None if store is None else f"{store.rstrip('/')}/{uuid.uuid4().hex}"
+                seconds = runner.run(_ours, url, source, workdir, window, fresh)
+                where = "" if store is None else f" → {store.partition('://')[0]}"
+                rows.append(UploadRow(f"modelbus upload over {label}{where}", seconds, megabytes))
     return rows, notes
 
 

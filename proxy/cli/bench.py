@@ -4,7 +4,7 @@
     modelbus bench heartbeats [--services N]... [--seconds 30] [--bus URL]
     modelbus bench predict [--count N] [--in-flight 8]
     modelbus bench remote [--count N]
-    modelbus bench upload [--mib 256] [--window 16]
+    modelbus bench upload [--mib 256] [--window 16] [--artifacts LOCATION …]
     modelbus bench upload --image [--image-mib 300] [--docker-url URL]
     modelbus bench choose [--repeats 300] [--rounds 200]
     modelbus bench policies [--calls 2000] [--served/--no-served] [--requests 1000]
@@ -171,7 +171,22 @@ def remote(count: int) -> None:
     help="With --image: the engine (unix:// or loopback tcp://) [default: $DOCKER_HOST, else "
     "start a podman system service].",
 )
-def upload(mib: int, window: int, image: bool, image_mib: int, docker_url: str | None) -> None:
+@click.option(
+    "--artifacts",
+    "stores",
+    multiple=True,
+    metavar="LOCATION",
+    help="Also upload to a service with this artifact store (file:///path or s3://bucket/prefix, "
+    "endpoint and keys from AWS_*): shared uploads, chunks in the store. Repeatable.",
+)
+def upload(
+    mib: int,
+    window: int,
+    image: bool,
+    image_mib: int,
+    docker_url: str | None,
+    stores: tuple[str, ...],
+) -> None:
     """Chunked upload MB/s over ZeroMQ and MQTT vs raw loopback TCP; with --image, an image
     deploy (save, upload, load) vs docker save | docker load on the same engine."""
     if image:
@@ -186,7 +201,7 @@ def upload(mib: int, window: int, image: bool, image_mib: int, docker_url: str |
         return
     from proxy.bench.upload import print_upload_table, run_upload_bench
 
-    rows, notes = run_upload_bench(mib, window)
+    rows, notes = run_upload_bench(mib, window, stores)
     print_upload_table(rows, notes, mib)
 
 

@@ -143,8 +143,11 @@ logger = logging.getLogger(__name__)
     "--artifacts",
     default=None,
     envvar="MODELBUS_ARTIFACTS",
-    help="Where committed artifacts live, content-addressed: file:///shared/path (or an "
-    "absolute path) on a filesystem several proxies share [default: DATA_DIR/artifacts].",
+    help="Where committed artifacts live, content-addressed, shared by several proxies: "
+    "file:///shared/path (or an absolute path) on a filesystem they all mount, or "
+    "s3://bucket/prefix on an S3-compatible server (endpoint and keys from AWS_ENDPOINT_URL, "
+    "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or boto3's config files). Uploads keep their "
+    "chunks there too, so any proxy continues them [default: DATA_DIR/artifacts].",
 )
 @click.option(
     "--instance",

@@ -87,7 +87,7 @@ class FitJobs:
         *,
         task_group: TaskGroup,
         read_streams: ReadStreams,
-        artifact_path: Callable[[str], Path],
+        local_artifact: Callable[[str], Awaitable[Path]],
         deploy: Deploy,
         sandbox: Callable[[], Awaitable[Sandbox | None]],
         containers: ContainerFits | None = None,
@@ -97,7 +97,7 @@ class FitJobs:
         self.work_dir = work_dir
         self._task_group = task_group
         self._read_streams = read_streams
-        self._artifact_path = artifact_path
+        self._local_artifact = local_artifact
         self._deploy = deploy
         self._sandbox = sandbox
         self._containers = containers
@@ -212,7 +212,7 @@ class FitJobs:
 
         if parent.artifact_kind == "closure":
             sandbox = await self._sandbox()
-            artifact = Path(parent.artifact_path)
+            artifact = await self._local_artifact(parent.artifact_sha256)
             return await run_fit(run, artifact, sandbox=sandbox, limits=limits, on_start=started)
         if parent.artifact_kind != "image" or parent.image is None:
             raise FitFailed("not_fittable", f"{parent.key} is served remotely: it cannot be fitted")
@@ -225,9 +225,9 @@ class FitJobs:
             job_id=job.job_id,
             name=job.model_name,
             new_version=job.new_version,
-            tarball=Path(parent.artifact_path),
+            tarball=await self._local_artifact(parent.artifact_sha256),
             image=parent.image,
-            state=None if state is None else self._artifact_path(state),
+            state=None if state is None else await self._local_artifact(state),
         )
         return await self._containers.run(run, fit, limits=limits, on_start=started)
 
@@ -246,7 +246,7 @@ class FitJobs:
         }
         upload = request.get("upload")
         if upload:
-            path = self._artifact_path(str(upload))
+            path = await self._local_artifact(str(upload))
             uploaded = await anyio.to_thread.run_sync(path.read_bytes)
             body: dict[str, Any] = {"upload": uploaded, "data": None, "context": context}
             training = Training(streams, since, until, None, None, 0, str(upload))

@@ -240,11 +240,22 @@ _V5_REMOTE_V2 = (
     """,
 )
 
+_V6_SHARED_UPLOADS = (
+    f"""
+    CREATE TABLE upload_chunks (
+        upload_id {_T} NOT NULL REFERENCES uploads (upload_id) ON DELETE CASCADE,
+        idx BIGINT NOT NULL CHECK (idx >= 0),
+        PRIMARY KEY (upload_id, idx)
+    )
+    """,
+)
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     _V1,
     _V2,
     _V3,
     _V4_FITS_AND_SCHEDULES,
     _V5_REMOTE_V2,
+    _V6_SHARED_UPLOADS,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -24,6 +24,9 @@ History:
    table's text (``writable_schema``, then ``RESET``) rather than rebuilding the table, which
    foreign keys to ``models`` would forbid here; the index after it is DDL, so the schema
    cookie changes and other connections reload the schema.
+6. shared uploads (:mod:`proxy.uploads.shared`): ``upload_chunks`` holds the chunks an upload
+   received beyond its contiguous prefix (``uploads.next_index``); with it, the received
+   ranges are in the registry, where every proxy sharing it sees them.
 """
 
 from __future__ import annotations
@@ -224,5 +227,22 @@ _V5_REMOTE_V2 = (
     "CREATE INDEX models_by_kind ON models (artifact_kind)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4_FITS_AND_SCHEDULES, _V5_REMOTE_V2)
+_V6_SHARED_UPLOADS = (
+    """
+    CREATE TABLE upload_chunks (
+        upload_id TEXT NOT NULL REFERENCES uploads (upload_id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL CHECK (idx >= 0),
+        PRIMARY KEY (upload_id, idx)
+    ) STRICT
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    _V1,
+    _V2,
+    _V3,
+    _V4_FITS_AND_SCHEDULES,
+    _V5_REMOTE_V2,
+    _V6_SHARED_UPLOADS,
+)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -4,8 +4,12 @@ The upload protocol itself (chunks, digests, acknowledgements, spooling) belongs
 uploads module; this store keeps its state across restarts, so an upload resumes from
 ``next_index``, and answers the two questions its limits need: a sender's open uploads
 (checked atomically by :meth:`UploadStore.create_upload`) and the uploads idle since a time
-(for expiry). A finished upload — committed, aborted or expired — is deleted: its row, and its
-metadata (up to 64 KiB), do not outlive it.
+(for expiry). For a shared upload (chunks in the artifact store, continued by any proxy:
+:mod:`proxy.uploads.shared`) it also keeps the received ranges: :meth:`UploadStore.receive_chunk`
+records each chunk — those beyond the prefix in ``upload_chunks`` until the prefix absorbs them
+— in one transaction, so every proxy answers with the same ``next_index``. A finished upload
+— committed, aborted or expired — is deleted: its row, its received chunks, and its metadata (up
+to 64 KiB), do not outlive it.
 """
 
 from __future__ import annotations
@@ -93,6 +97,57 @@ class UploadStore:
                 (next_index, advanced.touched_ns, upload_id),
             )
         return advanced
+
+    async def receive_chunk(self, upload_id: str, index: int) -> Upload:
+        """Record chunk ``index`` as received (a shared upload: its bytes are in the artifact
+        store), advancing the contiguous prefix over the chunks received beyond it; touches the
+        upload when the prefix advances. A chunk received before is fine."""
+        async with self._db.write() as s:
+            upload = _require_open(await _find(s, upload_id))
+            if index >= upload.chunk_count:
+                raise InvalidRequest(
+                    f"chunk {index} is past the last chunk ({upload.chunk_count - 1})"
+                )
+            if index < upload.next_index:
+                return upload
+            await s.exec(
+                "INSERT INTO upload_chunks VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (upload_id, index),
+            )
+            rows = await s.rows(
+                "SELECT idx FROM upload_chunks WHERE upload_id = ? ORDER BY idx", (upload_id,)
+            )
+            next_index = upload.next_index
+            for row in rows:
+                if int(row["idx"]) != next_index:
+                    break
+                next_index += 1
+            if next_index == upload.next_index:
+                return upload
+            touched = s.clock()
+            await s.exec(
+                "DELETE FROM upload_chunks WHERE upload_id = ? AND idx < ?", (upload_id, next_index)
+            )
+            await s.exec(
+                "UPDATE uploads SET next_index = ?, touched_ns = ? WHERE upload_id = ?",
+                (next_index, touched, upload_id),
+            )
+        return upload.model_copy(update={"next_index": next_index, "touched_ns": touched})
+
+    async def received_ranges(self, upload_id: str) -> list[tuple[int, int]]:
+        """The chunks an upload received, as ``[start, end)`` ranges in order."""
+        async with self._db.read() as s:
+            upload = await _find(s, upload_id)
+            rows = await s.rows(
+                "SELECT idx FROM upload_chunks WHERE upload_id = ? ORDER BY idx", (upload_id,)
+            )
+        ranges = [(0, upload.next_index)] if upload.next_index else []
+        for index in (int(row["idx"]) for row in rows):
+            if ranges and ranges[-1][1] == index:
+                ranges[-1] = (ranges[-1][0], index + 1)
+            else:
+                ranges.append((index, index + 1))
+        return ranges
 
     async def finish_upload(self, upload_id: str, state: Literal["committed", "aborted"]) -> Upload:
         """Close an open upload and delete it; committing needs every chunk acknowledged.

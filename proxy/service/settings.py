@@ -82,9 +82,11 @@ class ProxySettings(BaseModel):
     instance: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")] | None = None
     """This proxy's name among several serving one service URI (on MQTT, with a shared
     registry and artifact store); None: the only proxy of its service."""
-    artifacts: Annotated[str, Field(pattern=r"^(file:///|/)")] | None = None
-    """Where committed artifacts live: an absolute directory or ``file:///path``, shared by
-    several proxies (mounted at the same path on each); None: ``<data_dir>/artifacts``."""
+    artifacts: Annotated[str, Field(pattern=r"^(file:///|/|s3://)")] | None = None
+    """Where committed artifacts live, shared by several proxies: an absolute directory or
+    ``file:///path`` (mounted at the same path on each) or ``s3://bucket/prefix`` (endpoint and
+    credentials from the AWS_* environment); uploads then keep their chunks there too, so any
+    proxy continues them. None: ``<data_dir>/artifacts``, uploads spooled locally."""
 
     @property
     def registry_target(self) -> str | Path:

@@ -55,11 +55,11 @@ from proxy.service.policies import build_policies
 from proxy.service.settings import ProxySettings
 from proxy.service.slots import Slot
 from proxy.service.status import ServiceStatus
-from proxy.service.versions import VersionRouter, start_model
+from proxy.service.versions import VersionRouter
 from proxy.service.wiring import fit_ops, schedule_ops
-from proxy.uploads.artifacts import ArtifactStore, artifact_root
-from proxy.uploads.collect import collect_artifacts
+from proxy.uploads.collect import DEFAULT_UNUSED_FOR_S
 from proxy.uploads.sessions import UploadLimits, Uploads
+from proxy.uploads.store import open_store
 from transports import open_or_embed
 
 if TYPE_CHECKING:  # docker-py only if an engine is used
@@ -147,6 +147,8 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         )
         registry = await stack.enter_async_context(Registry.open(settings.registry_target))
         image_runtime, containers = _container_engine(settings, stack)
+        artifacts = open_store(settings.artifacts or data_dir / "artifacts", data_dir / "cache")
+        await artifacts.check()
         backend = await stack.enter_async_context(
             EmbeddedBackend(
                 data_dir / "replicas",
@@ -155,7 +157,6 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 settings=BackendSettings(max_replicas_total=settings.max_replicas_total),
             )
         )
-        artifacts = ArtifactStore(artifact_root(settings.artifacts or data_dir / "artifacts"))
         uploads = Uploads(
             registry,
             data_dir,
@@ -166,6 +167,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 reserve_bytes=settings.disk_reserve_bytes,
             ),
             artifacts,
+            shared=settings.artifacts is not None,
         )
         metrics = ProxyMetrics()
         verifier = Verifier(aliases=settings.aliases)
@@ -194,7 +196,13 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         task_group = await stack.enter_async_context(anyio.create_task_group())
         gate = ServeGate()
         metrics.watch(service_sources(client, gate, backend, heartbeat))
-        router = VersionRouter(registry, backend, task_group, on_switch=heartbeat.nudge)
+        router = VersionRouter(
+            registry,
+            backend,
+            task_group,
+            on_switch=heartbeat.nudge,
+            fetch_artifact=artifacts.local_at,
+        )
         policies = build_policies(
             registry,
             backend,
@@ -246,7 +254,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 on_answer=metrics.record,
             ),
         }
-        await _restore(registry, backend, router)
+        await _restore(registry, router)
         await fits.jobs.interrupt_leftovers()
         await task_group.start(registry.watch_current, router.follow)
         for name, slot in slots.items():
@@ -356,12 +364,12 @@ def _container_engine(
     return runtime, ServiceContainers(runtime.engine, runtime.owner)
 
 
-async def _restore(registry: Registry, backend: EmbeddedBackend, router: VersionRouter) -> None:
+async def _restore(registry: Registry, router: VersionRouter) -> None:
     for model in await registry.list_models(None):
         if model.is_stopped or model.desired_replicas == 0:
             continue
         try:
-            await start_model(backend, model, model.desired_replicas)
+            await router.start(model, model.desired_replicas)
         except BusError as error:
             logger.error("could not restart %s: %s", model.key, error.message)
             continue
@@ -376,7 +384,7 @@ async def _sweep_uploads(uploads: Uploads, registry: Registry) -> None:
             await uploads.expire_idle()
             models = await registry.list_models(None)
             referenced = {sha for model in models for sha in model.artifact_digests}
-            await anyio.to_thread.run_sync(collect_artifacts, uploads.artifact_dir, referenced)
+            await uploads.collect(referenced, DEFAULT_UNUSED_FOR_S)
         except BusError as error:
             logger.warning("upload sweep failed: %s", error.message)
         except OSError as error:

@@ -8,14 +8,20 @@ Several proxies sharing a PostgreSQL registry hear each other's switches (deploy
 rollbacks): the registry calls :meth:`VersionRouter.follow` with the model's name, and this
 instance starts the new current version if it does not run it yet (its artifact in the shared
 store) and switches to it by the same rule.
+
+A version's artifact is found through ``fetch_artifact`` (the artifact store's
+:meth:`~proxy.uploads.store.ArtifactStore.local_at`): given the location the version recorded,
+a local, verified file — downloaded first when the store is an S3 bucket.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import anyio
 from anyio.abc import TaskGroup
 
 from bus.errors import BusError, NotFound
@@ -37,8 +43,21 @@ def is_running(backend: EmbeddedBackend, name: str, version: str) -> bool:
     return (name, version) in backend.versions()
 
 
-async def start_model(backend: EmbeddedBackend, model: ModelVersion, replicas: int) -> None:
-    """Start ``replicas`` replicas of a registered version (or resize it if it runs)."""
+FetchArtifact = Callable[[str], Awaitable[Path]]
+
+
+async def _as_path(location: str) -> Path:
+    return Path(location)
+
+
+async def start_model(
+    backend: EmbeddedBackend,
+    model: ModelVersion,
+    replicas: int,
+    fetch_artifact: FetchArtifact = _as_path,
+) -> None:
+    """Start ``replicas`` replicas of a registered version (or resize it if it runs); its
+    artifact is the local file ``fetch_artifact`` gives for its recorded location."""
     if is_running(backend, model.name, model.version):
         await backend.set_replicas(model.name, model.version, replicas)
         return
@@ -51,19 +70,24 @@ async def start_model(backend: EmbeddedBackend, model: ModelVersion, replicas: i
         await backend.start_version(
             model.name,
             model.version,
-            model.artifact_path,
+            model.artifact_path if remote else await fetch_artifact(model.artifact_path),
             replicas=replicas,
             batch_size=batch_size,
             image=None if remote else model.image,
             remote=remote,
-            state_file=_state_path(model),
+            state_file=await _state_file(model, fetch_artifact),
         )
 
 
-def _state_path(model: ModelVersion) -> Path | None:
-    """A fitted image version's state file: stored by digest beside its image's tarball."""
+async def _state_file(model: ModelVersion, fetch_artifact: FetchArtifact) -> Path | None:
+    """A fitted image version's state file: stored by digest in the store of its image's
+    tarball (a sibling location), fetched here, readable by the replica's user (it is mounted)."""
     sha = model.state_sha256
-    return None if sha is None else Path(model.artifact_path).with_name(sha)
+    if sha is None:
+        return None
+    path = await fetch_artifact(f"{model.artifact_path.rpartition('/')[0]}/{sha}")
+    await anyio.to_thread.run_sync(os.chmod, path, 0o644)  # the container's user 65534 reads it
+    return path
 
 
 class VersionRouter:
@@ -74,8 +98,10 @@ class VersionRouter:
         task_group: TaskGroup,
         *,
         on_switch: Callable[[], None] | None = None,
+        fetch_artifact: FetchArtifact = _as_path,
     ):
         self._on_switch = on_switch
+        self._fetch_artifact = fetch_artifact
         self._registry = registry
         self._backend = backend
         self._task_group = task_group
@@ -99,6 +125,10 @@ class VersionRouter:
         if key not in self._input_types:
             self._input_types[key] = (await self._registry.get_model(name, version)).input_type
         return self._input_types[key]
+
+    async def start(self, model: ModelVersion, replicas: int) -> None:
+        """Start (or resize) a registered version here, its artifact fetched as needed."""
+        await start_model(self._backend, model, replicas, self._fetch_artifact)
 
     def serving(self, name: str) -> str | None:
         return self._serving.get(name)
@@ -142,7 +172,7 @@ class VersionRouter:
                 continue
             try:
                 if not is_running(self._backend, model.name, model.version):
-                    await start_model(self._backend, model, model.desired_replicas)
+                    await self.start(model, model.desired_replicas)
             except BusError as error:
                 logger.warning("cannot start %s here: %s", model.key, error.message)
                 continue

@@ -53,7 +53,7 @@ def fit_ops(
         settings.data_dir / "fits",
         task_group=task_group,
         read_streams=BusWindowInputs(client, per_pass=False).read,
-        artifact_path=uploads.artifact_path,
+        local_artifact=uploads.local_artifact,
         deploy=FittedVersions(registry, uploads, backend, router),
         sandbox=runtime.sandbox,
         containers=None if image_runtime is None else ContainerFits(image_runtime),

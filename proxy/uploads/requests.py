@@ -1,13 +1,29 @@
 """The bodies of the upload operations (``upload.begin``, ``upload.chunk``, ``upload.commit``,
-``upload.abort`` on ``slot/deploy``), validated at the slot before :class:`Uploads` sees them."""
+``upload.abort`` on ``slot/deploy``), validated at the slot before :class:`Uploads` sees them;
+and a chunk request's bytes (its attachment or its ``data``) and their SHA-256."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Literal
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-__all__ = ["BeginRequest", "ChunkRequest", "UploadRef", "UploadRequest"]
+from bus import PayloadObject
+from bus.errors import InvalidRequest
+
+__all__ = [
+    "BeginRequest",
+    "ChunkRequest",
+    "UploadRef",
+    "UploadRequest",
+    "chunk_bytes",
+    "chunk_sha256",
+]
+
+HASH_ON_LOOP_MAX = 64 * 1024
+"""Inline chunk data up to this size is hashed on the event loop (a thread hop costs more)."""
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -37,3 +53,24 @@ class ChunkRequest(UploadRequest):
 
 class UploadRef(UploadRequest):
     upload_id: str
+
+
+def chunk_bytes(request: ChunkRequest, attachment: PayloadObject | None) -> bytes:
+    if attachment is not None and request.data is None:
+        return attachment.data
+    if attachment is None and request.data is not None:
+        return request.data
+    raise InvalidRequest(
+        f"chunk {request.index} carries its bytes either as the request's attachment or as "
+        "the body's data: exactly one of the two",
+        index=request.index,
+    )
+
+
+async def chunk_sha256(data: bytes, attachment: PayloadObject | None) -> str:
+    """A chunk's SHA-256: a detached attachment's was checked against the signed envelope."""
+    if attachment is not None and attachment.sha256 is not None:
+        return attachment.sha256.hex()
+    if len(data) <= HASH_ON_LOOP_MAX:
+        return hashlib.sha256(data).hexdigest()
+    return await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())

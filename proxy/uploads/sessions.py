@@ -16,14 +16,17 @@ idle time, and room on the disk: an upload that would leave less than the regist
 free (:mod:`proxy.registry.space`) is refused at ``begin``, and at a chunk it is refused and
 discarded — its spool file deleted at once, so what it wrote is free again. The wire operations
 are described in :mod:`bus.transfer`.
+
+With a shared artifact store (``shared=True``: several proxies) the chunks go to the store and
+their receipt to the registry instead of the spool file, so an upload continues through any
+instance (:mod:`proxy.uploads.shared`); the rules above are unchanged, but the room checks are
+made at commit, where the whole file is assembled next to the store.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,14 +36,29 @@ from typing import Any
 import anyio
 
 from bus import PayloadObject
-from bus.errors import InvalidRequest, LimitExceeded, NotFound
+from bus.errors import Conflict, InvalidRequest, LimitExceeded, NotFound
 from bus.transfer import file_sha256
 from proxy.registry.records import Upload
 from proxy.registry.registry import Registry
 from proxy.registry.space import DEFAULT_RESERVE_BYTES, disk_full, ensure_room, is_disk_full
-from proxy.uploads.artifacts import ArtifactStore
+from proxy.uploads.artifacts import FileStore
 from proxy.uploads.digest import PrefixDigest, write_at
-from proxy.uploads.requests import BeginRequest, ChunkRequest, UploadRef
+from proxy.uploads.requests import (
+    BeginRequest,
+    ChunkRequest,
+    UploadRef,
+    chunk_bytes,
+    chunk_sha256,
+)
+from proxy.uploads.shared import SharedChunks
+from proxy.uploads.spool import (
+    make_sparse,
+    progress_path,
+    unfilled_bytes,
+    with_progress,
+    write_progress,
+)
+from proxy.uploads.store import ArtifactStore
 
 __all__ = ["UploadLimits", "Uploads"]
 
@@ -48,8 +66,6 @@ logger = logging.getLogger(__name__)
 
 
 REGISTRY_EVERY_S = 0.5
-HASH_ON_LOOP_MAX = 64 * 1024
-"""Inline chunk data up to this size is hashed on the event loop (a thread hop costs more)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +86,20 @@ class Uploads:
         data_dir: Path,
         limits: UploadLimits,
         artifacts: ArtifactStore | None = None,
+        *,
+        shared: bool = False,
     ) -> None:
+        """With ``shared``, uploads keep their chunks in ``artifacts`` and their received
+        ranges in the registry, so any proxy sharing both continues them
+        (:mod:`proxy.uploads.shared`); else in this proxy's spool directory."""
         self.registry = registry
         self.limits = limits
         self.spool_dir = data_dir / "spool"
-        self.artifacts = artifacts or ArtifactStore(data_dir / "artifacts")
-        self.artifact_dir = self.artifacts.root
+        self.artifacts = artifacts or FileStore(data_dir / "artifacts")
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._shared = (
+            SharedChunks(registry, self.artifacts, limits.reserve_bytes) if shared else None
+        )
         self._received: dict[str, set[int]] = {}
         self._open: dict[str, Upload] = {}  # open uploads, acknowledged prefix up to date
         self._written: dict[str, tuple[int, float]] = {}  # prefix in the registry, and when
@@ -94,17 +117,36 @@ class Uploads:
             for upload in self._open.values()
         ]
 
-    def artifact_path(self, sha256: str) -> Path:
-        return self.artifacts.path(sha256)
+    def artifact_location(self, sha256: str) -> str:
+        """Where a committed artifact is, as a version records it."""
+        return self.artifacts.location_of(sha256)
 
-    def has_artifact(self, sha256: str) -> bool:
-        return self.artifacts.has(sha256)
+    async def has_artifact(self, sha256: str) -> bool:
+        return await self.artifacts.has(sha256)
+
+    async def local_artifact(self, sha256: str) -> Path:
+        """A verified local copy of a committed artifact (fetched from a remote store)."""
+        return await self.artifacts.local(sha256)
+
+    async def keep_artifact(self, data: bytes) -> str:
+        """Store bytes made by the service itself (a fit's archive); their digest."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        if not await self.artifacts.has(sha256):
+            spool = self.artifacts.scratch_dir / f".incoming-{uuid.uuid4().hex}"
+            try:
+                await anyio.to_thread.run_sync(spool.write_bytes, data)
+                await self.artifacts.put(spool, sha256)
+            finally:
+                spool.unlink(missing_ok=True)
+        return sha256
+
+    async def collect(self, referenced: set[str], unused_for_s: float) -> list[str]:
+        """Delete the artifacts no version refers to, unused for ``unused_for_s``."""
+        return await self.artifacts.collect(referenced, unused_for_s)
 
     async def begin(self, sender: str, request: BeginRequest) -> dict[str, Any]:
-        if self.has_artifact(request.sha256):
-            with contextlib.suppress(FileNotFoundError):  # collected meanwhile: upload it again
-                os.utime(self.artifact_path(request.sha256))  # in use: not collected for a while
-                return {"complete": True, "artifact": request.sha256}
+        if await self.artifacts.touch(request.sha256):  # in use: not collected for a while
+            return {"complete": True, "artifact": request.sha256}
         self._check_limits(request)
         for upload in await self.registry.list_open_uploads(sender):
             if (upload.name, upload.sha256, upload.size, upload.chunk_size) == (
@@ -120,9 +162,12 @@ class Uploads:
                     upload.next_index,
                 )
                 return self._opened(await self._touch(upload))
-        await anyio.to_thread.run_sync(self._ensure_room_for, request)
         upload_id = uuid.uuid4().hex
-        spool = self.spool_dir / upload_id
+        if self._shared is not None:
+            spool_path = self._shared.spool_location(upload_id)
+        else:
+            await anyio.to_thread.run_sync(self._ensure_room_for, request)
+            spool_path = str(self.spool_dir / upload_id)
         upload = await self.registry.create_upload(
             upload_id,
             sender=sender,
@@ -131,12 +176,14 @@ class Uploads:
             size=request.size,
             sha256=request.sha256,
             chunk_size=request.chunk_size,
-            spool_path=str(spool),
+            spool_path=spool_path,
             metadata=request.metadata,
             max_open_per_sender=self.limits.max_open_per_sender,
         )
-        await anyio.to_thread.run_sync(_make_sparse, spool, request.size)
-        self._digests[upload_id] = PrefixDigest(spool, request.chunk_size, self.limits.window)
+        if self._shared is None:
+            spool = Path(spool_path)
+            await anyio.to_thread.run_sync(make_sparse, spool, request.size)
+            self._digests[upload_id] = PrefixDigest(spool, request.chunk_size, self.limits.window)
         logger.info(
             "upload %s of %s (%d bytes) opened by %s", upload_id, request.name, request.size, sender
         )
@@ -162,7 +209,7 @@ class Uploads:
         spool files have yet to fill."""
         ensure_room(
             self.spool_dir,
-            request.size + _unfilled_bytes(self.spool_dir),
+            request.size + unfilled_bytes(self.spool_dir),
             self.limits.reserve_bytes,
             what=f"an upload of {request.size} bytes (with the open uploads' rest)",
         )
@@ -178,14 +225,15 @@ class Uploads:
         }
 
     async def _open_upload(self, sender: str, upload_id: str) -> Upload:
-        upload = self._open.get(upload_id)
+        upload = self._open.get(upload_id) if self._shared is None else None
         if upload is None:
             try:
                 upload = await self.registry.get_upload(upload_id)
             except NotFound:
                 upload = None
             if upload is not None and upload.state == "open":
-                upload = self._open[upload_id] = _with_progress(upload)
+                shared = self._shared is not None  # no progress file: the registry has it all
+                upload = self._open[upload_id] = upload if shared else with_progress(upload)
         if upload is None or upload.sender != sender or upload.state != "open":
             raise NotFound(
                 f"no open upload {upload_id!r} of yours; begin (or resume) it again",
@@ -198,7 +246,7 @@ class Uploads:
     ) -> dict[str, Any]:
         """Check a chunk — its bytes are the attachment or the body's ``data`` — write it, and
         acknowledge it with the new contiguous prefix."""
-        data = _chunk_bytes(request, attachment)
+        data = chunk_bytes(request, attachment)
         upload = await self._open_upload(sender, request.upload_id)
         if request.index >= upload.chunk_count:
             raise InvalidRequest(
@@ -209,11 +257,13 @@ class Uploads:
             raise InvalidRequest(
                 f"chunk {request.index} has {len(data)} bytes; expected {expected}"
             )
-        if await _sha256_hex(data, attachment) != request.sha256:
+        if await chunk_sha256(data, attachment) != request.sha256:
             raise InvalidRequest(
                 f"chunk {request.index} does not match its SHA-256 (corrupted); send it again",
                 index=request.index,
             )
+        if self._shared is not None:
+            return {"next_index": await self._store_shared(upload, request.index, data)}
         try:
             ensure_room(
                 self.spool_dir,
@@ -239,6 +289,20 @@ class Uploads:
                 discarded=True,
             ) from exc
 
+    async def _store_shared(self, upload: Upload, index: int, data: bytes) -> int:
+        assert self._shared is not None
+        try:
+            stored = await self._shared.store_chunk(upload, index, data)
+        except (NotFound, Conflict):  # finished through another instance meanwhile
+            self._forget(upload.upload_id)
+            await self._shared.discard(upload)  # what this chunk just wrote, were it left
+            raise NotFound(
+                f"no open upload {upload.upload_id!r} of yours; begin (or resume) it again",
+                upload_id=upload.upload_id,
+            ) from None
+        self._open[upload.upload_id] = stored
+        return stored.next_index
+
     def _lock(self, upload_id: str) -> anyio.Lock:
         return self._locks.setdefault(upload_id, anyio.Lock())
 
@@ -251,8 +315,10 @@ class Uploads:
 
     async def _touch(self, upload: Upload) -> Upload:
         """Restart a resumed upload's idle time (a resumed upload is not idle)."""
+        if self._shared is not None:  # the registry's record is every instance's
+            return await self.registry.advance_upload(upload.upload_id, upload.next_index)
         async with self._lock(upload.upload_id):
-            current = self._latest(_with_progress(upload))
+            current = self._latest(with_progress(upload))
             touched = await self.registry.advance_upload(upload.upload_id, current.next_index)
             self._open[upload.upload_id] = touched
             self._written[upload.upload_id] = (touched.next_index, time.monotonic())
@@ -299,7 +365,7 @@ class Uploads:
         progress file at once (8 bytes beside the spool file, so a restarted service resumes
         from exactly there), in the registry when the upload completes and at most every
         REGISTRY_EVERY_S otherwise (a registry transaction per chunk serialized the upload)."""
-        _write_progress(upload, next_index)
+        write_progress(upload, next_index)
         updated = upload.model_copy(update={"next_index": next_index})
         now = time.monotonic()
         written_at = self._written.get(upload.upload_id, (0, 0.0))[1]
@@ -316,6 +382,20 @@ class Uploads:
                 f"{upload.chunk_count}; resume it before committing",
                 next_index=upload.next_index,
             )
+        if self._shared is not None:
+            try:
+                await self._shared.commit(upload)
+            except InvalidRequest:
+                await self._discard(upload)
+                raise
+        else:
+            await self._commit_spool(upload)
+        await self.registry.finish_upload(upload.upload_id, "committed")
+        self._forget(upload.upload_id)
+        logger.info("upload %s committed as artifact %s", upload.upload_id, upload.sha256)
+        return {"artifact": upload.sha256, "size": upload.size, "kind": upload.kind}
+
+    async def _commit_spool(self, upload: Upload) -> None:
         spool = Path(upload.spool_path)
         actual = await self._file_digest(upload)
         if actual != upload.sha256:
@@ -327,11 +407,7 @@ class Uploads:
                 actual=actual,
             )
         await self.artifacts.put(spool, upload.sha256)
-        _progress_path(upload).unlink(missing_ok=True)
-        await self.registry.finish_upload(upload.upload_id, "committed")
-        self._forget(upload.upload_id)
-        logger.info("upload %s committed as artifact %s", upload.upload_id, upload.sha256)
-        return {"artifact": upload.sha256, "size": upload.size, "kind": upload.kind}
+        progress_path(upload).unlink(missing_ok=True)
 
     async def _file_digest(self, upload: Upload) -> str:
         """The spool file's SHA-256: the running digest when this process saw every chunk,
@@ -358,8 +434,11 @@ class Uploads:
 
     async def _discard(self, upload: Upload) -> None:
         # The files first: on a full disk, deleting them is what lets the registry write.
-        Path(upload.spool_path).unlink(missing_ok=True)
-        _progress_path(upload).unlink(missing_ok=True)
+        if self._shared is not None:
+            await self._shared.discard(upload)
+        else:
+            Path(upload.spool_path).unlink(missing_ok=True)
+            progress_path(upload).unlink(missing_ok=True)
         self._forget(upload.upload_id)
         await self.registry.finish_upload(upload.upload_id, "aborted")
 
@@ -369,66 +448,3 @@ class Uploads:
         self._received.pop(upload_id, None)
         self._locks.pop(upload_id, None)
         self._digests.pop(upload_id, None)
-
-
-def _chunk_bytes(request: ChunkRequest, attachment: PayloadObject | None) -> bytes:
-    if attachment is not None and request.data is None:
-        return attachment.data
-    if attachment is None and request.data is not None:
-        return request.data
-    raise InvalidRequest(
-        f"chunk {request.index} carries its bytes either as the request's attachment or as "
-        "the body's data: exactly one of the two",
-        index=request.index,
-    )
-
-
-async def _sha256_hex(data: bytes, attachment: PayloadObject | None) -> str:
-    """A chunk's SHA-256: a detached attachment's was checked against the signed envelope."""
-    if attachment is not None and attachment.sha256 is not None:
-        return attachment.sha256.hex()
-    if len(data) <= HASH_ON_LOOP_MAX:
-        return hashlib.sha256(data).hexdigest()
-    return await anyio.to_thread.run_sync(lambda: hashlib.sha256(data).hexdigest())
-
-
-def _progress_path(upload: Upload) -> Path:
-    return Path(upload.spool_path + ".acked")
-
-
-def _write_progress(upload: Upload, next_index: int) -> None:
-    """The acknowledged prefix, 8 bytes big-endian, rewritten in place (a page-cache write)."""
-    fd = os.open(_progress_path(upload), os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        os.pwrite(fd, next_index.to_bytes(8, "big"), 0)
-    finally:
-        os.close(fd)
-
-
-def _with_progress(upload: Upload) -> Upload:
-    """``upload`` with the prefix its progress file records, when that is further along (the
-    registry is written less often than the file)."""
-    try:
-        recorded = int.from_bytes(_progress_path(upload).read_bytes()[:8], "big")
-    except OSError:
-        return upload
-    if upload.next_index < recorded <= upload.chunk_count:
-        return upload.model_copy(update={"next_index": recorded})
-    return upload
-
-
-def _unfilled_bytes(spool_dir: Path) -> int:
-    """What the spool files have yet to fill: their sizes less the blocks they hold."""
-    total = 0
-    for path in spool_dir.iterdir():
-        try:
-            stat = path.stat()
-        except OSError:  # committed or discarded meanwhile
-            continue
-        total += max(stat.st_size - stat.st_blocks * 512, 0)
-    return total
-
-
-def _make_sparse(path: Path, size: int) -> None:
-    with path.open("wb") as file:
-        file.truncate(size)

@@ -155,8 +155,17 @@ def test_the_compose_file_runs_three_proxies_on_the_shared_parts() -> None:
         check = proxy["healthcheck"]["test"]
         _parse(health, check[3:])
     assert len({services[name]["volumes"][0] for name in proxies}) == 3  # a data dir each
-    shared = {services[name]["volumes"][1] for name in proxies}  # one artifact volume
-    assert shared == {"artifacts:/artifacts"}
+    for name in proxies:  # one artifact store: the S3 service's bucket, made before they start
+        environment = services[name]["environment"]
+        assert environment["MODELBUS_ARTIFACTS"].startswith("s3://modelbus/")
+        assert environment["AWS_ENDPOINT_URL"] == "http://s3:9000"
+        assert services[name]["depends_on"]["s3-bucket"]["condition"] == (
+            "service_completed_successfully"
+        )
+        credentials = environment["AWS_SHARED_CREDENTIALS_FILE"].removeprefix("/run/secrets/")
+        assert credentials in services[name]["secrets"]
+    assert "store/modelbus" in services["s3-bucket"]["command"][0]
+    assert "s3-credentials" in (DEPLOY / "make-secrets.sh").read_text()
     for secret in compose["secrets"].values():
         assert secret["file"].startswith("./secrets/")  # made by make-secrets.sh, git-ignored
 

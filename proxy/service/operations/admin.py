@@ -19,7 +19,7 @@ from proxy.registry.registry import Registry
 from proxy.service.operations.deploy import MAX_REPLICAS
 from proxy.service.quotas import MAX_TEXT_CHARS, SenderQuota
 from proxy.service.slots import AnyBody, Body, Op
-from proxy.service.versions import VersionRouter, is_running, start_model
+from proxy.service.versions import VersionRouter, is_running
 
 __all__ = ["AdminOps"]
 
@@ -197,7 +197,7 @@ class AdminOps:
             await self.registry.unstop_version(model.name, model.version)
         if replicas is not None or not is_running(self.backend, model.name, model.version):
             model = await self.registry.set_desired_replicas(model.name, model.version, count)
-            await start_model(self.backend, model, count)
+            await self.router.start(model, count)
 
     async def replicas(self, sender: str, query: ReplicasBody) -> list[dict[str, Any]]:
         version = await self.router.version_for(query.name, query.version)
@@ -206,7 +206,7 @@ class AdminOps:
     async def set_replicas(self, sender: str, query: ReplicasBody) -> dict[str, Any]:
         version = await self.router.version_for(query.name, query.version)
         model = await self.registry.set_desired_replicas(query.name, version, query.count)
-        await start_model(self.backend, model, query.count)
+        await self.router.start(model, query.count)
         return {"name": query.name, "version": version, "replicas": query.count}
 
     async def _stopped(self, models: list[ModelVersion]) -> list[str]:

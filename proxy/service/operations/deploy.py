@@ -29,7 +29,7 @@ from proxy.registry.registry import Registry
 from proxy.service.forecast.metadata import check_metadata
 from proxy.service.quotas import check_metadata as check_metadata_size
 from proxy.service.slots import Body, Op
-from proxy.service.versions import VersionRouter, start_model
+from proxy.service.versions import VersionRouter
 from proxy.uploads import BeginRequest, ChunkRequest, UploadRef, Uploads
 
 __all__ = ["MAX_REPLICAS", "DeployOps"]
@@ -99,12 +99,12 @@ class DeployOps:
             raise InvalidRequest(f"a {request.kind} deploy names its uploaded artifact")
         check_metadata_size(request.metadata, what="the version's metadata")
         self.backend.check_replica_budget(request.name, request.version, request.replicas)
-        path = self.uploads.artifact_path(request.artifact)
-        if not self.uploads.has_artifact(request.artifact):
+        if not await self.uploads.has_artifact(request.artifact):
             raise NotFound(
                 f"artifact {request.artifact} is not on this service; upload it first",
                 artifact=request.artifact,
             )
+        path = await self.uploads.local_artifact(request.artifact)
         check_metadata(request.metadata)  # a map declaring the range API must be valid
         if request.kind == "image" and not request.image:
             raise InvalidRequest("an image deploy names the image (repository:tag)")
@@ -127,7 +127,7 @@ class DeployOps:
             input_type=request.input_type,
             artifact_kind=request.kind,
             artifact_sha256=request.artifact,
-            artifact_path=str(path),
+            artifact_path=self.uploads.artifact_location(request.artifact),
             image=request.image if request.kind == "image" else None,
             labels=request.labels,
             metadata=request.metadata,
@@ -168,7 +168,7 @@ class DeployOps:
         return await self._start(model, 1)
 
     async def _start(self, model: ModelVersion, replicas: int) -> dict[str, Any]:
-        await start_model(self.backend, model, replicas)
+        await self.router.start(model, replicas)
         if model.is_current:
             self.router.switch(model.name, model.version)
         return model.to_clipper() | {"replicas": replicas}

@@ -17,9 +17,7 @@ answering until then. Otherwise it is "deployed, not current".
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,7 +36,7 @@ from proxy.registry.fit_jobs import FitJobRecord
 from proxy.registry.records import FIT_STATE_KEY, ModelName, ModelVersion, Sha256
 from proxy.registry.registry import Registry
 from proxy.service.slots import Body, Op
-from proxy.service.versions import VersionRouter, start_model
+from proxy.service.versions import VersionRouter
 from proxy.uploads import Uploads
 
 __all__ = ["FitOps", "FitStartBody", "FittedVersions", "check_consume", "check_publish"]
@@ -132,7 +130,7 @@ class FitOps:
             and body.since_ns >= body.until_ns
         ):
             raise InvalidRequest("since_ns must be before until_ns")
-        if body.upload is not None and not self.uploads.has_artifact(body.upload):
+        if body.upload is not None and not await self.uploads.has_artifact(body.upload):
             raise InvalidRequest(f"no uploaded file {body.upload}; upload it first")
         check_consume(self.verifier, sender, body.streams, body.proofs)
         parent = (
@@ -173,7 +171,8 @@ class FitOps:
             raise InvalidRequest(
                 f"{parent.key} is an image and this service has no container engine to fit it in"
             )
-        saved = await anyio.to_thread.run_sync(find_saved_image, parent.artifact_path, parent.image)
+        tarball = await self.uploads.local_artifact(parent.artifact_sha256)
+        saved = await anyio.to_thread.run_sync(find_saved_image, tarball, parent.image)
         if saved.fit_command is None:
             raise InvalidRequest(
                 f"{parent.key}'s image declares no fit program: build it FROM the modelbus base "
@@ -219,15 +218,9 @@ class FittedVersions:
     ) -> dict[str, Any]:
         """Store the result, register the new version with its provenance, start it: a
         closure's new archive is the version's artifact; an image version's new state is
-        stored beside its image's tarball and named in its metadata (:data:`FIT_STATE_KEY`)."""
-        sha = hashlib.sha256(result).hexdigest()
-        path = self.uploads.artifact_path(sha)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            spool = path.with_name(f".{sha}.{job.job_id}.tmp")
-            spool.write_bytes(result)
-            os.chmod(spool, 0o644)  # an image's replicas (user 65534) read it, mounted
-            os.replace(spool, path)
+        stored in the same store and named in its metadata (:data:`FIT_STATE_KEY`)."""
+        sha = await self.uploads.keep_artifact(result)
+        path = await self.uploads.local_artifact(sha)
         parent = await self.registry.get_model(job.model_name, job.parent_version)
         asked = job.request.get("make_current")
         auto = bool(parent.metadata.get("fit_auto_switch", False)) if asked is None else asked
@@ -235,9 +228,10 @@ class FittedVersions:
         metadata |= {"parent_version": parent.version, "fit_job": job.job_id}
         if parent.artifact_kind == "image":
             metadata[FIT_STATE_KEY] = sha
-            sha, path = parent.artifact_sha256, Path(parent.artifact_path)
+            sha, location = parent.artifact_sha256, parent.artifact_path
         else:
             artifact.check_compatible(artifact.check_archive(path))
+            location = self.uploads.artifact_location(sha)
         replicas = max(1, parent.desired_replicas)
         model = await self.registry.register_model(
             job.model_name,
@@ -245,7 +239,7 @@ class FittedVersions:
             input_type=parent.input_type,
             artifact_kind=parent.artifact_kind,
             artifact_sha256=sha,
-            artifact_path=str(path),
+            artifact_path=location,
             image=parent.image,
             labels=parent.labels,
             metadata=metadata,
@@ -253,7 +247,7 @@ class FittedVersions:
             desired_replicas=replicas,
             make_current=bool(auto),
         )
-        await start_model(self.backend, model, replicas)
+        await self.router.start(model, replicas)
         if model.is_current:
             self.router.switch(model.name, model.version)
         return model.to_clipper()

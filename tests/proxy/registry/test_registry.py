@@ -740,6 +740,38 @@ async def test_an_upload_from_open_to_committed(registry: Registry) -> None:
             await call
 
 
+async def test_chunks_received_out_of_order_are_ranges_the_prefix_absorbs(
+    registry: Registry, clock: FakeClock
+) -> None:
+    """Shared uploads (proxy/uploads/shared.py): each received chunk is recorded; the prefix
+    advances over those received beyond it, and only an advance touches the upload."""
+    opened = await add_upload(registry, size=40, chunk_size=4)  # 10 chunks
+    assert await registry.received_ranges("u1") == []
+    ahead = await registry.receive_chunk("u1", 3)
+    assert ahead.next_index == 0 and ahead.touched_ns == opened.touched_ns
+    await registry.receive_chunk("u1", 5)
+    await registry.receive_chunk("u1", 5)  # sent again: nothing changes
+    assert await registry.received_ranges("u1") == [(3, 4), (5, 6)]
+    first = await registry.receive_chunk("u1", 0)
+    assert first.next_index == 1 and first.touched_ns > opened.touched_ns
+    await registry.receive_chunk("u1", 4)
+    assert await registry.received_ranges("u1") == [(0, 1), (3, 6)]
+    filled = await registry.receive_chunk("u1", 2)
+    assert filled.next_index == 1
+    filled = await registry.receive_chunk("u1", 1)
+    assert filled.next_index == 6 and await registry.get_upload("u1") == filled
+    assert await registry.received_ranges("u1") == [(0, 6)]
+    assert (await registry.receive_chunk("u1", 2)).next_index == 6  # below the prefix
+    with pytest.raises(InvalidRequest, match="past the last chunk"):
+        await registry.receive_chunk("u1", 10)
+    await registry.receive_chunk("u1", 8)
+    await registry.finish_upload("u1", "aborted")  # its received chunks go with it
+    with pytest.raises(NotFound):
+        await registry.receive_chunk("u1", 9)
+    await add_upload(registry, size=40, chunk_size=4)  # the same id again starts empty
+    assert await registry.received_ranges("u1") == []
+
+
 async def test_upload_errors(registry: Registry) -> None:
     await add_upload(registry)
     with pytest.raises(Conflict, match="'u1' already exists"):

@@ -15,7 +15,8 @@ Chunks are sent by hand with ``ServiceClient.call`` (inline ``data``) or ``send_
 wire operations of ``bus.transfer``) where a test needs to misbehave; otherwise through
 ``upload_file``.
 
-Covers proxy/uploads/sessions.py, proxy/uploads/requests.py and proxy/uploads/digest.py.
+Covers proxy/uploads/sessions.py, proxy/uploads/requests.py, proxy/uploads/digest.py and
+proxy/uploads/spool.py.
 """
 
 from __future__ import annotations
