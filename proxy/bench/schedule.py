@@ -23,6 +23,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from proxy.registry.registry import Registry
 from proxy.schedules import Scheduler, WindowData
 from proxy.schedules.busio import BusWindowInputs, BusWindowOutputs
 from proxy.schedules.plan import NS
-from proxy.schedules.scheduler import model_input
+from proxy.schedules.scheduler import Outcome, model_input
 from transports import open_transport
 
 __all__ = ["ScheduleResult", "print_schedule_table", "run_schedule_bench"]
@@ -105,9 +106,10 @@ async def run_schedule_bench(
                 po = PayloadObject.msgpack({"val": float(index), "ts": index}, PO_METADATA)
                 await bus.publish(f"{inputs}/p{index}", po, persist=True)
 
-            async def predict(model: str, data: WindowData) -> tuple[str, Any]:
-                value = model_input("doubles", data)
-                return "1", (await backend.predict("trivial", "1", [value], timeout_s=30))[0]
+            async def predict(model: str, windows: Sequence[WindowData]) -> list[Outcome]:
+                values = [model_input("doubles", data) for data in windows]
+                outputs = await backend.predict("trivial", "1", values, timeout_s=30)
+                return [("1", output) for output in outputs]
 
             start = 1_800_000_000 * NS
             await _add(registry, schedules, start, MINUTE, 0, f"{inputs}/*", f"{ns}/bench/out")

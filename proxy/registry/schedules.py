@@ -16,6 +16,7 @@ read here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Json, JsonValue
@@ -24,6 +25,7 @@ from bus.errors import Conflict, NotFound
 from proxy.registry.sql import Database, Session, to_json
 
 __all__ = [
+    "Claim",
     "Finish",
     "NewWindow",
     "PassPlan",
@@ -84,12 +86,12 @@ class WindowRecord(BaseModel):
         return self.model_dump()
 
 
-class NewWindow(BaseModel):
-    """A window to record: to run (``pending``) or ``skipped`` by the catch-up limits."""
+@dataclass(frozen=True, slots=True)
+class NewWindow:
+    """A window to record: to run (``pending``) or ``skipped`` by the catch-up limits. Built by
+    the scheduler from its own plan (no untrusted data: a dataclass, not a validated model)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    idx: Ns
+    idx: int
     window_key: str
     start_ns: int
     end_ns: int
@@ -97,30 +99,41 @@ class NewWindow(BaseModel):
     state: Literal["pending", "skipped"]
 
 
-class PassPlan(BaseModel):
+@dataclass(frozen=True, slots=True)
+class PassPlan:
     """One schedule's part of a pass: its cursor move, new windows and windows to claim."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     name: str
-    expected_cursor: Ns
-    cursor: Ns
+    expected_cursor: int
+    cursor: int
     windows: tuple[NewWindow, ...] = ()
     claim: tuple[int, ...] = ()
 
 
-class Finish(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A window this instance claimed in a pass: what running it needs."""
+
+    schedule: str
+    idx: int
+    window_key: str
+    start_ns: int
+    end_ns: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
     """How one run of a window ended (see :meth:`ScheduleStore.finish_window`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     name: str
-    idx: Ns
+    idx: int
     state: Literal["pending", "done", "failed"]
     now_ns: int
     next_try_ns: int | None = None
     reason: str | None = None
-    output: JsonValue = None
+    output_json: str | None = None
+    """The output as stored (:func:`proxy.registry.sql.to_json`); None keeps the old one."""
     model_version: str | None = None
 
 
@@ -247,11 +260,11 @@ class ScheduleStore:
 
     async def apply_pass(
         self, plans: Sequence[PassPlan], *, instance: str, now_ns: int, lease_ns: int
-    ) -> list[WindowRecord]:
+    ) -> list[Claim]:
         """A scheduler pass in one transaction: each plan's cursor moved (compare-and-set, as
         :meth:`advance_cursor`) with its new windows, then its chosen windows claimed (as
-        :meth:`claim_window`). Returns the windows this instance claimed."""
-        claimed: list[WindowRecord] = []
+        :meth:`claim_window`). Returns the windows this instance claimed, in plan order."""
+        claimed: list[Claim] = []
         lease = (instance, now_ns, now_ns + lease_ns)
         async with self._db.write() as s:
             moving = [plan for plan in plans if plan.cursor != plan.expected_cursor]
@@ -261,28 +274,23 @@ class ScheduleStore:
                 [(plan.cursor, now_ns, plan.name) for plan in movable],
             )
             rows = []
+            fresh: set[tuple[str, int]] = set()
             for plan in movable:
                 running = set(plan.claim).intersection(w.idx for w in plan.windows)
                 rows += [_window_row(plan.name, w, now_ns, running, lease) for w in plan.windows]
-                claimed += [
-                    window_record(
-                        plan.name,
-                        w,
-                        claimed_by=lease[0],
-                        started_ns=lease[1],
-                        lease_until_ns=lease[2],
-                    )
-                    for w in plan.windows
-                    if w.idx in running
-                ]
+                for w in plan.windows:
+                    if w.idx in running:
+                        claimed.append(
+                            Claim(plan.name, w.idx, w.window_key, w.start_ns, w.end_ns, 1)
+                        )
+                        fresh.add((plan.name, w.idx))
             await s.exec_many(_INSERT_WINDOW, rows)
-            fresh = {(w.schedule, w.idx) for w in claimed}
             for plan in plans:
                 for idx in plan.claim:
                     if (plan.name, idx) not in fresh:
                         window = await _claim(s, plan.name, idx, instance, now_ns, lease_ns)
                         if window is not None:
-                            claimed.append(window)
+                            claimed.append(_claim_of(window))
         return claimed
 
     async def finish_window(
@@ -308,7 +316,7 @@ class ScheduleStore:
             now_ns=now_ns,
             next_try_ns=next_try_ns,
             reason=reason,
-            output=output,
+            output_json=None if output is None else to_json(output),
             model_version=model_version,
         )
         return await self.finish_windows([end], instance=instance) == 1
@@ -419,17 +427,8 @@ def _window_row(
     )
 
 
-def window_record(
-    name: str,
-    w: NewWindow,
-    *,
-    claimed_by: str | None = None,
-    started_ns: int | None = None,
-    lease_until_ns: int | None = None,
-) -> WindowRecord:
-    """A new window as a pass records it: pending, or (``claimed_by`` given) claimed and
-    running its first attempt."""
-    is_running = claimed_by is not None
+def window_record(name: str, w: NewWindow) -> WindowRecord:
+    """A new window as a pass records it when it does not claim it: pending."""
     return WindowRecord(
         schedule=name,
         idx=w.idx,
@@ -437,16 +436,27 @@ def window_record(
         start_ns=w.start_ns,
         end_ns=w.end_ns,
         due_ns=w.due_ns,
-        state="running" if is_running else "pending",
-        attempts=1 if is_running else 0,
+        state="pending",
+        attempts=0,
         next_try_ns=w.due_ns,
-        claimed_by=claimed_by,
-        lease_until_ns=lease_until_ns,
+        claimed_by=None,
+        lease_until_ns=None,
         reason=None,
         output=None,
         model_version=None,
-        started_ns=started_ns,
+        started_ns=None,
         finished_ns=None,
+    )
+
+
+def _claim_of(window: WindowRecord) -> Claim:
+    return Claim(
+        window.schedule,
+        window.idx,
+        window.window_key,
+        window.start_ns,
+        window.end_ns,
+        window.attempts,
     )
 
 
@@ -479,13 +489,12 @@ _FINISH_WINDOW = (
 
 
 def _finish_row(end: Finish, instance: str) -> tuple[object, ...]:
-    output = None if end.output is None else to_json(end.output)
     finished = end.now_ns if end.state != "pending" else None
     return (
         end.state,
         end.next_try_ns,
         end.reason,
-        output,
+        end.output_json,
         end.model_version,
         finished,
         end.name,

@@ -18,7 +18,14 @@ import pytest
 from bus.errors import InternalError
 from proxy.registry.registry import Registry
 from proxy.schedules.plan import NS, Spec, due_index, window
-from proxy.schedules.scheduler import Point, Scheduler, WindowData, model_input, new_window
+from proxy.schedules.scheduler import (
+    Point,
+    Scheduler,
+    WindowData,
+    model_input,
+    new_window,
+    one_at_a_time,
+)
 
 START = 1_796_601_600 * NS
 MIN = 60 * NS
@@ -82,17 +89,19 @@ def make(
     registry: Registry, clock: Clock, instance: str = "a", **kw: Any
 ) -> tuple[Scheduler, Series, Published, Model]:
     series, published, model = Series(), Published(), Model()
-    scheduler = Scheduler(registry, series, published, model, clock=clock, instance=instance, **kw)
+    scheduler = Scheduler(
+        registry, series, published, one_at_a_time(model), clock=clock, instance=instance, **kw
+    )
     return scheduler, series, published, model
 
 
-async def add(registry: Registry, name: str = "s", **spec: Any) -> Spec:
+async def add(registry: Registry, name: str = "s", model: str = "m", **spec: Any) -> Spec:
     values: dict[str, Any] = {"start_ns": START, "every_ns": 30 * MIN, "window_ns": 60 * MIN}
     values |= {"delay_ns": 5 * MIN, "retry_initial_s": 10.0} | spec
     made = Spec(**values)
     await registry.add_schedule(
         name,
-        model="m",
+        model=model,
         inputs=["ns/in/*"],
         output="ns/out",
         spec=values,
@@ -265,13 +274,15 @@ async def test_in_the_background_a_slow_model_holds_up_no_other_schedule(
 
     async def model(name: str, data: WindowData) -> tuple[str, Any]:
         calls.append(data.schedule)
-        if data.schedule == "slow":
+        if name == "slow-model":
             await release.wait()
         return "1", data.schedule
 
-    scheduler = Scheduler(registry, Series(), Published(), model, clock=clock, instance="a")
+    scheduler = Scheduler(
+        registry, Series(), Published(), one_at_a_time(model), clock=clock, instance="a"
+    )
     spec = await add(registry, "fast")
-    await add(registry, "slow")
+    await add(registry, "slow", model="slow-model")
     key = window(spec, 0).key
     async with anyio.create_task_group() as group:
         await scheduler.tick(background=group)
