@@ -73,6 +73,7 @@ class Entity:
             raise DecodeError(f"an entity seed is {KEY_BYTES} bytes")
         self._signing_key = nacl.signing.SigningKey(seed)
         self.public_key: bytes = bytes(self._signing_key.verify_key)
+        self.key_text = key_to_text(self.public_key)  # once: every frame sealed asks for it
         self.comment = comment
 
     @classmethod
@@ -83,10 +84,6 @@ class Entity:
             entity = cls(os.urandom(KEY_BYTES), comment=comment)
             if not entity.key_text.startswith("-"):
                 return entity
-
-    @property
-    def key_text(self) -> str:
-        return key_to_text(self.public_key)
 
     def sign(self, message: bytes) -> bytes:
         return bytes(self._signing_key.sign(message).signature)

@@ -16,8 +16,7 @@ read here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, Json, JsonValue
 
@@ -86,10 +85,10 @@ class WindowRecord(BaseModel):
         return self.model_dump()
 
 
-@dataclass(frozen=True, slots=True)
-class NewWindow:
+class NewWindow(NamedTuple):
     """A window to record: to run (``pending``) or ``skipped`` by the catch-up limits. Built by
-    the scheduler from its own plan (no untrusted data: a dataclass, not a validated model)."""
+    the scheduler from its own plan: no untrusted data, so a plain (fast) tuple, as are the
+    other records a pass hands the store, not a validated model."""
 
     idx: int
     window_key: str
@@ -99,8 +98,7 @@ class NewWindow:
     state: Literal["pending", "skipped"]
 
 
-@dataclass(frozen=True, slots=True)
-class PassPlan:
+class PassPlan(NamedTuple):
     """One schedule's part of a pass: its cursor move, new windows and windows to claim."""
 
     name: str
@@ -110,8 +108,7 @@ class PassPlan:
     claim: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
+class Claim(NamedTuple):
     """A window this instance claimed in a pass: what running it needs."""
 
     schedule: str
@@ -122,8 +119,7 @@ class Claim:
     attempts: int
 
 
-@dataclass(frozen=True, slots=True)
-class Finish:
+class Finish(NamedTuple):
     """How one run of a window ended (see :meth:`ScheduleStore.finish_window`)."""
 
     name: str
