@@ -224,7 +224,7 @@ class ScheduleStore:
             await _schedule(s, name)
             rows = await s.rows(
                 f"SELECT {_WINDOW_COLUMNS} FROM schedule_windows WHERE schedule = ? "
-                "AND (? IS NULL OR state = ?) ORDER BY idx DESC LIMIT ?",
+                "AND (CAST(? AS TEXT) IS NULL OR state = ?) ORDER BY idx DESC LIMIT ?",
                 (name, state, state, limit),
             )
             return [s.load(WindowRecord, row) for row in reversed(rows)]
@@ -315,12 +315,14 @@ class ScheduleStore:
             output_json=None if output is None else to_json(output),
             model_version=model_version,
         )
-        return await self.finish_windows([end], instance=instance) == 1
-
-    async def finish_windows(self, ends: Sequence[Finish], *, instance: str) -> int:
-        """Several :meth:`finish_window` in one statement; how many counted."""
         async with self._db.write() as s:
-            return await s.exec_many(_FINISH_WINDOW, [_finish_row(end, instance) for end in ends])
+            return await s.exec(_FINISH_WINDOW, _finish_row(end, instance)) == 1
+
+    async def finish_windows(self, ends: Sequence[Finish], *, instance: str) -> None:
+        """Several :meth:`finish_window` in one statement (a pass's ends); an end whose claim
+        ``instance`` no longer holds writes nothing, as there."""
+        async with self._db.write() as s:
+            await s.exec_many(_FINISH_WINDOW, [_finish_row(end, instance) for end in ends])
 
     async def rerun_window(self, name: str, key: str, *, now_ns: int) -> WindowRecord:
         """Make a finished window pending again, now, with its attempts reset; Conflict if it

@@ -1,4 +1,4 @@
-"""The scheduler on an injected clock and a real SQLite registry: nothing sleeps.
+"""The scheduler on an injected clock and a real registry, SQLite and PostgreSQL: nothing sleeps.
 
 Inputs come from an in-memory series (the :class:`WindowInputs` seam) and outputs are kept in a
 dict keyed by URI, as persisted messages are; the model is a plain coroutine that can be told to
@@ -79,9 +79,14 @@ class Model:
         return "1", sum(model_input("doubles", data))
 
 
-@pytest.fixture
-async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
-    async with Registry.open(tmp_path / "registry.sqlite3") as registry:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Registry]:
+    """A registry in a SQLite file, or in a fresh PostgreSQL database: the same scheduler."""
+    if request.param == "postgres":
+        store: str | Path = request.getfixturevalue("postgres_url")
+    else:
+        store = tmp_path / "registry.sqlite3"
+    async with Registry.open(store) as registry:
         yield registry
 
 
