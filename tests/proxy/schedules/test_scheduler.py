@@ -19,6 +19,7 @@ from bus.errors import InternalError
 from proxy.registry.registry import Registry
 from proxy.schedules.plan import NS, Spec, due_index, window
 from proxy.schedules.scheduler import (
+    Outcome,
     Point,
     Scheduler,
     WindowData,
@@ -309,3 +310,62 @@ def test_a_window_as_a_model_input() -> None:
     document = json.loads(model_input("strings", data))
     assert document["series"]["a"] == [[1, 1.5], [2, "x"], [3, True]]
     assert json.loads(model_input("bytes", data).decode()) == document
+
+
+async def test_windows_of_one_model_are_one_call_and_fail_alone(registry: Registry) -> None:
+    clock = Clock(START + 5 * MIN)
+    calls: list[list[str]] = []
+
+    async def batch(model: str, windows: Sequence[WindowData]) -> list[Outcome]:
+        calls.append([data.schedule for data in windows])
+        return [
+            InternalError("the model failed on it") if data.schedule == "bad" else ("1", 1.0)
+            for data in windows
+        ]
+
+    published = Published()
+    scheduler = Scheduler(registry, Series(), published, batch, clock=clock, instance="a")
+    spec = await add(registry, "bad", max_attempts=1)
+    await add(registry, "good")
+    await scheduler.tick()
+    assert calls == [["bad", "good"]]  # one call for the model's windows of the pass
+    key = window(spec, 0).key
+    assert (await registry.get_window("good", key)).state == "done"
+    failed = await registry.get_window("bad", key)
+    assert failed.state == "failed" and failed.reason == "internal: the model failed on it"
+    assert list(published.by_uri) == [f"ns/out/{key}"] and published.count == 1
+
+
+async def test_an_output_that_cannot_be_stored_fails_its_window_unpublished(
+    registry: Registry,
+) -> None:
+    clock = Clock(START + 5 * MIN)
+
+    async def model(name: str, data: WindowData) -> tuple[str, Any]:
+        return "1", b"raw bytes"  # a model may answer bytes; JSON cannot keep them
+
+    published = Published()
+    scheduler = Scheduler(
+        registry, Series(), published, one_at_a_time(model), clock=clock, instance="a"
+    )
+    spec = await add(registry, max_attempts=1)
+    await scheduler.tick()
+    failed = await registry.get_window("s", window(spec, 0).key)
+    assert failed.state == "failed" and "not storable as JSON" in (failed.reason or "")
+    assert published.count == 0
+
+
+async def test_a_call_that_raises_fails_each_of_its_windows(registry: Registry) -> None:
+    clock = Clock(START + 5 * MIN)
+
+    async def broken(model: str, windows: Sequence[WindowData]) -> list[Outcome]:
+        return []  # a bug: fewer outcomes than windows
+
+    scheduler = Scheduler(registry, Series(), Published(), broken, clock=clock, instance="a")
+    spec = await add(registry, "a", max_attempts=1)
+    await add(registry, "b", max_attempts=1)
+    await scheduler.tick()
+    for name in ("a", "b"):
+        found = await registry.get_window(name, window(spec, 0).key)
+        assert found.state == "failed" and found.reason is not None
+        assert "0 outcomes for 2 windows" in found.reason
