@@ -10,17 +10,27 @@ from the value the caller read (compare-and-set), so two proxies never both crea
 :meth:`ScheduleStore.claim_window` lets exactly one instance run a window, and takes over a
 claim whose lease has expired (its holder died); :meth:`ScheduleStore.finish_window` only counts
 from the instance that holds the claim. Times are passed in by the scheduler (its clock), not
-read here.
+read here. The records themselves are in :mod:`proxy.registry.schedule_records`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Json, JsonValue
+from pydantic import JsonValue
 
 from bus.errors import Conflict, NotFound
+from proxy.registry.schedule_records import (
+    Claim,
+    Finish,
+    NewWindow,
+    PassPlan,
+    ScheduleRecord,
+    WindowRecord,
+    WindowState,
+    window_record,
+)
 from proxy.registry.sql import Database, Session, to_json
 
 __all__ = [
@@ -35,102 +45,10 @@ __all__ = [
     "window_record",
 ]
 
-WindowState = Literal["pending", "running", "done", "failed", "skipped"]
-Ns = Annotated[int, Field(ge=0)]
-
 _WINDOW_COLUMNS = (
     "schedule, idx, window_key, start_ns, end_ns, due_ns, state, attempts, next_try_ns, "
     "claimed_by, lease_until_ns, reason, output, model_version, started_ns, finished_ns"
 )
-
-
-class ScheduleRecord(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    model: str
-    inputs: Json[list[str]]
-    output: str
-    spec: Json[dict[str, Any]]
-    """The fields of :class:`proxy.schedules.plan.Spec`."""
-    owner: str
-    paused: bool
-    cursor: Ns
-    created_ns: Ns
-    updated_ns: Ns
-
-
-class WindowRecord(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    schedule: str
-    idx: Ns
-    window_key: str
-    start_ns: int
-    end_ns: int
-    due_ns: int
-    state: WindowState
-    attempts: Ns
-    next_try_ns: int
-    claimed_by: str | None
-    lease_until_ns: int | None
-    reason: str | None
-    output: Json[JsonValue] | None
-    model_version: str | None
-    started_ns: int | None
-    finished_ns: int | None
-
-    def view(self) -> dict[str, Any]:
-        """The record as the ``schedule.runs`` operation answers it."""
-        return self.model_dump()
-
-
-class NewWindow(NamedTuple):
-    """A window to record: to run (``pending``) or ``skipped`` by the catch-up limits. Built by
-    the scheduler from its own plan: no untrusted data, so a plain (fast) tuple, as are the
-    other records a pass hands the store, not a validated model."""
-
-    idx: int
-    window_key: str
-    start_ns: int
-    end_ns: int
-    due_ns: int
-    state: Literal["pending", "skipped"]
-
-
-class PassPlan(NamedTuple):
-    """One schedule's part of a pass: its cursor move, new windows and windows to claim."""
-
-    name: str
-    expected_cursor: int
-    cursor: int
-    windows: tuple[NewWindow, ...] = ()
-    claim: tuple[int, ...] = ()
-
-
-class Claim(NamedTuple):
-    """A window this instance claimed in a pass: what running it needs."""
-
-    schedule: str
-    idx: int
-    window_key: str
-    start_ns: int
-    end_ns: int
-    attempts: int
-
-
-class Finish(NamedTuple):
-    """How one run of a window ended (see :meth:`ScheduleStore.finish_window`)."""
-
-    name: str
-    idx: int
-    state: Literal["pending", "done", "failed"]
-    now_ns: int
-    next_try_ns: int | None = None
-    reason: str | None = None
-    output_json: str | None = None
-    """The output as stored (:func:`proxy.registry.sql.to_json`); None keeps the old one."""
-    model_version: str | None = None
 
 
 class ScheduleStore:
@@ -422,28 +340,6 @@ def _window_row(
         "outside the catch-up limits" if skipped else None,
         claim[1] if claim else None,
         now_ns if skipped else None,
-    )
-
-
-def window_record(name: str, w: NewWindow) -> WindowRecord:
-    """A new window as a pass records it when it does not claim it: pending."""
-    return WindowRecord(
-        schedule=name,
-        idx=w.idx,
-        window_key=w.window_key,
-        start_ns=w.start_ns,
-        end_ns=w.end_ns,
-        due_ns=w.due_ns,
-        state="pending",
-        attempts=0,
-        next_try_ns=w.due_ns,
-        claimed_by=None,
-        lease_until_ns=None,
-        reason=None,
-        output=None,
-        model_version=None,
-        started_ns=None,
-        finished_ns=None,
     )
 
 

@@ -28,7 +28,7 @@ import anyio
 from bus import BusClient, PayloadObject
 from bus.errors import BusError
 from bus.po import PO_METADATA
-from proxy.schedules.scheduler import Point
+from proxy.schedules.windows import Point
 
 __all__ = ["BusWindowInputs", "BusWindowOutputs", "point_of"]
 

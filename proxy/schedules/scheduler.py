@@ -24,20 +24,19 @@ of the registry (:mod:`proxy.registry.schedules`):
 (at most ``tick_s``), and wakes early when :meth:`Scheduler.nudge` is called (a schedule added,
 resumed or a window re-run) or a run ends; its windows run in the background (at most
 ``max_parallel`` model calls at once), so a slow model holds up no other model's schedules.
-A window's claim lasts
-``lease_ns`` (120 s: longer than the service's prediction timeout), after which another
-instance — or this one restarted — takes it over. Tests call :meth:`tick` with their own clock
-instead: nothing here reads the time but through ``clock``.
+A window's claim lasts ``lease_ns`` (120 s: longer than the service's prediction timeout),
+after which another instance — or this one restarted — takes it over. The seams (inputs,
+model, outputs) and a window's data are in :mod:`proxy.schedules.windows`. Tests call
+:meth:`tick` with their own clock instead: nothing here reads the time but through ``clock``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskStatus
@@ -55,6 +54,17 @@ from proxy.registry.schedules import (
 )
 from proxy.registry.sql import to_json
 from proxy.schedules.plan import NS, Pending, Spec, Window, advance, after_failure, pick_runnable
+from proxy.schedules.windows import (
+    Outcome,
+    Point,
+    Predict,
+    PredictOne,
+    WindowData,
+    WindowInputs,
+    WindowOutputs,
+    model_input,
+    one_at_a_time,
+)
 
 __all__ = [
     "Clock",
@@ -75,95 +85,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
-Point = tuple[int, Any]
-"""One data point of an input series: its time (ns) and its value."""
-
 DEFAULT_LEASE_NS = 120 * NS
 _MAX_REASON = 2_000
 
 
-@dataclass(frozen=True, slots=True)
-class WindowData:
-    """What a window's model call gets: its key and bounds and each input's points in it."""
-
-    schedule: str
-    key: str
-    start_ns: int
-    end_ns: int
-    series: dict[str, list[Point]]
-
-
-class WindowInputs(Protocol):
-    def new_pass(self) -> None:
-        """A scheduler pass begins: what was read before may have changed."""
-        ...
-
-    async def read(self, uris: Sequence[str], start_ns: int, end_ns: int) -> dict[str, list[Point]]:
-        """Each input URI's points with ``start_ns <= time < end_ns``, oldest first."""
-        ...
-
-
-class WindowOutputs(Protocol):
-    async def publish(self, output_uri: str, key: str, document: dict[str, Any]) -> None:
-        """Publish a window's result (persisted, so a re-run replaces it)."""
-        ...
-
-
-Outcome = tuple[str, Any] | BusError
-"""What a model call gave one window: (the version that answered, its output), or its error."""
-
-Predict = Callable[[str, Sequence[WindowData]], Awaitable[Sequence[Outcome]]]
-"""Call a model with windows of one pass (of any schedules using it): one outcome per window,
-in order. An exception raised out of the call fails every window of it."""
-
-PredictOne = Callable[[str, WindowData], Awaitable[tuple[str, Any]]]
-"""Call a model with one window: (the version that answered, its output), or raise."""
-
-
-def one_at_a_time(predict: PredictOne) -> Predict:
-    """A :data:`Predict` calling ``predict`` once per window, in order (a BusError it raises is
-    that window's outcome)."""
-
-    async def each(model: str, windows: Sequence[WindowData]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        for data in windows:
-            try:
-                outcomes.append(await predict(model, data))
-            except BusError as error:
-                outcomes.append(error)
-        return outcomes
-
-    return each
-
-
 def spec_of(record: ScheduleRecord) -> Spec:
     return Spec(**record.spec)
-
-
-def model_input(input_type: str, data: WindowData) -> Any:
-    """A window as one model input: for a numeric model (doubles, floats, integers) the values
-    of every input series, in input order then time order — values that are not numbers of
-    that kind are left out, so one stray message cannot fail every window —; for a strings
-    model a JSON document ``{schedule, window, start_ns, end_ns, series: {uri: [[ts_ns, value],
-    ...]}}`` (its UTF-8 bytes for a bytes model)."""
-    if input_type in ("doubles", "floats", "integers"):
-        kinds: tuple[type, ...] = (int,) if input_type == "integers" else (int, float)
-        return [
-            value
-            for points in data.series.values()
-            for _, value in points
-            if isinstance(value, kinds) and not isinstance(value, bool)
-        ]
-    document = {
-        "schedule": data.schedule,
-        "window": data.key,
-        "start_ns": data.start_ns,
-        "end_ns": data.end_ns,
-        "series": {uri: [[ts, value] for ts, value in pts] for uri, pts in data.series.items()},
-    }
-    if input_type == "bytes":
-        return json.dumps(document).encode()
-    return json.dumps(document)
 
 
 class Scheduler:

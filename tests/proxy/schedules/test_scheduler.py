@@ -3,6 +3,9 @@
 Inputs come from an in-memory series (the :class:`WindowInputs` seam) and outputs are kept in a
 dict keyed by URI, as persisted messages are; the model is a plain coroutine that can be told to
 fail. End to end on the bus: tests/proxy/schedules/test_schedule_service.py.
+
+Covers proxy/schedules/scheduler.py, its seams proxy/schedules/windows.py, and the store it
+writes: proxy/registry/schedules.py with its records, proxy/registry/schedule_records.py.
 """
 
 from __future__ import annotations
