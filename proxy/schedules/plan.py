@@ -54,6 +54,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal, NamedTuple
 
 __all__ = [
@@ -135,6 +136,7 @@ class Window:
     due_ns: int
 
 
+@lru_cache(maxsize=4096)  # schedules on one grid share their windows' ends
 def window_key(end_ns: int) -> str:
     """A window's key: its end in UTC, to the second when whole (``20261207T143000Z``), else
     with nanoseconds (``20261207T143000.000000001Z``). Only URI-segment characters."""

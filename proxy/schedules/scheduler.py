@@ -254,6 +254,12 @@ class Scheduler:
     ) -> PassPlan:
         """One schedule's part of a pass, worked out in memory."""
         step = advance(spec, record.cursor, now)
+        if not open_windows and len(step.run) == 1 and not step.skipped:
+            only = step.run[0]
+            if now - only.due_ns <= spec.every_ns:  # the common case, as pick_runnable decides
+                # it: one window due on time and nothing before it: it runs, not a backfill
+                new_one = new_window(only, "pending")
+                return PassPlan(record.name, record.cursor, step.cursor, (new_one,), (only.index,))
         new = [new_window(w, "pending") for w in step.run]
         new += [new_window(w, "skipped") for w in step.skipped]
         pending = [_pending(w, now) for w in open_windows]
