@@ -7,11 +7,12 @@ model it calls (:data:`Predict`, a batch of windows at a time) and the outputs i
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bus.errors import BusError
+from bus.errors import BusError, InternalError
 
 __all__ = [
     "Outcome",
@@ -24,6 +25,8 @@ __all__ = [
     "model_input",
     "one_at_a_time",
 ]
+
+logger = logging.getLogger(__name__)
 
 Point = tuple[int, Any]
 """One data point of an input series: its time (ns) and its value."""
@@ -68,8 +71,9 @@ PredictOne = Callable[[str, WindowData], Awaitable[tuple[str, Any]]]
 
 
 def one_at_a_time(predict: PredictOne) -> Predict:
-    """A :data:`Predict` calling ``predict`` once per window, in order (a BusError it raises is
-    that window's outcome)."""
+    """A :data:`Predict` calling ``predict`` once per window, in order: what it raises is that
+    window's outcome (anything but a BusError, a bug, is logged and becomes an InternalError
+    naming only its type)."""
 
     async def each(model: str, windows: Sequence[WindowData]) -> list[Outcome]:
         outcomes: list[Outcome] = []
@@ -78,6 +82,9 @@ def one_at_a_time(predict: PredictOne) -> Predict:
                 outcomes.append(await predict(model, data))
             except BusError as error:
                 outcomes.append(error)
+            except Exception as exc:  # a bug in one window's call fails that window only
+                logger.error("window %s of %s failed", data.key, data.schedule, exc_info=exc)
+                outcomes.append(InternalError(type(exc).__name__))
         return outcomes
 
     return each

@@ -372,3 +372,25 @@ async def test_a_call_that_raises_fails_each_of_its_windows(registry: Registry) 
         found = await registry.get_window(name, window(spec, 0).key)
         assert found.state == "failed" and found.reason is not None
         assert "0 outcomes for 2 windows" in found.reason
+
+
+async def test_one_at_a_time_a_bug_in_one_window_fails_that_window_only(
+    registry: Registry,
+) -> None:
+    clock = Clock(START + 5 * MIN)
+
+    async def model(name: str, data: WindowData) -> tuple[str, Any]:
+        if data.schedule == "buggy":
+            raise ValueError("a bug")
+        return "1", 1.0
+
+    scheduler = Scheduler(
+        registry, Series(), Published(), one_at_a_time(model), clock=clock, instance="a"
+    )
+    spec = await add(registry, "buggy", max_attempts=1)
+    await add(registry, "fine")
+    await scheduler.tick()
+    key = window(spec, 0).key
+    assert (await registry.get_window("fine", key)).state == "done"
+    failed = await registry.get_window("buggy", key)
+    assert failed.state == "failed" and failed.reason == "internal: ValueError"
