@@ -44,6 +44,8 @@ __all__ = ["BusClient"]
 
 logger = logging.getLogger(__name__)
 
+_PROOF_CACHE_SIZE = 4096
+
 
 class BusClient:
     """A connection to the bus as one entity. Use as ``async with BusClient(...) as client``.
@@ -126,6 +128,8 @@ class BusClient:
                 errors.append(error)
                 continue
             expires = self.verifier.verdicts.verdict(proof, now_ns=now_ns).expires_ns
+            if len(self._proof_cache) >= _PROOF_CACHE_SIZE:
+                self._proof_cache.clear()  # a URI per scheduled window must not grow it forever
             self._proof_cache[(asked, right)] = (proof, expires)
             return proof
         if len(errors) == 1:

@@ -80,11 +80,13 @@ class MemoryTransport:
     async def query(self, pattern: str, *, timeout_s: float = 5.0) -> list[Delivery]:
         self._check_open()
         uris.parse(pattern, allow_wildcards=True)
-        return [
-            Delivery(topic, frame)
-            for topic, frame in sorted(self._hub.persisted.items())
-            if uris.matches(pattern, topic)
+        prefix = uris.literal_prefix(pattern)  # every match starts with it: a cheap first cut
+        found = [
+            (topic, frame)
+            for topic, frame in self._hub.persisted.items()
+            if topic.startswith(prefix) and uris.matches(pattern, topic)
         ]
+        return [Delivery(topic, frame) for topic, frame in sorted(found)]
 
     async def close(self) -> None:
         self._is_closed = True

@@ -10,20 +10,31 @@ from the value the caller read (compare-and-set), so two proxies never both crea
 :meth:`ScheduleStore.claim_window` lets exactly one instance run a window, and takes over a
 claim whose lease has expired (its holder died); :meth:`ScheduleStore.finish_window` only counts
 from the instance that holds the claim. Times are passed in by the scheduler (its clock), not
-read here.
+read here. The records themselves are in :mod:`proxy.registry.schedule_records`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Json, JsonValue
+from pydantic import JsonValue
 
 from bus.errors import Conflict, NotFound
+from proxy.registry.schedule_records import (
+    Claim,
+    Finish,
+    NewWindow,
+    PassPlan,
+    ScheduleRecord,
+    WindowRecord,
+    WindowState,
+    window_record,
+)
 from proxy.registry.sql import Database, Session, to_json
 
 __all__ = [
+    "Claim",
     "Finish",
     "NewWindow",
     "PassPlan",
@@ -34,94 +45,10 @@ __all__ = [
     "window_record",
 ]
 
-WindowState = Literal["pending", "running", "done", "failed", "skipped"]
-Ns = Annotated[int, Field(ge=0)]
-
 _WINDOW_COLUMNS = (
     "schedule, idx, window_key, start_ns, end_ns, due_ns, state, attempts, next_try_ns, "
     "claimed_by, lease_until_ns, reason, output, model_version, started_ns, finished_ns"
 )
-
-
-class ScheduleRecord(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    model: str
-    inputs: Json[list[str]]
-    output: str
-    spec: Json[dict[str, Any]]
-    """The fields of :class:`proxy.schedules.plan.Spec`."""
-    owner: str
-    paused: bool
-    cursor: Ns
-    created_ns: Ns
-    updated_ns: Ns
-
-
-class WindowRecord(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    schedule: str
-    idx: Ns
-    window_key: str
-    start_ns: int
-    end_ns: int
-    due_ns: int
-    state: WindowState
-    attempts: Ns
-    next_try_ns: int
-    claimed_by: str | None
-    lease_until_ns: int | None
-    reason: str | None
-    output: Json[JsonValue] | None
-    model_version: str | None
-    started_ns: int | None
-    finished_ns: int | None
-
-    def view(self) -> dict[str, Any]:
-        """The record as the ``schedule.runs`` operation answers it."""
-        return self.model_dump()
-
-
-class NewWindow(BaseModel):
-    """A window to record: to run (``pending``) or ``skipped`` by the catch-up limits."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    idx: Ns
-    window_key: str
-    start_ns: int
-    end_ns: int
-    due_ns: int
-    state: Literal["pending", "skipped"]
-
-
-class PassPlan(BaseModel):
-    """One schedule's part of a pass: its cursor move, new windows and windows to claim."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    expected_cursor: Ns
-    cursor: Ns
-    windows: tuple[NewWindow, ...] = ()
-    claim: tuple[int, ...] = ()
-
-
-class Finish(BaseModel):
-    """How one run of a window ended (see :meth:`ScheduleStore.finish_window`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    idx: Ns
-    state: Literal["pending", "done", "failed"]
-    now_ns: int
-    next_try_ns: int | None = None
-    reason: str | None = None
-    output: JsonValue = None
-    model_version: str | None = None
 
 
 class ScheduleStore:
@@ -215,7 +142,7 @@ class ScheduleStore:
             await _schedule(s, name)
             rows = await s.rows(
                 f"SELECT {_WINDOW_COLUMNS} FROM schedule_windows WHERE schedule = ? "
-                "AND (? IS NULL OR state = ?) ORDER BY idx DESC LIMIT ?",
+                "AND (CAST(? AS TEXT) IS NULL OR state = ?) ORDER BY idx DESC LIMIT ?",
                 (name, state, state, limit),
             )
             return [s.load(WindowRecord, row) for row in reversed(rows)]
@@ -247,11 +174,11 @@ class ScheduleStore:
 
     async def apply_pass(
         self, plans: Sequence[PassPlan], *, instance: str, now_ns: int, lease_ns: int
-    ) -> list[WindowRecord]:
+    ) -> list[Claim]:
         """A scheduler pass in one transaction: each plan's cursor moved (compare-and-set, as
         :meth:`advance_cursor`) with its new windows, then its chosen windows claimed (as
-        :meth:`claim_window`). Returns the windows this instance claimed."""
-        claimed: list[WindowRecord] = []
+        :meth:`claim_window`). Returns the windows this instance claimed, in plan order."""
+        claimed: list[Claim] = []
         lease = (instance, now_ns, now_ns + lease_ns)
         async with self._db.write() as s:
             moving = [plan for plan in plans if plan.cursor != plan.expected_cursor]
@@ -261,28 +188,23 @@ class ScheduleStore:
                 [(plan.cursor, now_ns, plan.name) for plan in movable],
             )
             rows = []
+            fresh: set[tuple[str, int]] = set()
             for plan in movable:
                 running = set(plan.claim).intersection(w.idx for w in plan.windows)
                 rows += [_window_row(plan.name, w, now_ns, running, lease) for w in plan.windows]
-                claimed += [
-                    window_record(
-                        plan.name,
-                        w,
-                        claimed_by=lease[0],
-                        started_ns=lease[1],
-                        lease_until_ns=lease[2],
-                    )
-                    for w in plan.windows
-                    if w.idx in running
-                ]
+                for w in plan.windows:
+                    if w.idx in running:
+                        claimed.append(
+                            Claim(plan.name, w.idx, w.window_key, w.start_ns, w.end_ns, 1)
+                        )
+                        fresh.add((plan.name, w.idx))
             await s.exec_many(_INSERT_WINDOW, rows)
-            fresh = {(w.schedule, w.idx) for w in claimed}
             for plan in plans:
                 for idx in plan.claim:
                     if (plan.name, idx) not in fresh:
                         window = await _claim(s, plan.name, idx, instance, now_ns, lease_ns)
                         if window is not None:
-                            claimed.append(window)
+                            claimed.append(_claim_of(window))
         return claimed
 
     async def finish_window(
@@ -308,15 +230,17 @@ class ScheduleStore:
             now_ns=now_ns,
             next_try_ns=next_try_ns,
             reason=reason,
-            output=output,
+            output_json=None if output is None else to_json(output),
             model_version=model_version,
         )
-        return await self.finish_windows([end], instance=instance) == 1
-
-    async def finish_windows(self, ends: Sequence[Finish], *, instance: str) -> int:
-        """Several :meth:`finish_window` in one statement; how many counted."""
         async with self._db.write() as s:
-            return await s.exec_many(_FINISH_WINDOW, [_finish_row(end, instance) for end in ends])
+            return await s.exec(_FINISH_WINDOW, _finish_row(end, instance)) == 1
+
+    async def finish_windows(self, ends: Sequence[Finish], *, instance: str) -> None:
+        """Several :meth:`finish_window` in one statement (a pass's ends); an end whose claim
+        ``instance`` no longer holds writes nothing, as there."""
+        async with self._db.write() as s:
+            await s.exec_many(_FINISH_WINDOW, [_finish_row(end, instance) for end in ends])
 
     async def rerun_window(self, name: str, key: str, *, now_ns: int) -> WindowRecord:
         """Make a finished window pending again, now, with its attempts reset; Conflict if it
@@ -419,34 +343,14 @@ def _window_row(
     )
 
 
-def window_record(
-    name: str,
-    w: NewWindow,
-    *,
-    claimed_by: str | None = None,
-    started_ns: int | None = None,
-    lease_until_ns: int | None = None,
-) -> WindowRecord:
-    """A new window as a pass records it: pending, or (``claimed_by`` given) claimed and
-    running its first attempt."""
-    is_running = claimed_by is not None
-    return WindowRecord(
-        schedule=name,
-        idx=w.idx,
-        window_key=w.window_key,
-        start_ns=w.start_ns,
-        end_ns=w.end_ns,
-        due_ns=w.due_ns,
-        state="running" if is_running else "pending",
-        attempts=1 if is_running else 0,
-        next_try_ns=w.due_ns,
-        claimed_by=claimed_by,
-        lease_until_ns=lease_until_ns,
-        reason=None,
-        output=None,
-        model_version=None,
-        started_ns=started_ns,
-        finished_ns=None,
+def _claim_of(window: WindowRecord) -> Claim:
+    return Claim(
+        window.schedule,
+        window.idx,
+        window.window_key,
+        window.start_ns,
+        window.end_ns,
+        window.attempts,
     )
 
 
@@ -479,13 +383,12 @@ _FINISH_WINDOW = (
 
 
 def _finish_row(end: Finish, instance: str) -> tuple[object, ...]:
-    output = None if end.output is None else to_json(end.output)
     finished = end.now_ns if end.state != "pending" else None
     return (
         end.state,
         end.next_try_ns,
         end.reason,
-        output,
+        end.output_json,
         end.model_version,
         finished,
         end.name,

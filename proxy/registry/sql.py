@@ -111,9 +111,13 @@ def build(cls: type[R], **fields: Any) -> R:
         raise InvalidRequest(f"invalid {cls.__name__}: {text}", errors=problems) from exc
 
 
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+"""``json.dumps`` with these options builds an encoder per call; one does for every call."""
+
+
 def to_json(value: object) -> str:
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return _ENCODER.encode(value)
     except ValueError as exc:
         raise InvalidRequest(f"not storable as JSON: {exc}") from exc
 

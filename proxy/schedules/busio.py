@@ -19,6 +19,7 @@ and never adds a second one.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +28,7 @@ import anyio
 from bus import BusClient, PayloadObject
 from bus.errors import BusError
 from bus.po import PO_METADATA
-from proxy.schedules.scheduler import Point
+from proxy.schedules.windows import Point
 
 __all__ = ["BusWindowInputs", "BusWindowOutputs", "point_of"]
 
@@ -50,7 +51,7 @@ class BusWindowInputs:
         self.client = client
         self.timeout_s = timeout_s
         self.per_pass = per_pass
-        self._cache: dict[str, list[Point]] = {}
+        self._cache: dict[str, tuple[list[Point], list[int]]] = {}
         self._locks: dict[str, anyio.Lock] = {}
 
     def new_pass(self) -> None:
@@ -61,12 +62,13 @@ class BusWindowInputs:
     async def read(self, uris: Sequence[str], start_ns: int, end_ns: int) -> dict[str, list[Point]]:
         series: dict[str, list[Point]] = {}
         for uri in uris:
-            points = await self._points(uri)
-            series[uri] = [p for p in points if start_ns <= p[0] < end_ns]
+            points, times = self._cache.get(uri) or await self._points(uri)
+            series[uri] = points[bisect_left(times, start_ns) : bisect_left(times, end_ns)]
         return series
 
-    async def _points(self, uri: str) -> list[Point]:
-        """Every point of ``uri``, oldest first; with ``per_pass``, one query per pass."""
+    async def _points(self, uri: str) -> tuple[list[Point], list[int]]:
+        """Every point of ``uri``, oldest first, and their times; with ``per_pass``, one query
+        per pass."""
         async with self._locks.setdefault(uri, anyio.Lock()):
             cached = self._cache.get(uri)
             if cached is not None:
@@ -77,9 +79,10 @@ class BusWindowInputs:
                 if (point := point_of(message)) is not None and isinstance(point[0], int)
             ]
             points = sorted(found, key=lambda p: p[0])
+            read = (points, [ts for ts, _ in points])
             if self.per_pass:
-                self._cache[uri] = points
-            return points
+                self._cache[uri] = read
+            return read
 
 
 class BusWindowOutputs:

@@ -11,36 +11,40 @@ of the registry (:mod:`proxy.registry.schedules`):
    (:func:`proxy.schedules.plan.pick_runnable`), *claims* each in the registry (exactly one
    instance wins; a claim whose lease expired — its proxy died mid-window — is taken over), and
    runs it: reads its inputs (persisted messages on the input URIs whose time falls in the
-   window, verified by the bus client), calls the model once with the window's data, publishes
+   window, verified by the bus client), calls the model with the window's data, publishes
    the result as a signed, persisted message on ``<output URI>/<window key>`` and stores it in
-   the window's row. A re-run of a window replaces both: the same row, the same URI;
+   the window's row. A re-run of a window replaces both: the same row, the same URI. The
+   claimed windows of one model are run together, at most ``batch_windows`` of them in one
+   call of :data:`Predict` (one input per window: the backend batches them for its replicas as
+   it batches concurrent requests); each window still succeeds or fails on its own;
 3. a run that fails is retried with back-off (:func:`proxy.schedules.plan.after_failure`), then
    recorded ``failed`` with its reason; the schedule goes on with its later windows.
 
 :meth:`Scheduler.run` ticks forever, sleeping until the next window falls due or a retry comes
 (at most ``tick_s``), and wakes early when :meth:`Scheduler.nudge` is called (a schedule added,
 resumed or a window re-run) or a run ends; its windows run in the background (at most
-``max_parallel`` at once), so a slow model holds up no other schedule. A window's claim lasts
-``lease_ns`` (120 s: longer than the service's prediction timeout), after which another
-instance — or this one restarted — takes it over. Tests call :meth:`tick` with their own clock
-instead: nothing here reads the time but through ``clock``.
+``max_parallel`` model calls at once), so a slow model holds up no other model's schedules.
+A window's claim lasts ``lease_ns`` (120 s: longer than the service's prediction timeout),
+after which another instance — or this one restarted — takes it over. The seams (inputs,
+model, outputs) and a window's data are in :mod:`proxy.schedules.windows`. Tests call
+:meth:`tick` with their own clock instead: nothing here reads the time but through ``clock``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import anyio
 from anyio.abc import TaskStatus
 
-from bus.errors import BusError
+from bus.errors import BusError, InternalError, InvalidRequest
 from proxy.registry.registry import Registry
 from proxy.registry.schedules import (
+    Claim,
     Finish,
     NewWindow,
     PassPlan,
@@ -48,90 +52,45 @@ from proxy.registry.schedules import (
     WindowRecord,
     window_record,
 )
+from proxy.registry.sql import to_json
 from proxy.schedules.plan import NS, Pending, Spec, Window, advance, after_failure, pick_runnable
+from proxy.schedules.windows import (
+    Outcome,
+    Point,
+    Predict,
+    PredictOne,
+    WindowData,
+    WindowInputs,
+    WindowOutputs,
+    model_input,
+    one_at_a_time,
+)
 
 __all__ = [
     "Clock",
+    "Outcome",
     "Point",
     "Predict",
+    "PredictOne",
     "Scheduler",
     "WindowData",
     "WindowInputs",
     "WindowOutputs",
     "model_input",
     "new_window",
+    "one_at_a_time",
     "spec_of",
 ]
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
-Point = tuple[int, Any]
-"""One data point of an input series: its time (ns) and its value."""
-
 DEFAULT_LEASE_NS = 120 * NS
 _MAX_REASON = 2_000
 
 
-@dataclass(frozen=True, slots=True)
-class WindowData:
-    """What a window's model call gets: its key and bounds and each input's points in it."""
-
-    schedule: str
-    key: str
-    start_ns: int
-    end_ns: int
-    series: dict[str, list[Point]]
-
-
-class WindowInputs(Protocol):
-    def new_pass(self) -> None:
-        """A scheduler pass begins: what was read before may have changed."""
-        ...
-
-    async def read(self, uris: Sequence[str], start_ns: int, end_ns: int) -> dict[str, list[Point]]:
-        """Each input URI's points with ``start_ns <= time < end_ns``, oldest first."""
-        ...
-
-
-class WindowOutputs(Protocol):
-    async def publish(self, output_uri: str, key: str, document: dict[str, Any]) -> None:
-        """Publish a window's result (persisted, so a re-run replaces it)."""
-        ...
-
-
-Predict = Callable[[str, WindowData], Awaitable[tuple[str, Any]]]
-"""Call a schedule's model with a window: returns (the version that answered, its output)."""
-
-
 def spec_of(record: ScheduleRecord) -> Spec:
     return Spec(**record.spec)
-
-
-def model_input(input_type: str, data: WindowData) -> Any:
-    """A window as one model input: for a numeric model (doubles, floats, integers) the values
-    of every input series, in input order then time order — values that are not numbers of
-    that kind are left out, so one stray message cannot fail every window —; for a strings
-    model a JSON document ``{schedule, window, start_ns, end_ns, series: {uri: [[ts_ns, value],
-    ...]}}`` (its UTF-8 bytes for a bytes model)."""
-    if input_type in ("doubles", "floats", "integers"):
-        kinds: tuple[type, ...] = (int,) if input_type == "integers" else (int, float)
-        return [
-            value
-            for points in data.series.values()
-            for _, value in points
-            if isinstance(value, kinds) and not isinstance(value, bool)
-        ]
-    document = {
-        "schedule": data.schedule,
-        "window": data.key,
-        "start_ns": data.start_ns,
-        "end_ns": data.end_ns,
-        "series": {uri: [[ts, value] for ts, value in pts] for uri, pts in data.series.items()},
-    }
-    if input_type == "bytes":
-        return json.dumps(document).encode()
-    return json.dumps(document)
 
 
 class Scheduler:
@@ -149,6 +108,7 @@ class Scheduler:
         lease_ns: int = DEFAULT_LEASE_NS,
         tick_s: float = 1.0,
         max_parallel: int = 64,
+        batch_windows: int = 64,
     ) -> None:
         self.registry = registry
         self.inputs = inputs
@@ -158,7 +118,9 @@ class Scheduler:
         self.instance = instance
         self.lease_ns = lease_ns
         self.tick_s = tick_s
+        self.batch_windows = batch_windows
         self._limit = anyio.CapacityLimiter(max_parallel)
+        self._specs: dict[str, tuple[dict[str, Any], Spec]] = {}
         self._last_backfill: dict[str, int | None] = {}
         self._wake = anyio.Event()
         self._next_pass: dict[str, float] = {}
@@ -233,27 +195,31 @@ class Scheduler:
             if record.paused:
                 self._next_pass[record.name] = math.inf
                 continue
-            spec = spec_of(record)
+            spec = self._spec(record)
             by_name[record.name] = (record, spec)
             plans.append(self._plan(record, spec, opened.get(record.name, []), now))
         claimed = await self.registry.apply_pass(
             plans, instance=self.instance, now_ns=now, lease_ns=self.lease_ns
         )
+        batches = self._batches([(*by_name[claim.schedule], claim) for claim in claimed])
         if background is not None:
-            for window in claimed:
-                background.start_soon(self._run_window, *by_name[window.schedule], window)
+            for model, batch in batches:
+                background.start_soon(self._run_batch, model, batch)
         else:
             async with anyio.create_task_group() as group:
-                for window in claimed:
-                    group.start_soon(self._run_window, *by_name[window.schedule], window)
+                for model, batch in batches:
+                    group.start_soon(self._run_batch, model, batch)
             await self._record_ends()
-        taken = {(w.schedule, w.idx) for w in claimed}
+        taken = {(claim.schedule, claim.idx) for claim in claimed}
         next_ns = math.inf
         for plan in plans:
             record, spec = by_name[plan.name]
             waiting = [w for w in opened.get(plan.name, []) if (plan.name, w.idx) not in taken]
-            waiting += [window_record(plan.name, w) for w in plan.windows if w.state == "pending"]
-            waiting = [w for w in waiting if (plan.name, w.idx) not in taken]
+            waiting += [
+                window_record(plan.name, w)
+                for w in plan.windows
+                if w.state == "pending" and (plan.name, w.idx) not in taken
+            ]
             last = self._last_backfill.get(plan.name)
             gap_ns = 0 if spec.catchup_rate == 0 else round(NS / spec.catchup_rate)
             not_before = 0 if last is None else last + gap_ns
@@ -262,11 +228,38 @@ class Scheduler:
             next_ns = min(next_ns, planned)
         return next_ns
 
+    def _spec(self, record: ScheduleRecord) -> Spec:
+        """The record's :class:`Spec`, built once per schedule while its stored spec is equal."""
+        known = self._specs.get(record.name)
+        if known is not None and known[0] == record.spec:
+            return known[1]
+        spec = spec_of(record)
+        self._specs[record.name] = (record.spec, spec)
+        return spec
+
+    def _batches(self, runs: list[_Run]) -> list[tuple[str, list[_Run]]]:
+        """The claimed windows by model, in claim order, cut into calls of ``batch_windows``."""
+        by_model: dict[str, list[_Run]] = {}
+        for run in runs:
+            by_model.setdefault(run[0].model, []).append(run)
+        size = max(1, self.batch_windows)
+        return [
+            (model, group[start : start + size])
+            for model, group in by_model.items()
+            for start in range(0, len(group), size)
+        ]
+
     def _plan(
         self, record: ScheduleRecord, spec: Spec, open_windows: list[WindowRecord], now: int
     ) -> PassPlan:
         """One schedule's part of a pass, worked out in memory."""
         step = advance(spec, record.cursor, now)
+        if not open_windows and len(step.run) == 1 and not step.skipped:
+            only = step.run[0]
+            if now - only.due_ns <= spec.every_ns:  # the common case, as pick_runnable decides
+                # it: one window due on time and nothing before it: it runs, not a backfill
+                new_one = new_window(only, "pending")
+                return PassPlan(record.name, record.cursor, step.cursor, (new_one,), (only.index,))
         new = [new_window(w, "pending") for w in step.run]
         new += [new_window(w, "skipped") for w in step.skipped]
         pending = [_pending(w, now) for w in open_windows]
@@ -281,70 +274,119 @@ class Scheduler:
             claim=tuple(chosen),
         )
 
-    async def _run_window(self, record: ScheduleRecord, spec: Spec, window: WindowRecord) -> None:
+    async def _run_batch(self, model: str, batch: list[_Run]) -> None:
         try:
-            end = await self._run(record, spec, window)
+            async with self._limit:
+                ends = await self._run(model, batch)
         finally:
-            self._next_pass.pop(record.name, None)  # its next window may start now
+            for record, _, _ in batch:
+                self._next_pass.pop(record.name, None)  # its next window may start now
             self._wake.set()
-        self._ends.append(end)
+        self._ends += ends
 
-    async def _run(self, record: ScheduleRecord, spec: Spec, window: WindowRecord) -> Finish:
-        async with self._limit:
+    async def _run(self, model: str, batch: list[_Run]) -> list[Finish]:
+        """Run windows of one model: read each one's inputs, call the model once for those
+        read, publish each output. Returns how each ended; none fails another."""
+        ends: list[Finish] = []
+        ready: list[tuple[ScheduleRecord, Spec, Claim, WindowData]] = []
+        for record, spec, claim in batch:
             try:
-                version, output = await self._produce(record, window)
-            except BusError as error:
-                return self._failed(record, spec, window, f"{error.code}: {error.message}")
+                series = await self.inputs.read(record.inputs, claim.start_ns, claim.end_ns)
             except Exception as exc:  # a bug in an adapter must not stop the scheduler
-                logger.exception("window %s of %s failed", window.window_key, record.name)
-                return self._failed(record, spec, window, f"internal: {type(exc).__name__}")
-            return Finish(
-                name=record.name,
-                idx=window.idx,
-                state="done",
-                now_ns=self.clock(),
-                output=output,
-                model_version=version,
-            )
+                ends.append(self._failed(record, spec, claim, _reason(exc, claim, record)))
+                continue
+            data = WindowData(record.name, claim.window_key, claim.start_ns, claim.end_ns, series)
+            ready.append((record, spec, claim, data))
+        if not ready:
+            return ends
+        outcomes: list[Outcome | _Failure]
+        try:
+            outcomes = list(await self.predict(model, [item[3] for item in ready]))
+            if len(outcomes) != len(ready):
+                raise InternalError(f"{len(outcomes)} outcomes for {len(ready)} windows")
+        except Exception as exc:  # the whole call failed: each of its windows did
+            first = ready[0]
+            outcomes = [_Failure(_reason(exc, first[2], first[0]))] * len(ready)
+        for (record, spec, claim, data), outcome in zip(ready, outcomes, strict=True):
+            ends.append(await self._finish(record, spec, claim, data, outcome))
+        return ends
 
-    async def _produce(self, record: ScheduleRecord, window: WindowRecord) -> tuple[str, Any]:
-        series = await self.inputs.read(record.inputs, window.start_ns, window.end_ns)
-        data = WindowData(record.name, window.window_key, window.start_ns, window.end_ns, series)
-        version, output = await self.predict(record.model, data)
+    async def _finish(
+        self,
+        record: ScheduleRecord,
+        spec: Spec,
+        claim: Claim,
+        data: WindowData,
+        outcome: Outcome | _Failure,
+    ) -> Finish:
+        """Publish a window's output (and store it), or record its failure."""
+        if isinstance(outcome, _Failure):
+            return self._failed(record, spec, claim, outcome.reason)
+        if isinstance(outcome, BusError):
+            return self._failed(record, spec, claim, f"{outcome.code}: {outcome.message}")
+        version, output = outcome
         document = {
             "schedule": record.name,
-            "window": window.window_key,
-            "start_ns": window.start_ns,
-            "end_ns": window.end_ns,
+            "window": claim.window_key,
+            "start_ns": claim.start_ns,
+            "end_ns": claim.end_ns,
             "model": record.model,
             "version": version,
             "output": output,
-            "points": sum(len(points) for points in series.values()),
+            "points": sum(len(points) for points in data.series.values()),
             "produced_ns": self.clock(),
         }
-        await self.outputs.publish(record.output, window.window_key, document)
-        return version, output
+        try:
+            stored = _stored(output)
+            await self.outputs.publish(record.output, claim.window_key, document)
+        except Exception as exc:  # a bug in an adapter must not stop the scheduler
+            return self._failed(record, spec, claim, _reason(exc, claim, record))
+        return Finish(record.name, claim.idx, "done", self.clock(), None, None, stored, version)
 
-    def _failed(
-        self, record: ScheduleRecord, spec: Spec, window: WindowRecord, reason: str
-    ) -> Finish:
+    def _failed(self, record: ScheduleRecord, spec: Spec, claim: Claim, reason: str) -> Finish:
         now = self.clock()
-        retry_ns = after_failure(spec, window.attempts, now)
+        retry_ns = after_failure(spec, claim.attempts, now)
         logger.info(
             "window %s of %s failed (attempt %d): %s",
-            window.window_key,
+            claim.window_key,
             record.name,
-            window.attempts,
+            claim.attempts,
             reason,
         )
         return Finish(
             name=record.name,
-            idx=window.idx,
+            idx=claim.idx,
             state="failed" if retry_ns is None else "pending",
             now_ns=now,
             next_try_ns=retry_ns,
             reason=reason[:_MAX_REASON],
         )
+
+
+_Run = tuple[ScheduleRecord, Spec, Claim]
+"""A claimed window to run, with its schedule."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    reason: str
+
+
+def _reason(exc: Exception, claim: Claim, record: ScheduleRecord) -> str:
+    """Why a window failed, as recorded: a bus error's code and message; for anything else
+    (a bug) only its type, and the traceback in the log."""
+    if isinstance(exc, BusError):
+        return f"{exc.code}: {exc.message}"
+    logger.error("window %s of %s failed", claim.window_key, record.name, exc_info=exc)
+    return f"internal: {type(exc).__name__}"
+
+
+def _stored(output: Any) -> str:
+    """The output as the registry stores it (JSON); InvalidRequest if it is not storable."""
+    try:
+        return to_json(output)
+    except TypeError as exc:
+        raise InvalidRequest(f"the model's output is not storable as JSON: {exc}") from exc
 
 
 def new_window(window: Window, state: Literal["pending", "skipped"]) -> NewWindow:

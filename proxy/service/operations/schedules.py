@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, model_validator
 
 from bus import BusClient
-from bus.errors import InvalidRequest, NotFound
+from bus.errors import BusError, InternalError, InvalidRequest, LimitExceeded, NotFound
 from proxy.backend.embedded import EmbeddedBackend
 from proxy.registry.records import ModelName
 from proxy.registry.registry import Registry
 from proxy.registry.schedules import ScheduleRecord
 from proxy.schedules import Scheduler, Spec, parse_duration
 from proxy.schedules.plan import Overlap, due_index, window_key
-from proxy.schedules.scheduler import WindowData, model_input
+from proxy.schedules.scheduler import Outcome, WindowData, model_input
 from proxy.service.forecast.ops import ForecastBody, ForecastOps
 from proxy.service.operations.fit import check_consume, check_publish
 from proxy.service.operations.predict import check_inputs
@@ -161,15 +162,61 @@ class WindowModel:
         self.timeout_s = timeout_s
         self.forecasts = forecasts
 
-    async def __call__(self, model: str, data: WindowData) -> tuple[str, Any]:
+    async def __call__(self, model: str, windows: Sequence[WindowData]) -> list[Outcome]:
+        """One outcome per window. A named model gets one call with one input per window; a
+        window whose input the checks refuse fails alone, and when the call fails on an input
+        (refused, or the model raised) each window is tried alone, so it fails only its own."""
         if model.startswith(FORECAST_PREFIX):
-            return "forecast", await self._forecast(json.loads(model[len(FORECAST_PREFIX) :]), data)
+            query = json.loads(model[len(FORECAST_PREFIX) :])
+            return [await self._forecast_outcome(query, data) for data in windows]
         version = await self.router.version_for(model, None)
         input_type = await self.router.input_type(model, version)
-        value = model_input(input_type, data)
-        check_inputs(input_type, [value])
-        outputs = await self.backend.predict(model, version, [value], timeout_s=self.timeout_s)
-        return version, outputs[0]
+        outcomes: list[Outcome] = []
+        values: list[Any] = []
+        where: list[int] = []
+        for data in windows:
+            try:
+                value = model_input(input_type, data)
+                check_inputs(input_type, [value])
+            except (BusError, TypeError, ValueError) as exc:
+                outcomes.append(_refused(exc))
+                continue
+            outcomes.append(_PLACEHOLDER)
+            values.append(value)
+            where.append(len(outcomes) - 1)
+        for position, outcome in zip(
+            where, await self._predict(model, version, values), strict=True
+        ):
+            outcomes[position] = outcome
+        return outcomes
+
+    async def _predict(self, model: str, version: str, values: list[Any]) -> list[Outcome]:
+        if not values:
+            return []
+        try:
+            outputs = await self.backend.predict(model, version, values, timeout_s=self.timeout_s)
+            return [(version, output) for output in outputs]
+        except _PER_INPUT as error:
+            if len(values) == 1:
+                return [error]
+        except BusError as error:  # not about one input (a timeout, no such version…): all fail
+            return [error] * len(values)
+        alone: list[Outcome] = []
+        for value in values:
+            try:
+                found = await self.backend.predict(
+                    model, version, [value], timeout_s=self.timeout_s
+                )
+                alone.append((version, found[0]))
+            except BusError as error:
+                alone.append(error)
+        return alone
+
+    async def _forecast_outcome(self, query: dict[str, Any], data: WindowData) -> Outcome:
+        try:
+            return "forecast", await self._forecast(query, data)
+        except BusError as error:
+            return error
 
     async def _forecast(self, query: dict[str, Any], data: WindowData) -> dict[str, Any]:
         if self.forecasts is None:
@@ -184,6 +231,17 @@ class WindowModel:
         # As the schedule's owner, presenting no proofs: a model with training streams the
         # owner may not consume without one is not used (§17.8, §17.11).
         return await self.forecasts.forecast(str(query["owner"]), body)
+
+
+_PER_INPUT = (InvalidRequest, LimitExceeded, InternalError)
+"""Errors a model call may raise because of one of its inputs: then each is tried alone."""
+_PLACEHOLDER: Outcome = ("", None)
+
+
+def _refused(exc: Exception) -> BusError:
+    if isinstance(exc, BusError):
+        return exc
+    return InvalidRequest(f"the window cannot be a model input: {type(exc).__name__}: {exc}")
 
 
 def _iso(ts_ns: int) -> str:

@@ -13,6 +13,8 @@ def test_a_small_schedule_bench(capsys: object) -> None:
     assert result.windows == 40  # every schedule's window of each pass ran once
     assert len(result.delays_ms) == 3  # one real-time window per delay schedule
     assert result.scheduler_s > 0 and result.direct_s > 0 and result.one_at_a_time_calls == 40
+    assert result.batched_s > 0 and result.bookkeeping_us > 0
+    assert 0 < result.sign_us < result.publish_us  # publishing signs, and does more
     print_schedule_table(result)
     shown = capsys.readouterr().out  # type: ignore[attr-defined]
-    assert "through the scheduler" in shown and "p99" in shown
+    assert "through the scheduler" in shown and "p99" in shown and "floor per window" in shown

@@ -122,6 +122,49 @@ async def _state(client: ServiceClient, name: str, key: str, state: str) -> bool
     )
 
 
+def picky(inputs: list[list[float]]) -> list[float]:
+    """Fails a whole batch when one of its inputs holds a negative value."""
+    if any(value < 0 for values in inputs for value in values):
+        raise ValueError("a negative reading")
+    return [float(sum(values)) for values in inputs]
+
+
+async def test_windows_due_together_are_one_batch_and_a_bad_one_fails_alone(
+    memory_harness: ProxyHarness,
+) -> None:
+    h = memory_harness
+    data, out = f"{h.service_uri}/data", f"{h.service_uri}/forecast"
+    proofs = [encode_chain([h.operator_grant()])]
+    with anyio.fail_after(TIMEOUT_S):
+        async with h.serving() as service:
+            operator = service.operator
+            await operator.deploy_function("picky", "1", picky, "doubles")
+            await operator.wait_ready("picky", "1")
+            now = time.time_ns()
+            start = (now // NS + 2) * NS  # both windows fall due in the same pass, 1-2 s on
+            await point(operator, f"{data}/good/a", 2.0, now)
+            await point(operator, f"{data}/bad/a", -1.0, now)
+            for name in ("good", "bad"):
+                await operator.schedule_add(
+                    name,
+                    model="picky",
+                    every="1h",
+                    window="1h",
+                    start=str(start),
+                    inputs=[f"{data}/{name}/*"],
+                    output=f"{out}/{name}",
+                    proofs=proofs,
+                    max_attempts=1,
+                )
+            key = window_key(start)
+            await wait_until(lambda: _state(operator, "good", key, "done"), what="good's window")
+            await wait_until(lambda: _state(operator, "bad", key, "failed"), what="bad's window")
+            assert (await outputs(operator, f"{out}/good"))[key]["output"] == 2.0
+            assert await outputs(operator, f"{out}/bad") == {}
+            (failed,) = await operator.schedule_runs("bad")
+            assert "negative" in failed["reason"] or "ValueError" in failed["reason"]
+
+
 async def test_a_schedule_needs_consume_rights_on_its_inputs(memory_harness: ProxyHarness) -> None:
     h = memory_harness
     planner = h.operator.__class__.generate(comment="planner")

@@ -1,8 +1,11 @@
-"""The scheduler on an injected clock and a real SQLite registry: nothing sleeps.
+"""The scheduler on an injected clock and a real registry, SQLite and PostgreSQL: nothing sleeps.
 
 Inputs come from an in-memory series (the :class:`WindowInputs` seam) and outputs are kept in a
 dict keyed by URI, as persisted messages are; the model is a plain coroutine that can be told to
 fail. End to end on the bus: tests/proxy/schedules/test_schedule_service.py.
+
+Covers proxy/schedules/scheduler.py, its seams proxy/schedules/windows.py, and the store it
+writes: proxy/registry/schedules.py with its records, proxy/registry/schedule_records.py.
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ import pytest
 from bus.errors import InternalError
 from proxy.registry.registry import Registry
 from proxy.schedules.plan import NS, Spec, due_index, window
-from proxy.schedules.scheduler import Point, Scheduler, WindowData, model_input, new_window
+from proxy.schedules.scheduler import (
+    Outcome,
+    Point,
+    Scheduler,
+    WindowData,
+    model_input,
+    new_window,
+    one_at_a_time,
+)
 
 START = 1_796_601_600 * NS
 MIN = 60 * NS
@@ -72,9 +83,14 @@ class Model:
         return "1", sum(model_input("doubles", data))
 
 
-@pytest.fixture
-async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
-    async with Registry.open(tmp_path / "registry.sqlite3") as registry:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Registry]:
+    """A registry in a SQLite file, or in a fresh PostgreSQL database: the same scheduler."""
+    if request.param == "postgres":
+        store: str | Path = request.getfixturevalue("postgres_url")
+    else:
+        store = tmp_path / "registry.sqlite3"
+    async with Registry.open(store) as registry:
         yield registry
 
 
@@ -82,17 +98,19 @@ def make(
     registry: Registry, clock: Clock, instance: str = "a", **kw: Any
 ) -> tuple[Scheduler, Series, Published, Model]:
     series, published, model = Series(), Published(), Model()
-    scheduler = Scheduler(registry, series, published, model, clock=clock, instance=instance, **kw)
+    scheduler = Scheduler(
+        registry, series, published, one_at_a_time(model), clock=clock, instance=instance, **kw
+    )
     return scheduler, series, published, model
 
 
-async def add(registry: Registry, name: str = "s", **spec: Any) -> Spec:
+async def add(registry: Registry, name: str = "s", model: str = "m", **spec: Any) -> Spec:
     values: dict[str, Any] = {"start_ns": START, "every_ns": 30 * MIN, "window_ns": 60 * MIN}
     values |= {"delay_ns": 5 * MIN, "retry_initial_s": 10.0} | spec
     made = Spec(**values)
     await registry.add_schedule(
         name,
-        model="m",
+        model=model,
         inputs=["ns/in/*"],
         output="ns/out",
         spec=values,
@@ -265,13 +283,15 @@ async def test_in_the_background_a_slow_model_holds_up_no_other_schedule(
 
     async def model(name: str, data: WindowData) -> tuple[str, Any]:
         calls.append(data.schedule)
-        if data.schedule == "slow":
+        if name == "slow-model":
             await release.wait()
         return "1", data.schedule
 
-    scheduler = Scheduler(registry, Series(), Published(), model, clock=clock, instance="a")
+    scheduler = Scheduler(
+        registry, Series(), Published(), one_at_a_time(model), clock=clock, instance="a"
+    )
     spec = await add(registry, "fast")
-    await add(registry, "slow")
+    await add(registry, "slow", model="slow-model")
     key = window(spec, 0).key
     async with anyio.create_task_group() as group:
         await scheduler.tick(background=group)
@@ -293,3 +313,84 @@ def test_a_window_as_a_model_input() -> None:
     document = json.loads(model_input("strings", data))
     assert document["series"]["a"] == [[1, 1.5], [2, "x"], [3, True]]
     assert json.loads(model_input("bytes", data).decode()) == document
+
+
+async def test_windows_of_one_model_are_one_call_and_fail_alone(registry: Registry) -> None:
+    clock = Clock(START + 5 * MIN)
+    calls: list[list[str]] = []
+
+    async def batch(model: str, windows: Sequence[WindowData]) -> list[Outcome]:
+        calls.append([data.schedule for data in windows])
+        return [
+            InternalError("the model failed on it") if data.schedule == "bad" else ("1", 1.0)
+            for data in windows
+        ]
+
+    published = Published()
+    scheduler = Scheduler(registry, Series(), published, batch, clock=clock, instance="a")
+    spec = await add(registry, "bad", max_attempts=1)
+    await add(registry, "good")
+    await scheduler.tick()
+    assert calls == [["bad", "good"]]  # one call for the model's windows of the pass
+    key = window(spec, 0).key
+    assert (await registry.get_window("good", key)).state == "done"
+    failed = await registry.get_window("bad", key)
+    assert failed.state == "failed" and failed.reason == "internal: the model failed on it"
+    assert list(published.by_uri) == [f"ns/out/{key}"] and published.count == 1
+
+
+async def test_an_output_that_cannot_be_stored_fails_its_window_unpublished(
+    registry: Registry,
+) -> None:
+    clock = Clock(START + 5 * MIN)
+
+    async def model(name: str, data: WindowData) -> tuple[str, Any]:
+        return "1", b"raw bytes"  # a model may answer bytes; JSON cannot keep them
+
+    published = Published()
+    scheduler = Scheduler(
+        registry, Series(), published, one_at_a_time(model), clock=clock, instance="a"
+    )
+    spec = await add(registry, max_attempts=1)
+    await scheduler.tick()
+    failed = await registry.get_window("s", window(spec, 0).key)
+    assert failed.state == "failed" and "not storable as JSON" in (failed.reason or "")
+    assert published.count == 0
+
+
+async def test_a_call_that_raises_fails_each_of_its_windows(registry: Registry) -> None:
+    clock = Clock(START + 5 * MIN)
+
+    async def broken(model: str, windows: Sequence[WindowData]) -> list[Outcome]:
+        return []  # a bug: fewer outcomes than windows
+
+    scheduler = Scheduler(registry, Series(), Published(), broken, clock=clock, instance="a")
+    spec = await add(registry, "a", max_attempts=1)
+    await add(registry, "b", max_attempts=1)
+    await scheduler.tick()
+    for name in ("a", "b"):
+        found = await registry.get_window(name, window(spec, 0).key)
+        assert found.state == "failed" and found.reason is not None
+        assert "0 outcomes for 2 windows" in found.reason
+
+
+async def test_one_at_a_time_a_bug_in_one_window_fails_that_window_only(
+    registry: Registry,
+) -> None:
+    clock = Clock(START + 5 * MIN)
+
+    async def model(name: str, data: WindowData) -> tuple[str, Any]:
+        if data.schedule == "buggy":
+            raise ValueError("a bug")
+        return "1", 1.0
+
+    scheduler = Scheduler(
+        registry, Series(), Published(), one_at_a_time(model), clock=clock, instance="a"
+    )
+    spec = await add(registry, "buggy", max_attempts=1)
+    await add(registry, "fine")
+    await scheduler.tick()
+    key = window(spec, 0).key
+    assert (await registry.get_window("fine", key)).state == "done"
+    failed = await registry.get_window("buggy", key)
+    assert failed.state == "failed" and failed.reason == "internal: ValueError"
