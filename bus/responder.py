@@ -5,11 +5,18 @@ at most ``max_concurrency`` at once and ``max_per_sender`` of one sender; replie
 (:mod:`bus.replycache`) so a retried id is answered, not run again; responders that share a
 :class:`ServeGate` are drained together before a shutdown. No request, whatever it holds, ends a
 responder.
+
+Several instances of one service (several processes, one service URI, one MQTT broker) each run
+their responders in the share group :func:`service_share_group` of the service URI, so each
+request frame reaches one instance. The replay and reply caches stay in each instance's memory:
+a retry that lands on another instance runs there again (PROTOCOL.md §15.3 says why that is
+safe, and what it costs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable
@@ -36,11 +43,17 @@ from bus.replycache import ReplyCache
 from bus.rpc import MAX_REPLY_BYTES, Endpoint, Handler, Request, reply_uri, request_id_of
 from bus.verifier import Verifier
 
-__all__ = ["Responder", "ServeGate"]
+__all__ = ["Responder", "ServeGate", "service_share_group"]
 
 logger = logging.getLogger(__name__)
 
 _REPLY_TARGETS = 4096  # (slot URI, sender) pairs whose reply URI is remembered
+
+
+def service_share_group(service_uri: str) -> str:
+    """The share group of every instance serving ``service_uri`` (its canonical form, the
+    namespace as a key): ``modelbus-`` and the first 24 hex digits of the URI's SHA-256."""
+    return "modelbus-" + hashlib.sha256(service_uri.encode()).hexdigest()[:24]
 
 
 class ServeGate:
@@ -148,9 +161,15 @@ class Responder:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    async def run(self, pattern: str, *, task_status: TaskStatus[None]) -> None:
+    async def run(
+        self, pattern: str, *, share_group: str | None = None, task_status: TaskStatus[None]
+    ) -> None:
+        """Serve until cancelled; with ``share_group`` the subscription is shared."""
+        subscribing = self._client.subscribe(
+            pattern, include_rejected=True, check_scope=False, share_group=share_group
+        )
         async with (
-            self._client.subscribe(pattern, include_rejected=True, check_scope=False) as stream,
+            subscribing as stream,
             _Handlers() as handlers,
         ):
             self._verifier = stream.verifier

@@ -13,6 +13,10 @@ allow predicting without deploying:
 and announces its liveness under ``S/!meta/…`` (bus.liveness.heartbeat). On start it restarts the
 replicas of every registered, unstopped version, so a restarted proxy serves what it served.
 
+Several instances (``settings.instance`` set) serve one service URI on one MQTT broker: each
+subscribes to the slots in the service's share group (:func:`bus.responder.service_share_group`),
+so each request reaches one of them; ZeroMQ, one machine's bus, refuses to start that way.
+
 Closures run sandboxed (:mod:`proxy.backend.sandbox`): the service refuses to start where
 bubblewrap is
 missing (SandboxUnavailable) unless ``unsafe_no_sandbox`` is set, and makes itself not dumpable.
@@ -32,9 +36,9 @@ import anyio
 from anyio.abc import TaskStatus
 
 from bus import BusClient, Entity, Grant, Heartbeat, Verifier
-from bus.errors import BusError
+from bus.errors import BusError, Unsupported
 from bus.grants import load_chain
-from bus.responder import ServeGate
+from bus.responder import ServeGate, service_share_group
 from proxy.backend import BackendSettings, ContainerEngine, EmbeddedBackend
 from proxy.backend.runtime import ImageRuntime, ProcessRuntime
 from proxy.backend.sandbox import make_undumpable
@@ -119,6 +123,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
 
 @asynccontextmanager
 async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
+    _check_instance_bus(settings)
     entity = load_or_create_entity(settings)
     namespace = settings.namespace or entity.key_text
     service_uri, interface_uri = service_uris(namespace, settings.service_path)
@@ -235,6 +240,9 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         await _restore(registry, backend, router)
         await fits.jobs.interrupt_leftovers()
         await task_group.start(registry.watch_current, router.follow)
+        share_group = None
+        if settings.instance is not None:
+            share_group = service_share_group(verifier.canonical(service_uri))
         for name, slot in slots.items():
             await task_group.start(
                 _serve,
@@ -243,6 +251,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 slot,
                 settings,
                 gate,
+                share_group,
             )
         await task_group.start(heartbeat.run, client)
         await task_group.start(policies.background.run)
@@ -301,6 +310,7 @@ async def _serve(
     slot: Slot,
     settings: ProxySettings,
     gate: ServeGate,
+    share_group: str | None,
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -310,8 +320,21 @@ async def _serve(
         max_concurrency=settings.max_concurrency,
         max_per_sender=settings.max_in_flight_per_sender,
         gate=gate,
+        share_group=share_group,
         task_status=task_status,
     )
+
+
+def _check_instance_bus(settings: ProxySettings) -> None:
+    """Refuse to run one of several instances on ZeroMQ, which cannot spread requests."""
+    if settings.instance is not None and settings.bus_url.startswith("zmq://"):
+        raise Unsupported(
+            f"instance {settings.instance!r}: ZeroMQ is one machine's bus; several instances "
+            "need MQTT (--bus mqtt://host:1883 with a postgresql:// --registry and a shared "
+            "--artifacts store), or run one proxy without --instance",
+            url=settings.bus_url,
+            instance=settings.instance,
+        )
 
 
 def _private_files(data_dir: Path, registry: str | Path) -> None:
