@@ -1,6 +1,7 @@
 """Run a modelbus proxy as a process of its own, for tests that kill it and start it again.
 
     python -m tests.proxy.proxy_process --bus-url zmq://127.0.0.1:P --data-dir DIR
+        [--registry postgresql://… --artifacts file:///shared --instance NAME]
 
 The bus must outlive the process (a ZeroMQ forwarder or an MQTT broker the test runs), so the
 proxy's embedded bus is off. Once it serves, it prints ``ready <service uri>`` on stdout and
@@ -28,14 +29,23 @@ def parse_settings(argv: list[str]) -> ProxySettings:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--heartbeat-interval-s", type=float, default=1.0)
     parser.add_argument("--max-upload-bytes", type=int, default=None)
+    parser.add_argument("--registry", default=None)  # one of several instances: these three
+    parser.add_argument("--artifacts", default=None)
+    parser.add_argument("--instance", default=None)
     args = parser.parse_args(argv)
     limits = {} if args.max_upload_bytes is None else {"max_upload_bytes": args.max_upload_bytes}
+    scale_out = {
+        key: getattr(args, key)
+        for key in ("registry", "artifacts", "instance")
+        if getattr(args, key) is not None
+    }
     return ProxySettings(
         bus_url=args.bus_url,
         embed_bus=False,
         data_dir=args.data_dir,
         heartbeat_interval_s=args.heartbeat_interval_s,
         **limits,
+        **scale_out,
     )
 
 

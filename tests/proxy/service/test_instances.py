@@ -1,0 +1,236 @@
+"""Three proxies serving ONE service URI on one Mosquitto (``serve --instance``), with a shared
+PostgreSQL registry and artifact directory, each a real process (tests/proxy/proxy_process.py).
+
+Under a continuous prediction load every request is answered exactly once — counted on the
+requester's reply signal by a second connection, not only by the client that asked; SIGKILL of
+one instance mid-load loses nothing: its requests in flight are re-sent by the client under the
+same id (bus.rpc retries after a third of the timeout) and answered by another instance, once.
+A deploy made through whichever instance the broker picks is served by all three (each model
+call names its worker process, one replica per instance).
+
+The closure archive is put in the shared artifact store beforehand, so the deploy is one
+``model.deploy`` request, which any instance may take: a chunked upload spread over instances
+is another test's subject (proxy/uploads).
+
+Covers the share group wiring in proxy/service/startup.py and bus/responder.py
+(service_share_group), and ZeroMQ's refusal of ``--instance``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from bus import PO_REPLY, BusClient, reply_uri
+from bus.artifact import build_closure_archive
+from bus.errors import Unsupported
+from container_manager import ServiceClient
+from proxy.service.settings import ProxySettings
+from proxy.service.startup import running_proxy
+from proxy.uploads.artifacts import ArtifactStore, artifact_root
+from tests.bus.helpers import RecordingTransport
+from tests.proxy.conftest import ProxyHarness, wait_until
+from transports import open_transport
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+INSTANCES = 3
+WORKERS = 8  # requests in flight at once
+PER_PHASE = 60  # answers before the kill, and again after it
+TIMEOUT_S = 12.0  # a request's whole timeout: retried after 4 s without a reply
+START_S = 45.0
+
+_TAG: list[str] = []  # pickled empty with the model; filled in each worker process
+
+
+def tagged(inputs: list[Any]) -> list[list[Any]]:
+    """20 ms per call (so each instance has requests in flight); each output names the worker."""
+    if not _TAG:
+        _TAG.append(os.urandom(6).hex())
+    time.sleep(0.02)
+    return [[x, _TAG[0]] for x in inputs]
+
+
+@asynccontextmanager
+async def instances(
+    harness: ProxyHarness, shared: list[str], log_dir: Path
+) -> AsyncIterator[list[Process]]:
+    """INSTANCES proxy processes of ``harness``'s service (its key copied into each data
+    directory), started at once; each stopped with SIGTERM on exit unless killed."""
+    harness.owner  # noqa: B018 (makes the service key)
+    key = harness.settings().entity_file
+    processes: list[Process] = []
+    try:
+        for index in range(INSTANCES):
+            data_dir = harness.data_dir.parent / f"instance-{index}"
+            data_dir.mkdir(mode=0o700, exist_ok=True)
+            shutil.copy(key, data_dir / key.name)
+            command = [
+                sys.executable, "-m", "tests.proxy.proxy_process", "--bus-url", harness.bus_url,
+                "--data-dir", str(data_dir), "--instance", f"i{index}", *shared,
+            ]  # fmt: skip
+            with (log_dir / f"instance-{index}.log").open("ab") as log:
+                processes.append(
+                    await anyio.open_process(
+                        command, stdout=subprocess.PIPE, stderr=log, cwd=REPO_ROOT
+                    )
+                )
+        with anyio.fail_after(START_S):
+            for index, process in enumerate(processes):
+                assert process.stdout is not None
+                line = await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 4096)
+                log = (log_dir / f"instance-{index}.log").read_text()
+                assert line.decode() == f"ready {harness.service_uri}", log
+        yield processes
+    finally:
+        with anyio.CancelScope(shield=True):
+            for process in processes:
+                if process.returncode is None:
+                    process.terminate()
+            for process in processes:
+                with anyio.move_on_after(20):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                await process.aclose()
+
+
+async def put_shared_artifact(artifacts: Path, data: bytes, tmp_path: Path) -> str:
+    """What an operator copying an archive into the shared store does; returns its digest."""
+    digest = hashlib.sha256(data).hexdigest()
+    spool = tmp_path / "spool.closure"
+    spool.write_bytes(data)
+    await ArtifactStore(artifact_root(f"file://{artifacts}")).put(spool, digest)
+    return digest
+
+
+class ReplyTap:
+    """Counts, by request id, the replies published on one requester's reply signal."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    async def run(self, bus: BusClient, uri: str, *, task_status: Any) -> None:
+        async with bus.subscribe(uri) as stream:
+            task_status.started()
+            async for message in stream:
+                self.counts[message.value(PO_REPLY)["id"]] += 1
+
+
+async def predict(bus: BusClient, slot: str, rid: str, value: float) -> Any:
+    body = {"op": "predict", "model": "tagged", "input": [value]}
+    return await bus.request(slot, body, timeout_s=TIMEOUT_S, request_id=rid)
+
+
+@pytest.mark.mqtt
+@pytest.mark.postgres
+@pytest.mark.slow
+async def test_three_instances_answer_each_request_once_through_a_kill(
+    mosquitto_url: str, postgres_url: str, tmp_path: Path
+) -> None:
+    harness = ProxyHarness(mosquitto_url, tmp_path / "service")  # its key, for every instance
+    artifacts = tmp_path / "artifacts"
+    shared = ["--registry", postgres_url, "--artifacts", f"file://{artifacts}"]
+    grant = [[harness.operator_grant()]]
+    slot = harness.slot("predict")
+    recording = RecordingTransport(open_transport(mosquitto_url))
+    tap = ReplyTap()
+    with anyio.fail_after(120):
+        async with AsyncExitStack() as stack:
+            processes = await stack.enter_async_context(instances(harness, shared, tmp_path))
+            bus = await stack.enter_async_context(
+                BusClient(recording, harness.operator, proofs=grant)
+            )
+            tap_bus = await stack.enter_async_context(
+                BusClient(open_transport(mosquitto_url), harness.operator, proofs=grant)
+            )
+            group = await stack.enter_async_context(anyio.create_task_group())
+            await group.start(tap.run, tap_bus, reply_uri(slot, harness.operator.key_text))
+            operator = ServiceClient(bus, harness.service_uri, timeout_s=TIMEOUT_S)
+
+            # A deploy through whichever instance takes it; all three serve it.
+            digest = await put_shared_artifact(artifacts, build_closure_archive(tagged), tmp_path)
+            await operator.deploy_artifact("tagged", "1", "doubles", digest)
+            workers: set[str] = set()
+
+            async def all_serve() -> bool:
+                try:
+                    reply = await operator.predict(model="tagged", input=[0.0])
+                except Exception:
+                    return False
+                workers.add(reply["output"][1])
+                return len(workers) == INSTANCES
+
+            await wait_until(all_serve, timeout_s=30, what="every instance serves version 1")
+
+            # The load: WORKERS callers, each request id once; SIGKILL one instance midway.
+            answered: dict[str, Any] = {}
+            killed = anyio.Event()
+            enough = anyio.Event()
+
+            async def caller(index: int) -> None:
+                count = 0
+                while not enough.is_set():
+                    rid = f"load-{index}-{count}"
+                    reply = await predict(bus, slot, rid, float(count))
+                    assert reply["output"][0] == [float(count)], (rid, reply)  # its own answer
+                    assert rid not in answered
+                    answered[rid] = reply
+                    count += 1
+                    if len(answered) >= PER_PHASE and not killed.is_set():
+                        processes[0].send_signal(signal.SIGKILL)
+                        killed.set()
+                        at_kill.append(len(answered))
+                    elif killed.is_set() and len(answered) >= at_kill[0] + PER_PHASE:
+                        enough.set()
+
+            at_kill: list[int] = []
+            published_before = len(recording.published)
+            async with anyio.create_task_group() as load:
+                for index in range(WORKERS):
+                    load.start_soon(caller, index)
+            assert await processes[0].wait() == -signal.SIGKILL
+
+            sent = recording.published[published_before:].count(slot)
+            assert sent > len(answered), "no request was in flight on the killed instance"
+
+            # Each request id was answered once on the wire, not only once to the caller.
+            async def tap_has_all() -> bool:
+                return all(rid in tap.counts for rid in answered)
+
+            await wait_until(tap_has_all, timeout_s=10, what="the tap heard every reply")
+            for index in range(2 * INSTANCES):  # a last round through the survivors
+                await predict(bus, slot, f"last-{index}", 1.0)
+            last = f"last-{2 * INSTANCES - 1}"
+            await wait_until(lambda: _has(tap, last), timeout_s=10, what="the last round")
+            twice = {rid: n for rid, n in tap.counts.items() if rid in answered and n != 1}
+            assert not twice, f"answered more than once: {twice}"
+            group.cancel_scope.cancel()
+
+
+async def _has(tap: ReplyTap, rid: str) -> bool:
+    return rid in tap.counts
+
+
+async def test_zeromq_refuses_an_instance(zmq_bus_url: str, tmp_path: Path) -> None:
+    settings = ProxySettings(
+        bus_url=zmq_bus_url, embed_bus=False, data_dir=tmp_path / "proxy", instance="a"
+    )
+    with pytest.raises(Unsupported, match="ZeroMQ is one machine's bus; several instances need"):
+        async with running_proxy(settings):
+            pass
+    assert not (tmp_path / "proxy" / "proxy.key").exists()  # refused before anything was made
