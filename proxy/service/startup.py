@@ -16,6 +16,9 @@ replicas of every registered, unstopped version, so a restarted proxy serves wha
 Several instances (``settings.instance`` set) serve one service URI on one MQTT broker: each
 subscribes to the slots in the service's share group (:func:`bus.responder.service_share_group`),
 so each request reaches one of them; ZeroMQ, one machine's bus, refuses to start that way.
+Every instance serves ``predict``; ``admin`` and ``deploy`` are served by the one instance that
+holds the registry's lead (:meth:`proxy.registry.Registry.lead`), so that their retries meet the
+replies and requests in flight that instance keeps (PROTOCOL.md §15.3).
 
 Closures run sandboxed (:mod:`proxy.backend.sandbox`): the service refuses to start where
 bubblewrap is
@@ -25,12 +28,14 @@ Its data directory is made 0700 and its registry file 0600.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -243,16 +248,16 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         share_group = None
         if settings.instance is not None:
             share_group = service_share_group(verifier.canonical(service_uri))
+        led: list[tuple[Any, ...]] = []  # admin and deploy, of one of several instances
         for name, slot in slots.items():
-            await task_group.start(
-                _serve,
-                client,
-                f"{interface_uri}/slot/{name}",
-                slot,
-                settings,
-                gate,
-                share_group,
-            )
+            args = (_serve, client, f"{interface_uri}/slot/{name}", slot, settings, gate)
+            if share_group is None or name == "predict":
+                await task_group.start(*args, share_group)
+            else:
+                led.append((*args, share_group))
+        if led:
+            lead = f"{verifier.canonical(service_uri)} slots admin deploy"
+            task_group.start_soon(registry.lead, lead, functools.partial(_serve_all, led))
         await task_group.start(heartbeat.run, client)
         await task_group.start(policies.background.run)
         await task_group.start(schedules.scheduler.run)
@@ -323,6 +328,13 @@ async def _serve(
         share_group=share_group,
         task_status=task_status,
     )
+
+
+async def _serve_all(serving: list[tuple[Any, ...]]) -> None:
+    """Serve several slots until cancelled (the leader's slots)."""
+    async with anyio.create_task_group() as group:
+        for args in serving:
+            await group.start(*args)
 
 
 def _check_instance_bus(settings: ProxySettings) -> None:

@@ -44,9 +44,7 @@ async def test_each_frame_reaches_one_member_of_the_group(sharing_url: str, ns: 
     async with AsyncExitStack() as stack:
         members = [await stack.enter_async_context(connected(sharing_url)) for _ in range(3)]
         publisher = await stack.enter_async_context(connected(sharing_url))
-        shared = [
-            await m.subscribe(f"{ns}/svc/slot/+", share_group="svc-group") for m in members
-        ]
+        shared = [await m.subscribe(f"{ns}/svc/slot/+", share_group="svc-group") for m in members]
         plain = await publisher.subscribe(f"{ns}/svc/slot/+")  # outside the group: every frame
         marks = [await m.subscribe(f"{ns}/marker") for m in members]
         sent = [f"frame-{index:03d}".encode() for index in range(FRAMES)]
@@ -60,9 +58,7 @@ async def test_each_frame_reaches_one_member_of_the_group(sharing_url: str, ns: 
         assert [d.frame for d in await receive(plain, FRAMES)] == sent
 
 
-async def test_groups_are_independent_and_a_closed_member_leaves(
-    sharing_url: str, ns: str
-) -> None:
+async def test_groups_are_independent_and_a_closed_member_leaves(sharing_url: str, ns: str) -> None:
     async with connected(sharing_url) as first, connected(sharing_url) as second:
         one = await first.subscribe(f"{ns}/slot", share_group="one")
         two = await second.subscribe(f"{ns}/slot", share_group="two")

@@ -5,8 +5,10 @@ Under a continuous prediction load every request is answered exactly once — co
 requester's reply signal by a second connection, not only by the client that asked; SIGKILL of
 one instance mid-load loses nothing: its requests in flight are re-sent by the client under the
 same id (bus.rpc retries after a third of the timeout) and answered by another instance, once.
-A deploy made through whichever instance the broker picks is served by all three (each model
-call names its worker process, one replica per instance).
+The first instance started leads the ``admin`` and ``deploy`` slots (the registry's lead): a
+deploy through it is served by all three (each model call names its worker process, one
+replica per instance); once it is killed the lead moves, and a deploy through the new leader is
+served by both survivors.
 
 The closure archive is put in the shared artifact store beforehand, so the deploy is one
 ``model.deploy`` request, which any instance may take: a chunked upload spread over instances
@@ -26,8 +28,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from bus import PO_REPLY, BusClient, reply_uri
 from bus.artifact import build_closure_archive
-from bus.errors import Unsupported
+from bus.errors import BusError, Unsupported
 from container_manager import ServiceClient
 from proxy.service.settings import ProxySettings
 from proxy.service.startup import running_proxy
@@ -65,43 +66,52 @@ def tagged(inputs: list[Any]) -> list[list[Any]]:
     return [[x, _TAG[0]] for x in inputs]
 
 
-@asynccontextmanager
-async def instances(
-    harness: ProxyHarness, shared: list[str], log_dir: Path
-) -> AsyncIterator[list[Process]]:
-    """INSTANCES proxy processes of ``harness``'s service (its key copied into each data
-    directory), started at once; each stopped with SIGTERM on exit unless killed."""
-    harness.owner  # noqa: B018 (makes the service key)
-    key = harness.settings().entity_file
-    processes: list[Process] = []
-    try:
-        for index in range(INSTANCES):
-            data_dir = harness.data_dir.parent / f"instance-{index}"
-            data_dir.mkdir(mode=0o700, exist_ok=True)
+class Instances:
+    """Proxy processes of ``harness``'s service (its key copied into each data directory),
+    each stopped with SIGTERM when the block ends unless the test killed it."""
+
+    def __init__(self, harness: ProxyHarness, shared: list[str], log_dir: Path) -> None:
+        harness.owner  # noqa: B018 (makes the service key)
+        self.harness = harness
+        self.shared = shared
+        self.log_dir = log_dir
+        self.processes: list[Process] = []
+
+    async def start(self, count: int) -> None:
+        """Start ``count`` more, at once, and wait until each serves."""
+        key = self.harness.settings().entity_file
+        starting = []
+        for index in range(len(self.processes), len(self.processes) + count):
+            data_dir = self.harness.data_dir.parent / f"instance-{index}"
+            data_dir.mkdir(mode=0o700)
             shutil.copy(key, data_dir / key.name)
             command = [
-                sys.executable, "-m", "tests.proxy.proxy_process", "--bus-url", harness.bus_url,
-                "--data-dir", str(data_dir), "--instance", f"i{index}", *shared,
+                sys.executable, "-m", "tests.proxy.proxy_process",
+                "--bus-url", self.harness.bus_url, "--data-dir", str(data_dir),
+                "--instance", f"i{index}", *self.shared,
             ]  # fmt: skip
-            with (log_dir / f"instance-{index}.log").open("ab") as log:
-                processes.append(
-                    await anyio.open_process(
-                        command, stdout=subprocess.PIPE, stderr=log, cwd=REPO_ROOT
-                    )
+            with (self.log_dir / f"instance-{index}.log").open("ab") as log:
+                process = await anyio.open_process(
+                    command, stdout=subprocess.PIPE, stderr=log, cwd=REPO_ROOT
                 )
+            self.processes.append(process)
+            starting.append((index, process))
         with anyio.fail_after(START_S):
-            for index, process in enumerate(processes):
+            for index, process in starting:
                 assert process.stdout is not None
                 line = await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 4096)
-                log = (log_dir / f"instance-{index}.log").read_text()
-                assert line.decode() == f"ready {harness.service_uri}", log
-        yield processes
-    finally:
+                log = (self.log_dir / f"instance-{index}.log").read_text()
+                assert line.decode() == f"ready {self.harness.service_uri}", log
+
+    async def __aenter__(self) -> Instances:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
         with anyio.CancelScope(shield=True):
-            for process in processes:
+            for process in self.processes:
                 if process.returncode is None:
                     process.terminate()
-            for process in processes:
+            for process in self.processes:
                 with anyio.move_on_after(20):
                     await process.wait()
                 if process.returncode is None:
@@ -151,7 +161,8 @@ async def test_three_instances_answer_each_request_once_through_a_kill(
     tap = ReplyTap()
     with anyio.fail_after(120):
         async with AsyncExitStack() as stack:
-            processes = await stack.enter_async_context(instances(harness, shared, tmp_path))
+            fleet = await stack.enter_async_context(Instances(harness, shared, tmp_path))
+            await fleet.start(1)
             bus = await stack.enter_async_context(
                 BusClient(recording, harness.operator, proofs=grant)
             )
@@ -161,26 +172,21 @@ async def test_three_instances_answer_each_request_once_through_a_kill(
             group = await stack.enter_async_context(anyio.create_task_group())
             await group.start(tap.run, tap_bus, reply_uri(slot, harness.operator.key_text))
             operator = ServiceClient(bus, harness.service_uri, timeout_s=TIMEOUT_S)
+            admin = ServiceClient(bus, harness.service_uri, timeout_s=3 * TIMEOUT_S)
+            await admin.call("admin", "status")  # answered: the first instance leads admin
+            await fleet.start(INSTANCES - 1)
+            leader = fleet.processes[0]
 
-            # A deploy through whichever instance takes it; all three serve it.
+            # A deploy through the leader; all three serve it.
             digest = await put_shared_artifact(artifacts, build_closure_archive(tagged), tmp_path)
-            await operator.deploy_artifact("tagged", "1", "doubles", digest)
-            workers: set[str] = set()
+            await admin.deploy_artifact("tagged", "1", "doubles", digest)
+            await serving_everywhere(operator, "1", INSTANCES)
 
-            async def all_serve() -> bool:
-                try:
-                    reply = await operator.predict(model="tagged", input=[0.0])
-                except Exception:
-                    return False
-                workers.add(reply["output"][1])
-                return len(workers) == INSTANCES
-
-            await wait_until(all_serve, timeout_s=30, what="every instance serves version 1")
-
-            # The load: WORKERS callers, each request id once; SIGKILL one instance midway.
+            # The load: WORKERS callers, each request id once; SIGKILL the leader midway.
             answered: dict[str, Any] = {}
             killed = anyio.Event()
             enough = anyio.Event()
+            at_kill: list[int] = []
 
             async def caller(index: int) -> None:
                 count = 0
@@ -192,34 +198,49 @@ async def test_three_instances_answer_each_request_once_through_a_kill(
                     answered[rid] = reply
                     count += 1
                     if len(answered) >= PER_PHASE and not killed.is_set():
-                        processes[0].send_signal(signal.SIGKILL)
+                        leader.send_signal(signal.SIGKILL)
                         killed.set()
                         at_kill.append(len(answered))
                     elif killed.is_set() and len(answered) >= at_kill[0] + PER_PHASE:
                         enough.set()
 
-            at_kill: list[int] = []
             published_before = len(recording.published)
             async with anyio.create_task_group() as load:
                 for index in range(WORKERS):
                     load.start_soon(caller, index)
-            assert await processes[0].wait() == -signal.SIGKILL
-
+            assert await leader.wait() == -signal.SIGKILL
             sent = recording.published[published_before:].count(slot)
             assert sent > len(answered), "no request was in flight on the killed instance"
 
-            # Each request id was answered once on the wire, not only once to the caller.
-            async def tap_has_all() -> bool:
-                return all(rid in tap.counts for rid in answered)
+            # The lead moved: a deploy through the new leader is served by both survivors.
+            await admin.deploy_artifact("tagged", "2", "doubles", digest)
+            await serving_everywhere(operator, "2", INSTANCES - 1)
 
-            await wait_until(tap_has_all, timeout_s=10, what="the tap heard every reply")
+            # Each request id was answered once on the wire, not only once to the caller.
             for index in range(2 * INSTANCES):  # a last round through the survivors
                 await predict(bus, slot, f"last-{index}", 1.0)
             last = f"last-{2 * INSTANCES - 1}"
             await wait_until(lambda: _has(tap, last), timeout_s=10, what="the last round")
-            twice = {rid: n for rid, n in tap.counts.items() if rid in answered and n != 1}
+            assert all(rid in tap.counts for rid in answered)
+            twice = {rid: n for rid, n in tap.counts.items() if n != 1}
             assert not twice, f"answered more than once: {twice}"
             group.cancel_scope.cancel()
+
+
+async def serving_everywhere(operator: ServiceClient, version: str, count: int) -> None:
+    """Until ``count`` workers (one per instance) have answered with ``version``."""
+    workers: set[str] = set()
+
+    async def all_serve() -> bool:
+        try:
+            reply = await operator.predict(model="tagged", input=[0.0])
+        except BusError:
+            return False
+        if reply["version"] == version:
+            workers.add(reply["output"][1])
+        return len(workers) == count
+
+    await wait_until(all_serve, timeout_s=30, what=f"{count} instances serve version {version}")
 
 
 async def _has(tap: ReplyTap, rid: str) -> bool:
