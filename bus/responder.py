@@ -9,7 +9,7 @@ responder.
 Several instances of one service (several processes, one service URI, one MQTT broker) each run
 their responders in the share group :func:`service_share_group` of the service URI, so each
 request frame reaches one instance. The replay and reply caches stay in each instance's memory:
-a retry that lands on another instance runs there again (PROTOCOL.md §15.3 says why that is
+a retry that lands on another instance runs there again (PROTOCOL.md §15.4 says why that is
 safe, and what it costs).
 """
 

@@ -18,7 +18,7 @@ subscribes to the slots in the service's share group (:func:`bus.responder.servi
 so each request reaches one of them; ZeroMQ, one machine's bus, refuses to start that way.
 Every instance serves ``predict``; ``admin`` and ``deploy`` are served by the one instance that
 holds the registry's lead (:meth:`proxy.registry.Registry.lead`), so that their retries meet the
-replies and requests in flight that instance keeps (PROTOCOL.md §15.3).
+replies and requests in flight that instance keeps (PROTOCOL.md §15.4).
 
 Closures run sandboxed (:mod:`proxy.backend.sandbox`): the service refuses to start where
 bubblewrap is
