@@ -3,6 +3,7 @@
     modelbus bench bus [--bus URL]... [--count N] [--requests N] [--size BYTES] [--qos 0|1|2]
     modelbus bench heartbeats [--services N]... [--seconds 30] [--bus URL]
     modelbus bench predict [--count N] [--in-flight 8]
+    modelbus bench scale [--count N] [--in-flight 16]
     modelbus bench remote [--count N]
     modelbus bench upload [--mib 256] [--window 16]
     modelbus bench upload --image [--image-mib 300] [--docker-url URL]
@@ -259,3 +260,27 @@ def schedule(schedules: int, rounds: int, delay_schedules: int) -> None:
 
     result = runner.run(run_schedule_bench, schedules, rounds, delay_schedules)
     print_schedule_table(result)
+
+
+@bench.command("scale")
+@click.option(
+    "--count",
+    default=3000,
+    show_default=True,
+    type=click.IntRange(100, 1_000_000),
+    help="Predictions per row.",
+)
+@click.option(
+    "--in-flight",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1, 16),
+    help="Predictions in flight at once (one client: at most its per-sender limit, 16).",
+)
+def scale(count: int, in_flight: int) -> None:
+    """Predictions/s with 1, 2, 3 instances of one service on one Mosquitto, next to one plain
+    proxy; CPU of the broker, the proxies and the client: what saturates."""
+    from proxy.bench.scale import print_scale_table, run_scale_bench
+
+    rows, notes = run_scale_bench(count, in_flight)
+    print_scale_table(rows, notes, in_flight)

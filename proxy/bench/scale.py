@@ -1,0 +1,226 @@
+"""``modelbus bench scale``: predictions/s with 1, 2 and 3 instances of one service on one
+Mosquitto, next to one proxy without ``--instance`` (plain subscriptions), in the same run.
+
+Every proxy is a ``modelbus serve`` process of its own (``--instance iN`` on the same service
+key), every model replica a sandboxed worker of its proxy, the broker a Mosquitto process, and
+the load this process: ``in_flight`` requests at once from one client, ``count`` predictions of
+the trivial model per row. The version is deployed once, through a first proxy, into a registry
+and an artifact directory the rows' proxies then start from — each from a copy of that SQLite
+registry: the prediction path reads no registry, so a shared PostgreSQL would add nothing to
+what is measured here (``deploy/README.md`` runs the instances on one).
+
+What saturates: the CPU time of the broker, the proxies, their workers and this client over each
+row's measured window, read from ``/proc`` (Linux), as a share of one core each and of all the
+machine's cores together.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import click
+
+from bus import BusClient, BusError, runner
+from container_manager import ServiceClient
+from proxy.bench import http as bench_http
+from proxy.bench.buses import own_mosquitto
+from proxy.bench.environment import environment_line
+from proxy.bench.service import ServiceUnderTest, service_process
+from transports import open_transport
+
+__all__ = ["ScaleRow", "print_scale_table", "run_scale_bench"]
+
+ROW = [1.5, 2.0, 3.0]
+WARM_UP = 100
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleRow:
+    label: str
+    proxies: int
+    per_s: float
+    errors: int
+    cpu: dict[str, float]  # part -> CPU seconds per wall second (1.0 = one core busy)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` and all their descendants, now (0 where gone)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+    total, seen, todo = 0.0, set(), list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += times.get(pid, 0.0)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return total
+
+
+def _parts(broker: int, proxies: list[int]) -> dict[str, list[int]]:
+    return {"broker": [broker], "proxies": proxies, "client": [os.getpid()]}
+
+
+async def _load(client: ServiceClient, count: int, in_flight: int) -> tuple[float, int]:
+    """Predictions/s with ``in_flight`` callers sharing ``count`` predictions; errors."""
+    errors = 0
+
+    async def caller(share: int) -> None:
+        nonlocal errors
+        for _ in range(share):
+            try:
+                await client.predict(model="bench", input=ROW)
+            except BusError:
+                errors += 1
+
+    share = count // in_flight
+    started = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        for _ in range(in_flight):
+            group.start_soon(caller, share)
+    return share * in_flight / (time.perf_counter() - started), errors
+
+
+async def _measure(
+    label: str, bus_url: str, services: list[ServiceUnderTest], broker: int, settings: _Settings
+) -> ScaleRow:
+    user, grant = services[0].user_with_grant()
+    async with BusClient(open_transport(bus_url), user, proofs=[[grant]]) as bus:
+        client = ServiceClient(bus, services[0].service_uri)
+        await client.wait_ready("bench", "1")
+        for _ in range(WARM_UP * len(services)):  # every instance's worker warm
+            await client.predict(model="bench", input=ROW)
+        parts = _parts(broker, [service.pid for service in services])
+        before = {part: cpu_seconds(pids) for part, pids in parts.items()}
+        started = time.perf_counter()
+        per_s, errors = await _load(client, settings.count, settings.in_flight)
+        wall_s = time.perf_counter() - started
+        cpu = {part: (cpu_seconds(pids) - before[part]) / wall_s for part, pids in parts.items()}
+    return ScaleRow(label, len(services), per_s, errors, cpu)
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    count: int
+    in_flight: int
+    instances: tuple[int, ...]
+
+
+def _seed(bus_url: str, workdir: Path) -> tuple[Path, Path]:
+    """Deploy the model once, through a first proxy; returns (its data dir, namespace key)."""
+    seed = workdir / "seed"
+    namespace_key = workdir / "namespace.key"
+    artifacts = ("--artifacts", str(workdir / "artifacts"))
+    with service_process(bus_url, seed, namespace_key=namespace_key, options=artifacts) as one:
+
+        async def deploy() -> None:
+            user, grant = one.user_with_grant()
+            async with BusClient(open_transport(bus_url), user, proofs=[[grant]]) as bus:
+                client = ServiceClient(bus, one.service_uri)
+                await client.deploy_function("bench", "1", bench_http.model, "doubles")
+                await client.wait_ready("bench", "1")
+
+        runner.run(deploy)
+    return seed, namespace_key
+
+
+def _row(
+    label: str, bus_url: str, workdir: Path, broker: int, instances: int, settings: _Settings
+) -> ScaleRow:
+    seed, namespace_key = workdir / "seed", workdir / "namespace.key"
+    with ExitStack() as stack:
+        services = []
+        for index in range(instances if instances else 1):
+            data_dir = workdir / f"{label.split()[0]}-{instances}-{index}"
+            shutil.copytree(seed, data_dir, ignore=shutil.ignore_patterns("replicas", "*.lock"))
+            options = ["--artifacts", str(workdir / "artifacts")]
+            if instances:
+                options += ["--instance", f"i{index}"]
+            services.append(
+                stack.enter_context(
+                    service_process(
+                        bus_url, data_dir, namespace_key=namespace_key, options=tuple(options)
+                    )
+                )
+            )
+        return runner.run(_measure, label, bus_url, services, broker, settings)
+
+
+def run_scale_bench(
+    count: int, in_flight: int, instances: tuple[int, ...] = (1, 2, 3)
+) -> tuple[list[ScaleRow], list[str]]:
+    """The rows (the plain proxy first: the baseline) and the notes (environment first)."""
+    settings = _Settings(count, in_flight, instances)
+    notes = [environment_line()]
+    rows: list[ScaleRow] = []
+    with tempfile.TemporaryDirectory(prefix="modelbus-bench-scale-") as tmp:
+        workdir = Path(tmp)
+        with own_mosquitto(workdir) as (bus_url, broker):
+            click.echo("deploying the model once ...", err=True)
+            _seed(bus_url, workdir)
+            click.echo("one proxy, plain subscriptions ...", err=True)
+            rows.append(_row("plain", bus_url, workdir, broker, 0, settings))
+            for count_ in instances:
+                click.echo(f"{count_} instance(s) ...", err=True)
+                rows.append(_row("shared", bus_url, workdir, broker, count_, settings))
+    return rows, notes
+
+
+def _saturation(row: ScaleRow, cores: int) -> str:
+    busy = sum(row.cpu.values())
+    if busy >= 0.85 * cores:
+        return f"the cores ({busy:.2f} of {cores} busy)"
+    hot = [part for part, share in row.cpu.items() if share >= 0.85]
+    if hot:
+        return ", ".join(f"the {part} (one core: {row.cpu[part]:.2f})" for part in hot)
+    return f"nothing measured here ({busy:.2f} of {cores} cores busy): latency-bound"
+
+
+def print_scale_table(rows: list[ScaleRow], notes: list[str], in_flight: int) -> None:
+    cores = os.cpu_count() or 1
+    baseline = rows[0].per_s
+    click.echo(notes[0])
+    click.echo(
+        f"predictions/s of the trivial model, {in_flight} in flight from one client, "
+        "one Mosquitto; CPU in cores busy over the measured window (1.00 = one core)"
+    )
+    header = (
+        f"{'proxies':<34}{'pred/s':>9}{'ratio':>7}{'errors':>7}"
+        f"{'broker':>8}{'proxies':>9}{'client':>8}"
+    )
+    click.echo(header)
+    for row in rows:
+        label = (
+            "1 proxy, plain subscriptions (baseline)"
+            if row.label == "plain"
+            else f"{row.proxies} instance{'s' if row.proxies > 1 else ''}, $share group"
+        )
+        click.echo(
+            f"{label:<34.34}{row.per_s:>9.0f}{row.per_s / baseline:>7.2f}{row.errors:>7}"
+            f"{row.cpu['broker']:>8.2f}{row.cpu['proxies']:>9.2f}{row.cpu['client']:>8.2f}"
+        )
+    click.echo(
+        "(proxies: the serve processes with their sandboxed workers; ratio: to the first row)"
+    )
+    for row in rows:
+        click.echo(f"saturated with {row.proxies} ({row.label}): {_saturation(row, cores)}")
+    for note in notes[1:]:
+        click.echo(note)
