@@ -338,7 +338,14 @@ async def _serve_all(serving: list[tuple[Any, ...]]) -> None:
 
 
 def _check_instance_bus(settings: ProxySettings) -> None:
-    """Refuse to run one of several instances on ZeroMQ, which cannot spread requests."""
+    """Refuse to run one of several instances on ZeroMQ, which cannot spread requests; warn
+    when its registry is a SQLite file, which no other instance shares."""
+    if settings.instance is not None and not isinstance(settings.registry_target, str):
+        logger.warning(
+            "instance %s keeps its registry in a SQLite file of its own: deploys and switches "
+            "through it do not reach other instances (use a postgresql:// --registry)",
+            settings.instance,
+        )
     if settings.instance is not None and settings.bus_url.startswith("zmq://"):
         raise Unsupported(
             f"instance {settings.instance!r}: ZeroMQ is one machine's bus; several instances "
