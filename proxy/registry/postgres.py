@@ -20,8 +20,9 @@ SQLite does on its own, this module does by hand:
 - **One leader** among the proxies of a service: :meth:`PostgresDatabase.lead` holds a
   session advisory lock (keyed by the SHA-256 of the lead's name) on a connection of its own
   while it runs its work; the others wait on the lock. A proxy that dies closes its connection,
-  PostgreSQL releases the lock and the next waiter leads; a leader whose connection drops stops
-  its work and waits for the lock again.
+  PostgreSQL releases the lock and the next waiter leads (a machine that vanishes without
+  closing it: within ~25 s, by TCP keepalives the lock's connection asks the server for); a
+  leader whose connection drops stops its work and waits for the lock again.
 - **Migrations** (:mod:`proxy.registry.postgres_schema`) run at open in one transaction under
   another advisory lock: proxies starting together migrate once; the others wait, then find the
   schema current. A database from a newer modelbus is refused untouched.
@@ -73,6 +74,13 @@ _BACKLOG = 1000
 _RECONNECT_MIN_S = 0.5
 _RECONNECT_MAX_S = 10.0
 _CONNECT_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# The server drops a lead whose machine vanished (no FIN, no RST) after ~25 s, not the kernel's
+# two hours: TCP keepalives every 5 s after 10 s idle, 3 unanswered end the connection.
+_LEAD_KEEPALIVES = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+}
 
 
 def is_postgres_url(target: object) -> bool:
@@ -236,7 +244,9 @@ class PostgresDatabase:
         delay = _RECONNECT_MIN_S
         while True:
             try:
-                connection = await asyncpg.connect(self._url, timeout=self._timeout_s)
+                connection = await asyncpg.connect(
+                    self._url, timeout=self._timeout_s, server_settings=_LEAD_KEEPALIVES
+                )
             except _CONNECT_ERRORS as exc:
                 log.warning("registry %s: cannot wait for the lead yet: %s", self.path, exc)
                 await anyio.sleep(delay)

@@ -275,6 +275,13 @@ async def test_one_proxy_leads_and_the_lead_passes_on_when_it_goes(postgres_url:
 
         group.start_soon(a.lead, "svc slots", work("a again"))
         async with raw(postgres_url) as admin:  # b's lock connection dies: the lead moves on
+            waiting = (
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND classid = $1 AND objid = $2 AND objsubid = 1"
+            )
+            with anyio.fail_after(10):  # a waits in line first (PostgreSQL serves it in order)
+                while not await admin.fetchval(waiting, key >> 32, key & 0xFFFFFFFF):  # noqa: ASYNC110
+                    await anyio.sleep(0.02)  # another connection's wait cannot be awaited
             await admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
                 "AND granted AND classid = $1 AND objid = $2 AND objsubid = 1",
