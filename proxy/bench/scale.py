@@ -3,8 +3,10 @@ Mosquitto, next to one proxy without ``--instance`` (plain subscriptions), in th
 
 Every proxy is a ``modelbus serve`` process of its own (``--instance iN`` on the same service
 key), every model replica a sandboxed worker of its proxy, the broker a Mosquitto process, and
-the load this process: ``in_flight`` requests at once from one client, ``count`` predictions of
-the trivial model per row. The version is deployed once, through a first proxy, into a registry
+the load ``clients`` processes (``python -m proxy.bench.scale load …``), each a requester of its
+own with ``in_flight`` requests at once, sharing ``count`` predictions of the trivial model per
+row; they start together once all are connected, and the row's time runs from that start to
+the last one's end. The version is deployed once, through a first proxy, into a registry
 and an artifact directory the rows' proxies then start from — each from a copy of that SQLite
 registry: the prediction path reads no registry, so a shared PostgreSQL would add nothing to
 what is measured here (``deploy/README.md`` runs the instances on one).
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -27,7 +31,8 @@ from pathlib import Path
 import anyio
 import click
 
-from bus import BusClient, BusError, runner
+from bus import BusClient, BusError, Entity, runner
+from bus.grants import encode_chain, load_chain
 from container_manager import ServiceClient
 from proxy.bench import http as bench_http
 from proxy.bench.buses import own_mosquitto
@@ -81,8 +86,8 @@ def machine_busy_s() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / _TICKS_PER_S
 
 
-def _parts(broker: int, proxies: list[int]) -> dict[str, list[int]]:
-    return {"broker": [broker], "proxies": proxies, "client": [os.getpid()]}
+def _parts(broker: int, proxies: list[int], clients: list[int]) -> dict[str, list[int]]:
+    return {"broker": [broker], "proxies": proxies, "client": clients}
 
 
 async def _load(client: ServiceClient, count: int, in_flight: int) -> tuple[float, int]:
@@ -105,31 +110,96 @@ async def _load(client: ServiceClient, count: int, in_flight: int) -> tuple[floa
     return share * in_flight / (time.perf_counter() - started), errors
 
 
-async def _measure(
+async def _warm(bus_url: str, service: ServiceUnderTest, proxies: int) -> None:
+    user, grant = service.user_with_grant()
+    async with BusClient(open_transport(bus_url), user, proofs=[[grant]]) as bus:
+        client = ServiceClient(bus, service.service_uri)
+        await client.wait_ready("bench", "1")
+        for _ in range(WARM_UP * proxies):  # every instance's worker warm
+            await client.predict(model="bench", input=ROW)
+
+
+def _measure(
     label: str, bus_url: str, services: list[ServiceUnderTest], broker: int, settings: _Settings
 ) -> ScaleRow:
-    user, grant = services[0].user_with_grant()
-    async with BusClient(open_transport(bus_url), user, proofs=[[grant]]) as bus:
-        client = ServiceClient(bus, services[0].service_uri)
-        await client.wait_ready("bench", "1")
-        for _ in range(WARM_UP * len(services)):  # every instance's worker warm
-            await client.predict(model="bench", input=ROW)
-        parts = _parts(broker, [service.pid for service in services])
+    runner.run(_warm, bus_url, services[0], len(services))
+    workdir = Path(tempfile.mkdtemp(prefix="load-", dir=settings.workdir))
+    loads = []
+    for index in range(settings.clients):
+        user, grant = services[0].user_with_grant()
+        key, chain = workdir / f"user-{index}.key", workdir / f"user-{index}.grant"
+        user.save(key)
+        chain.write_bytes(encode_chain([grant]))
+        argv = [
+            *(sys.executable, "-m", "proxy.bench.scale", "load", bus_url),
+            *(services[0].service_uri, str(key), str(chain)),
+            *(str(settings.count // settings.clients), str(settings.in_flight)),
+        ]
+        loads.append(
+            subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        )
+    try:
+        for load in loads:
+            assert load.stdout is not None
+            if load.stdout.readline().strip() != "ready":
+                raise RuntimeError("a load process did not start")
+        parts = _parts(broker, [service.pid for service in services], [p.pid for p in loads])
         before = {part: cpu_seconds(pids) for part, pids in parts.items()}
         machine_before = machine_busy_s()
         started = time.perf_counter()
-        per_s, errors = await _load(client, settings.count, settings.in_flight)
+        for load in loads:
+            assert load.stdin is not None
+            load.stdin.write("go\n")
+            load.stdin.flush()
+        done = [load.stdout.readline().split() for load in loads if load.stdout is not None]
         wall_s = time.perf_counter() - started
         cpu = {part: (cpu_seconds(pids) - before[part]) / wall_s for part, pids in parts.items()}
         cpu["machine"] = (machine_busy_s() - machine_before) / wall_s
-    return ScaleRow(label, len(services), per_s, errors, cpu)
+    finally:
+        for load in loads:
+            load.kill()
+            load.communicate()  # reaps it and closes its pipes
+    if any(words[:1] != ["done"] for words in done):
+        raise RuntimeError("a load process ended without its figures (see its stderr above)")
+    answered = sum(int(words[1]) for words in done)
+    errors = sum(int(words[2]) for words in done)
+    return ScaleRow(label, len(services), answered / wall_s, errors, cpu)
+
+
+async def _load_main(
+    bus_url: str, service_uri: str, key: str, chain: str, count: int, in_flight: int
+) -> None:
+    """One load process: connect, say ``ready``, wait for ``go``, then print ``done N E``."""
+    async with BusClient(
+        open_transport(bus_url), Entity.load(key), proofs=[load_chain(chain)]
+    ) as bus:
+        client = ServiceClient(bus, service_uri)
+        await client.predict(model="bench", input=ROW)  # learns the service's key
+        print("ready", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+        errors = 0
+
+        async def caller(share: int) -> None:
+            nonlocal errors
+            for _ in range(share):
+                try:
+                    await client.predict(model="bench", input=ROW)
+                except BusError:
+                    errors += 1
+
+        share = count // in_flight
+        async with anyio.create_task_group() as group:
+            for _ in range(in_flight):
+                group.start_soon(caller, share)
+        print(f"done {share * in_flight - errors} {errors}", flush=True)
 
 
 @dataclass(frozen=True, slots=True)
 class _Settings:
     count: int
     in_flight: int
-    instances: tuple[int, ...]
+    clients: int
+    workdir: Path
 
 
 def _seed(bus_url: str, workdir: Path) -> tuple[Path, Path]:
@@ -169,18 +239,18 @@ def _row(
                     )
                 )
             )
-        return runner.run(_measure, label, bus_url, services, broker, settings)
+        return _measure(label, bus_url, services, broker, settings)
 
 
 def run_scale_bench(
-    count: int, in_flight: int, instances: tuple[int, ...] = (1, 2, 3)
+    count: int, in_flight: int, clients: int, instances: tuple[int, ...] = (1, 2, 3)
 ) -> tuple[list[ScaleRow], list[str]]:
     """The rows (the plain proxy first: the baseline) and the notes (environment first)."""
-    settings = _Settings(count, in_flight, instances)
     notes = [environment_line()]
     rows: list[ScaleRow] = []
     with tempfile.TemporaryDirectory(prefix="modelbus-bench-scale-") as tmp:
         workdir = Path(tmp)
+        settings = _Settings(count, in_flight, clients, workdir)
         with own_mosquitto(workdir) as (bus_url, broker):
             click.echo("deploying the model once ...", err=True)
             _seed(bus_url, workdir)
@@ -206,13 +276,13 @@ def _saturation(row: ScaleRow, cores: int) -> str:
     return f"nothing measured here ({machine:.2f} of {cores} cores busy): latency-bound"
 
 
-def print_scale_table(rows: list[ScaleRow], notes: list[str], in_flight: int) -> None:
+def print_scale_table(rows: list[ScaleRow], notes: list[str], in_flight: int, clients: int) -> None:
     cores = os.cpu_count() or 1
     baseline = rows[0].per_s
     click.echo(notes[0])
     click.echo(
-        f"predictions/s of the trivial model, {in_flight} in flight from one client, "
-        "one Mosquitto; CPU in cores busy over the measured window (1.00 = one core)"
+        f"predictions/s of the trivial model, {clients} client processes with {in_flight} in "
+        "flight each, one Mosquitto; CPU in cores busy over the measured window (1.00 = one core)"
     )
     header = (
         f"{'proxies':<34}{'pred/s':>9}{'ratio':>7}{'errors':>7}"
@@ -238,3 +308,10 @@ def print_scale_table(rows: list[ScaleRow], notes: list[str], in_flight: int) ->
         click.echo(f"saturated with {row.proxies} ({row.label}): {_saturation(row, cores)}")
     for note in notes[1:]:
         click.echo(note)
+
+
+if __name__ == "__main__":  # python -m proxy.bench.scale load URL SERVICE KEY CHAIN COUNT IN_FLIGHT
+    if sys.argv[1:2] != ["load"] or len(sys.argv) != 8:
+        sys.exit(f"usage: {sys.argv[0]} load URL SERVICE_URI KEY CHAIN COUNT IN_FLIGHT")
+    url, uri, key_path, chain_path, total, at_once = sys.argv[2:]
+    runner.run(_load_main, url, uri, key_path, chain_path, int(total), int(at_once))

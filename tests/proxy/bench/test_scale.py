@@ -59,12 +59,12 @@ def test_the_verdict_names_what_saturates() -> None:
 @pytest.mark.mqtt
 @pytest.mark.slow
 def test_a_small_run_measures_every_row(capsys: pytest.CaptureFixture[str]) -> None:
-    rows, notes = run_scale_bench(120, 4, instances=(2,))
+    rows, notes = run_scale_bench(120, 4, 2, instances=(2,))
     assert [(r.label, r.proxies) for r in rows] == [("plain", 1), ("shared", 2)]
     for measured in rows:
         assert measured.per_s > 0 and measured.errors == 0
         assert measured.cpu["proxies"] > 0 and measured.cpu["client"] > 0
-    print_scale_table(rows, notes, 4)
+    print_scale_table(rows, notes, 4, 2)
     out = capsys.readouterr().out
     assert notes[0].startswith("environment:") and notes[0] in out
     assert "1 proxy, plain (the baseline)" in out and "2 instances, $share group" in out
