@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +79,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 UPLOAD_SWEEP_S = 60.0
+_Serving = Callable[..., Coroutine[Any, Any, None]]  # one slot's _serve, for a task group
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,13 +249,14 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         share_group = None
         if settings.instance is not None:
             share_group = service_share_group(verifier.canonical(service_uri))
-        led: list[tuple[Any, ...]] = []  # admin and deploy, of one of several instances
+        led: list[_Serving] = []  # admin and deploy, when one of several instances
         for name, slot in slots.items():
-            args = (_serve, client, f"{interface_uri}/slot/{name}", slot, settings, gate)
+            uri = f"{interface_uri}/slot/{name}"
+            serve = functools.partial(_serve, client, uri, slot, settings, gate, share_group)
             if share_group is None or name == "predict":
-                await task_group.start(*args, share_group)
+                await task_group.start(serve)
             else:
-                led.append((*args, share_group))
+                led.append(serve)
         if led:
             lead = f"{verifier.canonical(service_uri)} slots admin deploy"
             task_group.start_soon(registry.lead, lead, functools.partial(_serve_all, led))
@@ -330,11 +332,11 @@ async def _serve(
     )
 
 
-async def _serve_all(serving: list[tuple[Any, ...]]) -> None:
+async def _serve_all(serving: list[_Serving]) -> None:
     """Serve several slots until cancelled (the leader's slots)."""
     async with anyio.create_task_group() as group:
-        for args in serving:
-            await group.start(*args)
+        for serve in serving:
+            await group.start(serve)
 
 
 def _check_instance_bus(settings: ProxySettings) -> None:
