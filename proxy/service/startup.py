@@ -285,7 +285,9 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         finally:
             if gate.in_flight:
                 logger.info("draining %d requests in flight", gate.in_flight)
-            left = await gate.drain(settings.drain_timeout_s)
+            # One of several instances withdraws from the share group: the others take the new
+            # requests while it finishes its own (PROTOCOL.md §15.4); one alone refuses them.
+            left = await gate.drain(settings.drain_timeout_s, withdraw=share_group is not None)
             if left:
                 logger.warning(
                     "%d requests still running after %.0f s; cancelling them",

@@ -5,8 +5,8 @@
 
 The bus must outlive the process (a ZeroMQ forwarder or an MQTT broker the test runs), so the
 proxy's embedded bus is off. Once it serves, it prints ``ready <service uri>`` on stdout and
-nothing else there; its log goes to stderr. SIGTERM or SIGINT stop it cleanly, workers included;
-SIGKILL is the crash a test wants.
+nothing else there; its log goes to stderr. SIGTERM or SIGINT stop it cleanly, as ``modelbus
+serve`` does (requests in flight drained), workers included; SIGKILL is the crash a test wants.
 """
 
 from __future__ import annotations
@@ -50,13 +50,16 @@ def parse_settings(argv: list[str]) -> ProxySettings:
 
 
 async def serve(settings: ProxySettings) -> None:
+    """Serve until SIGTERM or SIGINT, then stop as ``modelbus serve`` does: drain the requests
+    in flight (an instance withdraws from its share group first), then exit."""
+    stop = anyio.Event()
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as task_group:
-            info = await task_group.start(run_proxy, settings)
+            info = await task_group.start(run_proxy, settings, stop)
             print(f"ready {info.service_uri}", flush=True)
             async for signum in signals:
                 logging.getLogger(__name__).info("signal %d: stopping", signum)
-                task_group.cancel_scope.cancel()
+                stop.set()
                 break
 
 

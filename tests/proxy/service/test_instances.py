@@ -8,7 +8,8 @@ same id (bus.rpc retries after a third of the timeout) and answered by another i
 The first instance started leads the ``admin`` and ``deploy`` slots (the registry's lead): a
 deploy through it is served by all three (each model call names its worker process, one
 replica per instance); once it is killed the lead moves, and a deploy through the new leader is
-served by both survivors.
+served by both survivors. SIGTERM of a survivor under load: it withdraws from the share group
+and finishes what it had, so no request is refused or lost.
 
 The closure archive is put in the shared artifact store beforehand, so the deploy is one
 ``model.deploy`` request, which any instance may take: a chunked upload spread over instances
@@ -59,10 +60,11 @@ _TAG: list[str] = []  # pickled empty with the model; filled in each worker proc
 
 
 def tagged(inputs: list[Any]) -> list[list[Any]]:
-    """20 ms per call (so each instance has requests in flight); each output names the worker."""
+    """20 ms per call (so each instance has requests in flight), 1.5 s for a call with the
+    input ``[-1.0]``; each output names the worker."""
     if not _TAG:
         _TAG.append(os.urandom(6).hex())
-    time.sleep(0.02)
+    time.sleep(1.5 if [-1.0] in inputs else 0.02)
     return [[x, _TAG[0]] for x in inputs]
 
 
@@ -216,6 +218,36 @@ async def test_three_instances_answer_each_request_once_through_a_kill(
             await admin.deploy_artifact("tagged", "2", "doubles", digest)
             await serving_everywhere(operator, "2", INSTANCES - 1)
 
+            # SIGTERM one survivor under load, slow requests in flight on both: it withdraws
+            # while it finishes its own, so nothing is refused (a single service would answer
+            # `overloaded` meanwhile) or lost.
+            await admin.deploy_artifact("sleepy", "1", "doubles", digest)  # its own workers
+            await serving_everywhere(operator, "1", INSTANCES - 1, model="sleepy")
+            stopping = fleet.processes[1]
+            stopped = anyio.Event()
+
+            async def slow(index: int) -> None:
+                body = {"op": "predict", "model": "sleepy", "input": [-1.0]}
+                reply = await bus.request(slot, body, timeout_s=TIMEOUT_S, request_id=f"s{index}")
+                assert reply["output"][0] == [-1.0]
+
+            async def burst(index: int) -> None:
+                for count in range(PER_PHASE // 2):
+                    rid = f"term-{index}-{count}"
+                    reply = await predict(bus, slot, rid, float(count))  # an error fails here
+                    assert reply["output"][0] == [float(count)]
+                    answered[rid] = reply
+
+            async with anyio.create_task_group() as load:
+                for index in range(4):  # two on each instance, 1.5 s each
+                    load.start_soon(slow, index)
+                await anyio.sleep(0.5)  # until they run there: another process cannot tell us
+                stopping.terminate()
+                stopped.set()
+                for index in range(WORKERS):
+                    load.start_soon(burst, index)
+            assert stopped.is_set() and await stopping.wait() == 0
+
             # Each request id was answered once on the wire, not only once to the caller.
             for index in range(2 * INSTANCES):  # a last round through the survivors
                 await predict(bus, slot, f"last-{index}", 1.0)
@@ -227,13 +259,15 @@ async def test_three_instances_answer_each_request_once_through_a_kill(
             group.cancel_scope.cancel()
 
 
-async def serving_everywhere(operator: ServiceClient, version: str, count: int) -> None:
+async def serving_everywhere(
+    operator: ServiceClient, version: str, count: int, model: str = "tagged"
+) -> None:
     """Until ``count`` workers (one per instance) have answered with ``version``."""
     workers: set[str] = set()
 
     async def all_serve() -> bool:
         try:
-            reply = await operator.predict(model="tagged", input=[0.0])
+            reply = await operator.predict(model=model, input=[0.0])
         except BusError:
             return False
         if reply["version"] == version:
