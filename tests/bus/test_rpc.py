@@ -35,7 +35,7 @@ from bus import (
     reply_uri,
 )
 from bus.errors import FrameTooLarge, LimitExceeded, TransportError, _all_subclasses
-from bus.responder import service_share_group
+from bus.responder import ServeGate, service_share_group
 from bus.rpc import MAX_REPLY_BYTES
 from bus.transport import DEFAULT_MAX_FRAME_BYTES
 from tests.bus.helpers import (
@@ -789,3 +789,56 @@ def test_the_share_group_of_a_service_is_fixed_by_its_uri() -> None:
     group = service_share_group("NS/s.modelbus/_")
     assert group == "modelbus-" + hashlib.sha256(b"NS/s.modelbus/_").hexdigest()[:24]
     assert service_share_group("NS/s.modelbus/other") != group
+
+
+async def test_a_withdrawing_instance_finishes_its_requests_and_refuses_none() -> None:
+    """Draining with ``withdraw``: the first responder leaves the share group and still answers
+    the request it was running; every later request reaches the second; nothing is refused."""
+    bus_url = memory_url()
+    service = Service()
+    member = service.server()
+    group = service_share_group(service.namespace.uri("s.thermal", "_"))
+    gate = ServeGate()
+    started, release = anyio.Event(), anyio.Event()
+    ran: list[str] = []
+
+    async def first_handler(request: Request) -> Any:
+        started.set()
+        await release.wait()
+        ran.append(f"first {request.body}")
+        return request.body
+
+    async def second_handler(request: Request) -> Any:
+        ran.append(f"second {request.body}")
+        return request.body
+
+    async with (
+        connect(bus_url, member) as first,
+        connect(bus_url, member) as second,
+        connect(bus_url, service.requester()) as client,
+        anyio.create_task_group() as tasks,
+    ):
+        serve = functools.partial(first.serve, service.slot(), first_handler, gate=gate)
+        await first.require_task_group().start(functools.partial(serve, share_group=group))
+        await second.require_task_group().start(
+            functools.partial(second.serve, service.slot(), second_handler, share_group=group)
+        )
+        results: list[Any] = []
+
+        async def ask(body: Any) -> None:
+            results.append(await client.request(service.slot(), body))
+
+        tasks.start_soon(ask, "slow")  # the memory hub's turn: the first responder
+        await started.wait()
+        draining: list[int] = []
+
+        async def drain() -> None:
+            draining.append(await gate.drain(5, withdraw=True))
+
+        tasks.start_soon(drain)
+        for index in range(4):
+            await ask(index)  # each reaches the second: the first has withdrawn
+        release.set()
+    assert draining == [0] and gate.refused == {}
+    assert sorted(map(str, results)) == ["0", "1", "2", "3", "slow"]
+    assert ran[:4] == ["second 0", "second 1", "second 2", "second 3"] and ran[4] == "first slow"
