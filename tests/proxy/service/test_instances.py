@@ -184,32 +184,48 @@ async def test_three_instances_answer_each_request_once_through_a_kill(
             await admin.deploy_artifact("tagged", "1", "doubles", digest)
             await serving_everywhere(operator, "1", INSTANCES)
 
-            # The load: WORKERS callers, each request id once; SIGKILL the leader midway.
+            # The load: WORKERS callers, each request id once; SIGKILL the leader midway, while
+            # it surely runs a request: the callers hold back their next requests for as long
+            # as it takes to publish three slow ones, which the broker's round robin hands to
+            # the three instances, one each (requests already out stay in flight).
             answered: dict[str, Any] = {}
-            killed = anyio.Event()
-            enough = anyio.Event()
+            resumed, enough = anyio.Event(), anyio.Event()
+            resumed.set()
             at_kill: list[int] = []
 
             async def caller(index: int) -> None:
                 count = 0
                 while not enough.is_set():
+                    await resumed.wait()
                     rid = f"load-{index}-{count}"
                     reply = await predict(bus, slot, rid, float(count))
                     assert reply["output"][0] == [float(count)], (rid, reply)  # its own answer
                     assert rid not in answered
                     answered[rid] = reply
                     count += 1
-                    if len(answered) >= PER_PHASE and not killed.is_set():
-                        leader.send_signal(signal.SIGKILL)
-                        killed.set()
-                        at_kill.append(len(answered))
-                    elif killed.is_set() and len(answered) >= at_kill[0] + PER_PHASE:
+                    if at_kill and len(answered) >= at_kill[0] + PER_PHASE:
                         enough.set()
+
+            async def slow(index: int) -> None:
+                rid = f"kill-{index}"
+                reply = await predict(bus, slot, rid, -1.0)
+                assert reply["output"][0] == [-1.0]
+                answered[rid] = reply
 
             published_before = len(recording.published)
             async with anyio.create_task_group() as load:
                 for index in range(WORKERS):
                     load.start_soon(caller, index)
+                await wait_until(lambda: _at_least(answered, PER_PHASE), what="the first phase")
+                resumed = anyio.Event()  # callers finish what they sent and wait
+                published = len(recording.published)
+                for index in range(INSTANCES):
+                    load.start_soon(slow, index)
+                await wait_until(lambda: _sent(recording, published, INSTANCES), what="3 sent")
+                resumed.set()
+                await anyio.sleep(0.5)  # until they run there: another process cannot tell us
+                leader.send_signal(signal.SIGKILL)
+                at_kill.append(len(answered))
             assert await leader.wait() == -signal.SIGKILL
             sent = recording.published[published_before:].count(slot)
             assert sent > len(answered), "no request was in flight on the killed instance"
@@ -279,6 +295,14 @@ async def serving_everywhere(
 
 async def _has(tap: ReplyTap, rid: str) -> bool:
     return rid in tap.counts
+
+
+async def _at_least(answered: dict[str, Any], count: int) -> bool:
+    return len(answered) >= count
+
+
+async def _sent(recording: RecordingTransport, before: int, count: int) -> bool:
+    return len(recording.published) - before >= count
 
 
 async def test_zeromq_refuses_an_instance(zmq_bus_url: str, tmp_path: Path) -> None:
