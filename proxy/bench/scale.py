@@ -40,7 +40,7 @@ from proxy.bench.environment import environment_line
 from proxy.bench.service import ServiceUnderTest, service_process
 from transports import open_transport
 
-__all__ = ["ScaleRow", "print_scale_table", "run_scale_bench"]
+__all__ = ["ScaleRow", "per_core", "print_scale_table", "run_scale_bench"]
 
 ROW = [1.5, 2.0, 3.0]
 WARM_UP = 100
@@ -262,6 +262,12 @@ def run_scale_bench(
     return rows, notes
 
 
+def per_core(row: ScaleRow) -> float:
+    """Predictions/s per core busy in our processes (broker, proxies, clients)."""
+    ours = row.cpu["broker"] + row.cpu["proxies"] + row.cpu["client"]
+    return row.per_s / ours if ours > 0 else 0.0
+
+
 def _saturation(row: ScaleRow, cores: int) -> str:
     ours = row.cpu["broker"] + row.cpu["proxies"] + row.cpu["client"]
     machine = max(row.cpu["machine"], ours)
@@ -286,7 +292,7 @@ def print_scale_table(rows: list[ScaleRow], notes: list[str], in_flight: int, cl
     )
     header = (
         f"{'proxies':<34}{'pred/s':>9}{'ratio':>7}{'errors':>7}"
-        f"{'broker':>8}{'proxies':>9}{'client':>8}{'machine':>9}"
+        f"{'broker':>8}{'proxies':>9}{'client':>8}{'machine':>9}{'per core':>10}"
     )
     click.echo(header)
     for row in rows:
@@ -298,11 +304,12 @@ def print_scale_table(rows: list[ScaleRow], notes: list[str], in_flight: int, cl
         click.echo(
             f"{label:<34.34}{row.per_s:>9.0f}{row.per_s / baseline:>7.2f}{row.errors:>7}"
             f"{row.cpu['broker']:>8.2f}{row.cpu['proxies']:>9.2f}{row.cpu['client']:>8.2f}"
-            f"{row.cpu['machine']:>9.2f}"
+            f"{row.cpu['machine']:>9.2f}{per_core(row):>10.0f}"
         )
     click.echo(
         "(proxies: the serve processes with their sandboxed workers; machine: every process "
-        "on it, ours and others'; ratio: to the first row)"
+        "on it, ours and others'; ratio: to the first row; per core: pred/s per core our "
+        "processes kept busy, which other users' load on a shared machine does not move)"
     )
     for row in rows:
         click.echo(f"saturated with {row.proxies} ({row.label}): {_saturation(row, cores)}")

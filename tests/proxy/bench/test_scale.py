@@ -18,6 +18,7 @@ from proxy.bench.scale import (
     ScaleRow,
     cpu_seconds,
     machine_busy_s,
+    per_core,
     print_scale_table,
     run_scale_bench,
 )
@@ -54,6 +55,7 @@ def test_the_verdict_names_what_saturates() -> None:
     assert saturation(row(proxies=0.3, machine=1.9), 2).endswith("1.60 other processes'")
     assert saturation(row(client=0.95, machine=1.2), 2) == "the client (one core: 0.95)"
     assert "latency-bound" in saturation(row(broker=0.1, machine=0.3), 2)
+    assert per_core(row(broker=0.1, proxies=0.3, client=0.1, machine=2.0)) == 200.0
 
 
 @pytest.mark.mqtt
