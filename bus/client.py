@@ -175,12 +175,16 @@ class BusClient:
         buffer: int = DEFAULT_BUFFER,
         include_rejected: bool = False,
         check_scope: bool = True,
+        share_group: str | None = None,
     ) -> AsyncIterator[MessageStream]:
         """Receive verified live messages on ``pattern``. With ``check_scope`` the client first
-        checks that its own grants allow consuming there (C, C+ or C*)."""
+        checks that its own grants allow consuming there (C, C+ or C*). With ``share_group``
+        each message goes to one subscriber of the group (:mod:`bus.transport`)."""
         if check_scope:
             self.proof_for(pattern, consume_right(pattern))
-        subscription = await self.transport.subscribe(pattern, buffer=buffer)
+        subscription = await self.transport.subscribe(
+            pattern, buffer=buffer, share_group=share_group
+        )
         stream = MessageStream(subscription, self.verifier, include_rejected=include_rejected)
         try:
             yield stream
@@ -239,15 +243,18 @@ class BusClient:
         max_concurrency: int = 64,
         max_per_sender: int | None = None,
         gate: ServeGate | None = None,
+        share_group: str | None = None,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Answer requests on the slot(s) ``pattern`` until cancelled; start it with
         ``await task_group.start(client.serve, pattern, handler)``. Responders sharing a
-        ``gate`` can be drained together before shutting down (``await gate.drain(10)``)."""
+        ``gate`` can be drained together before shutting down (``await gate.drain(10)``).
+        Instances of one service pass the same ``share_group`` so that each request reaches
+        one of them (:func:`bus.responder.service_share_group`)."""
         responder = Responder(
             self, handler, max_concurrency=max_concurrency, max_per_sender=max_per_sender, gate=gate
         )
-        await responder.run(pattern, task_status=task_status)
+        await responder.run(pattern, share_group=share_group, task_status=task_status)
 
     def require_task_group(self) -> TaskGroup:
         if self.task_group is None:

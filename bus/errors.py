@@ -7,7 +7,9 @@ small dict of facts). Over the bus an error travels as a reply ``{code, message,
 
     BusError
     ├── TransportError            the broker or socket failed or went away
-    │   └── TransportClosed       used after close()
+    │   ├── TransportClosed       used after close()
+    │   └── Unsupported           the transport cannot do what was asked (a shared
+    │                             subscription on ZeroMQ)
     ├── DecodeError               bytes from the bus are not a valid frame / payload
     │   └── FrameTooLarge         also a LimitExceeded: a frame over the size limit, refused
     │                             on receipt (as a decode error) and before sending (as a limit)
@@ -60,6 +62,7 @@ __all__ = [
     "TransportClosed",
     "TransportError",
     "TtlExceeded",
+    "Unsupported",
     "UntrustedRoot",
     "VerificationError",
     "error_from_wire",
@@ -87,6 +90,10 @@ class TransportError(BusError):
 
 class TransportClosed(TransportError):
     code = "transport_closed"
+
+
+class Unsupported(TransportError):
+    code = "unsupported"
 
 
 class DecodeError(BusError):

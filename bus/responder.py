@@ -5,14 +5,21 @@ at most ``max_concurrency`` at once and ``max_per_sender`` of one sender; replie
 (:mod:`bus.replycache`) so a retried id is answered, not run again; responders that share a
 :class:`ServeGate` are drained together before a shutdown. No request, whatever it holds, ends a
 responder.
+
+Several instances of one service (several processes, one service URI, one MQTT broker) each run
+their responders in the share group :func:`service_share_group` of the service URI, so each
+request frame reaches one instance. The replay and reply caches stay in each instance's memory:
+a retry that lands on another instance runs there again (PROTOCOL.md §15.4 says why that is
+safe, and what it costs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
 
@@ -36,41 +43,75 @@ from bus.replycache import ReplyCache
 from bus.rpc import MAX_REPLY_BYTES, Endpoint, Handler, Request, reply_uri, request_id_of
 from bus.verifier import Verifier
 
-__all__ = ["Responder", "ServeGate"]
+__all__ = ["Responder", "ServeGate", "service_share_group"]
 
 logger = logging.getLogger(__name__)
 
 _REPLY_TARGETS = 4096  # (slot URI, sender) pairs whose reply URI is remembered
 
 
+def service_share_group(service_uri: str) -> str:
+    """The share group of every instance serving ``service_uri`` (its canonical form, the
+    namespace as a key): ``modelbus-`` and the first 24 hex digits of the URI's SHA-256."""
+    return "modelbus-" + hashlib.sha256(service_uri.encode()).hexdigest()[:24]
+
+
 class ServeGate:
     """Shared by the responders of one service to shut down gracefully: counts requests in
     flight and, once closed, answers new requests ``overloaded`` while those finish. ``refused``
     counts, by error code, the requests the responders answered without running them
-    (malformed, overloaded; not the rejected frames, which the verifier counts)."""
+    (malformed, overloaded; not the rejected frames, which the verifier counts).
+
+    Responders in a share group (one of several instances) may instead *withdraw*: ``drain(...,
+    withdraw=True)`` unsubscribes them, so that the broker hands new requests to the other
+    instances, and waits for what was received; nothing is refused."""
 
     def __init__(self) -> None:
         self.is_closed = False
         self.in_flight = 0
         self.refused: Counter[str] = Counter()
         self._changed = anyio.Event()
+        self._withdrawing: set[Callable[[], None]] = set()
+        self._is_draining = False
 
     def enter(self) -> None:
         self.in_flight += 1
 
     def leave(self) -> None:
         self.in_flight -= 1
-        if self.is_closed:  # someone may be draining: wake them
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._is_draining:
             self._changed.set()
             self._changed = anyio.Event()
 
-    async def drain(self, timeout_s: float) -> int:
-        """Close the gate and wait (shielded, at most ``timeout_s``) for requests in flight;
-        returns how many were still running."""
-        self.is_closed = True
+    def on_withdraw(self, stop: Callable[[], None]) -> Callable[[], None]:
+        """``stop()`` ends a responder's shared subscription when draining with ``withdraw``; call
+        the returned function once that responder has finished (its stream and handlers)."""
+        self._withdrawing.add(stop)
+
+        def finished() -> None:
+            self._withdrawing.discard(stop)
+            self._wake()
+
+        return finished
+
+    async def drain(self, timeout_s: float, *, withdraw: bool = False) -> int:
+        """Close the gate — or with ``withdraw`` end the shared subscriptions, so that the broker
+        hands new requests to the other instances, and let the responders finish what they
+        had received — and wait (shielded, at most ``timeout_s``) for requests in flight;
+        returns how many were still running. The gate is closed afterwards either way."""
+        self._is_draining = True
+        if withdraw:
+            for stop in list(self._withdrawing):
+                stop()
+        else:
+            self.is_closed = True
         with anyio.move_on_after(timeout_s, shield=True):
-            while self.in_flight:
+            while self.in_flight or (withdraw and self._withdrawing):
                 await self._changed.wait()
+        self.is_closed = True
         return self.in_flight
 
 
@@ -82,6 +123,10 @@ class _Handlers:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
+        self._on_exit: list[Callable[[], None]] = []
+
+    def on_exit(self, callback: Callable[[], None]) -> None:
+        self._on_exit.append(callback)
 
     def start_soon(self, handling: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(handling)
@@ -106,6 +151,8 @@ class _Handlers:
             while exc_type is None and self._tasks:
                 await asyncio.wait(set(self._tasks))
         finally:
+            for callback in self._on_exit:
+                callback()
             if self._tasks:
                 for task in self._tasks:
                     task.cancel()
@@ -148,12 +195,21 @@ class Responder:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    async def run(self, pattern: str, *, task_status: TaskStatus[None]) -> None:
+    async def run(
+        self, pattern: str, *, share_group: str | None = None, task_status: TaskStatus[None]
+    ) -> None:
+        """Serve until cancelled; with ``share_group`` the subscription is shared."""
+        subscribing = self._client.subscribe(
+            pattern, include_rejected=True, check_scope=False, share_group=share_group
+        )
         async with (
-            self._client.subscribe(pattern, include_rejected=True, check_scope=False) as stream,
+            subscribing as stream,
             _Handlers() as handlers,
         ):
             self._verifier = stream.verifier
+            if share_group is not None:
+                forget = self._gate.on_withdraw(stream.subscription.close_nowait)
+                handlers.on_exit(forget)
             task_status.started()
             async for item in stream:
                 try:

@@ -85,7 +85,12 @@ class Endpoint(Protocol):
     ) -> None: ...
 
     def subscribe(
-        self, pattern: str, *, include_rejected: bool = False, check_scope: bool = True
+        self,
+        pattern: str,
+        *,
+        include_rejected: bool = False,
+        check_scope: bool = True,
+        share_group: str | None = None,
     ) -> AbstractAsyncContextManager[MessageStream]: ...
 
     def require_task_group(self) -> TaskGroup: ...

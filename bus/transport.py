@@ -20,6 +20,13 @@ never persisted ones, on every transport.
 Limits: ``publish`` refuses a frame over the transport's ``max_frame_bytes`` (16 MiB) with
 ``FrameTooLarge`` before anything is sent (:func:`check_frame_size`): the connection stays usable.
 
+Shared subscriptions: ``subscribe(pattern, share_group=G)`` joins the group ``G`` of
+subscribers to ``pattern``; each frame matching it goes to exactly one member of the group (on
+any connection), not to every one (MQTT 5 ``$share/G/<filter>``; round robin on the memory
+transport). Deliveries carry the real topic and are matched against ``pattern`` as any other.
+A group name is 1-64 of ``[A-Za-z0-9._-]``. ZeroMQ has no such thing and raises
+``Unsupported``.
+
 Reconnection: a transport that reconnects on its own (MQTT) runs the hooks given to
 ``on_reconnect`` in order once the connection is back, before anything else is published on it
 (a service re-announces its birth there; a requester re-sends what is waiting for a reply).
@@ -33,12 +40,13 @@ import asyncio
 import collections
 import contextvars
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from bus.envelope import DEFAULT_MAX_FRAME
-from bus.errors import BusError, FrameTooLarge, TransportClosed
+from bus.errors import BusError, FrameTooLarge, InvalidUri, TransportClosed
 
 __all__ = [
     "DEFAULT_BUFFER",
@@ -51,6 +59,7 @@ __all__ = [
     "Transport",
     "Will",
     "check_frame_size",
+    "check_share_group",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,6 +67,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BUFFER = 10_000
 DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_FRAME_BYTES = DEFAULT_MAX_FRAME  # the bus frame limit (PROTOCOL.md §9)
+_SHARE_GROUP = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 ReconnectHook = Callable[[], Awaitable[None]]
 _IN_RECONNECT_HOOK: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -187,8 +197,12 @@ class Transport(Protocol):
         """Send a frame on a concrete topic; returns once the transport has taken it.
         A frame over the limit raises ``FrameTooLarge`` and nothing is sent."""
 
-    async def subscribe(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> Subscription:
-        """Start receiving live frames on a pattern; frames published after this returns arrive."""
+    async def subscribe(
+        self, pattern: str, *, buffer: int = DEFAULT_BUFFER, share_group: str | None = None
+    ) -> Subscription:
+        """Start receiving live frames on a pattern; frames published after this returns arrive.
+        With ``share_group``, each frame goes to one subscriber of the group (module docstring);
+        a transport that cannot share raises ``Unsupported``."""
 
     async def query(self, pattern: str, *, timeout_s: float = 5.0) -> list[Delivery]:
         """The persisted frames whose topics match ``pattern``."""
@@ -212,6 +226,15 @@ def check_frame_size(topic: str, frame: bytes, max_frame_bytes: int) -> None:
             size=len(frame),
             limit=max_frame_bytes,
         )
+
+
+def check_share_group(group: str) -> str:
+    """``group`` if it is a valid share group name, else ``InvalidUri``."""
+    if not _SHARE_GROUP.fullmatch(group):
+        raise InvalidUri(
+            "a share group name is 1-64 letters, digits, '.', '_' or '-'", uri=group[:80]
+        )
+    return group
 
 
 class ReconnectHooks:

@@ -1,11 +1,13 @@
 """An in-process transport: named hubs shared by every transport opened on the same name.
 
 ``memory://name`` connects to the hub ``name`` in this process. It keeps persisted frames like a
-broker would and is the transport of choice for fast tests; it publishes no Will.
+broker would and is the transport of choice for fast tests; it publishes no Will. Shared
+subscriptions take turns: each frame goes to the next member of its (group, pattern).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,6 +21,7 @@ from bus.transport import (
     Subscription,
     Will,
     check_frame_size,
+    check_share_group,
     closed_error,
 )
 
@@ -26,8 +29,21 @@ __all__ = ["MemoryTransport"]
 
 
 @dataclass
+class _Group:
+    """The members of one shared subscription, served in turn."""
+
+    members: list[Subscription] = field(default_factory=list)
+    turn: itertools.count[int] = field(default_factory=itertools.count)
+
+    def offer(self, delivery: Delivery) -> None:
+        if self.members:
+            self.members[next(self.turn) % len(self.members)].offer(delivery)
+
+
+@dataclass
 class _Hub:
     subscriptions: set[Subscription] = field(default_factory=set)
+    groups: dict[tuple[str, str], _Group] = field(default_factory=dict)  # (group, pattern)
     persisted: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -62,17 +78,30 @@ class MemoryTransport:
         for subscription in list(self._hub.subscriptions):
             if uris.matches(subscription.pattern, topic):
                 subscription.offer(delivery)
+        for (_, pattern), group in list(self._hub.groups.items()):
+            if uris.matches(pattern, topic):
+                group.offer(delivery)
 
-    async def subscribe(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> Subscription:
+    async def subscribe(
+        self, pattern: str, *, buffer: int = DEFAULT_BUFFER, share_group: str | None = None
+    ) -> Subscription:
         self._check_open()
         uris.parse(pattern, allow_wildcards=True)
         subscription = Subscription(pattern, buffer=buffer)
-        self._hub.subscriptions.add(subscription)
+        if share_group is None:
+            self._hub.subscriptions.add(subscription)
+        else:
+            key = (check_share_group(share_group), pattern)
+            self._hub.groups.setdefault(key, _Group()).members.append(subscription)
         self._mine.add(subscription)
 
         def forget() -> None:
             self._hub.subscriptions.discard(subscription)
             self._mine.discard(subscription)
+            if share_group is not None and (group := self._hub.groups.get(key)) is not None:
+                group.members.remove(subscription)
+                if not group.members:
+                    del self._hub.groups[key]
 
         subscription.add_close_callback(forget)
         return subscription

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from proxy.bench.bus_results import LOOPBACK, START_TIMEOUT_S
 
-__all__ = ["check_bus_url", "free_port_block", "own_buses"]
+__all__ = ["check_bus_url", "free_port_block", "own_buses", "own_mosquitto"]
 
 _MOSQUITTO_CONFIG = """\
 listener {port} 127.0.0.1
@@ -52,7 +52,7 @@ def free_port_block(count: int) -> int:
 
 
 @contextlib.contextmanager
-def _process(argv: list[str], port: int, what: str, log: Path) -> Iterator[None]:
+def _process(argv: list[str], port: int, what: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``argv`` (output to ``log``: an unread pipe blocks a server) until the block ends."""
     with log.open("wb") as output:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
@@ -64,7 +64,7 @@ def _process(argv: list[str], port: int, what: str, log: Path) -> Iterator[None]
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port}")
             time.sleep(0.02)  # another process's listening socket cannot be awaited
-        yield
+        yield process
     finally:
         process.terminate()
         try:
@@ -97,18 +97,28 @@ def own_buses(notes: list[str]) -> Iterator[list[tuple[str, str]]]:
         argv = [sys.executable, "-c", _FORWARDER, url]
         stack.enter_context(_process(argv, base + 2, "the forwarder", directory / "forwarder.log"))
         buses = [("ZeroMQ forwarder", url)]
-        binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
-        if binary is None:
-            notes.append(
-                "MQTT NOT MEASURED: the mosquitto binary is missing (apt-get install mosquitto)"
-            )
+        try:
+            mqtt_url, _ = stack.enter_context(own_mosquitto(directory))
+        except FileNotFoundError as missing:
+            notes.append(f"MQTT NOT MEASURED: {missing}")
         else:
-            port = free_port_block(1)
-            log, config = directory / "mosquitto.log", directory / "mosquitto.conf"
-            config.write_text(_MOSQUITTO_CONFIG.format(port=port, log=log))
-            stack.enter_context(_process([binary, "-c", str(config)], port, "mosquitto", log))
-            buses.append(("Mosquitto", f"mqtt://127.0.0.1:{port}"))
+            buses.append(("Mosquitto", mqtt_url))
         yield buses
+
+
+@contextlib.contextmanager
+def own_mosquitto(directory: Path) -> Iterator[tuple[str, int]]:
+    """``(url, pid)`` of a Mosquitto (``set_tcp_nodelay``, raised queues) on a free loopback
+    port, its config and log in ``directory``, until the block ends; FileNotFoundError when
+    the binary is missing."""
+    binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
+    if binary is None:
+        raise FileNotFoundError("the mosquitto binary is missing (apt-get install mosquitto)")
+    port = free_port_block(1)
+    log, config = directory / "mosquitto.log", directory / "mosquitto.conf"
+    config.write_text(_MOSQUITTO_CONFIG.format(port=port, log=log))
+    with _process([binary, "-c", str(config)], port, "mosquitto", log) as process:
+        yield f"mqtt://127.0.0.1:{port}", process.pid
 
 
 def check_bus_url(url: str) -> str:

@@ -2,7 +2,7 @@
 
 It runs ``modelbus serve`` in its own process (embedded ZeroMQ bus on free ports), deploys the
 demo's three thermal models of zone A (00-10 h, 08-18 h, 20-24 h, 15-minute resolution:
-:mod:`proxy.bench.demo_forecast`) and, alternating in the same run, times
+:mod:`proxy.bench.demos.forecast`) and, alternating in the same run, times
 
 - **forecast**: one ``forecast`` request — one day, 30-minute steps — that the service answers by
   choosing, calling the three models concurrently, validating and stitching (48 points, a gap);
@@ -39,7 +39,7 @@ from chooser import (
 )
 from container_manager import ServiceClient
 from proxy.bench.buses import free_port_block
-from proxy.bench.demo_forecast import DAY, RANGES, metadata_for, zone_model
+from proxy.bench.demos.forecast import DAY, RANGES, metadata_for, zone_model
 from proxy.bench.service import service_process
 from transports import open_transport
 

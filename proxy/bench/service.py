@@ -21,9 +21,10 @@ _START_TIMEOUT_S = 60.0
 
 
 class ServiceUnderTest:
-    def __init__(self, service_uri: str, owner_key: Path) -> None:
+    def __init__(self, service_uri: str, owner_key: Path, pid: int = 0) -> None:
         self.service_uri = service_uri
         self.owner_key = owner_key
+        self.pid = pid
 
     def user_with_grant(self) -> tuple[Entity, Grant]:
         """A fresh entity granted C*P on the whole service for an hour by its namespace owner."""
@@ -43,14 +44,21 @@ class ServiceUnderTest:
 
 @contextmanager
 def service_process(
-    bus_url: str, data_dir: Path, *, embedded_bus: bool = False, artifacts: str | None = None
+    bus_url: str,
+    data_dir: Path,
+    *,
+    embedded_bus: bool = False,
+    artifacts: str | None = None,
+    namespace_key: Path | None = None,
+    options: tuple[str, ...] = (),
 ) -> Iterator[ServiceUnderTest]:
     """Run ``modelbus serve`` on ``bus_url`` until the block ends (then SIGTERM, bounded).
     ``embedded_bus``: the service runs the ZeroMQ bus itself at ``bus_url`` (a free ``zmq://``
     address), as ``modelbus serve`` does by default, instead of joining a running one. The
-    namespace key is made beside the data directory, never in the user's own config.
-    ``artifacts``: the service's ``--artifacts`` store (a shared directory or S3 bucket)."""
-    namespace_key = data_dir.parent / f"{data_dir.name}.namespace.key"
+    namespace key is made beside the data directory (unless given), never in the user's own
+    config. ``artifacts``: the service's ``--artifacts`` store (a shared directory or S3
+    bucket); ``options`` are more ``serve`` options (``--instance a``)."""
+    namespace_key = namespace_key or data_dir.parent / f"{data_dir.name}.namespace.key"
     argv = [
         sys.executable,
         "-m",
@@ -64,12 +72,13 @@ def service_process(
         str(namespace_key),
         *(() if embedded_bus else ("--no-embedded-bus",)),
         *(() if artifacts is None else ("--artifacts", artifacts)),
+        *options,
     ]
     log = data_dir.parent / f"{data_dir.name}.serve.log"
     with log.open("w") as errors:
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, text=True)
     try:
-        yield ServiceUnderTest(_service_uri(process, log), namespace_key)
+        yield ServiceUnderTest(_service_uri(process, log), namespace_key, process.pid)
     finally:
         process.terminate()
         try:

@@ -3,6 +3,7 @@
     modelbus bench bus [--bus URL]... [--count N] [--requests N] [--size BYTES] [--qos 0|1|2]
     modelbus bench heartbeats [--services N]... [--seconds 30] [--bus URL]
     modelbus bench predict [--count N] [--in-flight 8]
+    modelbus bench scale [--count N] [--in-flight 8] [--clients 2]
     modelbus bench remote [--count N]
     modelbus bench upload [--mib 256] [--window 16] [--artifacts LOCATION …]
     modelbus bench upload --image [--image-mib 300] [--docker-url URL]
@@ -274,3 +275,34 @@ def schedule(schedules: int, rounds: int, delay_schedules: int) -> None:
 
     result = runner.run(run_schedule_bench, schedules, rounds, delay_schedules)
     print_schedule_table(result)
+
+
+@bench.command("scale")
+@click.option(
+    "--count",
+    default=3000,
+    show_default=True,
+    type=click.IntRange(100, 1_000_000),
+    help="Predictions per row, shared by the clients.",
+)
+@click.option(
+    "--in-flight",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 16),
+    help="Predictions in flight at once per client (at most a sender's limit, 16).",
+)
+@click.option(
+    "--clients",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 16),
+    help="Client processes, each a requester of its own.",
+)
+def scale(count: int, in_flight: int, clients: int) -> None:
+    """Predictions/s with 1, 2, 3 instances of one service on one Mosquitto, next to one plain
+    proxy; CPU of the broker, the proxies and the clients: what saturates."""
+    from proxy.bench.scale import print_scale_table, run_scale_bench
+
+    rows, notes = run_scale_bench(count, in_flight, clients)
+    print_scale_table(rows, notes, in_flight, clients)

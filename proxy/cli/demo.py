@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from proxy.bench.demo import run_demo
-from proxy.bench.demo_fit import run_fit_demo
+from proxy.bench.demos.fit import run_fit_demo
+from proxy.bench.demos.tour import run_demo
 from proxy.cli.root import Settings, pass_settings, run_async
 
 __all__ = ["demo"]

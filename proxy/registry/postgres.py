@@ -17,6 +17,12 @@ SQLite does on its own, this module does by hand:
   connection of its own, re-made if it drops) on the channel a trigger notifies at each commit
   that changes a model's current versions, and calls back with the model's name — or with None
   after a reconnection, when some may have been missed.
+- **One leader** among the proxies of a service: :meth:`PostgresDatabase.lead` holds a
+  session advisory lock (keyed by the SHA-256 of the lead's name) on a connection of its own
+  while it runs its work; the others wait on the lock. A proxy that dies closes its connection,
+  PostgreSQL releases the lock and the next waiter leads (a machine that vanishes without
+  closing it: within ~25 s, by TCP keepalives the lock's connection asks the server for); a
+  leader whose connection drops stops its work and waits for the lock again.
 - **Migrations** (:mod:`proxy.registry.postgres_schema`) run at open in one transaction under
   another advisory lock: proxies starting together migrate once; the others wait, then find the
   schema current. A database from a newer modelbus is refused untouched.
@@ -29,9 +35,10 @@ imports asyncpg; its errors leave as :class:`Conflict`, :class:`Overloaded` or
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -67,6 +74,13 @@ _BACKLOG = 1000
 _RECONNECT_MIN_S = 0.5
 _RECONNECT_MAX_S = 10.0
 _CONNECT_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# The server drops a lead whose machine vanished (no FIN, no RST) after ~25 s, not the kernel's
+# two hours: TCP keepalives every 5 s after 10 s idle, 3 unanswered end the connection.
+_LEAD_KEEPALIVES = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+}
 
 
 def is_postgres_url(target: object) -> bool:
@@ -223,6 +237,41 @@ class PostgresDatabase:
                 with anyio.move_on_after(_CLEANUP_S, shield=True):
                     await connection.close()
 
+    async def lead(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run ``run()`` while holding the lead ``name`` (module docstring); until ``run()``
+        returns or this is cancelled."""
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        delay = _RECONNECT_MIN_S
+        while True:
+            try:
+                connection = await asyncpg.connect(
+                    self._url, timeout=self._timeout_s, server_settings=_LEAD_KEEPALIVES
+                )
+            except _CONNECT_ERRORS as exc:
+                log.warning("registry %s: cannot wait for the lead yet: %s", self.path, exc)
+                await anyio.sleep(delay)
+                delay = min(2 * delay, _RECONNECT_MAX_S)
+                continue
+            lost = anyio.Event()
+            try:
+                connection.add_termination_listener(lambda _, lost=lost: lost.set())
+                await connection.execute("SELECT pg_advisory_lock($1)", key)
+                log.info("registry %s: this proxy leads %s", self.path, name)
+                delay = _RECONNECT_MIN_S
+                async with anyio.create_task_group() as group:
+                    group.start_soon(_cancel_when, lost, group.cancel_scope)
+                    await run()
+                    group.cancel_scope.cancel()
+                if not lost.is_set():
+                    return
+                log.warning("registry %s: lost the lead of %s; waiting for it", self.path, name)
+            except _CONNECT_ERRORS as exc:
+                log.warning("registry %s: the lead of %s failed: %s", self.path, name, exc)
+                await anyio.sleep(delay)
+            finally:
+                with anyio.move_on_after(_CLEANUP_S, shield=True):
+                    await connection.close()
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -321,6 +370,11 @@ async def _end_transaction(connection: asyncpg.Connection) -> None:
     a cancellation left open needs ending."""
     if connection.is_in_transaction():
         await connection.execute("ROLLBACK")
+
+
+async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _offer(send: MemoryObjectSendStream[str | None], name: str | None) -> None:

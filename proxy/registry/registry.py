@@ -31,7 +31,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from os import PathLike
 from pathlib import Path
@@ -77,6 +77,8 @@ class _Store(Database, Protocol):
     async def watch(
         self, on_change: Callable[[str | None], None], *, task_status: TaskStatus[None]
     ) -> None: ...
+
+    async def lead(self, name: str, run: Callable[[], Awaitable[None]]) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -144,6 +146,14 @@ class Registry(
         changes model ``name``'s current versions (``None``: maybe any). PostgreSQL tells;
         a SQLite file cannot, so on SQLite this only waits (one machine, one proxy)."""
         await self._db.watch(on_change, task_status=task_status)
+
+    async def lead(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run ``run()`` while this proxy holds the lead ``name`` among the proxies sharing
+        this registry, waiting for it first; if the lead is lost, ``run()`` is cancelled and
+        the lead awaited again. On PostgreSQL the lead is a session advisory lock on a
+        connection of its own (a dead proxy's connection ends, and its lead with it); a
+        SQLite file has one proxy, which leads at once."""
+        await self._db.lead(name, run)
 
     async def close(self) -> None:
         """Close the file; idempotent. A transaction under way finishes first."""
@@ -227,6 +237,9 @@ class _Database:
     ) -> None:
         task_status.started()  # SQLite announces nothing to other connections
         await anyio.sleep_forever()
+
+    async def lead(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        await run()  # one SQLite file, one proxy: it leads
 
     async def close(self) -> None:
         if self._closed:

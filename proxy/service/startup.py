@@ -14,6 +14,13 @@ and announces its liveness under ``S/!meta/…`` (bus.liveness.heartbeat; a name
 ``S/!meta/instances/<name>/…``). On start it restarts the
 replicas of every registered, unstopped version, so a restarted proxy serves what it served.
 
+Several instances (``settings.instance`` set) serve one service URI on one MQTT broker: each
+subscribes to the slots in the service's share group (:func:`bus.responder.service_share_group`),
+so each request reaches one of them; ZeroMQ, one machine's bus, refuses to start that way.
+Every instance serves ``predict``; ``admin`` and ``deploy`` are served by the one instance that
+holds the registry's lead (:meth:`proxy.registry.Registry.lead`), so that their retries meet the
+replies and requests in flight that instance keeps (PROTOCOL.md §15.4).
+
 Closures run sandboxed (:mod:`proxy.backend.sandbox`): the service refuses to start where
 bubblewrap is
 missing (SandboxUnavailable) unless ``unsafe_no_sandbox`` is set, and makes itself not dumpable.
@@ -22,22 +29,23 @@ Its data directory is made 0700 and its registry file 0600.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
 
 from bus import BusClient, Entity, Grant, Heartbeat, Verifier
-from bus.errors import BusError
+from bus.errors import BusError, Unsupported
 from bus.grants import load_chain
 from bus.liveness import InstanceView
-from bus.responder import ServeGate
+from bus.responder import ServeGate, service_share_group
 from proxy.backend import BackendSettings, ContainerEngine, EmbeddedBackend
 from proxy.backend.runtime import ProcessRuntime
 from proxy.backend.sandbox import make_undumpable
@@ -76,6 +84,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 UPLOAD_SWEEP_S = 60.0
+_Serving = Callable[..., Coroutine[Any, Any, None]]  # one slot's _serve, for a task group
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +134,7 @@ async def running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
 
 @asynccontextmanager
 async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
+    _check_instance_bus(settings)
     entity = load_or_create_entity(settings)
     namespace = settings.namespace or entity.key_text
     service_uri, interface_uri = service_uris(namespace, settings.service_path)
@@ -257,15 +267,20 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         await _restore(registry, router)
         await fits.jobs.interrupt_leftovers()
         await task_group.start(registry.watch_current, router.follow)
+        share_group = None
+        if settings.instance is not None:
+            share_group = service_share_group(verifier.canonical(service_uri))
+        led: list[_Serving] = []  # admin and deploy, when one of several instances
         for name, slot in slots.items():
-            await task_group.start(
-                _serve,
-                client,
-                f"{interface_uri}/slot/{name}",
-                slot,
-                settings,
-                gate,
-            )
+            uri = f"{interface_uri}/slot/{name}"
+            serve = functools.partial(_serve, client, uri, slot, settings, gate, share_group)
+            if share_group is None or name == "predict":
+                await task_group.start(serve)
+            else:
+                led.append(serve)
+        if led:
+            lead = f"{verifier.canonical(service_uri)} slots admin deploy"
+            task_group.start_soon(registry.lead, lead, functools.partial(_serve_all, led))
         if siblings is not None:  # the instance list of the plain JSON status
             await task_group.start(siblings.run, client)
         await task_group.start(heartbeat.run, client)
@@ -293,7 +308,9 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         finally:
             if gate.in_flight:
                 logger.info("draining %d requests in flight", gate.in_flight)
-            left = await gate.drain(settings.drain_timeout_s)
+            # One of several instances withdraws from the share group: the others take the new
+            # requests while it finishes its own (PROTOCOL.md §15.4); one alone refuses them.
+            left = await gate.drain(settings.drain_timeout_s, withdraw=share_group is not None)
             if left:
                 logger.warning(
                     "%d requests still running after %.0f s; cancelling them",
@@ -325,6 +342,7 @@ async def _serve(
     slot: Slot,
     settings: ProxySettings,
     gate: ServeGate,
+    share_group: str | None,
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -334,8 +352,35 @@ async def _serve(
         max_concurrency=settings.max_concurrency,
         max_per_sender=settings.max_in_flight_per_sender,
         gate=gate,
+        share_group=share_group,
         task_status=task_status,
     )
+
+
+async def _serve_all(serving: list[_Serving]) -> None:
+    """Serve several slots until cancelled (the leader's slots)."""
+    async with anyio.create_task_group() as group:
+        for serve in serving:
+            await group.start(serve)
+
+
+def _check_instance_bus(settings: ProxySettings) -> None:
+    """Refuse to run one of several instances on ZeroMQ, which cannot spread requests; warn
+    when its registry is a SQLite file, which no other instance shares."""
+    if settings.instance is not None and not isinstance(settings.registry_target, str):
+        logger.warning(
+            "instance %s keeps its registry in a SQLite file of its own: deploys and switches "
+            "through it do not reach other instances (use a postgresql:// --registry)",
+            settings.instance,
+        )
+    if settings.instance is not None and settings.bus_url.startswith("zmq://"):
+        raise Unsupported(
+            f"instance {settings.instance!r}: ZeroMQ is one machine's bus; several instances "
+            "need MQTT (--bus mqtt://host:1883 with a postgresql:// --registry and a shared "
+            "--artifacts store), or run one proxy without --instance",
+            url=settings.bus_url,
+            instance=settings.instance,
+        )
 
 
 def _private_files(data_dir: Path, registry: str | Path) -> None:

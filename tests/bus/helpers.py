@@ -219,9 +219,11 @@ class RecordingTransport:
         self.published.append(topic)
         await self.inner.publish(topic, frame, persist=persist)
 
-    async def subscribe(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> Subscription:
+    async def subscribe(
+        self, pattern: str, *, buffer: int = DEFAULT_BUFFER, share_group: str | None = None
+    ) -> Subscription:
         self.subscribed.append(pattern)
-        return await self.inner.subscribe(pattern, buffer=buffer)
+        return await self.inner.subscribe(pattern, buffer=buffer, share_group=share_group)
 
     async def query(self, pattern: str, *, timeout_s: float = 5.0) -> list[Any]:
         self.queried.append(pattern)

@@ -1,7 +1,8 @@
 """Request/response over pub/sub: replies on the requester's own signal, typed errors, retries
 answered from the reply cache, back-pressure and timeouts.
 
-Covers bus/rpc.py (the requester) and bus/responder.py (the service side).
+Covers bus/rpc.py (the requester) and bus/responder.py (the service side, instances of one
+service in a share group included).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from bus import (
     reply_uri,
 )
 from bus.errors import FrameTooLarge, LimitExceeded, TransportError, _all_subclasses
+from bus.responder import ServeGate, service_share_group
 from bus.rpc import MAX_REPLY_BYTES
 from bus.transport import DEFAULT_MAX_FRAME_BYTES
 from tests.bus.helpers import (
@@ -747,3 +749,96 @@ async def test_stopping_a_responder_cancels_the_handlers_it_runs() -> None:
                 await started.wait()
             serving_group.cancel_scope.cancel()
         assert cleaned_up.is_set()
+
+
+@pytest.mark.parametrize("kind", ["memory", pytest.param("mqtt", marks=pytest.mark.mqtt)])
+async def test_instances_in_one_share_group_answer_each_request_once(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    """Three responders (one service's instances, one key) in the service's share group: each
+    request runs on one of them, and all of them take some."""
+    bus_url = bus_url_for(request, kind)
+    service = Service()
+    member = service.server()
+    group = service_share_group(service.namespace.uri("s.thermal", "_"))
+    ran: list[int] = []
+
+    def counting(index: int) -> Handler:
+        async def handler(request: Request) -> Any:
+            ran.append(index)
+            return request.body
+
+        return handler
+
+    async with (
+        connect(bus_url, member) as first,
+        connect(bus_url, member) as second,
+        connect(bus_url, member) as third,
+        connect(bus_url, service.requester()) as client,
+    ):
+        for index, server in enumerate((first, second, third)):
+            await server.require_task_group().start(
+                functools.partial(server.serve, service.slot(), counting(index), share_group=group)
+            )
+        answers = [await client.request(service.slot(), n) for n in range(12)]
+    assert answers == list(range(12))
+    assert len(ran) == 12 and set(ran) == {0, 1, 2}
+
+
+def test_the_share_group_of_a_service_is_fixed_by_its_uri() -> None:
+    group = service_share_group("NS/s.modelbus/_")
+    assert group == "modelbus-" + hashlib.sha256(b"NS/s.modelbus/_").hexdigest()[:24]
+    assert service_share_group("NS/s.modelbus/other") != group
+
+
+async def test_a_withdrawing_instance_finishes_its_requests_and_refuses_none() -> None:
+    """Draining with ``withdraw``: the first responder leaves the share group and still answers
+    the request it was running; every later request reaches the second; nothing is refused."""
+    bus_url = memory_url()
+    service = Service()
+    member = service.server()
+    group = service_share_group(service.namespace.uri("s.thermal", "_"))
+    gate = ServeGate()
+    started, release = anyio.Event(), anyio.Event()
+    ran: list[str] = []
+
+    async def first_handler(request: Request) -> Any:
+        started.set()
+        await release.wait()
+        ran.append(f"first {request.body}")
+        return request.body
+
+    async def second_handler(request: Request) -> Any:
+        ran.append(f"second {request.body}")
+        return request.body
+
+    async with (
+        connect(bus_url, member) as first,
+        connect(bus_url, member) as second,
+        connect(bus_url, service.requester()) as client,
+        anyio.create_task_group() as tasks,
+    ):
+        serve = functools.partial(first.serve, service.slot(), first_handler, gate=gate)
+        await first.require_task_group().start(functools.partial(serve, share_group=group))
+        await second.require_task_group().start(
+            functools.partial(second.serve, service.slot(), second_handler, share_group=group)
+        )
+        results: list[Any] = []
+
+        async def ask(body: Any) -> None:
+            results.append(await client.request(service.slot(), body))
+
+        tasks.start_soon(ask, "slow")  # the memory hub's turn: the first responder
+        await started.wait()
+        draining: list[int] = []
+
+        async def drain() -> None:
+            draining.append(await gate.drain(5, withdraw=True))
+
+        tasks.start_soon(drain)
+        for index in range(4):
+            await ask(index)  # each reaches the second: the first has withdrawn
+        release.set()
+    assert draining == [0] and gate.refused == {}
+    assert sorted(map(str, results)) == ["0", "1", "2", "3", "slow"]
+    assert ran[:4] == ["second 0", "second 1", "second 2", "second 3"] and ran[4] == "first slow"

@@ -98,8 +98,8 @@ def test_the_proxy_deployment_runs_serve_and_probes_its_health() -> None:
 
     env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
     assert env["MODELBUS_ENTITY"].startswith("/keys/")
-    [named] = [item for item in container["env"] if item["name"] == "MODELBUS_INSTANCE"]
-    assert named["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"  # one name per pod
+    from_pod = {item["name"]: item["valueFrom"] for item in container["env"] if "valueFrom" in item}
+    assert from_pod["MODELBUS_INSTANCE"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     secret = by_kind("Secret")[pod["spec"]["volumes"][0]["secret"]["secretName"]]
     mounted = {
         Path(path).name
@@ -150,7 +150,7 @@ def test_the_compose_file_runs_three_proxies_on_the_shared_parts() -> None:
             "postgresql://modelbus@postgres"
         )
         assert proxy["environment"]["MODELBUS_BUS"] == "mqtt://mosquitto:1883"
-        assert proxy["environment"]["MODELBUS_INSTANCE"] == name  # each beats as itself
+        assert proxy["environment"]["MODELBUS_INSTANCE"] == name  # one service, N instances
         assert set(proxy["secrets"]) <= set(compose["secrets"])
         check = proxy["healthcheck"]["test"]
         _parse(health, check[3:])
@@ -174,3 +174,4 @@ def test_the_root_options_the_manifests_rely_on_exist() -> None:
     names = {param.envvar for param in main.params if isinstance(param, click.Option)}
     assert {"MODELBUS_BUS", "MODELBUS_ENTITY", "MODELBUS_PROOF"} <= names
     assert any(param.envvar == "MODELBUS_REGISTRY" for param in serve.params)
+    assert any(param.envvar == "MODELBUS_INSTANCE" for param in serve.params)

@@ -12,8 +12,11 @@ filter that covers it, and every delivery is then matched locally against the bu
     a/*/c           a/#         (a middle * keeps the segments before it, then #)
 
 Bus subscriptions that map to the same filter share one MQTT subscription (reference counted,
-unsubscribed when the last one closes). Each MQTT subscription carries an MQTT 5 subscription
-identifier, so a message that matches overlapping filters is handed to each bus subscription once.
+unsubscribed when the last one closes). A subscription with a share group is the MQTT 5 shared
+subscription ``$share/<group>/<filter>``, an MQTT subscription of its own beside a plain one to
+the same filter; its deliveries carry the real topic and are matched locally like the others.
+Each MQTT subscription carries an MQTT 5 subscription identifier, so a message that matches
+overlapping filters is handed to each bus subscription once.
 
 QoS. Publishes use QoS 1 by default (``qos=``): ``publish`` returns when the broker's PUBACK
 arrives, and fails with ``TransportError`` on a refusing reason code (an ACL) or after
@@ -51,8 +54,10 @@ event loop with ``call_soon_threadsafe``. Both sockets get TCP_NODELAY (Nagle pl
 ~40-90 ms per QoS 1 round trip). paho and its errors stay inside this module. Passwords are never
 logged: ``url`` and every message show the URL without one.
 
-Modules: :mod:`~transports.mqtt.broker` (URL, TLS), :mod:`~transports.mqtt.topics` (filters and
-shared subscriptions), :mod:`~transports.mqtt.client` (the transport).
+Modules: :mod:`~transports.mqtt.broker` (URL, TLS), :mod:`~transports.mqtt.topics` (patterns as
+filters, subscription options), :mod:`~transports.mqtt.table` (the MQTT subscriptions held, by
+filter and by identifier), :mod:`~transports.mqtt.gate` (when the connection may be used),
+:mod:`~transports.mqtt.client` (the transport).
 """
 
 from transports.mqtt.client import MqttTransport

@@ -4,10 +4,8 @@ runs its own network thread, its callbacks hand facts to the event loop thread-s
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import socket
-import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -22,9 +20,17 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from bus import transport as seam
 from bus import uri as uris
 from bus.errors import InvalidUri, TransportError
-from bus.transport import DEFAULT_BUFFER, Delivery, Subscription, Will, closed_error
+from bus.transport import (
+    DEFAULT_BUFFER,
+    Delivery,
+    Subscription,
+    Will,
+    check_share_group,
+    closed_error,
+)
 from transports.mqtt.broker import paho_logger, parse_url, redact, tls_context
 from transports.mqtt.gate import ConnectionGate
+from transports.mqtt.table import FilterTable
 from transports.mqtt.topics import (
     Filter,
     Query,
@@ -41,7 +47,6 @@ __all__ = ["MqttTransport"]
 logger = logging.getLogger(__name__)
 
 _SENTINEL_ROOT = "!modelbus-query"  # '!' cannot start a bus namespace: no bus filter covers it
-_MAX_SUBSCRIPTION_ID = 268_435_455
 _STOP_TIMEOUT_S = 5.0
 _T = TypeVar("_T")
 
@@ -84,15 +89,10 @@ class MqttTransport:
         self._connack: asyncio.Future[None] | None = None
         self._gate = ConnectionGate()
         self._is_closed = False
-        self._filters: dict[str, Filter] = {}
-        self._by_id: dict[int, Filter] = {}
-        self._ids = itertools.count(1)
+        self._filters = FilterTable()  # paho's thread reads it to subscribe again
         self._sentinels: dict[str, Query] = {}
         self._pubacks: dict[int, asyncio.Future[None]] = {}
         self._subacks: dict[int, asyncio.Future[None]] = {}
-        # The filters to subscribe again after a reconnect; read on paho's thread.
-        self._active_lock = threading.Lock()
-        self._active: dict[str, int] = {}
 
     # -- the Transport protocol -------------------------------------------------------------
 
@@ -129,10 +129,16 @@ class MqttTransport:
             self._timeout_s, self._publish(topic, frame, persist, self._qos), f"publish on {topic}"
         )
 
-    async def subscribe(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> Subscription:
-        """Subscribe to live frames; returns once the broker acknowledged the subscription."""
+    async def subscribe(
+        self, pattern: str, *, buffer: int = DEFAULT_BUFFER, share_group: str | None = None
+    ) -> Subscription:
+        """Subscribe to live frames; returns once the broker acknowledged the subscription.
+        With ``share_group`` it is an MQTT 5 shared subscription (``$share/<group>/<filter>``):
+        the broker hands each matching frame to one subscriber of the group."""
         self._check_open()
-        entry = self._acquire(mqtt_filter(pattern))
+        if share_group is not None:
+            check_share_group(share_group)
+        entry = self._acquire(mqtt_filter(pattern), share_group)
         subscription = Subscription(pattern, buffer=buffer)
         entry.subscriptions.add(subscription)
         try:
@@ -171,7 +177,7 @@ class MqttTransport:
         client, self._client = self._client, None
         self._fail_pending(closed_error(self.url), include_publishes=True)
         self._gate.close()  # wake waiters: they find the transport closed
-        for entry in list(self._filters.values()):
+        for entry in self._filters.entries():
             for subscription in list(entry.subscriptions):
                 subscription.close_nowait()
         if client is not None:
@@ -256,11 +262,9 @@ class MqttTransport:
         self._post(self._handle_connack, reason.is_failure, str(reason))
 
     def _subscribe_again(self, client: paho.Client) -> None:
-        with self._active_lock:
-            active = list(self._active.items())
-        for topic_filter, subscription_id in active:
+        for subscribed, subscription_id in self._filters.active():
             client.subscribe(
-                topic_filter,
+                subscribed,
                 options=live_options(self._qos),
                 properties=subscribe_properties(subscription_id),
             )
@@ -345,16 +349,11 @@ class MqttTransport:
             logger.debug("dropped an MQTT message on %r: not a bus URI", topic[:200])
             return
         delivery = Delivery(topic, frame)
-        for entry in self._filters_for(topic, ids):
+        for entry in self._filters.matching(topic, ids):
             if is_retained:
                 entry.collect(delivery)
             else:
                 entry.offer(delivery)
-
-    def _filters_for(self, topic: str, ids: list[int]) -> list[Filter]:
-        if ids:
-            return [self._by_id[i] for i in ids if i in self._by_id]
-        return [f for f in self._filters.values() if paho.topic_matches_sub(f.topic_filter, topic)]
 
     def _settle(
         self, pending: dict[int, asyncio.Future[None]], mid: int, codes: list[ReasonCode]
@@ -405,7 +404,7 @@ class MqttTransport:
         await self._connected_client()
         if entry.ready is None or has_failed(entry.ready):
             entry.ready = self._send_subscribe(
-                [(entry.topic_filter, live_options(self._qos))], entry.subscription_id
+                [(entry.subscribed, live_options(self._qos))], entry.subscription_id
             )
         await asyncio.shield(entry.ready)
 
@@ -438,31 +437,18 @@ class MqttTransport:
         self._subacks[mid] = acknowledged
         return acknowledged
 
-    # -- the filter table ------------------------------------------------------------------
+    # -- the filter table (transports.mqtt.table) ------------------------------------------
 
-    def _acquire(self, topic_filter: str) -> Filter:
-        entry = self._filters.get(topic_filter)
-        if entry is None:
-            subscription_id = next(self._ids) % _MAX_SUBSCRIPTION_ID + 1
-            entry = Filter(topic_filter, subscription_id)
-            self._filters[topic_filter] = entry
-            self._by_id[subscription_id] = entry
-            with self._active_lock:
-                self._active[topic_filter] = subscription_id
-        return entry
+    def _acquire(self, topic_filter: str, share_group: str | None = None) -> Filter:
+        return self._filters.acquire(topic_filter, share_group)
 
     def _forget(self, entry: Filter, subscription: Subscription) -> None:
         entry.subscriptions.discard(subscription)
         self._release(entry)
 
     def _release(self, entry: Filter) -> None:
-        if entry.is_used or self._filters.get(entry.topic_filter) is not entry:
-            return
-        del self._filters[entry.topic_filter]
-        del self._by_id[entry.subscription_id]
-        with self._active_lock:
-            del self._active[entry.topic_filter]
-        self._unsubscribe_quietly(entry.topic_filter)
+        if self._filters.release(entry):
+            self._unsubscribe_quietly(entry.subscribed)
 
     def _unsubscribe_quietly(self, topic_filter: str) -> None:
         """Unsubscribe without waiting: late deliveries for it find no filter and are dropped."""

@@ -1,7 +1,8 @@
 """Bus patterns as MQTT filters, and the MQTT subscriptions the bus subscriptions share.
 
 See :mod:`transports.mqtt` for the mapping. A :class:`Filter` is one MQTT subscription (with its
-MQTT 5 subscription identifier) shared by every bus subscription and query that maps to it.
+MQTT 5 subscription identifier) shared by every bus subscription and query that maps to it;
+:mod:`transports.mqtt.table` keeps them.
 """
 
 from __future__ import annotations
@@ -48,10 +49,13 @@ class Query:
 
 @dataclass(eq=False)
 class Filter:
-    """One MQTT subscription, shared by the bus subscriptions and queries that map to it."""
+    """One MQTT subscription, shared by the bus subscriptions and queries that map to it.
+    ``subscribed`` is what the broker is asked for: the filter itself, or in a shared
+    subscription ``$share/<group>/<filter>`` (deliveries still carry the real topic)."""
 
     topic_filter: str
     subscription_id: int
+    subscribed: str
     subscriptions: set[Subscription] = field(default_factory=set)
     queries: set[Query] = field(default_factory=set)
     ready: asyncio.Future[None] | None = None

@@ -18,7 +18,7 @@ import zmq
 import zmq.asyncio
 
 from bus import uri as uris
-from bus.errors import InvalidUri, LimitExceeded, TransportError
+from bus.errors import InvalidUri, LimitExceeded, TransportError, Unsupported
 from bus.transport import (
     DEFAULT_BUFFER,
     Delivery,
@@ -156,8 +156,17 @@ class ZmqTransport:
             await self._send_live(conn, [topic.encode(), frame])
             self._has_unconfirmed = True
 
-    async def subscribe(self, pattern: str, *, buffer: int = DEFAULT_BUFFER) -> Subscription:
+    async def subscribe(
+        self, pattern: str, *, buffer: int = DEFAULT_BUFFER, share_group: str | None = None
+    ) -> Subscription:
         conn = self._connection()
+        if share_group is not None:
+            raise Unsupported(
+                f"ZeroMQ is one machine's bus: it has no shared subscriptions (asked to share "
+                f"{pattern} in group {share_group!r}); several instances need MQTT",
+                url=self.url,
+                share_group=share_group,
+            )
         prefix = uris.literal_prefix(pattern).encode()  # validates the pattern
         subscription = Subscription(pattern, buffer=buffer)
         with self._translating("subscribe"):

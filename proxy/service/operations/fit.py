@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio

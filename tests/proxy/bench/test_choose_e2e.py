@@ -1,6 +1,6 @@
 """``bench choose``'s end-to-end part against a real ``modelbus serve`` process: the chooser's
 segments are the three models' inputs, and the report has its lines (the figures themselves are
-not asserted). Covers proxy/bench/choose_e2e.py and proxy/bench/demo_forecast.py's models."""
+not asserted). Covers proxy/bench/choose_e2e.py and proxy/bench/demos/forecast.py's models."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from proxy.bench.choose import run_choose_bench
 from proxy.bench.choose_e2e import segment_inputs
-from proxy.bench.demo_forecast import zone_model
+from proxy.bench.demos.forecast import zone_model
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 command as a subprocess against a real ZeroMQ forwarder for pub, sub, query, status and bus.
 
 Covers proxy/cli/main.py, proxy/cli/root.py, proxy/cli/bus.py, proxy/cli/keys.py and
-proxy/cli/demo.py with proxy/bench/demo.py (the demo, run end to end).
+proxy/cli/demo.py with proxy/bench/demos/tour.py (the demo, run end to end).
 """
 
 from __future__ import annotations
@@ -755,7 +755,7 @@ def test_the_readme_python_example_runs(world: World, zmq_bus_url: str) -> None:
 def test_the_demo_runs_end_to_end_on_the_embedded_bus(tmp_path: Path) -> None:
     """The README's first command: the service embeds its ZeroMQ bus (serve's default), deploys,
     predicts, upgrades, pins, rolls back, refuses a viewer's deploy, forecasts a day of zone A
-    stitched from three models with a gap (proxy/bench/demo_forecast.py) and reads liveness."""
+    stitched from three models with a gap (proxy/bench/demos/forecast.py) and reads liveness."""
     result = subprocess.run(
         [sys.executable, "-m", "proxy.cli", "demo", "--data-dir", str(tmp_path / "data")],
         capture_output=True,

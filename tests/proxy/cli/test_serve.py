@@ -208,3 +208,24 @@ def test_the_banner_says_which_identity_serves_and_where_its_key_is(
         else f"{tmp_path / 'data' / 'proxy.key'}: the data directory's key"
     )
     assert f"  entity     KEY ({expected})" in lines
+
+
+def test_an_instance_on_zeromq_is_refused_with_why(tmp_path: Path) -> None:
+    """``serve --instance`` on a zmq:// bus exits 1 at once, saying ZeroMQ cannot spread a
+    service's requests over instances (no forwarder is embedded, nothing serves)."""
+    refused = subprocess.run(
+        [
+            *(sys.executable, "-m", "proxy.cli", "--bus", "zmq://127.0.0.1:7799", "serve"),
+            *("--data-dir", str(tmp_path / "data"), "--instance", "a"),
+            *("--namespace-key", str(tmp_path / "namespace.key")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    last = refused.stderr.splitlines()[-1]
+    assert last.startswith("error: instance 'a': ZeroMQ is one machine's bus; several instances ")
+    assert "need MQTT" in last
+    assert "modelbus serving" not in refused.stdout

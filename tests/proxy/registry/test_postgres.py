@@ -1,13 +1,15 @@
 """The registry on PostgreSQL, where it differs from SQLite: migrations under a lock, the write
-lock, the schema twin, placeholders, redaction — against the session's real server
-(tests/fixtures/postgres.py). The shared contract runs in test_registry.py over both engines.
+lock, the lead (one proxy of several), the schema twin, placeholders, redaction — against the
+session's real server (tests/fixtures/postgres.py). The shared contract runs in
+test_registry.py over both engines.
 
 Covers proxy/registry/postgres.py and proxy/registry/postgres_schema.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -221,3 +223,82 @@ async def test_a_sqlite_registry_starts_watching_and_hears_nothing(tmp_path: Pat
     async with Registry.open(tmp_path / "r.db") as registry, anyio.create_task_group() as group:
         await group.start(registry.watch_current, lambda name: None)
         group.cancel_scope.cancel()
+
+
+async def test_one_proxy_leads_and_the_lead_passes_on_when_it_goes(postgres_url: str) -> None:
+    """Registries waiting for one lead run one at a time; cancelling the leader, or killing
+    its lock's connection, hands the lead on; a lead of another name is apart."""
+    running: set[str] = set()
+    changed = anyio.Event()
+
+    def note(change: Callable[[], None]) -> None:
+        nonlocal changed
+        change()
+        changed.set()
+        changed = anyio.Event()
+
+    def work(name: str) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            note(lambda: running.add(name))
+            try:
+                await anyio.sleep_forever()
+            finally:
+                note(lambda: running.discard(name))
+
+        return run
+
+    async def until(expected: set[str]) -> None:
+        with anyio.fail_after(10):
+            while running != expected:
+                await changed.wait()
+
+    key = int.from_bytes(hashlib.sha256(b"svc slots").digest()[:8], "big", signed=True) % 2**64
+    async with (
+        Registry.open(postgres_url) as a,
+        Registry.open(postgres_url) as b,
+        anyio.create_task_group() as group,
+    ):
+        first = anyio.CancelScope()
+
+        async def lead_a() -> None:
+            with first:
+                await a.lead("svc slots", work("a"))
+
+        group.start_soon(lead_a)
+        await until({"a"})
+        group.start_soon(b.lead, "svc slots", work("b"))
+        group.start_soon(b.lead, "another svc", work("other"))
+        await until({"a", "other"})  # b waits for "svc slots"
+
+        first.cancel()  # a stops: b leads
+        await until({"b", "other"})
+
+        group.start_soon(a.lead, "svc slots", work("a again"))
+        async with raw(postgres_url) as admin:  # b's lock connection dies: the lead moves on
+            waiting = (
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND classid = $1 AND objid = $2 AND objsubid = 1"
+            )
+            with anyio.fail_after(10):  # a waits in line first (PostgreSQL serves it in order)
+                while not await admin.fetchval(waiting, key >> 32, key & 0xFFFFFFFF):  # noqa: ASYNC110
+                    await anyio.sleep(0.02)  # another connection's wait cannot be awaited
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND granted AND classid = $1 AND objid = $2 AND objsubid = 1",
+                key >> 32,
+                key & 0xFFFFFFFF,
+            )
+        await until({"a again", "other"})
+        group.cancel_scope.cancel()
+
+
+async def test_a_sqlite_registry_leads_at_once(tmp_path: Path) -> None:
+    ran = anyio.Event()
+
+    async def run() -> None:
+        ran.set()
+
+    async with Registry.open(tmp_path / "r.db") as registry:
+        with anyio.fail_after(5):
+            await registry.lead("svc", run)
+    assert ran.is_set()

@@ -1,4 +1,4 @@
-"""``modelbus demo fit`` (proxy/bench/demo_fit.py, through proxy/cli/demo.py) runs end to end:
+"""``modelbus demo fit`` (proxy/bench/demos/fit.py, through proxy/cli/demo.py) runs end to end:
 the fit switches versions with no failed request and the schedule backfills two windows."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from bus.fittable import Fittable
 from bus.grants import encode_chain
 from bus.po import PO_METADATA
 from container_manager import ServiceClient
-from proxy.bench.demo import free_base_port
+from proxy.bench.demos.tour import free_base_port
 from proxy.service.settings import ProxySettings
 from proxy.service.startup import ServiceInfo, load_or_create_entity, run_proxy
 from transports import open_transport

@@ -6,7 +6,7 @@ directory, models in worker processes), makes an operator and a read-only viewer
 grants, deploys a thermal model as a plain Python function, predicts a day of 30-minute steps,
 upgrades the model, pins and rolls back versions, shows a refused deploy, asks for a day of zone
 A's temperature by meaning (three models with adjacent and overlapping ranges and a gap,
-:mod:`proxy.bench.demo_forecast`), and reads liveness.
+:mod:`proxy.bench.demos.forecast`), and reads liveness.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import click
 
 from bus import BusClient, Entity, Grant, VerificationError, service_states
 from container_manager import ServiceClient
-from proxy.bench.demo_forecast import forecast_tour
+from proxy.bench.demos.forecast import forecast_tour
 from proxy.service.settings import ProxySettings
 from proxy.service.startup import ServiceInfo, load_or_create_entity, run_proxy
 from transports import open_transport
