@@ -134,7 +134,9 @@ def deeply_nested(arena: Arena) -> bytes:
         return b"\x93" + codec.pack(b"body") + codec.pack(bytes(64)) + deep
     if where == 3:  # a signed msgpack payload: the envelope is valid, its value is not
         po = PayloadObject("2.0.11.1", deep)
-        return envelopes.seal(arena.member.entity, arena.uri(), [po], proof=arena.member.proof)
+        return envelopes.seal(
+            arena.member.entity, arena.uri(), [po], proof=arena.member.proof, ts_ns=NOW
+        )
     grant = codec.pack([deep, bytes(64)])  # a grant in the proof
     return envelopes.seal(arena.member.entity, arena.uri(), [], proof=(grant,))
 
