@@ -13,6 +13,7 @@ Run the publisher alone: ``python -m proxy.bench.heartbeats publish URL KEYFILE 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import socket
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ import anyio
 from bus import BusClient, Entity, Grant, Heartbeat, decode_chain, encode_chain
 from bus.errors import TransportError
 from proxy.bench.buses import free_port_block
+from proxy.bench.raw import raw_receive
 from proxy.dashboard import Fleet, FleetMonitor
 from transports import open_transport
 
@@ -62,25 +65,57 @@ def _rss_mib() -> float:
 
 
 async def _publish(url: str, key: str, chain: str, count: int, seconds: float) -> None:
-    """Beat for ``count`` services at ``count / PERIOD_S`` beats a second for ``seconds``."""
+    """Beat for ``count`` services at ``count / PERIOD_S`` beats a second for ``seconds``, over
+    ``_lanes(count)`` connections (a persisted publish is a round trip: one connection alone
+    cannot carry 10,000 services' beats)."""
     entity = Entity.load(key)
     proofs = [decode_chain(Path(chain).read_bytes())]
     namespace = proofs[0][0].pattern.split("/", 1)[0]
     beats = [Heartbeat(f"{namespace}/bench/s{i:05d}", interval_s=PERIOD_S) for i in range(count)]
-    async with BusClient(open_transport(url), entity, proofs=proofs) as client:
+    lanes = _lanes(count)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(BusClient(open_transport(url), entity, proofs=proofs))
+            for _ in range(lanes)
+        ]
         print("ready", flush=True)
         started = time.monotonic()
-        index = 0
-        rate = count / PERIOD_S
-        while (elapsed := time.monotonic() - started) < seconds:
-            due = int(elapsed * rate) + 1
-            while index < due:
-                await beats[index % count].beat(client)
-                index += 1
-            await anyio.sleep(0.01)
+
+        async def lane(client: BusClient, mine: list[Heartbeat]) -> None:
+            index = 0
+            rate = len(mine) / PERIOD_S
+            while (elapsed := time.monotonic() - started) < seconds:
+                due = int(elapsed * rate) + 1
+                while index < due:
+                    await mine[index % len(mine)].beat(client)
+                    index += 1
+                await anyio.sleep(0.01)
+
+        async with anyio.create_task_group() as task_group:
+            for number, client in enumerate(clients):
+                task_group.start_soon(lane, client, beats[number::lanes])
 
 
-async def _measure(url: str, pattern: str, owner: Entity, count: int, seconds: float) -> str:
+def _lanes(count: int) -> int:
+    """Connections the publisher beats over: one per 500 services, at most 32."""
+    return max(1, min(32, count // 500))
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """The monitor over one window: CPU seconds, wall seconds, and what it received."""
+
+    cpu_s: float
+    wall_s: float
+    delays_ns: list[int]
+    services: int
+    verified: int
+    skipped: int
+
+
+async def _measure(
+    url: str, pattern: str, owner: Entity, warmup_s: float, window_s: float
+) -> _Measured:
     fleet = _TimedFleet()
     monitor = FleetMonitor(
         lambda: BusClient(open_transport(url), owner), pattern, fleet, probe_s=1.0
@@ -97,25 +132,39 @@ async def _measure(url: str, pattern: str, owner: Entity, count: int, seconds: f
         with anyio.fail_after(30):
             while not monitor.is_link_up:  # noqa: ASYNC110 (the monitor offers no event)
                 await anyio.sleep(0.05)
-        warmup_s = min(PERIOD_S, seconds / 3)
         await anyio.sleep(warmup_s)
         fleet.delays_ns.clear()
         counted0 = (monitor.messages + monitor.rejected, monitor.skipped)
         cpu0, wall0 = time.process_time(), time.monotonic()
-        await anyio.sleep(seconds - warmup_s - 1)
+        await anyio.sleep(window_s)
         cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
         verified = monitor.messages + monitor.rejected - counted0[0]
         skipped = monitor.skipped - counted0[1]
-        delays = sorted(fleet.delays_ns)
         task_group.cancel_scope.cancel()
+    return _Measured(cpu, wall, sorted(fleet.delays_ns), len(fleet.records), verified, skipped)
+
+
+HEADER = (
+    "  N       beats/s  CPU       raw CPU   ratio   µs/beat  RSS      delay p50  p99        "
+    "mean       services  verified/s skipped/s frames/s raw/s"
+)
+
+
+def _row(count: int, ours: _Measured, raw_frames: int, raw_cpu_s: float, raw_wall_s: float) -> str:
+    """One N: the monitor's CPU share next to the bare library's, receiving the same frames."""
+    delays, wall = ours.delays_ns, ours.wall_s
     if not delays:
         return f"{count:>7}  no heartbeat arrived"
     p50, p99 = delays[len(delays) // 2] / 1e6, delays[int(len(delays) * 0.99)] / 1e6
+    share, raw_share = ours.cpu_s / wall, raw_cpu_s / raw_wall_s
+    ratio = f"{share / raw_share:>5.1f}x" if raw_share > 0 else "    —"
     return (
-        f"{count:>7}  {len(delays) / wall:>8.0f}  {100 * cpu / wall:>6.1f} %  "
-        f"{_rss_mib():>7.0f} MiB  {p50:>7.1f} ms  {p99:>7.1f} ms  "
-        f"{statistics.fmean(delays) / 1e6:>7.1f} ms  {len(fleet.records):>8}  "
-        f"{verified / wall:>8.0f}  {skipped / wall:>8.0f}"
+        f"{count:>7}  {len(delays) / wall:>8.0f}  "
+        f"{100 * share:>6.1f} %  {100 * raw_share:>6.1f} %  "
+        f"{ratio}  {1e6 * ours.cpu_s / len(delays):>7.0f}  {_rss_mib():>4.0f} MiB  "
+        f"{p50:>7.1f} ms  {p99:>7.1f} ms  {statistics.fmean(delays) / 1e6:>7.1f} ms  "
+        f"{ours.services:>8}  {ours.verified / wall:>8.0f}  {ours.skipped / wall:>8.0f}  "
+        f"{(ours.verified + ours.skipped) / wall:>7.0f} {raw_frames / raw_wall_s:>6.0f}"
     )
 
 
@@ -141,11 +190,11 @@ def run_bench(
     """Measure each N in ``counts``; return the table."""
     owner, member = Entity.generate(), Entity.generate()
     pattern = f"{owner.key_text}/bench/*"
-    header = (
-        "  N       beats/s  CPU      RSS       delay p50  p99        mean       services  "
-        "verified/s skipped/s"
-    )
-    lines = [f"monitor of N services beating every {PERIOD_S:g} s (aggregate rate)", header]
+    lines = [
+        f"monitor of N services beating every {PERIOD_S:g} s (aggregate rate; target N/10 beats/s)"
+        " — CPU: share of one core; raw: the bare library receiving the same frames",
+        HEADER,
+    ]
     with tempfile.TemporaryDirectory(prefix="modelbus-bench-hb-") as tmp:
         key, chain = Path(tmp, "member.key"), Path(tmp, "member.chain")
         member.save(key)
@@ -154,29 +203,53 @@ def run_bench(
         try:
             for count in counts:
                 progress(f"N = {count}: {seconds:g} s")
-                publisher = subprocess.Popen(
-                    [
-                        *(sys.executable, "-m", "proxy.bench.heartbeats", "publish", url),
-                        *(str(key), str(chain), str(count), str(seconds + 5)),
-                    ],
-                    stdout=subprocess.PIPE,
-                    env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-                )
-                try:
-                    assert publisher.stdout is not None
-                    if publisher.stdout.readline().strip() != b"ready":
-                        raise RuntimeError("the heartbeat publisher died before it was ready")
-                    lines.append(anyio.run(_measure, url, pattern, owner, count, seconds))
-                finally:
-                    publisher.kill()
-                    publisher.wait()
-                    if publisher.stdout is not None:
-                        publisher.stdout.close()
+                lines.append(_run_one(url, key, chain, pattern, owner, count, seconds))
         finally:
             if bus is not None:
                 bus.terminate()
                 bus.wait()
     return "\n".join(lines)
+
+
+def _run_one(
+    url: str, key: Path, chain: Path, pattern: str, owner: Entity, count: int, seconds: float
+) -> str:
+    """The publisher and the raw receiver in their own processes, the monitor in this one."""
+    warmup_s = min(PERIOD_S, seconds / 3)
+    window_s = seconds - warmup_s - 1
+    prefix = pattern.removesuffix("*")
+    qos = "0" if url.startswith("zmq://") else "1"  # our MQTT transport's default QoS
+    publisher = _start("publish", url, str(key), str(chain), str(count), str(seconds + 5))
+    raw = None
+    try:
+        raw = _start("raw", url, prefix, qos, str(warmup_s + 0.5), str(window_s))
+        measured = anyio.run(_measure, url, pattern, owner, warmup_s, window_s)
+        assert raw.stdout is not None
+        raw_frames, raw_cpu_s = raw.stdout.read().split()
+    finally:
+        for process in (publisher, raw):
+            if process is not None:
+                process.kill()
+                process.wait()
+                if process.stdout is not None:
+                    process.stdout.close()
+    return _row(count, measured, int(raw_frames), float(raw_cpu_s), window_s)
+
+
+def _start(*args: str) -> subprocess.Popen[bytes]:
+    """``python -m proxy.bench.heartbeats ARGS...``, once it has said it is ready."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy.bench.heartbeats", *args],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != b"ready":
+        process.kill()
+        process.wait()
+        process.stdout.close()
+        raise RuntimeError(f"the benchmark's {args[0]} process died before it was ready")
+    return process
 
 
 def _bus(bus_url: str | None, tmp: Path) -> tuple[subprocess.Popen[bytes] | None, str]:
@@ -209,5 +282,9 @@ if __name__ == "__main__":
     if len(sys.argv) == 7 and sys.argv[1] == "publish":
         _, _, url, key, chain, count, seconds = sys.argv
         anyio.run(_publish, url, key, chain, int(count), float(seconds))
+    elif len(sys.argv) == 7 and sys.argv[1] == "raw":
+        _, _, url, prefix, qos, warmup, window = sys.argv
+        frames, cpu_s = raw_receive(url, prefix, int(qos), float(warmup), float(window))
+        print(frames, cpu_s, flush=True)
     else:
         sys.exit(__doc__)
