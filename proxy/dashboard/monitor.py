@@ -25,8 +25,8 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from bus import BusClient, Message, MessageStream, Rejected
-from bus import envelope as envelopes
 from bus import uri as uris
+from bus.envelope import RepeatPattern
 from bus.errors import DecodeError, TransportError
 from bus.liveness.heartbeat import LASTALIVE, STATE, STATUS
 from bus.po import PO_METADATA, PO_STATE, PO_STATUS
@@ -41,6 +41,7 @@ _SUFFIXES = {
     STATE.removeprefix("!meta/"): PO_STATE,
     STATUS.removeprefix("!meta/"): PO_STATUS,
 }
+_LASTALIVE_END = "/" + LASTALIVE
 _ORDER = {"status": 0, "state": 1, "lastalive": 2}
 _BACKOFF_S = (0.25, 5.0)
 _GRANT_CODES = {
@@ -99,7 +100,7 @@ class FleetMonitor:
         self.rejected = 0
         self.skipped = 0  # deliveries not verified: they could not change the picture
         self.confirmed_ns = 0  # the latest instant the link was known to work (probe, message)
-        self._last_state: dict[str, tuple[Any, ...]] = {}  # service → its last verified state
+        self._last_state: dict[str, RepeatPattern] = {}  # state topic → its last verified frame
 
     async def run(self) -> None:
         """Connect, follow the fleet and reconnect (with a backoff) until cancelled."""
@@ -135,28 +136,38 @@ class FleetMonitor:
         raise TransportError(f"the subscription to {pattern} ended")
 
     async def _drain(self, stream: MessageStream) -> None:
-        """Verify and apply each delivery, except those that cannot change the picture: a
-        lastalive of a service whose status beats (the status carries the same time), and a
-        state that repeats, byte for byte, the last verified state of its service (the birth
-        re-published with every beat). Either would cost a signature check for nothing."""
-        async for delivery in stream.subscription:
-            topic, frame = delivery.topic, delivery.frame
-            service, _, suffix = topic.rpartition("/!meta/")
-            if suffix == "lastalive":
-                record = self.fleet.records.get(service)
-                if record is not None and self.fleet.has_fresh_status(record, self.clock_ns()):
-                    self.confirmed_ns = self.clock_ns()
-                    self.skipped += 1
-                    continue
-            key = _state_key(topic, frame) if suffix == "state" else None
-            if key is not None and self._last_state.get(service) == key:
-                self.confirmed_ns = self.clock_ns()
-                self.skipped += 1
-                continue
-            item = stream.verify(topic, frame)
-            if key is not None and isinstance(item, Message):
-                self._last_state[service] = key
-            self.take(item)
+        """Verify and apply each delivery, a burst at a time, except those that cannot change the
+        picture: a lastalive of a service whose status beats (the status carries the same time),
+        and a state that repeats the last verified state of its service but for its timestamp
+        and nonce (the birth re-published with every beat; :class:`RepeatPattern`, no decoding).
+        Either would cost a signature check for nothing. ``bus/PROTOCOL.md`` §13 says why a
+        skipped frame cannot make a service look alive."""
+        subscription = stream.subscription
+        async for first in subscription:
+            now_ns = self.confirmed_ns = self.clock_ns()
+            for delivery in (first, *subscription.drain_nowait()):
+                if not self._is_repeat(delivery.topic, delivery.frame, now_ns):
+                    self._apply(stream, delivery.topic, delivery.frame)
+
+    def _is_repeat(self, topic: str, frame: bytes, now_ns: int) -> bool:
+        if topic.endswith("/state"):  # a service's, or a named instance's
+            pattern = self._last_state.get(topic)
+            is_repeat = pattern is not None and pattern.matches(frame)
+        elif topic.endswith(_LASTALIVE_END):
+            record = self.fleet.records.get(topic[: -len(_LASTALIVE_END)])
+            is_repeat = record is not None and self.fleet.has_fresh_status(record, now_ns)
+        else:
+            return False
+        self.skipped += is_repeat
+        return is_repeat
+
+    def _apply(self, stream: MessageStream, topic: str, frame: bytes) -> None:
+        item = stream.verify(topic, frame)
+        if isinstance(item, Message) and topic.endswith("/state"):
+            pattern = RepeatPattern.of(frame)  # decoded again, but only when the state changed
+            if pattern is not None:
+                self._last_state[topic] = pattern
+        self.take(item)
 
     def take(self, item: Message | Rejected) -> None:
         """Apply one delivery (verified or rejected) on ``S/!meta/<suffix>`` to the fleet;
@@ -225,18 +236,6 @@ class FleetMonitor:
             "error": self.link_error,
             "reconnects": self.reconnects,
         }
-
-
-def _state_key(topic: str, frame: bytes) -> tuple[Any, ...] | None:
-    """What a state frame says and who says it, signature aside; None if it does not parse."""
-    try:
-        envelope = envelopes.parse(frame)
-    except DecodeError:
-        return None
-    if envelope.uri != topic:
-        return None
-    pos = tuple((po.number, po.data) for po in envelope.pos)
-    return envelope.origin, envelope.proof, envelope.persist, pos
 
 
 def _resync_order(item: Message | Rejected) -> int:
