@@ -25,6 +25,7 @@ from bus.errors import InvalidUri, TransportError
 from bus.transport import DEFAULT_BUFFER, Delivery, Subscription, Will, closed_error
 from transports.mqtt.broker import paho_logger, parse_url, redact, tls_context
 from transports.mqtt.gate import ConnectionGate
+from transports.mqtt.inbox import Inbox
 from transports.mqtt.topics import (
     Filter,
     Query,
@@ -83,6 +84,7 @@ class MqttTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connack: asyncio.Future[None] | None = None
         self._gate = ConnectionGate()
+        self._inbox = Inbox()  # paho's callbacks, handed to the event loop in order
         self._is_closed = False
         self._filters: dict[str, Filter] = {}
         self._by_id: dict[int, Filter] = {}
@@ -109,7 +111,7 @@ class MqttTransport:
             return
         if will is not None:
             uris.parse(will.topic)
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._inbox.loop = asyncio.get_running_loop()
         self._connack = self._loop.create_future()
         client = self._new_client(will)
         try:
@@ -230,12 +232,7 @@ class MqttTransport:
     # -- paho's thread: hand everything to the event loop ----------------------------------------
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
-        if self._loop is None:
-            return
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the event loop is closed: nobody is waiting any more
-            logger.debug("dropped a callback from paho: the event loop is closed")
+        self._inbox.post(callback, *args)  # one wake-up of the loop per burst: inbox.py
 
     def _on_socket_open(self, client: paho.Client, userdata: object, sock: Any) -> None:
         try:
