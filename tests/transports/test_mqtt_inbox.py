@@ -14,7 +14,7 @@ from transports.mqtt.inbox import Inbox
 
 async def test_a_burst_from_a_thread_runs_in_order_with_one_wake_up() -> None:
     loop = asyncio.get_running_loop()
-    inbox, seen, done = Inbox(), [], asyncio.Event()
+    inbox, seen, done = Inbox(), list[int](), asyncio.Event()
     inbox.loop = loop
     wake_ups = 0
     original = loop.call_soon_threadsafe
@@ -24,9 +24,14 @@ async def test_a_burst_from_a_thread_runs_in_order_with_one_wake_up() -> None:
         wake_ups += 1
         return original(callback, *args, **kwargs)
 
-    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
     try:
-        thread = threading.Thread(target=lambda: [inbox.post(seen.append, i) for i in range(1000)])
+
+        def burst() -> None:
+            for i in range(1000):
+                inbox.post(seen.append, i)
+
+        thread = threading.Thread(target=burst)
         thread.start()  # the loop is busy until the thread is done: all 1000 queue up
         thread.join()
         inbox.post(lambda: done.set())
@@ -38,13 +43,17 @@ async def test_a_burst_from_a_thread_runs_in_order_with_one_wake_up() -> None:
 
 
 async def test_a_failing_call_loses_none_of_the_others(caplog: pytest.LogCaptureFixture) -> None:
-    inbox, seen, done = Inbox(), [], asyncio.Event()
+    inbox, seen, done = Inbox(), list[int](), asyncio.Event()
     inbox.loop = asyncio.get_running_loop()
 
     def fail() -> None:
         raise ValueError("a bug")
 
-    thread = threading.Thread(target=lambda: (inbox.post(fail), inbox.post(seen.append, 1)))
+    def posts() -> None:
+        inbox.post(fail)
+        inbox.post(seen.append, 1)
+
+    thread = threading.Thread(target=posts)
     thread.start()
     thread.join()
     inbox.post(done.set)
