@@ -44,6 +44,7 @@ _SUFFIXES = {
 _LASTALIVE_END = "/" + LASTALIVE
 _ORDER = {"status": 0, "state": 1, "lastalive": 2}
 _BACKOFF_S = (0.25, 5.0)
+GATHER_S = 0.05
 _GRANT_CODES = {
     "untrusted_root",
     "broken_chain",
@@ -80,9 +81,12 @@ class FleetMonitor:
         probe_timeout_s: float = 1.0,
         probe: str | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        gather_s: float = GATHER_S,
     ) -> None:
         """``probe``: the topic the link probe goes to (it needs ``P`` there); default
-        :func:`probe_topic` of the pattern."""
+        :func:`probe_topic` of the pattern. ``gather_s``: after each burst the monitor lets
+        deliveries gather that long before it takes the next (one wake-up per burst, not per
+        frame; a beat shows that much later at most)."""
         uris.parse(pattern, allow_wildcards=True)
         self.probe = probe or probe_topic(pattern)
         self.connect = connect
@@ -92,6 +96,7 @@ class FleetMonitor:
         self.probe_s = probe_s
         self.probe_timeout_s = probe_timeout_s
         self.clock_ns = clock_ns
+        self.gather_s = gather_s
         self.is_link_up = False
         self.link_since_ns = clock_ns()
         self.link_error = "not connected yet"
@@ -148,6 +153,7 @@ class FleetMonitor:
             for delivery in (first, *subscription.drain_nowait()):
                 if not self._is_repeat(delivery.topic, delivery.frame, now_ns):
                     self._apply(stream, delivery.topic, delivery.frame)
+            await anyio.sleep(self.gather_s)
 
     def _is_repeat(self, topic: str, frame: bytes, now_ns: int) -> bool:
         if topic.endswith("/state"):  # a service's, or a named instance's
