@@ -1,14 +1,26 @@
 """``modelbus bench heartbeats``: N simulated services heart-beating into one dashboard monitor.
 
 The services are simulated by one publisher process that beats for each of N service URIs at the
-aggregate rate of N services with a 10 s period (N/10 beats a second, each beat the three signed
-liveness messages, as :class:`bus.Heartbeat` publishes them). This process runs the dashboard's
-monitor (:class:`proxy.dashboard.FleetMonitor` with its :class:`Fleet`, judged every 0.25 s as the
-dashboard does) and reports, over the measured window: its CPU share of one core, its resident
-memory, and the delay from a beat's publication (its ``ts``) to its record in the fleet.
-The bus is a ZeroMQ forwarder in a third process (``modelbus bus``), or ``--bus URL``.
+aggregate rate of N services with a 10 s period (N/10 beats a second, each beat the three signed,
+persisted liveness messages with the payloads :class:`bus.Heartbeat` publishes). It seals every
+beat before the run, stamped with the instant it is due, and sends them over several connections,
+many in flight: signing 3,000 frames a second would otherwise hold back the load it offers on a
+busy 2-core machine. ``beats/s`` says what it achieved.
 
-Run the publisher alone: ``python -m proxy.bench.heartbeats publish URL KEYFILE CHAIN N SECONDS``.
+This process runs the dashboard's monitor (:class:`proxy.dashboard.FleetMonitor` with its
+:class:`Fleet`, judged every 0.25 s as the dashboard does) on the real transport. A third process
+is the baseline: the bare library (pyzmq SUB from the forwarder, or paho at our QoS 1) receiving
+the same frames at the same time and doing nothing else. Over the measured window (after one
+period of warm-up, so every service has beaten once) each side's CPU is its process CPU time
+(every thread: paho's, ZeroMQ's I/O thread), reported as a share of one core, and the ratio ours
+/ raw. ``floor`` is raw plus one Ed25519 check a beat (timed in this process right after the
+window): what any monitor that verifies each beat's time must spend. Also reported: µs of CPU per
+beat, resident memory, the delay from a beat's time (``ts``) to its record in the fleet,
+signature checks and skipped frames a second, frames a second received by ours and by raw.
+The bus is a ZeroMQ forwarder in a fourth process (``modelbus bus``), or ``--bus URL``.
+
+Run the publisher alone: ``python -m proxy.bench.heartbeats publish URL KEYFILE CHAIN N SECONDS``;
+the baseline: ``python -m proxy.bench.heartbeats raw URL PREFIX QOS WARMUP_S WINDOW_S``.
 """
 
 from __future__ import annotations
