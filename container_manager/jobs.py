@@ -69,7 +69,8 @@ class FitsAndSchedules:
         memory_mb: int = 2048,
         proofs: Sequence[str | Path | bytes] = (),
     ) -> dict[str, Any]:
-        """Start a fit of ``model`` (its current version, or ``from_version``) on training
+        """Start a fit of ``model`` (its current version, or ``from_version``: a fittable
+        closure, or an image declaring a fit program, bus/PROTOCOL.md §18.9) on training
         streams or on a JSON file uploaded in chunks; returns the job (``job_id``, ``state``)."""
         body: dict[str, Any] = {
             "model": model,

@@ -14,10 +14,11 @@ Every call is a signed request on one of the service's slots (``predict``, ``adm
 Replies and liveness count only when signed by the **service's key** (protocol §11, §13):
 ``service_key`` when given (the key text ``modelbus serve`` prints, or its bytes); otherwise
 learnt once, before the first call, as the signer of the service's persisted
-``S/!meta/state`` — a namespace-rooted chain lets only the service (and the namespace owner)
-publish there when the owner gives users the narrow grants of §17.1; failing that (the client
-may not read ``!meta``, or nothing is announced yet), the namespace's own key, the case of a
-service that owns its namespace.
+``S/!meta/state`` (or ``S/!meta/lastalive`` for a service served by named instances, which
+publish no ``S/!meta/state``) — a namespace-rooted chain lets only the service (and the
+namespace owner) publish there when the owner gives users the narrow grants of §17.1; failing
+that (the client may not read ``!meta``, or nothing is announced yet), the namespace's own key,
+the case of a service that owns its namespace.
 Routing and selection policies' calls come from :class:`container_manager.routes.RouteCalls`.
 """
 
@@ -36,7 +37,7 @@ from bus import uri as uris
 from bus.artifact import build_closure_archive
 from bus.entity import key_from_text, key_to_text
 from bus.errors import DecodeError, InvalidUri, NotFound, TransportError, VerificationError
-from bus.liveness.heartbeat import STALE_AFTER_S, STATE
+from bus.liveness.heartbeat import LASTALIVE, STALE_AFTER_S, STATE
 from bus.liveness.monitor import ServiceState
 from bus.transfer import UploadProgress, upload_file
 from container_manager.forecasts import ForecastCalls
@@ -81,6 +82,8 @@ class ServiceClient(RouteCalls, FitsAndSchedules, ForecastCalls):
             return self._service_key
         try:
             announced = await self.bus.query(f"{self.service_uri}/{STATE}")
+            if not announced:  # served by named instances: each refreshes the lastalive
+                announced = await self.bus.query(f"{self.service_uri}/{LASTALIVE}")
         except (VerificationError, InvalidUri):  # may not read !meta: fall back below
             announced = []
         if announced:

@@ -3,7 +3,7 @@
 #   namespace.key         the namespace owner's key: it signs the grants below. Keep it OFFLINE
 #                         afterwards (not on the proxies): whoever holds it owns the namespace.
 #   service.key           the key every proxy instance signs with (one service, N instances)
-#   grant-*.grant         what the service key may do: C on its slots, P on its signals and !meta
+#   grant-*.grant         what the service key may do: C on its slots, P on its signals, C*P on !meta
 #   postgres-password     the registry database's password
 #   pgpass                the same, as libpq's/asyncpg's passfile (PGPASSFILE): never in a URL
 #   s3-access-key, s3-secret-key   the S3 server's credentials
@@ -26,7 +26,7 @@ modelbus --entity namespace.key grant --to "$service" --uri "$uri/i.modelbus/slo
 modelbus --entity namespace.key grant --to "$service" --uri "$uri/i.modelbus/signal/*" \
     --perms P --expires 365d -o grant-signals.grant
 modelbus --entity namespace.key grant --to "$service" --uri "$uri/!meta/*" \
-    --perms P --expires 365d -o grant-meta.grant
+    --perms 'C*P' --expires 365d -o grant-meta.grant  # C*: each instance reads its siblings
 
 [ -e postgres-password ] || openssl rand -hex 24 > postgres-password
 printf '*:*:modelbus:modelbus:%s\n' "$(cat postgres-password)" > pgpass

@@ -8,6 +8,17 @@ Under the service URI ``S`` a running service keeps three persisted messages:
     S/!meta/status.json unsigned JSON copy for generic MQTT tools (``plain_json``;
     bus.liveness.plain_status)
 
+**Instances.** Several proxies serving one service URI each heart-beat as themselves: a
+Heartbeat given an ``instance`` name ``N`` keeps its three records under an instance segment,
+
+    S/!meta/instances/N/lastalive, …/state (its Will), …/status
+
+and also refreshes the service's own ``S/!meta/lastalive`` with each beat (fresh while any
+instance beats, for XBOS tools that know nothing of instances); it publishes no
+``S/!meta/state`` or ``S/!meta/status``, and its plain JSON lists the instances it knows
+(``instances``, a callable: bus.liveness.instances). Readers judge the service alive while any
+instance is (bus.liveness.monitor). Without a name, nothing of this: the records above.
+
 ``seq`` is fixed for one run of the service (its start time in ns, so it grows across restarts).
 The MQTT Last Will carries ``{online: false, seq}`` of the same run, so a death whose ``seq`` does
 not match the latest birth (a late death of an old run) is ignored by monitors. A clean shutdown
@@ -28,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
-from bus.errors import BusError
+from bus import uri as uris
+from bus.errors import BusError, InvalidUri
 from bus.liveness import plain_status
 from bus.liveness.plain_status import PLAIN_STATUS
 from bus.po import PO_METADATA, PO_STATE, PO_STATUS, PayloadObject
@@ -38,12 +50,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_INTERVAL_S",
+    "INSTANCES",
     "LASTALIVE",
     "NUDGE_DELAY_S",
     "STALE_AFTER_S",
     "STATE",
     "STATUS",
     "Heartbeat",
+    "record",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +68,16 @@ STATUS = "!meta/status"
 DEFAULT_INTERVAL_S = 10.0
 STALE_AFTER_S = 30.0
 NUDGE_DELAY_S = 0.25
+INSTANCES = "!meta/instances"
+
+
+def record(suffix: str, instance: str | None) -> str:
+    """Where ``instance`` keeps the record ``suffix`` (LASTALIVE, STATE or STATUS) under its
+    service URI: ``suffix`` itself for the only proxy of a service (None),
+    ``!meta/instances/<instance>/<kind>`` for a named instance."""
+    if instance is None:
+        return suffix
+    return f"{INSTANCES}/{instance}/{suffix.removeprefix('!meta/')}"
 
 
 class Heartbeat:
@@ -67,10 +91,20 @@ class Heartbeat:
         interval_s: float = DEFAULT_INTERVAL_S,
         status: Callable[[], dict[str, Any]] | None = None,
         plain_json: bool = False,
+        instance: str | None = None,
+        instances: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         """``plain_json`` also publishes the unsigned ``S/!meta/status.json``
-        (bus.liveness.plain_status) for generic MQTT tools."""
+        (bus.liveness.plain_status) for generic MQTT tools. ``instance``: this proxy's name among
+        several serving ``service_uri`` (module docstring; InvalidUri unless it is a plain URI
+        segment); ``instances``: the other instances as the plain JSON lists them
+        (bus.liveness.instances.InstanceView.snapshot)."""
         self.service_uri = service_uri
+        self.instance = instance
+        self.instances = instances
+        if instance is not None and len(uris.parse(f"{instance}/x")) != 2:
+            raise InvalidUri("an instance name is one URI segment", uri=instance[:80])
+        uris.parse(self.uri(record(STATE, instance)))
         self.interval_s = interval_s
         self.status = status
         self.plain_json = plain_json
@@ -89,9 +123,13 @@ class Heartbeat:
     def uri(self, suffix: str) -> str:
         return f"{self.service_uri}/{suffix}"
 
+    def own(self, suffix: str) -> str:
+        """The URI of this proxy's record ``suffix`` (its instance's, if it has a name)."""
+        return self.uri(record(suffix, self.instance))
+
     def will(self) -> tuple[str, list[PayloadObject]]:
         """The death message the broker publishes if this run dies uncleanly."""
-        return self.uri(STATE), [self._state(online=False)]
+        return self.own(STATE), [self._state(online=False)]
 
     def _state(self, *, online: bool, ts_ns: int | None = None) -> PayloadObject:
         """``ts``: when the state was announced — the run's start for the birth and the Will
@@ -104,10 +142,11 @@ class Heartbeat:
         now_ns = time.time_ns()
         iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now_ns / 1e9))
         lastalive = {"val": f"{iso}.{now_ns % 10**9 // 1000:06d}Z", "ts": now_ns}
-        await client.publish(
-            self.uri(LASTALIVE), PayloadObject.msgpack(lastalive, PO_METADATA), persist=True
-        )
-        await client.publish(self.uri(STATE), self._state(online=True), persist=True)
+        lastalive_po = PayloadObject.msgpack(lastalive, PO_METADATA)
+        await client.publish(self.own(LASTALIVE), lastalive_po, persist=True)
+        if self.instance is not None:  # the service's lastalive: fresh while any instance beats
+            await client.publish(self.uri(LASTALIVE), lastalive_po, persist=True)
+        await client.publish(self.own(STATE), self._state(online=True), persist=True)
         status = {
             "seq": self.seq,
             "ts": now_ns,
@@ -116,7 +155,7 @@ class Heartbeat:
             **(self.status() if self.status else {}),
         }
         await client.publish(
-            self.uri(STATUS), PayloadObject.msgpack(status, PO_STATUS), persist=True
+            self.own(STATUS), PayloadObject.msgpack(status, PO_STATUS), persist=True
         )
         self._last_status = status
         if self.plain_json:
@@ -124,7 +163,17 @@ class Heartbeat:
         self.beats += 1
 
     async def _publish_plain(self, client: BusClient, *, online: bool) -> None:
-        document = plain_status.encode(self.service_uri, self._last_status, online=online)
+        if self.instance is None:
+            document = plain_status.encode(self.service_uri, self._last_status, online=online)
+        else:
+            others = self.instances() if self.instances is not None else []
+            document = plain_status.encode(
+                self.service_uri,
+                self._last_status,
+                online=online,
+                instance=self.instance,
+                instances=others,
+            )
         await client.transport.publish(self.uri(PLAIN_STATUS), document, persist=True)
 
     async def run(
@@ -155,6 +204,6 @@ class Heartbeat:
             remove_hook()
             with anyio.move_on_after(2, shield=True):
                 death = self._state(online=False, ts_ns=time.time_ns())
-                await client.publish(self.uri(STATE), death, persist=True)
+                await client.publish(self.own(STATE), death, persist=True)
                 if self.plain_json:
                     await self._publish_plain(client, online=False)

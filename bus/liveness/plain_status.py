@@ -6,6 +6,14 @@
      "interval_s": float, "uptime_s": float, "status": {...the signed status' service facts},
      "authenticated": false}
 
+A named instance of a service (several proxies serving one service URI; bus.liveness.heartbeat)
+publishes the same document on the same topic, with two more keys: ``"instance"``, the name of
+the instance that published it (its ``seq``, ``uptime_s`` and ``status`` are that instance's),
+and ``"instances"``, every instance it knows with ``{"instance", "online", "ts", "time"}``
+(``ts``/``time``: its latest lastalive), itself included; ``online`` is then true while any
+listed instance is online. The instances publish in turn, so the document is as fresh as the
+latest beat of any of them.
+
 Node-RED, MQTT Explorer or ``mosquitto_sub -t 'ns/#'`` show it with no code of ours. Anyone who
 can publish on the broker could forge it: decisions must read the signed ``S/!meta/status``.
 It is published with each beat and, ``online: false``, on a clean shutdown; a crash leaves the
@@ -27,8 +35,17 @@ PLAIN_STATUS = "!meta/status.json"
 _BASE = ("seq", "ts", "uptime_s", "interval_s")
 
 
-def encode(service: str, status: dict[str, Any], *, online: bool) -> bytes:
-    """The JSON document for ``service`` from the same map the signed status carries."""
+def encode(
+    service: str,
+    status: dict[str, Any],
+    *,
+    online: bool,
+    instance: str | None = None,
+    instances: list[dict[str, Any]] | None = None,
+) -> bytes:
+    """The JSON document for ``service`` from the same map the signed status carries; with
+    ``instance``, also the instance list (module docstring): ``instances`` as the publisher
+    knows them (``{"instance", "online", "ts"}`` each), its own entry made from ``online``."""
     ts = status.get("ts")
     ts_ns = ts if isinstance(ts, int) else time.time_ns()
     document = {
@@ -42,7 +59,37 @@ def encode(service: str, status: dict[str, Any], *, online: bool) -> bytes:
         "status": {key: value for key, value in status.items() if key not in _BASE},
         "authenticated": False,
     }
+    if instance is not None:
+        listed = _instances(instance, online, ts_ns, instances or [])
+        document["online"] = any(entry["online"] for entry in listed)
+        document["instance"] = instance
+        document["instances"] = listed
     return json.dumps(_jsonable(document), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _instances(
+    own: str, online: bool, ts_ns: int, known: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    entries = {
+        entry["instance"]: entry
+        for entry in known
+        if isinstance(entry.get("instance"), str) and entry["instance"] != own
+    }
+    entries[own] = {"instance": own, "online": online, "ts": ts_ns}
+    listed = []
+    for name in sorted(entries):
+        entry = entries[name]
+        ts = entry.get("ts")
+        ts = ts if isinstance(ts, int) and not isinstance(ts, bool) and 0 <= ts < 2**63 else None
+        listed.append(
+            {
+                "instance": name,
+                "online": entry.get("online") is True,
+                "ts": ts,
+                "time": None if ts is None else _iso(ts),
+            }
+        )
+    return listed
 
 
 def _iso(ts_ns: int) -> str:

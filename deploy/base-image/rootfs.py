@@ -19,7 +19,7 @@ The tarballs are deterministic (sorted, owner root, files keep their modificatio
 ``.pyc`` stay valid), and the digest of their contents (bytecode aside) names the image: a rebuild
 is skipped while this machine's Python, its packages and modelbus are unchanged. modelbus has a
 layer of its own (<1 MB), so a change to its code adds that layer, not another copy of Python.
-Writing the context takes about 2 s, building it about 4 s; the image is ~95 MB. It has no
+Writing the context takes about 2 s, building it about 4 s; the image is ~110 MB. It has no
 shell: images derived from it ``COPY`` their model in (``RUN`` needs ``deploy/Dockerfile``).
 Supported: CPython laid out as python.org builds it (pyenv, uv, the official images, a
 ``./configure --prefix`` build): ``<prefix>/lib/pythonX.Y`` and its ``site-packages``.
@@ -48,6 +48,8 @@ sys.path.insert(0, str(ROOT))
 from proxy.backend.images import (  # noqa: E402 (the checkout's packages, whatever the caller's path)
     BASE_LABEL,
     ENTRY_LABEL,
+    FIT_COMMAND,
+    FIT_LABEL,
     MODEL_CLOSURE_PATH,
     WORKER_COMMAND,
 )
@@ -115,6 +117,8 @@ def write_base_context(directory: Path, *, extra_packages: Iterable[str] = ()) -
         closure=MODEL_CLOSURE_PATH,
         digest=digest,
         entrypoint=json.dumps(list(WORKER_COMMAND)),
+        fit_label=FIT_LABEL,
+        fit_command=json.dumps(list(FIT_COMMAND)),
     )
     (directory / "Dockerfile").write_text(dockerfile)
     digest = hashlib.sha256(f"{digest}\n{dockerfile}".encode()).hexdigest()
@@ -131,7 +135,8 @@ ENV PATH=/usr/local/bin:/usr/bin:/bin \\
     LANG=C.UTF-8 \\
     PYTHONUNBUFFERED=1
 LABEL {base_label}="{digest}" \\
-      {entry_label}="closure:{closure}"
+      {entry_label}="closure:{closure}" \\
+      {fit_label}='{fit_command}'
 WORKDIR /model
 ENTRYPOINT {entrypoint}
 """
@@ -169,9 +174,12 @@ def _walk(root: Path, *, skip: set[str]) -> Iterator[Path]:
 
 
 def _distributions(extra: Iterable[str]) -> list[str]:
-    """Distributions the worker imports (asked of a fresh interpreter), plus ``extra`` and all
-    they require."""
-    script = "import json, sys, proxy.backend.worker; print(json.dumps(sorted(sys.modules)))"
+    """Distributions the replica and fit workers import (asked of a fresh interpreter), plus
+    ``extra`` and all they require."""
+    script = (
+        "import json, sys, proxy.backend.worker, proxy.fitting.worker; "
+        "print(json.dumps(sorted(sys.modules)))"
+    )
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

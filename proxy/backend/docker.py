@@ -9,7 +9,9 @@ lacks the image's id — an untagged copy holding only that image
 (:mod:`proxy.backend.image_tarball`), so
 a tarball never re-points a tag. ``prepare`` (before a version starts; again after a restart of
 the service, or of a version stopped earlier: its tarball is kept) loads it the same way and tags
-it ``modelbus/<name>:<version>`` (its only tag). A version runs its image by id.
+it ``modelbus/<name>:<version>`` (its only tag). A version runs its image by id. A fitted
+version (``prepare(..., state=PATH)``) runs its parent's image with the state file mounted
+read-only at :data:`~proxy.backend.images.STATE_PATH` and ``--state`` after the worker's arguments.
 
 Containers are confined at least as ``container.run``'s are: no network (``network_mode=none``;
 the worker reaches the backend through its unix socket, the channel directory mounted read-only
@@ -56,7 +58,13 @@ from proxy.backend.docker_engine import (
     DockerEngine,
 )
 from proxy.backend.image_tarball import untagged_copy
-from proxy.backend.images import WORKER_COMMAND, Entry, SavedImage, check_saved_image
+from proxy.backend.images import (
+    STATE_PATH,
+    WORKER_COMMAND,
+    Entry,
+    SavedImage,
+    check_saved_image,
+)
 from proxy.backend.runtime import ReplicaHandle, ReplicaSpec, _safe, _tail
 from proxy.backend.sandbox import NOBODY, SANDBOX_CHANNEL_DIR, SandboxLimits, admit_channel
 
@@ -76,6 +84,7 @@ class _Prepared:
     entry: Entry
     has_entrypoint: bool
     tag: str
+    state: Path | None
 
 
 class DockerRuntime:
@@ -107,15 +116,51 @@ class DockerRuntime:
     async def load(self, tarball: Path, image: str) -> str:
         return (await self._load(tarball, image)).id
 
-    async def prepare(self, name: str, version: str, tarball: Path, image: str) -> None:
+    async def prepare(
+        self, name: str, version: str, tarball: Path, image: str, *, state: Path | None = None
+    ) -> None:
         await self._sweep()
         saved = await self._load(tarball, image)
         tag = f"modelbus/{_repository(name)}:{_safe(version)}"
         await self._call(self.engine.tag, saved.id, tag)
         self._prepared[(name, version)] = _Prepared(
-            saved.id, saved.entry, saved.has_entrypoint, tag
+            saved.id, saved.entry, saved.has_entrypoint, tag, state
         )
         logger.info("%s:%s runs image %s (%s)", name, version, image, saved.id[:19])
+
+    async def saved_image(self, tarball: Path, image: str) -> SavedImage:
+        """The tarball's image, loaded into the engine unless it has it (for a one-shot
+        container of it: a fit, :mod:`proxy.fitting.images`)."""
+        await self._sweep()
+        return await self._load(tarball, image)
+
+    async def run_once(
+        self,
+        image_id: str,
+        *,
+        name: str,
+        model: tuple[str, str],
+        entrypoint: list[str],
+        command: list[str],
+        volumes: dict[Path, tuple[str, str]],
+        memory_bytes: int,
+        labels: dict[str, str],
+    ) -> tuple[str, int | None]:
+        """Start a one-shot container of a loaded image (a fit), confined as replicas are but
+        with its own memory limit, labelled with ``model`` (name, version), this service and
+        ``labels``; its id and main pid. The caller waits for it and removes it."""
+        return await self._call(
+            self.engine.run,
+            image_id,
+            name=name,
+            command=command,
+            entrypoint=entrypoint,
+            environment={"PYTHONUNBUFFERED": "1", "HOME": "/tmp"},
+            labels={MODEL_LABEL: model[0], VERSION_LABEL: model[1], OWNER_LABEL: self.owner}
+            | labels,
+            volumes=volumes,
+            limits=self.limits.model_copy(update={"memory_bytes": memory_bytes}),
+        )
 
     async def release(self, name: str, version: str, *, remove_image: bool) -> None:
         labels = [f"{MODEL_LABEL}={name}", f"{VERSION_LABEL}={version}", self._owner_label]
@@ -176,6 +221,10 @@ class DockerRuntime:
             *("--replica", str(spec.replica), "--batch-size", str(spec.batch_size)),
             *("--heartbeat-s", str(spec.heartbeat_s), *prepared.entry.worker_args()),
         ]
+        volumes = {channel_dir: (str(SANDBOX_CHANNEL_DIR), "ro")}
+        if prepared.state is not None:  # a fitted version: its state, read-only
+            volumes[prepared.state] = (STATE_PATH, "ro")
+            command += ["--state", STATE_PATH]
         container_id, pid = await self._call(
             self.engine.run,
             prepared.image_id,
@@ -189,7 +238,7 @@ class DockerRuntime:
                 REPLICA_LABEL: str(spec.replica),
                 OWNER_LABEL: self.owner,
             },
-            channel_dir=channel_dir,
+            volumes=volumes,
             limits=self.limits,
         )
         self._alive.add(container_id)

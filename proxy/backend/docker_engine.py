@@ -32,7 +32,7 @@ from bus.errors import (
     TransportError,
 )
 from proxy.backend.containers import ContainerInfo
-from proxy.backend.sandbox import NOBODY, SANDBOX_CHANNEL_DIR, SandboxLimits
+from proxy.backend.sandbox import NOBODY, SandboxLimits
 
 __all__ = [
     "MODEL_LABEL",
@@ -145,11 +145,13 @@ class DockerEngine:
         entrypoint: list[str] | None,
         environment: dict[str, str],
         labels: dict[str, str],
-        channel_dir: Path,
+        volumes: Mapping[Path, tuple[str, str]],
         limits: SandboxLimits,
     ) -> tuple[str, int | None]:
         """Start a detached, confined container (see :data:`REPLICA_USER` and the module
-        docstring) with ``channel_dir`` at ``/run/modelbus``; its id and main pid."""
+        docstring) with ``volumes`` (host path: container path, ``ro`` or ``rw``) bound in (a
+        replica's: its channel directory at ``/run/modelbus``); its id and main pid. Memory
+        is capped without swap, so a container over ``limits.memory_bytes`` is OOM-killed."""
         with translated(self.base_url, f"run {name}"):
             container = self.client.containers.run(
                 image_id,
@@ -161,13 +163,17 @@ class DockerEngine:
                 labels=labels,
                 init=True,
                 network_mode="none",
-                volumes={str(channel_dir): {"bind": str(SANDBOX_CHANNEL_DIR), "mode": "ro"}},
+                volumes={
+                    str(host): {"bind": bind, "mode": mode}
+                    for host, (bind, mode) in volumes.items()
+                },
                 user=REPLICA_USER,
                 cap_drop=["ALL"],
                 security_opt=["no-new-privileges"],
                 read_only=True,
                 tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmp_bytes},mode=1777"},
                 mem_limit=limits.memory_bytes or None,
+                memswap_limit=limits.memory_bytes or None,
                 pids_limit=limits.processes or None,
                 nano_cpus=round(limits.cpus * 1e9),
             )
@@ -180,6 +186,12 @@ class DockerEngine:
         with translated(self.base_url, f"wait for {container_id[:12]}"):
             result = self.client.api.wait(container_id, timeout=None)
             return int(result.get("StatusCode", -1))
+
+    def exit_state(self, container_id: str) -> tuple[int, bool]:
+        """An exited container's exit code, and whether the kernel OOM-killed it."""
+        with translated(self.base_url, f"inspect {container_id[:12]}"):
+            state = self.client.api.inspect_container(container_id).get("State") or {}
+            return int(state.get("ExitCode", -1)), bool(state.get("OOMKilled", False))
 
     def stop(self, container_id: str, *, grace_s: float) -> None:
         with contextlib.suppress(NotFound), translated(self.base_url, "stop a container"):

@@ -166,14 +166,14 @@ class EmbeddedBackend:
         batch_size: int = 64,
         image: str | None = None,
         remote: V2Endpoint | None = None,
+        state_file: Path | None = None,
     ) -> None:
         """Check the archive can run here and start its replicas (returns before they are ready).
-        With ``remote``, the version is served by that V2 server instead (no artifact).
-
-        With ``image``, the artifact is a ``docker save`` tarball holding that image, run by the
-        image runtime (the worker inside checks the closure it carries).
-        Raises InvalidRequest (or DecodeError) for an archive this server cannot run, Conflict if
-        the version is already started.
+        With ``remote``, the version is served by that V2 server instead (no artifact). With
+        ``image``, the artifact is a ``docker save`` tarball holding that image, run by the
+        image runtime (the worker inside checks the closure it carries); ``state_file`` is a fitted
+        image version's state file. Raises InvalidRequest (or DecodeError) for an archive this
+        server cannot run, Conflict if the version is already started.
         """
         self._running()
         _check_name("model name", name)
@@ -189,7 +189,7 @@ class EmbeddedBackend:
             manifest = await anyio.to_thread.run_sync(read_manifest, artifact)
             await anyio.to_thread.run_sync(check_compatible, manifest)
         else:
-            await self._images_runtime().prepare(name, version, artifact, image)
+            await self._images_runtime().prepare(name, version, artifact, image, state=state_file)
         self._refuse_started(name, version)  # another start may have won while we checked
         if image is not None:
             self._images[(name, version)] = image

@@ -15,6 +15,11 @@ as the command. Where the model is comes from the image label ``modelbus.entry``
 ``closure:/model/model.closure`` (a closure archive: the base images' default) or
 ``function:/model/func.pkl`` (a plain cloudpickled function, Clipper's layout). The base images
 are built by ``deploy/base-image/`` (no registry needed) or ``deploy/Dockerfile``.
+
+**Fits.** An image that can be fitted says how in the label ``modelbus.fit``: its fit program as
+a JSON array of strings (exec form), run in a one-shot container by :mod:`proxy.fitting.images`
+(bus/PROTOCOL.md §18.9). A fitted version runs the same image with its state mounted read-only at
+:data:`STATE_PATH` and ``--state STATE_PATH`` after the worker's arguments.
 """
 
 from __future__ import annotations
@@ -35,13 +40,17 @@ from proxy.backend.image_tarball import check_single_image, open_tarball
 __all__ = [
     "BASE_LABEL",
     "ENTRY_LABEL",
+    "FIT_COMMAND",
+    "FIT_LABEL",
     "MODEL_CLOSURE_PATH",
+    "STATE_PATH",
     "WORKER_COMMAND",
     "Entry",
     "SavedImage",
     "check_saved_image",
     "find_saved_image",
     "parse_entry",
+    "parse_fit_command",
     "read_saved_images",
 ]
 
@@ -49,6 +58,11 @@ ENTRY_LABEL = "modelbus.entry"
 BASE_LABEL = "modelbus.base"
 MODEL_CLOSURE_PATH = "/model/model.closure"
 WORKER_COMMAND = ("python3", "-m", "proxy.backend.worker")
+FIT_LABEL = "modelbus.fit"
+FIT_COMMAND = ("python3", "-m", "proxy.fitting.worker")
+"""The base images' fit program (their ``modelbus.fit``)."""
+STATE_PATH = "/run/modelbus-state/state"
+"""Where a fitted version's replicas find its state (a read-only file)."""
 
 _MAX_JSON_BYTES = 4 * 1024 * 1024
 
@@ -78,6 +92,12 @@ class SavedImage:
     def entry(self) -> Entry:
         return parse_entry(self.labels.get(ENTRY_LABEL), self.tags[0] if self.tags else self.id)
 
+    @property
+    def fit_command(self) -> list[str] | None:
+        """The image's fit program (``modelbus.fit``), or None if it declares none."""
+        name = self.tags[0] if self.tags else self.id
+        return parse_fit_command(self.labels.get(FIT_LABEL), name)
+
 
 def parse_entry(value: str | None, image: str) -> Entry:
     kind, _, path = (value or "").partition(":")
@@ -90,6 +110,30 @@ def parse_entry(value: str | None, image: str) -> Entry:
             image=image,
         )
     return Entry(kind, path)  # type: ignore[arg-type]
+
+
+def parse_fit_command(value: str | None, image: str) -> list[str] | None:
+    """``modelbus.fit``'s program: None without the label or with an empty one (how an image
+    built FROM one that has a fit program opts out), InvalidRequest if it is not a JSON array of
+    1 to 64 non-empty strings."""
+    if not value:
+        return None
+    try:
+        command = json.loads(value)
+    except (ValueError, RecursionError):  # a deployer's label: "[[[[…" nests past the stack
+        command = None
+    if (
+        not isinstance(command, list)
+        or not 0 < len(command) <= 64
+        or not all(isinstance(arg, str) and 0 < len(arg) <= 4096 for arg in command)
+    ):
+        raise InvalidRequest(
+            f"image {image}'s {FIT_LABEL} label is not its fit program as a JSON array of "
+            f"strings (found {value[:200]!r}); e.g. LABEL {FIT_LABEL}="
+            f"'{json.dumps(list(FIT_COMMAND))}'",
+            image=image,
+        )
+    return command
 
 
 def read_saved_images(path: str | Path) -> list[SavedImage]:

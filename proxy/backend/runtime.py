@@ -112,8 +112,11 @@ class ImageRuntime(Runtime, Protocol):
         Raises DecodeError or InvalidRequest for a tarball or image that cannot run."""
         ...
 
-    async def prepare(self, name: str, version: str, tarball: Path, image: str) -> None:
-        """Make ``image`` (loaded from ``tarball`` if the engine lacks it) the version's image."""
+    async def prepare(
+        self, name: str, version: str, tarball: Path, image: str, *, state: Path | None = None
+    ) -> None:
+        """Make ``image`` (loaded from ``tarball`` if the engine lacks it) the version's image;
+        ``state``: a fitted version's state file, handed to its replicas."""
         ...
 
     async def release(self, name: str, version: str, *, remove_image: bool) -> None:

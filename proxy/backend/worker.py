@@ -2,11 +2,14 @@
 
 Run as ``python -m proxy.backend.worker --backend tcp://127.0.0.1:PORT --name M --version V
 --replica N
-(--artifact PATH | --function PATH) [--batch-size B] [--heartbeat-s S] [--backend-timeout-s T]``,
-with the start token in the ``MODELBUS_REPLICA_TOKEN`` environment variable. ``--artifact`` is a
-closure archive (:mod:`bus.artifact`); ``--function`` a plain cloudpickled function file, as
-Clipper's ``save_python_function`` writes ``/model/func.pkl``. The process runtime starts it; the
-docker runtime runs it inside a model image (:mod:`proxy.backend.images`).
+(--artifact PATH | --function PATH) [--batch-size B] [--heartbeat-s S] [--backend-timeout-s T]
+[--state PATH]``, with the start token in the ``MODELBUS_REPLICA_TOKEN`` environment variable.
+``--artifact`` is a closure archive (:mod:`bus.artifact`); ``--function`` a plain cloudpickled
+function file, as Clipper's ``save_python_function`` writes ``/model/func.pkl``; ``--state`` a
+fitted image version's state, which for this worker is the fitted model's closure archive (as
+``python -m proxy.fitting.worker`` writes it in an image), served instead of the model. The
+process runtime starts it; the docker runtime runs it inside a model image
+(:mod:`proxy.backend.images`).
 
 Replica protocol, version 1
 ===========================
@@ -152,10 +155,10 @@ def _run(channel: DealerChannel, args: argparse.Namespace, token: str) -> int:
         "token": token,
     }
     try:
-        if args.function is not None:
+        if args.function is not None and args.state is None:
             func = load_function(Path(args.function))
         else:
-            artifact = Path(args.artifact)
+            artifact = Path(args.state or args.artifact)
             check_compatible(read_manifest(artifact))
             func = load_closure(artifact)
     except BusError as exc:
@@ -324,6 +327,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=_positive_int, default=64)
     parser.add_argument("--heartbeat-s", type=float, default=1.0)
     parser.add_argument("--backend-timeout-s", type=float, default=10.0)
+    parser.add_argument("--state", help="a fitted state: the fitted model's closure archive")
     return parser.parse_args(argv)
 
 

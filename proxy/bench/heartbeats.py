@@ -77,8 +77,10 @@ class _TimedFleet(Fleet):
         super().__init__()
         self.delays_ns: list[int] = []
 
-    def status(self, service: str, value: Any, *, arrived_ns: int) -> None:
-        super().status(service, value, arrived_ns=arrived_ns)
+    def status(
+        self, service: str, value: Any, *, arrived_ns: int, instance: str | None = None
+    ) -> None:
+        super().status(service, value, arrived_ns=arrived_ns, instance=instance)
         ts = value.get("ts") if isinstance(value, dict) else None
         if isinstance(ts, int):  # the beat's time: the monitor counts the status as the beat
             self.delays_ns.append(arrived_ns - ts)

@@ -330,27 +330,15 @@ async def _status(settings: Settings, pattern: str, watch: bool, stale_after_s: 
 
 
 def status_table(states: list[ServiceState], *, now_ns: int) -> str:
-    """A fixed-width table: service, ALIVE/DEAD, reason, age of lastalive, seq, status facts."""
+    """A fixed-width table: service, ALIVE/DEAD, reason, age of lastalive, seq, status facts;
+    below a service served by named instances, a row for each instance (``  └ name``)."""
     if not states:
         return ""
-    rows = [("SERVICE", "STATE", "REASON", "LASTALIVE", "SEQ", "STATUS")]
+    rows: list[tuple[str, ...]] = [("SERVICE", "STATE", "REASON", "LASTALIVE", "SEQ", "STATUS")]
     for state in states:
-        age = state.age_s(now_ns)
-        facts = " ".join(
-            f"{key}={_fact(value)}"
-            for key, value in state.status.items()
-            if key not in ("seq", "ts")
-        )
-        rows.append(
-            (
-                state.service,
-                "ALIVE" if state.is_alive else "DEAD",
-                state.reason,
-                "never" if age is None else f"{age:.1f} s ago",
-                "-" if state.seq is None else str(state.seq),
-                facts,
-            )
-        )
+        rows.append(_status_row(state.service, state, now_ns))
+        for instance in state.instances:  # a service served by named instances: one row each
+            rows.append(_status_row(f"  └ {instance.service}", instance, now_ns))
     widths = [max(len(row[column]) for row in rows) for column in range(5)]
     lines = []
     for index, row in enumerate(rows):
@@ -361,6 +349,21 @@ def status_table(states: list[ServiceState], *, now_ns: int) -> str:
             cells[2] = click.style(cells[2], fg=colour)
         lines.append(("  ".join(cells) + "  " + row[5]).rstrip())
     return "\n".join(lines)
+
+
+def _status_row(name: str, state: ServiceState, now_ns: int) -> tuple[str, ...]:
+    age = state.age_s(now_ns)
+    facts = " ".join(
+        f"{key}={_fact(value)}" for key, value in state.status.items() if key not in ("seq", "ts")
+    )
+    return (
+        name,
+        "ALIVE" if state.is_alive else "DEAD",
+        state.reason,
+        "never" if age is None else f"{age:.1f} s ago",
+        "-" if state.seq is None else str(state.seq),
+        facts,
+    )
 
 
 def _fact(value: Any) -> str:

@@ -1,4 +1,5 @@
-"""``modelbus fit``: retrain a fittable model into a new version (bus/PROTOCOL.md §17.10).
+"""``modelbus fit``: retrain a fittable model into a new version (bus/PROTOCOL.md §17.10): a
+closure, or an image declaring a fit program (§18.9), the same way.
 
     modelbus fit NAME --data URI-or-FILE [--from-version V] [--new-version V2] [--since T]
                  [--until T] [--switch/--no-switch] [--timeout S] [--memory-mb M] [--wait]

@@ -4,7 +4,8 @@
     GET /events         server-sent events: ``snapshot`` (every row) on connect, then ``update``
                         (the rows that changed, the link, the counts) within ~0.2 s of a change
     GET /api/services   every row and the link, as JSON
-    GET /metrics        the fleet for Prometheus: modelbus_service_up{service=…} and friends
+    GET /metrics        the fleet for Prometheus: modelbus_service_up{service=…} and friends,
+                        modelbus_instance_up{service=…,instance_name=…} per named instance
 
 Bound to a loopback address it needs no token; bound elsewhere it refuses to start without one,
 and every request for data (all but the page and its static assets) must carry it
@@ -75,10 +76,18 @@ class FleetCollector(Collector):
             "Unix time of the service's latest lastalive",
             labels=["service"],
         )
+        instance_up = GaugeMetricFamily(
+            "modelbus_instance_up",
+            "1 when a named instance of a service beats fresh and trusted (alive or late), else 0",
+            labels=["service", "instance_name"],  # not "instance": Prometheus' own target label
+        )
         for record in self.fleet.records.values():
             up.add_metric([record.service], 1.0 if record.state in ("alive", "stale") else 0.0)
             if record.last_alive_ns is not None:
                 seen.add_metric([record.service], record.last_alive_ns / 1e9)
+            for name, instance in record.instances.items():
+                is_up = instance.state in ("alive", "stale")
+                instance_up.add_metric([record.service, name], 1.0 if is_up else 0.0)
         services = GaugeMetricFamily(
             "modelbus_services", "Services under the dashboard's pattern by state", labels=["state"]
         )
@@ -88,7 +97,7 @@ class FleetCollector(Collector):
             "modelbus_dashboard_bus_up", "1 while the dashboard's own link to the bus is up"
         )
         link.add_metric([], 1.0 if self.monitor.is_link_up else 0.0)
-        yield from (up, seen, services, link)
+        yield from (up, seen, instance_up, services, link)
 
 
 class Dashboard:

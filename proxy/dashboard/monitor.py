@@ -2,8 +2,10 @@
 pattern, and knows whether its own link to the bus is up.
 
 It subscribes to ``P/!meta/+`` (one subscription for ``lastalive``, ``state`` and ``status``;
-other ``!meta/`` topics, such as the unsigned ``status.json``, are ignored) with rejected frames
-included (a frame that fails verification marks its service *untrusted*, never alive),
+other ``!meta/`` topics, such as the unsigned ``status.json``, are ignored) and to
+``P/!meta/instances/+/+`` (the same three of each named instance; skipped, with a warning, when
+the viewer's grants do not cover it) with rejected frames included (a frame that fails
+verification marks its service *untrusted*, never alive),
 then queries the persisted values once to start from the fleet as it is. Every ``probe_s`` it
 asks the transport for the persisted frames of one topic nobody publishes (a cheap round trip to
 the broker or forwarder); a failed probe marks the link down, and the first good one after that
@@ -27,8 +29,9 @@ from anyio.abc import TaskGroup, TaskStatus
 from bus import BusClient, Message, MessageStream, Rejected
 from bus import uri as uris
 from bus.envelope import RepeatPattern
-from bus.errors import DecodeError, TransportError
-from bus.liveness.heartbeat import LASTALIVE, STATE, STATUS
+from bus.errors import DecodeError, TransportError, VerificationError
+from bus.liveness.heartbeat import INSTANCES, LASTALIVE, STATE, STATUS
+from bus.message import consume_right
 from bus.po import PO_METADATA, PO_STATE, PO_STATUS
 from proxy.dashboard.fleet import Fleet
 
@@ -106,6 +109,7 @@ class FleetMonitor:
         self.skipped = 0  # deliveries not verified: they could not change the picture
         self.confirmed_ns = 0  # the latest instant the link was known to work (probe, message)
         self._last_state: dict[str, RepeatPattern] = {}  # state topic → its last verified frame
+        self._reads_instances = False  # the viewer may read P/!meta/instances/+/+
 
     async def run(self) -> None:
         """Connect, follow the fleet and reconnect (with a backoff) until cancelled."""
@@ -125,16 +129,35 @@ class FleetMonitor:
         """One subscription for the three topics (and other ``!meta/`` ones, ignored)."""
         return f"{self.pattern}/!meta/+"
 
+    @property
+    def instances_pattern(self) -> str:
+        """The subscription for named instances' records."""
+        return f"{self.pattern}/{INSTANCES}/+/+"
+
+    def _may_read_instances(self, client: BusClient) -> bool:
+        pattern = self.instances_pattern
+        try:
+            client.proof_for(pattern, consume_right(pattern))
+        except VerificationError as error:
+            logger.warning("the dashboard shows no instances: %s", error.message)
+            return False
+        return True
+
     async def _follow(self, client: BusClient) -> None:
         async with anyio.create_task_group() as task_group:
             await task_group.start(self._consume, client)
+            self._reads_instances = self._may_read_instances(client)
+            if self._reads_instances:
+                await task_group.start(self._consume, client, self.instances_pattern)
             await self._resync(client)
             self.confirmed_ns = self.clock_ns()
             self._set_link(True, "")
             task_group.start_soon(self._probe, client, task_group)
 
-    async def _consume(self, client: BusClient, *, task_status: TaskStatus[None]) -> None:
-        pattern = self.liveness_pattern
+    async def _consume(
+        self, client: BusClient, pattern: str | None = None, *, task_status: TaskStatus[None]
+    ) -> None:
+        pattern = pattern or self.liveness_pattern
         async with client.subscribe(pattern, include_rejected=True) as stream:
             task_status.started()
             await self._drain(stream)
@@ -180,6 +203,9 @@ class FleetMonitor:
         suffixes other than lastalive, state and status are ignored."""
         topic = item.uri if isinstance(item, Message) else item.topic
         service, _, suffix = topic.rpartition("/!meta/")
+        if suffix.startswith("instances/"):
+            self._take_instance(item, service, suffix)
+            return
         if suffix not in _SUFFIXES or not service:
             return
         now_ns = self.confirmed_ns = self.clock_ns()
@@ -199,9 +225,35 @@ class FleetMonitor:
                 self.fleet.status(service, value, arrived_ns=now_ns)
         self.on_change()
 
+    def _take_instance(self, item: Message | Rejected, service: str, suffix: str) -> None:
+        """:meth:`take` for ``S/!meta/instances/<name>/<lastalive|state|status>``."""
+        named = suffix.split("/")
+        if len(named) != 3 or named[2] not in _SUFFIXES or not service:
+            return
+        instance, suffix = named[1], named[2]
+        now_ns = self.confirmed_ns = self.clock_ns()
+        if isinstance(item, Rejected):
+            self.rejected += 1
+            why = _why(item.error.code)
+            self.fleet.untrusted(service, why, arrived_ns=now_ns, instance=instance)
+        else:
+            self.messages += 1
+            if not item.pos:
+                return
+            value = _value(item, _SUFFIXES[suffix])
+            if suffix == "lastalive":
+                self.fleet.lastalive(service, value, arrived_ns=now_ns, instance=instance)
+            elif suffix == "state":
+                self.fleet.state(service, value, sealed_ns=item.ts_ns, instance=instance)
+            else:
+                self.fleet.status(service, value, arrived_ns=now_ns, instance=instance)
+        self.on_change()
+
     async def _resync(self, client: BusClient) -> None:
         """Apply the persisted values, status first (it carries the period), lastalive last."""
         items = await client.query(self.liveness_pattern, include_rejected=True)
+        if self._reads_instances:
+            items += await client.query(self.instances_pattern, include_rejected=True)
         for item in sorted(items, key=_resync_order):
             self.take(item)
 

@@ -7,11 +7,13 @@ the service's task group:
    whose time falls in ``[since_ns, until_ns)``, read and verified over the bus by the reader the
    service passes in, or an uploaded file (content-addressed, digest-checked by the upload) —
    and written to the job's input file; no data at all is a ``bad_data`` failure;
-2. the worker runs (:func:`proxy.fitting.runner.run_fit`); its progress lines are copied to the
-   job every half second;
-3. the new archive goes to ``deploy`` (the service's: store it like any artifact, register the
-   new immutable version with its provenance, start its replicas, switch to it once one is
-   ready if the model asks for that) and the job is ``succeeded``.
+2. the worker runs (:func:`proxy.fitting.runner.run_fit`) — for an image version, the image's
+   fit program in a one-shot container (:class:`proxy.fitting.images.ContainerFits`); its
+   progress lines are copied to the job every half second;
+3. the new archive (an image's: its new state) goes to ``deploy`` (the service's: store it
+   like any artifact, register the new immutable version with its provenance, start its
+   replicas, switch to it once one is ready if the model asks for that) and the job is
+   ``succeeded``.
 
 Any failure is recorded as ``failed`` with ``{code, message}`` and the log's tail; the serving
 version is never touched before step 3. When the service stops during a fit, the job is marked
@@ -35,8 +37,10 @@ from anyio.abc import TaskGroup
 from bus.codec import pack
 from bus.errors import BusError, Conflict
 from proxy.backend.sandbox import Sandbox
+from proxy.fitting.images import ContainerFits, ImageFit
 from proxy.fitting.runner import FitFailed, FitLimits, FitRun, last_lines, last_progress, run_fit
 from proxy.registry.fit_jobs import FitJobRecord
+from proxy.registry.records import ModelVersion
 from proxy.registry.registry import Registry
 
 __all__ = ["Deploy", "FitJobs", "ReadStreams", "Training"]
@@ -71,7 +75,8 @@ class Training:
 
 
 Deploy = Callable[[FitJobRecord, bytes, Training], Awaitable[dict[str, Any]]]
-"""Register and start the fitted version: (job, archive bytes, training) -> its view."""
+"""Register and start the fitted version: (job, the worker's result, training) -> its view. The
+result is a closure's new archive, or an image version's new state."""
 
 
 class FitJobs:
@@ -85,6 +90,7 @@ class FitJobs:
         artifact_path: Callable[[str], Path],
         deploy: Deploy,
         sandbox: Callable[[], Awaitable[Sandbox | None]],
+        containers: ContainerFits | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.registry = registry
@@ -94,8 +100,14 @@ class FitJobs:
         self._artifact_path = artifact_path
         self._deploy = deploy
         self._sandbox = sandbox
+        self._containers = containers
         self._clock = clock
         self._pids: dict[str, int] = {}
+
+    @property
+    def fits_images(self) -> bool:
+        """Whether image versions can be fitted here (the service has a container engine)."""
+        return self._containers is not None
 
     def pid(self, job_id: str) -> int | None:
         """The running worker's pid (the sandbox's, which leads its process group)."""
@@ -164,19 +176,12 @@ class FitJobs:
             timeout_s=float(job.request.get("timeout_s", 600.0)),
             memory_bytes=int(job.request.get("memory_mb", 2048)) * 1024 * 1024,
         )
-        sandbox = await self._sandbox()
         failure: FitFailed | None = None
         archive = b""
         async with anyio.create_task_group() as group:
             group.start_soon(self._copy_progress, job_id, run)
             try:
-                archive = await run_fit(
-                    run,
-                    Path(parent.artifact_path),
-                    sandbox=sandbox,
-                    limits=limits,
-                    on_start=lambda pid: self._pids.__setitem__(job_id, pid),
-                )
+                archive = await self._fit(job, parent, run, limits)
             except FitFailed as failed:  # raised out of the group as itself, not in a group
                 failure = failed
             finally:
@@ -196,6 +201,35 @@ class FitJobs:
             log=last_lines(run.log, _LOG_TAIL),
         )
         logger.info("fit job %s made %s:%s", job_id, job.model_name, job.new_version)
+
+    async def _fit(
+        self, job: FitJobRecord, parent: ModelVersion, run: FitRun, limits: FitLimits
+    ) -> bytes:
+        """The worker's result: a closure's new archive, an image's new state."""
+
+        def started(pid: int) -> None:
+            self._pids[job.job_id] = pid
+
+        if parent.artifact_kind == "closure":
+            sandbox = await self._sandbox()
+            artifact = Path(parent.artifact_path)
+            return await run_fit(run, artifact, sandbox=sandbox, limits=limits, on_start=started)
+        if parent.artifact_kind != "image" or parent.image is None:
+            raise FitFailed("not_fittable", f"{parent.key} is served remotely: it cannot be fitted")
+        if self._containers is None:
+            raise FitFailed(
+                "not_fittable", f"{parent.key} is an image and this service has no container engine"
+            )
+        state = parent.state_sha256
+        fit = ImageFit(
+            job_id=job.job_id,
+            name=job.model_name,
+            new_version=job.new_version,
+            tarball=Path(parent.artifact_path),
+            image=parent.image,
+            state=None if state is None else self._artifact_path(state),
+        )
+        return await self._containers.run(run, fit, limits=limits, on_start=started)
 
     async def _write_input(self, job: FitJobRecord, run: FitRun) -> Training:
         request = job.request

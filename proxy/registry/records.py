@@ -8,12 +8,14 @@ answers ``get_all_apps``/``get_app_info``/``get_all_models``/``get_model_info``/
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints, model_validator
 
 __all__ = [
     "ADAPTIVE_BATCH_SIZE",
+    "FIT_STATE_KEY",
     "AppName",
     "Application",
     "ArtifactKind",
@@ -38,6 +40,10 @@ Open Inference Protocol (V2) server. A v2 version keeps the server's base URL in
 of ``"<url>\n<model>"``: its identity, as an artifact's digest is a closure's."""
 ReplicaState = Literal["starting", "ready", "failed", "stopped"]
 UploadState = Literal["open", "committed", "aborted"]
+
+FIT_STATE_KEY = "fit_state"
+"""The metadata key of a fitted image version's state: the SHA-256 of the state artifact. Only a
+fit sets it (``model.deploy`` refuses it), so a version cannot be pointed at another artifact."""
 
 ADAPTIVE_BATCH_SIZE = -1
 """Clipper's ``batch_size=-1``: the backend picks the batch size itself."""
@@ -117,6 +123,20 @@ class ModelVersion(_Record):
     @property
     def key(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @property
+    def state_sha256(self) -> str | None:
+        """A fitted image version's state artifact (:data:`FIT_STATE_KEY`), else None."""
+        value = self.metadata.get(FIT_STATE_KEY)
+        if self.artifact_kind != "image" or not isinstance(value, str):
+            return None
+        return value if re.fullmatch(r"[0-9a-f]{64}", value) else None
+
+    @property
+    def artifact_digests(self) -> set[str]:
+        """The artifacts this version needs: its own, and a fitted image version's state."""
+        state = self.state_sha256
+        return {self.artifact_sha256} if state is None else {self.artifact_sha256, state}
 
     @property
     def container_name(self) -> str:

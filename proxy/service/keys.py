@@ -10,13 +10,16 @@ there. So the running service does not hold it. On the first start, with no ``--
    operator to keep it offline (it signs users' grants; the service never needs it again until
    its own grants near their expiry);
 2. creates the *service key* in the data directory (``service.key``);
-3. has the namespace key grant the service key exactly what serving needs, as three chains in
+3. has the namespace key grant the service key exactly what serving needs, one chain each in
    ``service-grants/`` (each valid :data:`GRANT_DAYS` days), for ``S = <namespace>/<service
    path>``:
 
    - ``C`` on ``S/i.modelbus/slot/*`` — consume its request slots;
    - ``P`` on ``S/i.modelbus/signal/*`` — publish replies;
-   - ``P`` on ``S/!meta/*`` — publish its liveness, birth and death.
+   - ``P`` on ``S/!meta/*`` — publish its liveness, birth and death;
+   - ``C*`` on ``<namespace>/*/!meta/+`` and on ``<namespace>/*/!meta/instances/+/+`` — read
+     the namespace's liveness, its services' and their named instances' (a hosted dashboard; a
+     named instance lists its siblings in its plain status).
 
 Later starts use ``service.key`` and the chains, and need the namespace key only to renew chains
 that expire within :data:`RENEW_DAYS` (the service warns, and refuses once they have expired).
@@ -88,6 +91,7 @@ def service_grants(namespace: str, service_path: str) -> list[tuple[str, str]]:
         (f"{service}/i.modelbus/signal/*", "P"),
         (f"{service}/!meta/*", "P"),
         (f"{namespace}/*/!meta/+", "C*"),  # the namespace's liveness: a hosted dashboard reads it
+        (f"{namespace}/*/!meta/instances/+/+", "C*"),  # and its instances' (bus.liveness)
     ]
 
 

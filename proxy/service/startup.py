@@ -10,7 +10,8 @@ allow predicting without deploying:
     S/i.modelbus/slot/deploy    artifact uploads, model deploys   (proxy.service.operations.deploy,
     proxy.uploads.sessions), fits (proxy.service.operations.fit)
 
-and announces its liveness under ``S/!meta/…`` (bus.liveness.heartbeat). On start it restarts the
+and announces its liveness under ``S/!meta/…`` (bus.liveness.heartbeat; a named instance, under
+``S/!meta/instances/<name>/…``). On start it restarts the
 replicas of every registered, unstopped version, so a restarted proxy serves what it served.
 
 Closures run sandboxed (:mod:`proxy.backend.sandbox`): the service refuses to start where
@@ -27,6 +28,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
@@ -34,9 +36,10 @@ from anyio.abc import TaskStatus
 from bus import BusClient, Entity, Grant, Heartbeat, Verifier
 from bus.errors import BusError
 from bus.grants import load_chain
+from bus.liveness import InstanceView
 from bus.responder import ServeGate
 from proxy.backend import BackendSettings, ContainerEngine, EmbeddedBackend
-from proxy.backend.runtime import ImageRuntime, ProcessRuntime
+from proxy.backend.runtime import ProcessRuntime
 from proxy.backend.sandbox import make_undumpable
 from proxy.metrics import ProxyMetrics, serve_metrics
 from proxy.registry.registry import Registry
@@ -58,6 +61,9 @@ from proxy.uploads.artifacts import ArtifactStore, artifact_root
 from proxy.uploads.collect import collect_artifacts
 from proxy.uploads.sessions import UploadLimits, Uploads
 from transports import open_or_embed
+
+if TYPE_CHECKING:  # docker-py only if an engine is used
+    from proxy.backend.docker import DockerRuntime
 
 __all__ = [
     "ServiceInfo",
@@ -163,12 +169,18 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         )
         metrics = ProxyMetrics()
         verifier = Verifier(aliases=settings.aliases)
-        status = ServiceStatus(backend, uploads, metrics, rejections=verifier.rejected)
+        status = ServiceStatus(
+            backend, uploads, metrics, rejections=verifier.rejected, instance=settings.instance
+        )
+        plain_json = settings.bus_url.startswith(("mqtt://", "mqtts://"))
+        siblings = InstanceView(service_uri) if settings.instance and plain_json else None
         heartbeat = Heartbeat(
             service_uri,
             interval_s=settings.heartbeat_interval_s,
             status=status.snapshot,
-            plain_json=settings.bus_url.startswith(("mqtt://", "mqtts://")),
+            plain_json=plain_json,
+            instance=settings.instance,
+            instances=siblings.snapshot if siblings else None,
         )
         client = await stack.enter_async_context(
             BusClient(
@@ -208,7 +220,9 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             max_applications=settings.max_applications,
             max_waiting_ready=settings.max_waiting_ready,
         )
-        fits = fit_ops(settings, registry, uploads, backend, router, client, runtime, task_group)
+        fits = fit_ops(
+            settings, registry, uploads, backend, router, client, runtime, task_group, image_runtime
+        )
         forecasts = await forecast_ops(settings, registry, backend, verifier)
         schedules = schedule_ops(settings, registry, backend, router, client, forecasts)
         slots = {
@@ -244,6 +258,8 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 settings,
                 gate,
             )
+        if siblings is not None:  # the instance list of the plain JSON status
+            await task_group.start(siblings.run, client)
         await task_group.start(heartbeat.run, client)
         await task_group.start(policies.background.run)
         await task_group.start(schedules.scheduler.run)
@@ -326,7 +342,7 @@ def _private_files(data_dir: Path, registry: str | Path) -> None:
 
 def _container_engine(
     settings: ProxySettings, stack: AsyncExitStack
-) -> tuple[ImageRuntime | None, ContainerEngine | None]:
+) -> tuple[DockerRuntime | None, ContainerEngine | None]:
     """The docker runtime for image versions and the engine behind ``container.*``, or none."""
     if settings.docker_url is None:
         return None, None
@@ -358,7 +374,8 @@ async def _sweep_uploads(uploads: Uploads, registry: Registry) -> None:
     while True:
         try:
             await uploads.expire_idle()
-            referenced = {m.artifact_sha256 for m in await registry.list_models(None)}
+            models = await registry.list_models(None)
+            referenced = {sha for model in models for sha in model.artifact_digests}
             await anyio.to_thread.run_sync(collect_artifacts, uploads.artifact_dir, referenced)
         except BusError as error:
             logger.warning("upload sweep failed: %s", error.message)

@@ -31,10 +31,14 @@ class ServiceStatus:
         uploads: Uploads,
         metrics: ProxyMetrics,
         rejections: Mapping[str, int] | None = None,
+        instance: str | None = None,
     ) -> None:
+        """``instance``: this proxy's name among several serving the service (then reported as
+        ``instance``); None: the only proxy, and no such fact."""
         self.backend = backend
         self.uploads = uploads
         self.rejections: Mapping[str, int] = {} if rejections is None else rejections
+        self.instance = instance
         self.started = time.monotonic()
         self.served_default = 0
         """Predictions answered with an application's default output (SLO missed, or failed)."""
@@ -42,7 +46,8 @@ class ServiceStatus:
 
     def snapshot(self) -> dict[str, Any]:
         backend = self.backend
-        return {
+        named = {} if self.instance is None else {"instance": self.instance}
+        return named | {
             "version": VERSION,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "models": [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from anyio.abc import TaskGroup
 
@@ -55,7 +56,14 @@ async def start_model(backend: EmbeddedBackend, model: ModelVersion, replicas: i
             batch_size=batch_size,
             image=None if remote else model.image,
             remote=remote,
+            state_file=_state_path(model),
         )
+
+
+def _state_path(model: ModelVersion) -> Path | None:
+    """A fitted image version's state file: stored by digest beside its image's tarball."""
+    sha = model.state_sha256
+    return None if sha is None else Path(model.artifact_path).with_name(sha)
 
 
 class VersionRouter:

@@ -96,8 +96,10 @@ def test_the_proxy_deployment_runs_serve_and_probes_its_health() -> None:
     mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
     assert str(health_file.parent) in mounts  # the probe and the service see one file
 
-    env = {item["name"]: item["value"] for item in container["env"]}
+    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
     assert env["MODELBUS_ENTITY"].startswith("/keys/")
+    [named] = [item for item in container["env"] if item["name"] == "MODELBUS_INSTANCE"]
+    assert named["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"  # one name per pod
     secret = by_kind("Secret")[pod["spec"]["volumes"][0]["secret"]["secretName"]]
     mounted = {
         Path(path).name
@@ -148,6 +150,7 @@ def test_the_compose_file_runs_three_proxies_on_the_shared_parts() -> None:
             "postgresql://modelbus@postgres"
         )
         assert proxy["environment"]["MODELBUS_BUS"] == "mqtt://mosquitto:1883"
+        assert proxy["environment"]["MODELBUS_INSTANCE"] == name  # each beats as itself
         assert set(proxy["secrets"]) <= set(compose["secrets"])
         check = proxy["healthcheck"]["test"]
         _parse(health, check[3:])

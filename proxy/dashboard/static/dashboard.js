@@ -55,8 +55,9 @@
   function matches(row) {
     if (hidden.has(row.state)) return false;
     if (!text) return true;
+    const names = (row.instances || []).map((i) => i.instance).join(" ");
     const models = ((row.status && row.status.models) || []).map((m) => m && (m.model + ":" + m.version)).join(" ");
-    return (row.service + " " + row.reason + " " + row.state + " " + models).toLowerCase().includes(text);
+    return (row.service + " " + row.reason + " " + row.state + " " + models + " " + names).toLowerCase().includes(text);
   }
 
   function group(prefix) {
@@ -128,6 +129,32 @@
     return box;
   }
 
+  function instances(row) {
+    // A service served by named instances: one line each, its state and when it was last seen.
+    const box = el("div", "instances");
+    for (const i of row.instances.slice(0, 16)) {
+      const line = el("div", "instance " + i.state);
+      line.dataset.instance = String(i.instance);
+      line.dataset.state = i.state;
+      line.append(el("span", "dot"), el("span", "iname", String(i.instance)),
+        el("span", "ibadge", LABEL[i.state] || i.state), el("span", "ireason", i.reason));
+      const seen = el("span", "iage", ago(i.last_alive_ms));
+      seen.dataset.ms = i.last_alive_ms == null ? "" : String(i.last_alive_ms);
+      line.append(seen);
+      box.append(line);
+    }
+    if (row.instances.length > 16) box.append(el("div", "reason", "+" + (row.instances.length - 16) + " more instances"));
+    return box;
+  }
+
+  function factsOf(row) {
+    // The service's own status; with named instances, the first alive instance's.
+    const own = row.status && typeof row.status === "object" ? row.status : {};
+    if (Object.keys(own).length || !Array.isArray(row.instances)) return own;
+    const live = row.instances.find((i) => i.state === "alive") || row.instances[0];
+    return live && live.status && typeof live.status === "object" ? live.status : {};
+  }
+
   function render(row) {
     const card = el("article", "card " + row.state);
     card.dataset.service = row.service;
@@ -137,10 +164,11 @@
     name.title = row.service;
     top.append(name, el("span", "badge", LABEL[row.state] || row.state));
     card.append(top, el("div", "reason", row.reason));
-    const status = row.status && typeof row.status === "object" ? row.status : {};
+    if (Array.isArray(row.instances) && row.instances.length) card.append(instances(row));
+    const status = factsOf(row);
     const facts = el("div", "facts");
     const seen = el("span"); seen.append("seen ", el("b", "age", ago(row.last_alive_ms)));
-    const up = el("span"); up.append("up ", el("b", "uptime", duration(uptime(row))));
+    const up = el("span"); up.append("up ", el("b", "uptime", duration(uptime({ ...row, status }))));
     facts.append(seen, up);
     if (typeof status.requests_per_s === "number") {
       const r = el("span"); r.append(el("b", "", status.requests_per_s.toFixed(1)), " req/s"); facts.append(r);
@@ -231,7 +259,8 @@
       const age = c.el.querySelector(".age");
       if (age) age.textContent = ago(row.last_alive_ms);
       const up = c.el.querySelector(".uptime");
-      if (up) up.textContent = duration(uptime(row));
+      if (up) up.textContent = duration(uptime({ ...row, status: factsOf(row) }));
+      for (const i of c.el.querySelectorAll(".iage")) i.textContent = ago(i.dataset.ms ? Number(i.dataset.ms) : null);
     }
     $("clock").textContent = new Date(now()).toISOString().slice(11, 19) + " UTC";
     if (link && !link.up) banner();

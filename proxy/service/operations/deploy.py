@@ -19,6 +19,7 @@ from proxy.backend.embedded import EmbeddedBackend
 from proxy.backend.remote_v2 import V2Endpoint
 from proxy.registry.records import (
     ADAPTIVE_BATCH_SIZE,
+    FIT_STATE_KEY,
     InputType,
     ModelName,
     ModelVersion,
@@ -85,6 +86,11 @@ class DeployOps:
         return await self.uploads.begin(sender, request)
 
     async def deploy(self, sender: str, request: DeployBody) -> dict[str, Any]:
+        if FIT_STATE_KEY in request.metadata:
+            raise InvalidRequest(
+                f"the metadata key {FIT_STATE_KEY!r} is reserved: only a fit sets it",
+                key=FIT_STATE_KEY,
+            )
         if request.kind == "v2":
             return await self._deploy_v2(sender, request)
         if request.v2_url is not None or request.v2_model is not None:

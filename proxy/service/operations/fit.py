@@ -6,8 +6,9 @@ stream it names: each stream must be authorized by one of the grant chains sent 
 :func:`bus.consume_right`), checked with the service's verifier. The job itself runs in
 :mod:`proxy.fitting`; here is what it needs from the service: reading the streams over the bus
 (:class:`proxy.schedules.busio.BusWindowInputs`) and deploying the result
-(:class:`FittedVersions`): the archive stored content-addressed like any upload, a new
-immutable version registered with its provenance (``parent_version``, ``fit_job``,
+(:class:`FittedVersions`): the archive (an image version's: its new state, PROTOCOL §18.9)
+stored content-addressed like any upload, a new immutable version registered with its
+provenance (``parent_version``, ``fit_job``,
 ``training_streams``, ``training_range`` …), its replicas started, and — when the request or the
 parent version's ``fit_auto_switch`` metadata says so — made current, so it takes traffic once
 one of its replicas is ready (:class:`proxy.service.versions.VersionRouter`), the old version
@@ -20,8 +21,10 @@ import hashlib
 import logging
 import os
 import uuid
+from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 from pydantic import Field, StringConstraints
 
 from bus import artifact, consume_right, key_from_text
@@ -29,9 +32,10 @@ from bus.errors import BusError, Conflict, InvalidRequest, PermissionMissing
 from bus.grants import decode_chain
 from bus.verifier import Verifier
 from proxy.backend.embedded import EmbeddedBackend
+from proxy.backend.images import FIT_LABEL, find_saved_image
 from proxy.fitting import FitJobs, Training
 from proxy.registry.fit_jobs import FitJobRecord
-from proxy.registry.records import ModelName, Sha256
+from proxy.registry.records import FIT_STATE_KEY, ModelName, ModelVersion, Sha256
 from proxy.registry.registry import Registry
 from proxy.service.slots import Body, Op
 from proxy.service.versions import VersionRouter, start_model
@@ -137,7 +141,7 @@ class FitOps:
             else await self.registry.current_version(body.model)
         )
         if parent.artifact_kind != "closure":
-            raise InvalidRequest(f"{parent.key} is an image; only closure models can be fitted")
+            await self._check_image_fits(parent)
         job_id = uuid.uuid4().hex[:16]
         new_version = body.new_version or f"{parent.version}-fit-{job_id[:8]}"
         if new_version in [m.version for m in await self.registry.list_models(body.model)]:
@@ -159,6 +163,23 @@ class FitOps:
         )
         logger.info("fit job %s of %s for %s", job_id, parent.key, sender)
         return self.view(await self.jobs.start(job))
+
+    async def _check_image_fits(self, parent: ModelVersion) -> None:
+        """InvalidRequest unless ``parent`` is an image declaring a fit program, on a service
+        with a container engine."""
+        if parent.artifact_kind != "image" or parent.image is None:
+            raise InvalidRequest(f"{parent.key} is served remotely (v2): it cannot be fitted")
+        if not self.jobs.fits_images:
+            raise InvalidRequest(
+                f"{parent.key} is an image and this service has no container engine to fit it in"
+            )
+        saved = await anyio.to_thread.run_sync(find_saved_image, parent.artifact_path, parent.image)
+        if saved.fit_command is None:
+            raise InvalidRequest(
+                f"{parent.key}'s image declares no fit program: build it FROM the modelbus base "
+                f"image with a fittable model, or give it the label {FIT_LABEL} (PROTOCOL §18.9)",
+                image=parent.image,
+            )
 
     async def status(self, sender: str, body: JobBody) -> dict[str, Any]:
         return self.view(await self.registry.get_fit_job(body.job))
@@ -194,30 +215,38 @@ class FittedVersions:
         self.router = router
 
     async def __call__(
-        self, job: FitJobRecord, archive: bytes, training: Training
+        self, job: FitJobRecord, result: bytes, training: Training
     ) -> dict[str, Any]:
-        """Store the archive, register the new version with its provenance, start it."""
-        sha = hashlib.sha256(archive).hexdigest()
+        """Store the result, register the new version with its provenance, start it: a
+        closure's new archive is the version's artifact; an image version's new state is
+        stored beside its image's tarball and named in its metadata (:data:`FIT_STATE_KEY`)."""
+        sha = hashlib.sha256(result).hexdigest()
         path = self.uploads.artifact_path(sha)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             spool = path.with_name(f".{sha}.{job.job_id}.tmp")
-            spool.write_bytes(archive)
+            spool.write_bytes(result)
+            os.chmod(spool, 0o644)  # an image's replicas (user 65534) read it, mounted
             os.replace(spool, path)
-        artifact.check_compatible(artifact.check_archive(path))
         parent = await self.registry.get_model(job.model_name, job.parent_version)
         asked = job.request.get("make_current")
         auto = bool(parent.metadata.get("fit_auto_switch", False)) if asked is None else asked
         metadata = dict(parent.metadata) | training.metadata()
         metadata |= {"parent_version": parent.version, "fit_job": job.job_id}
+        if parent.artifact_kind == "image":
+            metadata[FIT_STATE_KEY] = sha
+            sha, path = parent.artifact_sha256, Path(parent.artifact_path)
+        else:
+            artifact.check_compatible(artifact.check_archive(path))
         replicas = max(1, parent.desired_replicas)
         model = await self.registry.register_model(
             job.model_name,
             job.new_version,
             input_type=parent.input_type,
-            artifact_kind="closure",
+            artifact_kind=parent.artifact_kind,
             artifact_sha256=sha,
             artifact_path=str(path),
+            image=parent.image,
             labels=parent.labels,
             metadata=metadata,
             batch_size=parent.batch_size,

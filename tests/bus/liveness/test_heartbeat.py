@@ -144,13 +144,21 @@ async def test_the_birth_is_announced_again_as_soon_as_the_broker_is_back(
             restarted_ns = time.time_ns()
             await anyio.to_thread.run_sync(mosquitto.restart)
             async with connect(mosquitto_url, namespace.as_member) as monitor:
+                # lastalive and state are two publications: wait for the pair, not the first
                 [state] = await wait_for_state(
-                    monitor, namespace, lambda found: bool(found), timeout_s=15
+                    monitor,
+                    namespace,
+                    lambda found: _reannounced(found, restarted_ns),
+                    timeout_s=15,
                 )
     finally:
         mosquitto.start()
     assert (state.is_alive, state.seq) == (True, heartbeat.seq)
     assert state.last_alive_ns is not None and state.last_alive_ns > restarted_ns
+
+
+def _reannounced(found: list[ServiceState], since_ns: int) -> bool:
+    return bool(found) and found[0].is_alive and (found[0].last_alive_ns or 0) > since_ns
 
 
 async def test_a_clean_close_reports_died(bus_url: str, namespace: Namespace) -> None:
@@ -280,16 +288,23 @@ def test_evaluate_uses_the_given_staleness() -> None:
 
 @asynccontextmanager
 async def liveness_process(
-    url: str, member: Member, service: str, tmp_path: Path, *, interval_s: float
+    url: str,
+    member: Member,
+    service: str,
+    tmp_path: Path,
+    *,
+    interval_s: float,
+    instance: str | None = None,
 ) -> AsyncIterator[tuple[Process, int]]:
-    """Run tests/bus/liveness/liveness_process.py; yield it with its heartbeat seq once it is
-    ready."""
-    entity_file, chain_file = tmp_path / "svc.ent", tmp_path / "svc.chain"
+    """Run tests/bus/liveness/liveness_process.py (as ``instance`` of the service, if named);
+    yield it with its heartbeat seq once it is ready."""
+    name = instance or "svc"
+    entity_file, chain_file = tmp_path / f"{name}.ent", tmp_path / f"{name}.chain"
     member.entity.save(entity_file)
     chain_file.write_bytes(encode_chain(member.chain))
-    log = tmp_path / "liveness_process.log"
+    log = tmp_path / f"liveness_process-{name}.log"
     command = [sys.executable, str(SCRIPT), url, str(entity_file), str(chain_file), service]
-    command.append(str(interval_s))
+    command += [str(interval_s), *([instance] if instance else [])]
     with log.open("wb") as stderr:
         process = await anyio.open_process(command, stdout=subprocess.PIPE, stderr=stderr)
     try:

@@ -7,6 +7,7 @@ proxy/cli/demo.py with proxy/bench/demo.py (the demo, run end to end).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -600,6 +601,61 @@ async def test_status_shows_a_live_service_then_dead_after_it_stops(
     assert "models=3" in columns[7:]
     columns = row(dead.stdout)
     assert columns[:3] == [service, "DEAD", "died"]
+
+
+@pytest.mark.mqtt
+async def test_status_shows_each_instance_of_a_service(world: World, mosquitto_url: str) -> None:
+    """Two named instances of one service: both listed under it; after one shuts down, the
+    service stays alive and that instance reads dead."""
+    env = world.env(bus_url=mosquitto_url)
+    service = f"{world.ns.key_text}/buildings/s.thermal/_"
+    first, second = (
+        Heartbeat(service, instance=name, status=lambda: {"models": 3}) for name in "ab"
+    )
+    command = [sys.executable, "-m", "proxy.cli", "status", "ns/buildings/*"]
+
+    def rows(output: bytes) -> list[list[str]]:
+        lines = output.decode().splitlines()
+        assert lines[0].split() == ["SERVICE", "STATE", "REASON", "LASTALIVE", "SEQ", "STATUS"]
+        return [line.split() for line in lines[1:]]
+
+    async with (
+        BusClient(open_transport(mosquitto_url), world.ns) as one,
+        BusClient(open_transport(mosquitto_url), world.ns) as two,
+    ):
+        await one.require_task_group().start(first.run, one)
+        async with anyio.create_task_group() as task_group:
+            await task_group.start(second.run, two)
+            both = await anyio.run_process(command, env=environ(env))
+            task_group.cancel_scope.cancel()  # b shuts down cleanly
+        one_left = await anyio.run_process(command, env=environ(env))
+    service_row, row_a, row_b = rows(both.stdout)
+    assert service_row[:7] == [service, "ALIVE", "alive", "(2", "of", "2", "instances)"]
+    assert row_a[:4] == ["└", "a", "ALIVE", "alive"] and str(first.seq) in row_a
+    assert row_b[:4] == ["└", "b", "ALIVE", "alive"] and "models=3" in row_b
+    service_row, row_a, row_b = rows(one_left.stdout)
+    assert service_row[:7] == [service, "ALIVE", "alive", "(1", "of", "2", "instances)"]
+    assert row_a[:4] == ["└", "a", "ALIVE", "alive"]
+    assert row_b[:4] == ["└", "b", "DEAD", "died"] and str(second.seq) in row_b
+
+
+def test_the_status_table_puts_instances_under_their_service() -> None:
+    from bus.liveness.monitor import ServiceState
+    from proxy.cli.bus import status_table
+
+    now = time.time_ns()
+    instances = (
+        ServiceState("eu-1", True, "alive", now, 1, {"version": "0.1.0"}),
+        ServiceState("eu-2", False, "died", now, 2, {}),
+    )
+    service = ServiceState("ns/s.a/_", True, "alive (1 of 2 instances)", now, None, {}, None)
+    table = click.unstyle(
+        status_table([dataclasses.replace(service, instances=instances)], now_ns=now)
+    )
+    _, first, second, third = table.splitlines()
+    assert first.split()[:2] == ["ns/s.a/_", "ALIVE"]
+    assert second.split()[:4] == ["└", "eu-1", "ALIVE", "alive"] and "version=0.1.0" in second
+    assert second.startswith("  └ eu-1") and third.split()[:4] == ["└", "eu-2", "DEAD", "died"]
 
 
 @pytest.mark.slow

@@ -65,15 +65,23 @@ async def beating(
 
 @asynccontextmanager
 async def liveness_process(
-    bus_url: str, member: Member, service: str, interval_s: float, tmp_path: Path
+    bus_url: str,
+    member: Member,
+    service: str,
+    interval_s: float,
+    tmp_path: Path,
+    *,
+    instance: str | None = None,
 ) -> AsyncIterator[Process]:
-    """tests/bus/liveness/liveness_process.py as a real process (to SIGKILL), once it has beaten."""
-    entity_file = tmp_path / f"{service.rsplit('/', 1)[1]}.key"
+    """tests/bus/liveness/liveness_process.py as a real process (to SIGKILL), once it has beaten;
+    as the named ``instance`` of the service, if given."""
+    name = service.rsplit("/", 1)[1] + (f"-{instance}" if instance else "")
+    entity_file = tmp_path / f"{name}.key"
     chain_file = entity_file.with_suffix(".chain")
     member.entity.save(entity_file)
     chain_file.write_bytes(encode_chain(member.chain))
     command = [sys.executable, str(LIVENESS_SCRIPT), bus_url, str(entity_file), str(chain_file)]
-    command += [service, str(interval_s)]
+    command += [service, str(interval_s), *([instance] if instance else [])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     log = (tmp_path / "liveness.log").open("ab")
     process = await anyio.open_process(command, stdout=subprocess.PIPE, stderr=log, env=env)

@@ -64,6 +64,31 @@ async def test_api_and_metrics_follow_the_fleet(namespace: Namespace) -> None:
         assert link.value == 1
 
 
+async def test_metrics_and_rows_carry_named_instances(namespace: Namespace) -> None:
+    url = memory_url()
+    service = namespace.uri("svc", "a")
+    member = namespace.member("svc/*", "P")
+    async with (
+        running_dashboard(url, namespace.as_member, namespace.uri("*")) as board,
+        beating(url, member, service, dict, interval_s=0.2, instance="eu-1"),
+    ):
+        await until(
+            lambda: (
+                service in board.fleet.records and board.fleet.records[service].state == "alive"
+            ),
+            timeout_s=10,
+            what="alive",
+        )
+        _, text = await get(board.url + "api/services")
+        [row] = json.loads(text)["rows"]
+        _, text = await get(board.url + "metrics")
+    assert row["reason"] == "1 of 1 instances alive"
+    assert [(i["instance"], i["state"]) for i in row["instances"]] == [("eu-1", "alive")]
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    [sample] = families["modelbus_instance_up"].samples
+    assert sample.labels == {"service": service, "instance_name": "eu-1"} and sample.value == 1
+
+
 async def test_the_event_stream_starts_with_a_snapshot(namespace: Namespace) -> None:
     url = memory_url()
     async with (

@@ -87,3 +87,61 @@ def test_hostile_status_values_are_bounded_and_json_safe() -> None:
     fleet.lastalive("ns/a", {"ts": "not a number"}, arrived_ns=T0)
     fleet.state("ns/a", {"online": "yes", "seq": 1}, sealed_ns=T0)
     assert record.last_alive_ns is None and record.online is None
+
+
+def instance_fleet(names: str = "ab", interval_s: float = 2.0) -> Fleet:
+    """A service ``ns/a`` served by named instances, each beating at T0."""
+    fleet = Fleet()
+    for index, name in enumerate(names):
+        seq = SEQ + index
+        status = {"seq": seq, "interval_s": interval_s, "models": [{"model": name}]}
+        fleet.status("ns/a", status, arrived_ns=T0, instance=name)
+        fleet.state("ns/a", {"online": True, "seq": seq, "ts": seq}, sealed_ns=T0, instance=name)
+        fleet.lastalive("ns/a", {"ts": T0}, arrived_ns=T0, instance=name)
+    fleet.lastalive("ns/a", {"ts": T0}, arrived_ns=T0)  # the service's own, which each refreshes
+    return fleet
+
+
+def instance_states(fleet: Fleet) -> list[tuple[str, str, str]]:
+    row = fleet.records["ns/a"].row()
+    return [(i["instance"], i["state"], i["reason"]) for i in row["instances"]]
+
+
+def test_a_service_with_instances_is_alive_while_any_instance_is() -> None:
+    fleet = instance_fleet()
+    assert judged(fleet, T0 + S) == ("alive", "2 of 2 instances alive")
+    assert instance_states(fleet) == [("a", "alive", "alive"), ("b", "alive", "alive")]
+    will_sealed = SEQ + S
+    fleet.state(
+        "ns/a", {"online": False, "seq": SEQ, "ts": SEQ}, sealed_ns=will_sealed, instance="a"
+    )
+    assert judged(fleet, T0 + S) == ("alive", "1 of 2 instances alive")
+    assert instance_states(fleet) == [("a", "dead", "Last Will"), ("b", "alive", "alive")]
+    assert "history" not in fleet.records["ns/a"].row()["instances"][0]
+    fleet.state("ns/a", {"online": False, "seq": SEQ + 1, "ts": 0}, sealed_ns=T0 + S, instance="b")
+    assert judged(fleet, T0 + S) == ("dead", "no instance alive")
+    assert fleet.counts()["dead"] == 1 and len(fleet.records) == 1
+
+
+def test_an_instance_change_the_service_state_hides_is_still_sent() -> None:
+    """b turns from late to dead by the clock while a lives: the service reads the same, yet
+    its row (which carries b) changes version."""
+    fleet = instance_fleet()
+    fleet.judge(T0)
+    fleet.lastalive("ns/a", {"ts": T0 + 4 * S}, arrived_ns=T0 + 4 * S, instance="a")
+    assert judged(fleet, T0 + 4 * S) == ("alive", "1 of 2 instances alive")
+    version = fleet.records["ns/a"].version
+    assert judged(fleet, T0 + 7 * S) == ("alive", "1 of 2 instances alive")
+    assert fleet.records["ns/a"].version > version
+    assert instance_states(fleet)[1] == ("b", "dead", "missed heartbeats")
+
+
+def test_all_instances_shut_down_cleanly_is_retired_and_instances_are_bounded() -> None:
+    fleet = instance_fleet()
+    for index, name in enumerate("ab"):
+        death = {"online": False, "seq": SEQ + index, "ts": T0 + S}
+        fleet.state("ns/a", death, sealed_ns=T0 + S, instance=name)
+    assert judged(fleet, T0 + S) == ("retired", "clean shutdown")
+    for index in range(200):
+        fleet.lastalive("ns/a", {"ts": T0}, arrived_ns=T0, instance=f"i{index}")
+    assert len(fleet.records["ns/a"].instances) == 64 and fleet.ignored == 200 - 62

@@ -126,6 +126,53 @@ async def test_a_killed_service_turns_dead_by_its_last_will_on_mqtt(
         await page.screenshot(path=str(tmp_path / "will.png"))
 
 
+@pytest.mark.mqtt
+async def test_instances_show_under_their_service_and_die_by_their_wills(
+    mosquitto_url: str, namespace: Namespace, chromium: str, tmp_path: Path
+) -> None:
+    """Two named instances of one service: one line each in the service's card; SIGKILL one and
+    it turns dead by its Will while the service stays alive; SIGKILL both and the service dies."""
+    service = namespace.uri("site", "thermal")
+    member = namespace.member("site/*", "C*P")  # C: each lists its siblings in its plain JSON
+    card = f'article[data-service="{service}"]'
+
+    async def line(page: Any, instance: str, state: str) -> None:
+        selector = f'{card} .instance[data-instance="{instance}"][data-state="{state}"]'
+        await page.wait_for_selector(selector, timeout=15_000)
+
+    async with (
+        running_dashboard(mosquitto_url, namespace.as_member, namespace.uri("*")) as board,
+        liveness_process(mosquitto_url, member, service, 60.0, tmp_path, instance="a") as a,
+        liveness_process(mosquitto_url, member, service, 60.0, tmp_path, instance="b") as b,
+        page_of(board.url, chromium) as page,
+    ):
+        await line(page, "a", "alive")
+        await line(page, "b", "alive")
+        await wait_card(page, service, "alive", timeout_s=10)
+        assert await page.locator(f"{card} > .reason").inner_text() == "2 of 2 instances alive"
+        assert await page.locator(f"{card} .instance").count() == 2
+        assert await page.locator(f'{card} .instance[data-instance="a"] .iage').inner_text() != (
+            "never"
+        )
+        await page.screenshot(path=str(tmp_path / "instances.png"))
+
+        a.kill()  # SIGKILL: the broker publishes a's Will
+        await line(page, "a", "dead")
+        reason = f'{card} .instance[data-instance="a"] .ireason'
+        assert await page.locator(reason).inner_text() == "Last Will"
+        assert await card_state(page, service) == "alive"
+        assert await page.locator(f"{card} > .reason").inner_text() == "1 of 2 instances alive"
+        await page.screenshot(path=str(tmp_path / "one-instance-dead.png"))
+
+        b.kill()
+        await wait_card(page, service, "dead", timeout_s=15)
+        assert await page.locator(f"{card} > .reason").inner_text() == "no instance alive"
+        assert [row["instance"] for row in board.fleet.records[service].row()["instances"]] == [
+            "a",
+            "b",
+        ]
+
+
 async def test_a_killed_service_turns_dead_by_staleness_on_zeromq(
     zmq_bus_url: str, namespace: Namespace, chromium: str, tmp_path: Path
 ) -> None:

@@ -56,6 +56,9 @@ def test_the_service_is_granted_only_what_serving_needs(tmp_path: Path) -> None:
     assert _allowed(service, keys.proof_paths, f"{s}/i.modelbus/slot/predict", "C")
     assert _allowed(service, keys.proof_paths, f"{s}/i.modelbus/signal/reply/abc", "P")
     assert _allowed(service, keys.proof_paths, f"{s}/!meta/lastalive", "P")
+    assert _allowed(service, keys.proof_paths, f"{s}/!meta/instances/eu-1/state", "P")
+    # A named instance reads its siblings' records (its plain status lists them).
+    assert _allowed(service, keys.proof_paths, f"{s}/!meta/instances/+/+", "C+")
     # Not: publishing on its own slots, consuming replies, anything else in the namespace.
     assert not _allowed(service, keys.proof_paths, f"{s}/i.modelbus/slot/admin", "P")
     assert not _allowed(service, keys.proof_paths, f"{s}/i.modelbus/signal/reply/abc", "C")
