@@ -48,6 +48,9 @@ _LASTALIVE_END = "/" + LASTALIVE
 _ORDER = {"status": 0, "state": 1, "lastalive": 2}
 _BACKOFF_S = (0.25, 5.0)
 GATHER_S = 0.05
+# An MQTT query brings every retained frame under the pattern's filter (P/#): 30,000 for 10,000
+# services, each checked. The link itself is judged by the probe.
+_RESYNC_TIMEOUT_S = 60.0
 _GRANT_CODES = {
     "untrusted_root",
     "broken_chain",
@@ -118,8 +121,8 @@ class FleetMonitor:
             try:
                 async with self.connect() as client:
                     await self._follow(client)
-            except TransportError as error:
-                self._set_link(False, error.message)
+            except* TransportError as group:  # raised in _follow's task group, or by the client
+                self._set_link(False, _first_message(group))
             await anyio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_S[1])
             self.reconnects += 1
@@ -251,9 +254,13 @@ class FleetMonitor:
 
     async def _resync(self, client: BusClient) -> None:
         """Apply the persisted values, status first (it carries the period), lastalive last."""
-        items = await client.query(self.liveness_pattern, include_rejected=True)
+        timeout_s = _RESYNC_TIMEOUT_S
+        items = await client.query(
+            self.liveness_pattern, include_rejected=True, timeout_s=timeout_s
+        )
         if self._reads_instances:
-            items += await client.query(self.instances_pattern, include_rejected=True)
+            pattern = self.instances_pattern
+            items += await client.query(pattern, include_rejected=True, timeout_s=timeout_s)
         for item in sorted(items, key=_resync_order):
             self.take(item)
 
@@ -294,6 +301,11 @@ class FleetMonitor:
             "error": self.link_error,
             "reconnects": self.reconnects,
         }
+
+
+def _first_message(group: BaseExceptionGroup[TransportError]) -> str:
+    first = group.exceptions[0]
+    return first.message if isinstance(first, TransportError) else _first_message(first)
 
 
 def _resync_order(item: Message | Rejected) -> int:

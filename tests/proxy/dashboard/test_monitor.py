@@ -11,9 +11,11 @@ from typing import Any
 import anyio
 
 from bus import PO_METADATA, PO_STATE, PO_STATUS, BusClient, Heartbeat, PayloadObject
+from bus.errors import TransportError
 from proxy.dashboard import Fleet, FleetMonitor
-from tests.bus.helpers import Namespace, connect, memory_url
+from tests.bus.helpers import Namespace, RecordingTransport, connect, memory_url
 from tests.proxy.dashboard.helpers import until
+from transports import open_transport
 
 
 @asynccontextmanager
@@ -119,3 +121,33 @@ async def test_a_forged_lastalive_is_checked_once_the_status_stops(namespace: Na
         assert counted(monitor) == (3, 0, 1)
         assert record.last_alive_ns == alive_ns
         assert record.judge(time.time_ns())[0] == "untrusted"
+
+
+class FirstQueryFails(RecordingTransport):
+    """The memory transport, whose first query on the first connection times out."""
+
+    failed = False
+
+    async def query(self, pattern: str, *, timeout_s: float = 5.0) -> list[Any]:
+        if not FirstQueryFails.failed:
+            FirstQueryFails.failed = True
+            raise TransportError(f"query {pattern} did not finish within {timeout_s:g} s")
+        return await super().query(pattern, timeout_s=timeout_s)
+
+
+async def test_a_failed_resync_reconnects_instead_of_ending_the_monitor(
+    namespace: Namespace,
+) -> None:
+    url = memory_url()
+    viewer = namespace.as_member
+    monitor = FleetMonitor(
+        lambda: BusClient(FirstQueryFails(open_transport(url)), viewer.entity),
+        namespace.uri("*"),
+        Fleet(),
+    )
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(monitor.run)
+        await until(lambda: monitor.is_link_up, timeout_s=10, what="up after a reconnect")
+        task_group.cancel_scope.cancel()
+    assert FirstQueryFails.failed
+    assert monitor.reconnects == 1
