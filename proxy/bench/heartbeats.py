@@ -10,12 +10,13 @@ busy 2-core machine. ``beats/s`` says what it achieved.
 This process runs the dashboard's monitor (:class:`proxy.dashboard.FleetMonitor` with its
 :class:`Fleet`, judged every 0.25 s as the dashboard does) on the real transport. A third process
 is the baseline: the bare library (pyzmq SUB from the forwarder, or paho at our QoS 1) receiving
-the same frames at the same time and doing nothing else. Over the measured window (after one
-period of warm-up, so every service has beaten once) each side's CPU is its process CPU time
-(every thread: paho's, ZeroMQ's I/O thread), reported as a share of one core, and the ratio ours
-/ raw. ``floor`` is raw plus one Ed25519 check a beat (timed in this process right after the
-window): what any monitor that verifies each beat's time must spend. Also reported: µs of CPU per
-beat, resident memory, the delay from a beat's time (``ts``) to its record in the fleet,
+the same frames at the same time and doing nothing else. Over the measured window (after a
+warm-up of a third of the run, at most one period: 30 s or more lets every service beat once)
+each side's CPU is its process CPU time (every thread: paho's, ZeroMQ's I/O thread), reported as
+a share of one core, and the ratio ours / raw. ``floor`` is raw plus one Ed25519 check a beat
+(timed in this process right after the window): what any monitor that verifies each beat's time
+must spend. Also reported: µs of CPU per beat, resident memory, the delay from a beat's time
+(``ts``: when it was due) to its record in the fleet — the publisher's own lateness included —,
 signature checks and skipped frames a second, frames a second received by ours and by raw.
 The bus is a ZeroMQ forwarder in a fourth process (``modelbus bus``), or ``--bus URL``.
 
