@@ -50,6 +50,7 @@ __all__ = [
     "ENVELOPE_VERSION",
     "MAX_POS",
     "Envelope",
+    "RepeatPattern",
     "check_frame_size",
     "decode",
     "parse",
@@ -63,6 +64,7 @@ NONCE_BYTES = 16
 DETACH_OVER = 64 * 1024
 DIGEST_BYTES = 32
 _SIGNING_CONTEXT = b"modelbus envelope v1\x00"
+_NONCE_MARKER = b"\xc4\x10"  # msgpack bin 8 of 16 bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,49 @@ class Envelope:
     def is_tombstone(self) -> bool:
         """A persisted envelope without payload objects deletes the persisted message."""
         return self.persist and not self.pos
+
+
+@dataclass(frozen=True, slots=True)
+class RepeatPattern:
+    """The bytes of every frame that says what one parsed frame says — same URI, payload objects,
+    origin, persist flag and proof — with only its timestamp and nonce (and so its signature)
+    new: a monitor tells a re-published state from a changed one without decoding it.
+
+    Made from a frame in the layout :func:`seal` writes (no detached payloads, a timestamp of
+    8 bytes): ``[body, signature]`` where the body ends ``origin, ts, nonce, persist, proof``.
+    A frame matches when it is the same bytes but for the 8 timestamp bytes, the 16 nonce bytes
+    and the 64 signature bytes. Msgpack decodes each value from its own bytes, so such a frame
+    decodes to the same fields but those. A match says nothing about the signature."""
+
+    head: bytes  # frame header, body up to and with the origin, and the timestamp's marker
+    tail: bytes  # after the nonce: persist, proof and the signature's marker
+    size: int
+
+    @classmethod
+    def of(cls, frame: bytes) -> RepeatPattern | None:
+        """The pattern of ``frame``; None if it does not parse or has another layout."""
+        try:
+            envelope = parse(frame)
+        except BusError:
+            return None
+        stamp = b"\xcf" + envelope.ts_ns.to_bytes(8, "big") if envelope.ts_ns >> 32 else b""
+        end = codec.pack(envelope.persist) + codec.pack(list(envelope.proof))
+        stamped = b"\xc4\x20" + envelope.origin + stamp + _NONCE_MARKER + envelope.nonce + end
+        if not stamp or not envelope.body.endswith(stamped):
+            return None
+        if codec.pack_bins([envelope.body, envelope.signature]) != frame:
+            return None  # blobs, or not the shortest headers
+        at = len(frame) - SIGNATURE_BYTES - 2 - len(end) - NONCE_BYTES - 2 - 8
+        return cls(frame[:at], end + b"\xc4\x40", len(frame))
+
+    def matches(self, frame: bytes) -> bool:
+        at = len(self.head) + 8
+        return (
+            len(frame) == self.size
+            and frame.startswith(self.head)
+            and frame.startswith(_NONCE_MARKER, at)
+            and frame.startswith(self.tail, at + 2 + NONCE_BYTES)
+        )
 
 
 def seal(

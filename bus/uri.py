@@ -29,6 +29,9 @@ MAX_URI_LENGTH = 1024
 MAX_SEGMENTS = 64
 
 _SEGMENT = re.compile(r"!?[A-Za-z0-9\-_.,()$]+")
+# A concrete URI in one match (no '!' in the namespace): the common case, checked without a
+# match per segment; anything else takes the segment by segment check, which says what is wrong.
+_CONCRETE = re.compile(r"[A-Za-z0-9\-_.,()$]+(?:/!?[A-Za-z0-9\-_.,()$]+)*")
 
 
 def parse(uri: str, *, allow_wildcards: bool = False) -> tuple[str, ...]:
@@ -40,6 +43,18 @@ def parse(uri: str, *, allow_wildcards: bool = False) -> tuple[str, ...]:
 
 @lru_cache(maxsize=4096)
 def _parse(uri: str, allow_wildcards: bool) -> tuple[str, ...]:
+    if (
+        len(uri) <= MAX_URI_LENGTH
+        and _CONCRETE.fullmatch(uri)
+        and uri.count("/!") <= 1
+        and uri.count("/") < MAX_SEGMENTS
+    ):
+        return tuple(uri.split("/"))
+    return _parse_segments(uri, allow_wildcards)
+
+
+def _parse_segments(uri: str, allow_wildcards: bool) -> tuple[str, ...]:
+    """The full check, segment by segment (the one that names what is wrong)."""
     if not uri or len(uri) > MAX_URI_LENGTH:
         raise InvalidUri(f"a URI must have 1 to {MAX_URI_LENGTH} characters", uri=uri[:80])
     segments = tuple(uri.split("/"))

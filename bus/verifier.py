@@ -40,7 +40,8 @@ __all__ = ["Verifier"]
 
 logger = logging.getLogger(__name__)
 
-_ALLOWED_SIZE = 4096  # remembered authorizations: (sender, proof, URI, right)
+_ALLOWED_SIZE = 32_768  # remembered authorizations: (sender, proof, URI, right); a monitor of
+# 10,000 services authorizes each one's status and state URIs
 _FOREVER_NS = 1 << 63
 
 
@@ -73,7 +74,9 @@ class Verifier:
         self._seen: OrderedDict[tuple[Hashable, bytes, bytes], int] = OrderedDict()
         self._last_log_ns: dict[str, int] = {}
         # (sender, proof, asked, right) -> (valid until, counts as a verdict-cache hit)
-        self._allowed: dict[tuple[bytes, tuple[bytes, ...], str, str], tuple[int, bool]] = {}
+        self._allowed: OrderedDict[tuple[bytes, tuple[bytes, ...], str, str], tuple[int, bool]] = (
+            OrderedDict()
+        )
 
     def canonical(self, uri: str) -> str:
         """The URI with an alias namespace replaced by the namespace key."""
@@ -147,7 +150,7 @@ class Verifier:
     ) -> None:
         remembered = self._allowed
         if len(remembered) >= _ALLOWED_SIZE:
-            del remembered[next(iter(remembered))]  # the oldest answer
+            remembered.popitem(last=False)  # the oldest answer (O(1), unlike a dict's first key)
         remembered[key] = allowed
 
     def _remember_nonce(self, envelope: Envelope, now_ns: int, scope: Hashable) -> None:

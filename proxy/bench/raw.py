@@ -29,7 +29,13 @@ from proxy.bench.bus_results import (
     Side,
 )
 
-__all__ = ["raw_mqtt_rtt", "raw_mqtt_stream", "raw_zmq_rtt", "raw_zmq_stream"]
+__all__ = [
+    "raw_mqtt_rtt",
+    "raw_mqtt_stream",
+    "raw_receive",
+    "raw_zmq_rtt",
+    "raw_zmq_stream",
+]
 
 
 # -- raw paho ------------------------------------------------------------------------------------
@@ -239,3 +245,64 @@ def raw_zmq_stream(url: str, topic: str, settings: BenchSettings) -> Side:
         stop.set()
         receiver.join(START_TIMEOUT_S)
         context.destroy(linger=0)
+
+
+# -- raw receiving of whatever is published under a prefix (bench heartbeats' baseline) ------------
+
+
+class _Tally:
+    """Counts arrivals, and nothing else (a baseline does no more work than receiving)."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def arrived(self, _payload: bytes) -> None:
+        self.received += 1
+
+
+def raw_receive(
+    url: str, prefix: str, qos: int, warmup_s: float, window_s: float
+) -> tuple[int, float]:
+    """Receive every frame published under ``prefix`` (``ns/a/``) with the bare library — a
+    pyzmq SUB from the forwarder, or a paho client subscribed at ``qos`` — and return the frames
+    received in the window after ``warmup_s`` and this process's CPU seconds over that window
+    (every thread: paho's and ZeroMQ's I/O threads included). Prints ``ready`` once subscribed."""
+    tally = _Tally()
+    close = _zmq_tally(url, prefix, tally) if url.startswith("zmq://") else None
+    if close is None:
+        subscriber = _Paho(url, qos, tally.arrived)
+        subscriber.subscribe(f"{prefix}#")
+        close = subscriber.close
+    try:
+        print("ready", flush=True)
+        time.sleep(warmup_s)
+        received, cpu = tally.received, time.process_time()
+        time.sleep(window_s)
+        return tally.received - received, time.process_time() - cpu
+    finally:
+        close()
+
+
+def _zmq_tally(url: str, prefix: str, tally: _Tally) -> Callable[[], None]:
+    """A SUB from the forwarder on its own thread, draining without blocking once readable."""
+    context: zmq.Context[Any] = zmq.Context()
+    sub = _zmq_socket(context, zmq.SUB, url, 1)
+    sub.subscribe(prefix.encode())
+    stop = threading.Event()
+
+    def receive() -> None:
+        while not stop.is_set():
+            if sub.poll(50):
+                while sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    sub.recv_multipart(zmq.NOBLOCK)
+                    tally.received += 1
+
+    thread = threading.Thread(target=receive, name="raw zmq subscriber", daemon=True)
+    thread.start()
+
+    def close() -> None:
+        stop.set()
+        thread.join(START_TIMEOUT_S)
+        context.destroy(linger=0)
+
+    return close

@@ -97,7 +97,8 @@ def bus(
 )
 @click.option("--bus", "bus_url", default=None, metavar="URL", help="Default: a ZeroMQ forwarder.")
 def heartbeats(counts: tuple[int, ...], seconds: float, bus_url: str | None) -> None:
-    """N services beating every 10 s into one dashboard monitor: its CPU, memory and delay."""
+    """N services beating every 10 s into one dashboard monitor: its CPU next to the bare
+    library receiving the same frames, its memory and delay."""
     from proxy.bench.heartbeats import run_bench
 
     chosen = counts or (100, 1000, 10_000)

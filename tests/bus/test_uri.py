@@ -334,3 +334,30 @@ def test_bytes_decoded_with_surrogates_never_parse_unless_ascii(raw: bytes) -> N
     except InvalidUri:
         return
     assert text.isascii()
+
+
+_URI_ALPHABET = st.sampled_from([*"ab-_.,()$/!+*", "/!", "é", "\n", ""])
+
+
+@given(st.lists(_URI_ALPHABET, max_size=12).map("".join))
+def test_the_one_match_check_agrees_with_the_segment_by_segment_one(text: str) -> None:
+    """The fast check of a concrete URI accepts exactly what the full check accepts."""
+    for allow_wildcards in (False, True):
+        try:
+            expected: tuple[str, ...] | None = uri._parse_segments(text, allow_wildcards)
+        except InvalidUri:
+            expected = None
+        try:
+            got: tuple[str, ...] | None = uri._parse.__wrapped__(text, allow_wildcards)
+        except InvalidUri:
+            got = None
+        assert got == expected
+
+
+def test_the_limits_hold_on_the_fast_path() -> None:
+    with pytest.raises(InvalidUri):
+        uri._parse.__wrapped__("ns/" + "/".join(["a"] * MAX_SEGMENTS), False)
+    with pytest.raises(InvalidUri):
+        uri._parse.__wrapped__("ns/" + "a" * (MAX_URI_LENGTH - 2), False)
+    with pytest.raises(InvalidUri):
+        uri._parse.__wrapped__("ns/!a/!b", False)

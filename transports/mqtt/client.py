@@ -30,6 +30,7 @@ from bus.transport import (
 )
 from transports.mqtt.broker import paho_logger, parse_url, redact, tls_context
 from transports.mqtt.gate import ConnectionGate
+from transports.mqtt.inbox import Inbox
 from transports.mqtt.table import FilterTable
 from transports.mqtt.topics import (
     Filter,
@@ -88,6 +89,7 @@ class MqttTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connack: asyncio.Future[None] | None = None
         self._gate = ConnectionGate()
+        self._inbox = Inbox()  # paho's callbacks, handed to the event loop in order
         self._is_closed = False
         self._filters = FilterTable()  # paho's thread reads it to subscribe again
         self._sentinels: dict[str, Query] = {}
@@ -109,7 +111,7 @@ class MqttTransport:
             return
         if will is not None:
             uris.parse(will.topic)
-        self._loop = asyncio.get_running_loop()
+        self._loop = self._inbox.loop = asyncio.get_running_loop()
         self._connack = self._loop.create_future()
         client = self._new_client(will)
         try:
@@ -236,12 +238,7 @@ class MqttTransport:
     # -- paho's thread: hand everything to the event loop ----------------------------------------
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
-        if self._loop is None:
-            return
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the event loop is closed: nobody is waiting any more
-            logger.debug("dropped a callback from paho: the event loop is closed")
+        self._inbox.post(callback, *args)  # one wake-up of the loop per burst: inbox.py
 
     def _on_socket_open(self, client: paho.Client, userdata: object, sock: Any) -> None:
         try:

@@ -75,7 +75,8 @@ class Filter:
                 query.found[delivery.topic] = delivery.frame
 
 
-_matches = functools.lru_cache(maxsize=4096)(uris.matches)  # the same few (pattern, topic)s
+_matches = functools.lru_cache(maxsize=32_768)(uris.matches)  # (pattern, topic): a monitor of
+# 10,000 services receives 30,000 topics
 
 
 def subscribe_properties(subscription_id: int) -> Properties:
