@@ -185,6 +185,7 @@ def _volumes(run: FitRun, output: Path, state: Path | None) -> dict[Path, tuple[
     os.chmod(run.input, 0o644)
     volumes = {run.input: (f"{FIT_DIR}/input", "ro"), output: (f"{FIT_DIR}/out", "rw")}
     if state is not None:
+        os.chmod(state, 0o644)  # stored or cached 0600 under serve's umask; user 65534 reads it
         volumes[state] = (STATE_PATH, "ro")
     return volumes
 

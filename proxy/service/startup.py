@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +212,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             task_group,
             on_switch=heartbeat.nudge,
             fetch_artifact=artifacts.local_at,
+            fetch_state=artifacts.local,
         )
         policies = build_policies(
             registry,
@@ -265,7 +266,8 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
             ),
         }
         await _restore(registry, router)
-        await fits.jobs.interrupt_leftovers()
+        if settings.instance is None:  # one of several: the leader does, when it takes the lead
+            await fits.jobs.interrupt_leftovers()
         await task_group.start(registry.watch_current, router.follow)
         share_group = None
         if settings.instance is not None:
@@ -280,7 +282,8 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 led.append(serve)
         if led:
             lead = f"{verifier.canonical(service_uri)} slots admin deploy"
-            task_group.start_soon(registry.lead, lead, functools.partial(_serve_all, led))
+            serve_led = functools.partial(_serve_all, led, fits.jobs.interrupt_leftovers)
+            task_group.start_soon(registry.lead, lead, serve_led)
         if siblings is not None:  # the instance list of the plain JSON status
             await task_group.start(siblings.run, client)
         await task_group.start(heartbeat.run, client)
@@ -357,16 +360,20 @@ async def _serve(
     )
 
 
-async def _serve_all(serving: list[_Serving]) -> None:
-    """Serve several slots until cancelled (the leader's slots)."""
+async def _serve_all(serving: list[_Serving], on_lead: Callable[[], Awaitable[object]]) -> None:
+    """Serve several slots until cancelled (the leader's slots), after ``on_lead``: fit jobs
+    are run by the leader, so the fits a dead leader left are marked interrupted by the next
+    one, never by an instance starting beside a live leader."""
+    await on_lead()
     async with anyio.create_task_group() as group:
         for serve in serving:
             await group.start(serve)
 
 
 def _check_instance_bus(settings: ProxySettings) -> None:
-    """Refuse to run one of several instances on ZeroMQ, which cannot spread requests; warn
-    when its registry is a SQLite file, which no other instance shares."""
+    """Refuse to run one of several instances on ZeroMQ, which cannot spread requests, or
+    without a shared artifact store; warn when its registry is a SQLite file, which no other
+    instance shares."""
     if settings.instance is not None and not isinstance(settings.registry_target, str):
         logger.warning(
             "instance %s keeps its registry in a SQLite file of its own: deploys and switches "
@@ -379,6 +386,13 @@ def _check_instance_bus(settings: ProxySettings) -> None:
             "need MQTT (--bus mqtt://host:1883 with a postgresql:// --registry and a shared "
             "--artifacts store), or run one proxy without --instance",
             url=settings.bus_url,
+            instance=settings.instance,
+        )
+    if settings.instance is not None and settings.artifacts is None:
+        raise Unsupported(
+            f"instance {settings.instance!r}: several instances need one shared artifact store "
+            "(--artifacts s3://bucket/prefix or file:///shared/path), so that any of them starts "
+            "any version and continues any upload",
             instance=settings.instance,
         )
 
@@ -417,6 +431,9 @@ async def _restore(registry: Registry, router: VersionRouter) -> None:
             await router.start(model, model.desired_replicas)
         except BusError as error:
             logger.error("could not restart %s: %s", model.key, error.message)
+            continue
+        except OSError as error:  # its artifact unreadable: the service starts without it
+            logger.error("could not restart %s: %s", model.key, error)
             continue
         if model.is_current:
             router.switch(model.name, model.version)

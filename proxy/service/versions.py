@@ -55,9 +55,11 @@ async def start_model(
     model: ModelVersion,
     replicas: int,
     fetch_artifact: FetchArtifact = _as_path,
+    fetch_state: FetchArtifact | None = None,
 ) -> None:
     """Start ``replicas`` replicas of a registered version (or resize it if it runs); its
-    artifact is the local file ``fetch_artifact`` gives for its recorded location."""
+    artifact is the local file ``fetch_artifact`` gives for its recorded location, a fitted
+    image's state the one ``fetch_state`` gives for its digest (the store's own lookup)."""
     if is_running(backend, model.name, model.version):
         await backend.set_replicas(model.name, model.version, replicas)
         return
@@ -75,17 +77,23 @@ async def start_model(
             batch_size=batch_size,
             image=None if remote else model.image,
             remote=remote,
-            state_file=await _state_file(model, fetch_artifact),
+            state_file=await _state_file(model, fetch_artifact, fetch_state),
         )
 
 
-async def _state_file(model: ModelVersion, fetch_artifact: FetchArtifact) -> Path | None:
-    """A fitted image version's state file: stored by digest in the store of its image's
-    tarball (a sibling location), fetched here, readable by the replica's user (it is mounted)."""
+async def _state_file(
+    model: ModelVersion, fetch_artifact: FetchArtifact, fetch_state: FetchArtifact | None
+) -> Path | None:
+    """A fitted image version's state file, readable by the replica's user (it is mounted).
+    Found by its digest in the current store (where the fit kept it), else — with no store
+    lookup given — beside its image's tarball."""
     sha = model.state_sha256
     if sha is None:
         return None
-    path = await fetch_artifact(f"{model.artifact_path.rpartition('/')[0]}/{sha}")
+    if fetch_state is not None:
+        path = await fetch_state(sha)
+    else:
+        path = await fetch_artifact(f"{model.artifact_path.rpartition('/')[0]}/{sha}")
     await anyio.to_thread.run_sync(os.chmod, path, 0o644)  # the container's user 65534 reads it
     return path
 
@@ -99,9 +107,11 @@ class VersionRouter:
         *,
         on_switch: Callable[[], None] | None = None,
         fetch_artifact: FetchArtifact = _as_path,
+        fetch_state: FetchArtifact | None = None,
     ):
         self._on_switch = on_switch
         self._fetch_artifact = fetch_artifact
+        self._fetch_state = fetch_state
         self._registry = registry
         self._backend = backend
         self._task_group = task_group
@@ -128,7 +138,7 @@ class VersionRouter:
 
     async def start(self, model: ModelVersion, replicas: int) -> None:
         """Start (or resize) a registered version here, its artifact fetched as needed."""
-        await start_model(self._backend, model, replicas, self._fetch_artifact)
+        await start_model(self._backend, model, replicas, self._fetch_artifact, self._fetch_state)
 
     def serving(self, name: str) -> str | None:
         return self._serving.get(name)
@@ -175,6 +185,9 @@ class VersionRouter:
                     await self.start(model, model.desired_replicas)
             except BusError as error:
                 logger.warning("cannot start %s here: %s", model.key, error.message)
+                continue
+            except OSError as error:  # its artifact unreadable here: the others still follow
+                logger.warning("cannot start %s here: %s", model.key, error)
                 continue
             if self._serving.get(model.name) != model.version:
                 logger.info("%s is current (switched by another instance)", model.key)

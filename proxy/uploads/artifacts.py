@@ -93,7 +93,10 @@ class FileStore:
         return path
 
     async def local_at(self, location: str) -> Path:
-        return Path(location)
+        path = Path(location)
+        if not path.is_file():
+            raise NotFound(f"artifact {location} is missing", artifact=path.name)
+        return path
 
     async def collect(self, referenced: Set[str], unused_for_s: float) -> list[str]:
         return await anyio.to_thread.run_sync(

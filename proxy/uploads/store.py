@@ -106,6 +106,11 @@ def open_store(location: str | Path, cache_dir: Path) -> ArtifactStore:
         from proxy.uploads.s3 import S3Store  # boto3 only where an S3 store is used
 
         parts = urlsplit(text)
+        if "@" in parts.netloc or ":" in parts.netloc:  # never repeat what may be a secret
+            raise InvalidRequest(
+                "an S3 artifact store is s3://bucket/prefix with no user, password or port in "
+                "it: the endpoint and credentials come from the AWS_* environment variables"
+            )
         if not parts.netloc or parts.query or parts.fragment:
             raise InvalidRequest(
                 f"an S3 artifact store is s3://bucket/prefix, not {text!r} (the endpoint and "

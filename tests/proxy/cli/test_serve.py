@@ -229,3 +229,23 @@ def test_an_instance_on_zeromq_is_refused_with_why(tmp_path: Path) -> None:
     assert last.startswith("error: instance 'a': ZeroMQ is one machine's bus; several instances ")
     assert "need MQTT" in last
     assert "modelbus serving" not in refused.stdout
+
+
+def test_an_instance_without_a_shared_artifact_store_is_refused(tmp_path: Path) -> None:
+    """``serve --instance`` on MQTT with no ``--artifacts`` exits 1 before it connects: the
+    other instances could neither start its versions nor continue its uploads."""
+    refused = subprocess.run(
+        [
+            *(sys.executable, "-m", "proxy.cli", "--bus", "mqtt://127.0.0.1:9", "serve"),
+            *("--data-dir", str(tmp_path / "data"), "--instance", "a"),
+            *("--namespace-key", str(tmp_path / "namespace.key")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    last = refused.stderr.splitlines()[-1]
+    assert last.startswith("error: instance 'a': several instances need one shared artifact store")
+    assert "modelbus serving" not in refused.stdout

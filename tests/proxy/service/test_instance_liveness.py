@@ -31,13 +31,15 @@ async def test_two_named_proxies_beat_as_themselves_and_keep_the_service_alive(
 ) -> None:
     harness = ProxyHarness(mosquitto_url, tmp_path / "a")
     topic = f"{harness.service_uri}/{PLAIN_STATUS}"
+    shared = f"file://{tmp_path / 'artifacts'}"  # instances share an artifact store
     second = harness.settings(  # the same service key, its own data directory
         instance="b",
+        artifacts=shared,
         data_dir=tmp_path / "b",
         entity_path=harness.settings().entity_file,
         heartbeat_interval_s=0.3,
     )
-    async with harness.serving(instance="a", heartbeat_interval_s=0.3) as service:
+    async with harness.serving(instance="a", artifacts=shared, heartbeat_interval_s=0.3) as service:
         operator = service.operator
 
         async def both_alive() -> bool:

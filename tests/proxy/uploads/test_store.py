@@ -154,3 +154,17 @@ def test_the_service_setting_takes_a_directory_or_a_bucket() -> None:
         assert ProxySettings(artifacts=accepted).artifacts == accepted
     with pytest.raises(ValidationError):
         ProxySettings(artifacts="http://host/bucket")
+
+
+def test_an_s3_location_with_credentials_is_refused_without_repeating_them(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        open_store("s3://AKIAEXAMPLE:TOPSECRET@bucket/prefix", tmp_path / "cache")
+    assert "TOPSECRET" not in refused.value.message and "AKIAEXAMPLE" not in refused.value.message
+    with pytest.raises(InvalidRequest):
+        open_store("s3://bucket:9000/prefix", tmp_path / "cache")
+
+
+async def test_a_missing_artifact_in_a_directory_is_not_found(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "artifacts")
+    with pytest.raises(NotFound):
+        await store.local_at(str(tmp_path / "artifacts" / ("0" * 64)))
