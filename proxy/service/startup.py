@@ -34,7 +34,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -273,6 +273,7 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         if settings.instance is not None:
             share_group = service_share_group(verifier.canonical(service_uri))
         led: list[_Serving] = []  # admin and deploy, when one of several instances
+        leadership = _Leadership()
         for name, slot in slots.items():
             uri = f"{interface_uri}/slot/{name}"
             serve = functools.partial(_serve, client, uri, slot, settings, gate, share_group)
@@ -282,8 +283,10 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 led.append(serve)
         if led:
             lead = f"{verifier.canonical(service_uri)} slots admin deploy"
-            serve_led = functools.partial(_serve_all, led, fits.jobs.interrupt_leftovers)
-            task_group.start_soon(registry.lead, lead, serve_led)
+            serve_led = functools.partial(
+                _serve_all, led, fits.jobs.interrupt_leftovers, leadership
+            )
+            task_group.start_soon(_wait_to_lead, registry, lead, serve_led, leadership)
         if siblings is not None:  # the instance list of the plain JSON status
             await task_group.start(siblings.run, client)
         await task_group.start(heartbeat.run, client)
@@ -309,6 +312,8 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         try:
             yield info
         finally:
+            if not leadership.leading:  # a stopping instance never takes the lead
+                leadership.waiting.cancel()
             if gate.in_flight:
                 logger.info("draining %d requests in flight", gate.in_flight)
             # One of several instances withdraws from the share group: the others take the new
@@ -360,10 +365,28 @@ async def _serve(
     )
 
 
-async def _serve_all(serving: list[_Serving], on_lead: Callable[[], Awaitable[object]]) -> None:
+@dataclass
+class _Leadership:
+    """Whether this instance leads, and the wait for the lead (cancelled when it stops)."""
+
+    leading: bool = False
+    waiting: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+
+
+async def _wait_to_lead(
+    registry: Registry, name: str, run: Callable[[], Awaitable[None]], leadership: _Leadership
+) -> None:
+    with leadership.waiting:
+        await registry.lead(name, run)
+
+
+async def _serve_all(
+    serving: list[_Serving], on_lead: Callable[[], Awaitable[object]], leadership: _Leadership
+) -> None:
     """Serve several slots until cancelled (the leader's slots), after ``on_lead``: fit jobs
     are run by the leader, so the fits a dead leader left are marked interrupted by the next
     one, never by an instance starting beside a live leader."""
+    leadership.leading = True
     await on_lead()
     async with anyio.create_task_group() as group:
         for serve in serving:
