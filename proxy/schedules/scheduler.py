@@ -123,14 +123,17 @@ class Scheduler:
         self._specs: dict[str, tuple[dict[str, Any], Spec]] = {}
         self._last_backfill: dict[str, int | None] = {}
         self._wake = anyio.Event()
+        self._nudged = False
         self._next_pass: dict[str, float] = {}
         self._seen_ns = 0
         self._ends: list[Finish] = []
         self.windows_run = 0
 
     def nudge(self) -> None:
-        """Look at every schedule again, now (a schedule changed or a window is to re-run)."""
-        self._next_pass.clear()
+        """Look at every schedule again, now (a schedule changed or a window is to re-run).
+        Taken at the next pass's start: a nudge during a pass is never overwritten by the plans
+        that pass was making from what it read before."""
+        self._nudged = True
         self._wake.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -164,6 +167,9 @@ class Scheduler:
         whatever the number of schedules: one read of the open windows, one write moving the
         cursors and claiming the windows to run, one write recording how the runs ended."""
         await self._record_ends()
+        if self._nudged:
+            self._nudged = False
+            self._next_pass.clear()
         next_ns = math.inf
         now = self.clock()
         self.inputs.new_pass()
