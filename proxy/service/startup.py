@@ -283,8 +283,9 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
                 led.append(serve)
         if led:
             lead = f"{verifier.canonical(service_uri)} slots admin deploy"
+            sweep = functools.partial(_sweep_uploads, uploads, registry)
             serve_led = functools.partial(
-                _serve_all, led, fits.jobs.interrupt_leftovers, leadership
+                _serve_all, led, fits.jobs.interrupt_leftovers, sweep, leadership
             )
             task_group.start_soon(_wait_to_lead, registry, lead, serve_led, leadership)
         if siblings is not None:  # the instance list of the plain JSON status
@@ -292,7 +293,8 @@ async def _running_proxy(settings: ProxySettings) -> AsyncIterator[ServiceInfo]:
         await task_group.start(heartbeat.run, client)
         await task_group.start(policies.background.run)
         await task_group.start(schedules.scheduler.run)
-        task_group.start_soon(_sweep_uploads, uploads, registry)
+        if not led:  # one of several: the leader sweeps (above), not each instance
+            task_group.start_soon(_sweep_uploads, uploads, registry)
         metrics_url = None
         if settings.metrics_port is not None:
             port = await task_group.start(
@@ -381,14 +383,19 @@ async def _wait_to_lead(
 
 
 async def _serve_all(
-    serving: list[_Serving], on_lead: Callable[[], Awaitable[object]], leadership: _Leadership
+    serving: list[_Serving],
+    on_lead: Callable[[], Awaitable[object]],
+    sweep: Callable[[], Coroutine[Any, Any, None]],
+    leadership: _Leadership,
 ) -> None:
-    """Serve several slots until cancelled (the leader's slots), after ``on_lead``: fit jobs
-    are run by the leader, so the fits a dead leader left are marked interrupted by the next
-    one, never by an instance starting beside a live leader."""
+    """Serve several slots until cancelled (the leader's slots), after ``on_lead``, and run
+    ``sweep`` (idle uploads, unused artifacts) beside them: fit jobs are run by the leader, so
+    the fits a dead leader left are marked interrupted by the next one, never by an instance
+    starting beside a live leader; one sweeper lists the shared store, not every instance."""
     leadership.leading = True
     await on_lead()
     async with anyio.create_task_group() as group:
+        group.start_soon(sweep)
         for serve in serving:
             await group.start(serve)
 
