@@ -390,7 +390,12 @@ class Uploads:
                 raise
         else:
             await self._commit_spool(upload)
-        await self.registry.finish_upload(upload.upload_id, "committed")
+        try:
+            await self.registry.finish_upload(upload.upload_id, "committed")
+        except NotFound:
+            if self._shared is None:
+                raise
+            # shared: another instance committed it first (the artifact is verified and whole)
         self._forget(upload.upload_id)
         logger.info("upload %s committed as artifact %s", upload.upload_id, upload.sha256)
         return {"artifact": upload.sha256, "size": upload.size, "kind": upload.kind}

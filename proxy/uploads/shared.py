@@ -72,6 +72,8 @@ class SharedChunks:
         assembled = scratch / f".incoming-{uuid.uuid4().hex}"
         try:
             actual = await self._assemble(upload, assembled)
+            if actual != upload.sha256 and await self.store.has(upload.sha256):
+                return  # another instance committed it meanwhile (a re-sent commit): it is whole
             if actual != upload.sha256:
                 raise InvalidRequest(
                     f"the uploaded bytes hash to {actual}, not the announced {upload.sha256}; "

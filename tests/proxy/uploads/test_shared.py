@@ -302,3 +302,23 @@ async def test_through_the_service_an_upload_begun_on_one_proxy_is_finished_on_a
     assert not (tmp_path / "second" / "spool").exists() or not any(
         (tmp_path / "second" / "spool").iterdir()
     )
+
+
+async def test_a_commit_racing_another_instances_commit_succeeds(
+    instances: tuple[Uploads, Uploads],
+) -> None:
+    """A commit re-sent during a lead hand-over runs on two instances at once: the one that
+    reads the chunks after the other stored the artifact and dropped them answers the same
+    artifact, never "the bytes hash to missing" (and it never discards the upload)."""
+    first, second = instances
+    data = payload(3 * CHUNK + 7)
+    sha = hashlib.sha256(data).hexdigest()
+    upload_id = (await first.begin(SENDER, begin_request(data)))["upload_id"]
+    for index in range(4):
+        await first.chunk(SENDER, chunk(data, upload_id, index))
+    seen_by_second = await second.registry.get_upload(upload_id)  # it began committing, then…
+    committed = await first.commit(SENDER, UploadRef(upload_id=upload_id))  # …the first won
+    assert committed["artifact"] == sha
+    assert second._shared is not None
+    await second._shared.commit(seen_by_second)  # chunks gone, artifact there: no error
+    assert (await second.local_artifact(sha)).read_bytes() == data
