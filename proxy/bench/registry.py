@@ -10,17 +10,20 @@ the two services so the machine's noise falls on both alike:
 1. ``model.deploy`` over the bus, N times: a new version of the uploaded archive each time,
    with no replica and not made current (so the timing is the deploy's own path — checks,
    registry transaction, routing — not a worker's start-up, the same for both);
-2. the registry write alone: ``Registry.register_model`` in this process against the same
+2. an upload of a new archive (the same model, built again: its own digest) and its
+   ``model.deploy``, N times: what ``modelbus deploy`` does but start the replica;
+3. the registry write alone: ``Registry.register_model`` in this process against the same
    SQLite file and PostgreSQL database, after the services stopped;
-3. ``predict`` against version ``0``, one request at a time.
+4. ``predict`` against version ``0``, one request at a time.
 
-Targets (issue 17): the deploy under 10% slower on PostgreSQL (p50 ratio < 1.10), and nothing
+Targets (issue 17): a deploy under 10% slower on PostgreSQL (p50 ratio < 1.10), and nothing
 added to a prediction (version routing is served from memory; ratio about 1, taken as < 1.05).
 Afterwards both registries are opened directly and must hold every deployed version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import statistics
 import tempfile
@@ -71,6 +74,7 @@ class RegistryRow:
     label: str
     registry: str
     deploy: Timing
+    upload_deploy: Timing
     write: Timing
     predict: Timing
     versions: int
@@ -96,6 +100,7 @@ class _Side:
         self.client = client
         self.artifact = artifact
         self.deploys: list[float] = []
+        self.upload_deploys: list[float] = []
         self.predictions: list[float] = []
 
 
@@ -123,10 +128,17 @@ async def _open_side(
     return _Side(client, artifact)
 
 
+async def _upload_deploy(side: _Side, model: str, version: str, archive: Path) -> None:
+    artifact = await side.client.upload_artifact(archive, name=f"{model}:{version}", kind="closure")
+    await side.client.deploy_artifact(
+        model, version, "doubles", artifact, replicas=0, make_current=False
+    )
+
+
 async def _measure_services(
     services: list[tuple[str, ServiceUnderTest]],
     model: str,
-    archive: Path,
+    archives: list[Path],
     deploys: int,
     predictions: int,
 ) -> list[_Side]:
@@ -134,7 +146,7 @@ async def _measure_services(
     first from one round to the next."""
     async with AsyncExitStack() as stack:
         sides = [
-            await _open_side(stack, bus_url, service, model, archive)
+            await _open_side(stack, bus_url, service, model, archives[0])
             for bus_url, service in services
         ]
         for index in range(WARM_UP + deploys):
@@ -147,6 +159,13 @@ async def _measure_services(
                 )
                 if index >= WARM_UP:
                     side.deploys.append(seconds)
+        for index in range(WARM_UP + deploys):
+            for side in sides if index % 2 else sides[::-1]:
+                seconds = await _timed(
+                    _upload_deploy, side, model, f"u{index}", archives[1 + index]
+                )
+                if index >= WARM_UP:
+                    side.upload_deploys.append(seconds)
         warm = 10 * WARM_UP
         for index in range(warm + predictions):
             for side in sides if index % 2 else sides[::-1]:
@@ -212,8 +231,7 @@ def run_registry_bench(
         else:
             notes.append("PostgreSQL: --postgres-url")
         sqlite_path = str(workdir / "registry.sqlite3")
-        archive = workdir / "bench.closure"
-        archive.write_bytes(build_closure_archive(bench_http.model))
+        archives = _archives(workdir, 1 + WARM_UP + deploys)
         services = []
         with ExitStack() as running:
             for name, registry in (("sqlite", sqlite_path), ("postgres", postgres_url)):
@@ -228,11 +246,11 @@ def run_registry_bench(
                     )
                 )
                 services.append((bus_url, service))
-            sides = runner.run(_measure_services, services, model, archive, deploys, predictions)
+            sides = runner.run(_measure_services, services, model, archives, deploys, predictions)
         writes, versions = runner.run(
             _measure_writes, [sqlite_path, postgres_url], model, sides[0].artifact, deploys
         )
-    expected = 1 + WARM_UP + deploys
+    expected = 1 + 2 * (WARM_UP + deploys)
     if versions != [expected, expected]:
         raise click.ClickException(
             f"the registries hold {versions} versions of {model} (SQLite, PostgreSQL), "
@@ -243,6 +261,7 @@ def run_registry_bench(
             label,
             registry,
             Timing.of(side.deploys),
+            Timing.of(side.upload_deploys),
             Timing.of(times),
             Timing.of(side.predictions),
             count,
@@ -259,6 +278,20 @@ def run_registry_bench(
     return RegistryResult(model, rows[0], rows[1], notes)
 
 
+def _archives(workdir: Path, count: int) -> list[Path]:
+    """``count`` closure archives of the trivial model, each its own digest (its manifest's
+    ``created_ns``), so each upload is a real one."""
+    paths, digests = [], set()
+    for index in range(count):
+        data = build_closure_archive(bench_http.model)
+        digests.add(hashlib.sha256(data).digest())
+        paths.append(workdir / f"bench-{index}.closure")
+        paths[-1].write_bytes(data)
+    if len(digests) != count:
+        raise click.ClickException("two closure archives came out alike: uploads would be skipped")
+    return paths
+
+
 def _verdict(ratio: float, target: float) -> str:
     return f"{'met' if ratio < target else 'MISSED'} (target < {target:.2f})"
 
@@ -271,6 +304,7 @@ def print_registry_table(result: RegistryResult) -> None:
     )
     lines = (
         ("model.deploy over the bus", "deploy", DEPLOY_TARGET),
+        ("upload + model.deploy over the bus", "upload_deploy", DEPLOY_TARGET),
         ("registry write alone (register_model)", "write", None),
         ("predict over the bus", "predict", PREDICT_TARGET),
     )

@@ -44,10 +44,12 @@ async def test_a_small_run_uses_both_registries(
     assert result.sqlite.registry == str(tmp_path / "registry.sqlite3")
     assert result.postgres.registry == postgres_url
     for row in (result.sqlite, result.postgres):
-        for timing in (row.deploy, row.write, row.predict):
+        for timing in (row.deploy, row.upload_deploy, row.write, row.predict):
             assert 0 < timing.p50_ms <= timing.p90_ms
-        assert row.versions == 1 + WARM_UP + DEPLOYS
-    deployed = sorted(str(v) for v in range(1 + WARM_UP + DEPLOYS))
+        assert row.versions == 1 + 2 * (WARM_UP + DEPLOYS)
+    deployed = sorted(
+        [str(v) for v in range(1 + WARM_UP + DEPLOYS)] + [f"u{i}" for i in range(WARM_UP + DEPLOYS)]
+    )
     written = sorted(f"w{i}" for i in range(WARM_UP + DEPLOYS))
     for registry in (result.sqlite.registry, postgres_url):
         assert await _versions(registry, result.model) == deployed
@@ -57,6 +59,7 @@ async def test_a_small_run_uses_both_registries(
     print_registry_table(result)
     out = capsys.readouterr().out
     assert "model.deploy over the bus" in out and "(target < 1.10)" in out
+    assert "upload + model.deploy over the bus" in out
     assert "predict over the bus" in out and "(target < 1.05)" in out
     assert "note: PostgreSQL: --postgres-url" in out
 
