@@ -315,7 +315,7 @@ def print_registry_table(result: RegistryResult) -> None:
         verdict = f"  {_verdict(ratio, target)}" if target is not None else ""
         click.echo(
             f"{label:36} {base.p50_ms:10.2f} {base.p90_ms:7.2f} {ours.p50_ms:14.2f} "
-            f"{ours.p90_ms:7.2f} {ratio:8.2f}x{verdict}"
+            f"{ours.p90_ms:7.2f} {ratio:8.3f}x{verdict}"
         )
     click.echo(
         f"ratio = PostgreSQL/SQLite; both registries hold {sqlite.versions} versions of "
