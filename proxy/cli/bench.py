@@ -5,6 +5,7 @@
     modelbus bench predict [--count N] [--in-flight 8]
     modelbus bench scale [--count N] [--in-flight 8] [--clients 2]
     modelbus bench remote [--count N]
+    modelbus bench registry [--deploys N] [--predictions N] [--postgres-url URL]
     modelbus bench upload [--mib 256] [--window 16] [--artifacts LOCATION …]
     modelbus bench upload --image [--image-mib 300] [--docker-url URL]
     modelbus bench choose [--repeats 300] [--rounds 200]
@@ -141,6 +142,38 @@ def remote(count: int) -> None:
     from proxy.bench.remote import print_remote_table, run_remote_bench
 
     print_remote_table(run_remote_bench(count))
+
+
+@bench.command("registry")
+@click.option(
+    "--deploys",
+    default=200,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Deploys (and registry writes) timed per registry.",
+)
+@click.option(
+    "--predictions",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="Predictions timed per registry, one at a time.",
+)
+@click.option(
+    "--postgres-url",
+    metavar="URL",
+    help="A postgresql:// database to use [default: start a PostgreSQL server of its own from "
+    "the installed binaries].",
+)
+def registry(deploys: int, predictions: int, postgres_url: str | None) -> None:
+    """Deploy and prediction times with the registry on PostgreSQL next to SQLite, the same
+    service otherwise, in one run (target: deploy p50 ratio < 1.10, prediction about 1)."""
+    from proxy.bench.registry import print_registry_table, run_registry_bench
+    from proxy.registry.postgres import is_postgres_url
+
+    if postgres_url is not None and not is_postgres_url(postgres_url):
+        raise click.BadParameter("not a postgresql:// URL", param_hint="--postgres-url")
+    print_registry_table(run_registry_bench(deploys, predictions, postgres_url))
 
 
 @bench.command("upload")

@@ -118,6 +118,7 @@ class VersionRouter:
         self._serving: dict[str, str] = {}
         self._apps: dict[str, tuple[int, Application]] = {}
         self._input_types: dict[tuple[str, str], InputType] = {}
+        self._starting: dict[tuple[str, str], anyio.Lock] = {}
 
     async def application(self, name: str) -> Application:
         """The application, from memory while the registry's applications are unchanged."""
@@ -137,8 +138,15 @@ class VersionRouter:
         return self._input_types[key]
 
     async def start(self, model: ModelVersion, replicas: int) -> None:
-        """Start (or resize) a registered version here, its artifact fetched as needed."""
-        await start_model(self._backend, model, replicas, self._fetch_artifact, self._fetch_state)
+        """Start (or resize) a registered version here, its artifact fetched as needed. One
+        start of a version at a time: a deploy and the follower woken by its own commit's
+        notification (a postgresql:// registry) would otherwise both find it not running, and
+        the second start would fail the deploy with "already started"."""
+        lock = self._starting.setdefault((model.name, model.version), anyio.Lock())
+        async with lock:  # kept: one small lock per version started in this process
+            await start_model(
+                self._backend, model, replicas, self._fetch_artifact, self._fetch_state
+            )
 
     def serving(self, name: str) -> str | None:
         return self._serving.get(name)

@@ -72,3 +72,16 @@ async def test_a_switch_through_one_instance_reaches_the_other(
         await a.operator.rollback("thermal")
         await wait_until(lambda: _answers(b.operator, "1"), what="b rolled back to 1")
         assert (await b.operator.predict(model="thermal", input=[2.0]))["output"] == 20.0
+
+
+async def test_a_deploy_is_not_failed_by_its_own_notification(
+    memory_harness: ProxyHarness, postgres_url: str
+) -> None:
+    """The commit of a deploy wakes this proxy's own follower, which starts the new current
+    version too: the two starts of one version take turns, so the deploy never answers "already
+    started" (it did about one deploy in four)."""
+    async with memory_harness.serving(registry=postgres_url) as service:
+        for version in ("1", "2", "3", "4", "5", "6"):
+            await service.operator.deploy_function("thermal", version, scaled(10), "doubles")
+        await service.operator.wait_ready("thermal", "6")
+        assert (await service.operator.predict(model="thermal", input=[1.0]))["output"] == 10.0
