@@ -299,9 +299,13 @@ class PostgresDatabase:
             async with self._translated():
                 session = _Session(connection, self.path, self.clock)
                 try:
-                    await connection.execute(begin)
-                    if lock is not None:
-                        await connection.execute("SELECT pg_advisory_xact_lock($1)", lock)
+                    # One round trip: BEGIN and the lock (our own integer constant) as one
+                    # simple-protocol query.
+                    await connection.execute(
+                        begin
+                        if lock is None
+                        else f"{begin}; SELECT pg_advisory_xact_lock({lock:d})"
+                    )
                     yield session
                     await connection.execute("COMMIT")
                 except BaseException:
