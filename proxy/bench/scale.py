@@ -177,20 +177,8 @@ async def _load_main(
         await client.predict(model="bench", input=ROW)  # learns the service's key
         print("ready", flush=True)
         await anyio.to_thread.run_sync(sys.stdin.readline)
-        errors = 0
-
-        async def caller(share: int) -> None:
-            nonlocal errors
-            for _ in range(share):
-                try:
-                    await client.predict(model="bench", input=ROW)
-                except BusError:
-                    errors += 1
-
+        _, errors = await _load(client, count, in_flight)
         share = count // in_flight
-        async with anyio.create_task_group() as group:
-            for _ in range(in_flight):
-                group.start_soon(caller, share)
         print(f"done {share * in_flight - errors} {errors}", flush=True)
 
 

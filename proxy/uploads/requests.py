@@ -20,6 +20,7 @@ __all__ = [
     "UploadRequest",
     "chunk_bytes",
     "chunk_sha256",
+    "digest_mismatch",
 ]
 
 HASH_ON_LOOP_MAX = 64 * 1024
@@ -53,6 +54,16 @@ class ChunkRequest(UploadRequest):
 
 class UploadRef(UploadRequest):
     upload_id: str
+
+
+def digest_mismatch(expected: str, actual: str) -> InvalidRequest:
+    """The commit's refusal: the assembled bytes are not what ``upload.begin`` announced."""
+    return InvalidRequest(
+        f"the uploaded bytes hash to {actual}, not the announced {expected}; "
+        "the upload was discarded — upload again",
+        expected=expected,
+        actual=actual,
+    )
 
 
 def chunk_bytes(request: ChunkRequest, attachment: PayloadObject | None) -> bytes:

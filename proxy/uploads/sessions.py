@@ -49,6 +49,7 @@ from proxy.uploads.requests import (
     UploadRef,
     chunk_bytes,
     chunk_sha256,
+    digest_mismatch,
 )
 from proxy.uploads.shared import SharedChunks
 from proxy.uploads.spool import (
@@ -405,12 +406,7 @@ class Uploads:
         actual = await self._file_digest(upload)
         if actual != upload.sha256:
             await self._discard(upload)
-            raise InvalidRequest(
-                f"the uploaded bytes hash to {actual}, not the announced {upload.sha256}; "
-                "the upload was discarded — upload again",
-                expected=upload.sha256,
-                actual=actual,
-            )
+            raise digest_mismatch(upload.sha256, actual)
         await self.artifacts.put(spool, upload.sha256)
         progress_path(upload).unlink(missing_ok=True)
 

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import anyio
 
-from bus.errors import InvalidRequest, NotFound
+from bus.errors import NotFound
 from proxy.registry.records import Upload
 from proxy.registry.registry import Registry
 from proxy.registry.space import ensure_room
+from proxy.uploads.requests import digest_mismatch
 from proxy.uploads.store import ArtifactStore
 
 __all__ = ["SharedChunks"]
@@ -75,12 +76,7 @@ class SharedChunks:
             if actual != upload.sha256 and await self.store.has(upload.sha256):
                 return  # another instance committed it meanwhile (a re-sent commit): it is whole
             if actual != upload.sha256:
-                raise InvalidRequest(
-                    f"the uploaded bytes hash to {actual}, not the announced {upload.sha256}; "
-                    "the upload was discarded — upload again",
-                    expected=upload.sha256,
-                    actual=actual,
-                )
+                raise digest_mismatch(upload.sha256, actual)
             await self.store.put(assembled, upload.sha256)
         finally:
             assembled.unlink(missing_ok=True)
