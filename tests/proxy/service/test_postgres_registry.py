@@ -8,13 +8,16 @@ PostgreSQL (the session's server, tests/fixtures/postgres.py).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import anyio
 import pytest
 from pydantic import ValidationError
 
 from proxy.registry import Registry
 from proxy.service.settings import ProxySettings
-from tests.proxy.conftest import ProxyHarness
+from proxy.service.startup import run_proxy
+from tests.proxy.conftest import ProxyHarness, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -55,3 +58,35 @@ async def test_a_proxy_on_a_postgres_registry(
     async with memory_harness.serving(registry=postgres_url) as service:  # a restart
         reply = await service.operator.predict(app="zone-a", input=[2.0])
         assert reply["output"] == 6.0
+
+
+async def test_only_the_leader_marks_fits_left_running_as_interrupted(
+    memory_harness: ProxyHarness, postgres_url: str, tmp_path: Path
+) -> None:
+    """Fits run on the instance holding the lead: the next leader marks the jobs a dead one
+    left ``running`` as interrupted, and an instance starting beside a live leader leaves the
+    leader's running fits alone (it used to relabel them, then a resume ran them twice)."""
+    harness = memory_harness
+    shared = {"registry": postgres_url, "artifacts": f"file://{tmp_path / 'artifacts'}"}
+    fit = {"model_name": "m", "parent_version": "1", "requester": "k", "request": {}}
+    async with Registry.open(postgres_url) as registry:
+        await registry.create_fit_job("left", new_version="2", **fit)
+        await registry.update_fit_job("left", state="running")  # its leader died mid-fit
+        async with harness.serving(instance="a", **shared):
+
+            async def interrupted() -> bool:
+                return (await registry.get_fit_job("left")).state == "interrupted"
+
+            await wait_until(interrupted, what="the new leader marks the dead one's fit")
+            await registry.create_fit_job("live", new_version="3", **fit)
+            await registry.update_fit_job("live", state="running")  # the leader runs it
+            second = harness.settings(
+                instance="b",
+                data_dir=tmp_path / "b",
+                entity_path=harness.settings().entity_file,
+                **shared,
+            )
+            async with anyio.create_task_group() as task_group:
+                await task_group.start(run_proxy, second)  # started: past its start-up
+                task_group.cancel_scope.cancel()
+        assert (await registry.get_fit_job("live")).state == "running"
