@@ -11,7 +11,8 @@ store) and switches to it by the same rule.
 
 A version's artifact is found through ``fetch_artifact`` (the artifact store's
 :meth:`~proxy.uploads.store.ArtifactStore.local_at`): given the location the version recorded,
-a local, verified file — downloaded first when the store is an S3 bucket.
+a local, verified file — downloaded first when the store is an S3 bucket; a fitted image's
+state through ``fetch_state`` (the store's ``local``), by its digest.
 """
 
 from __future__ import annotations
@@ -46,16 +47,12 @@ def is_running(backend: EmbeddedBackend, name: str, version: str) -> bool:
 FetchArtifact = Callable[[str], Awaitable[Path]]
 
 
-async def _as_path(location: str) -> Path:
-    return Path(location)
-
-
 async def start_model(
     backend: EmbeddedBackend,
     model: ModelVersion,
     replicas: int,
-    fetch_artifact: FetchArtifact = _as_path,
-    fetch_state: FetchArtifact | None = None,
+    fetch_artifact: FetchArtifact,
+    fetch_state: FetchArtifact,
 ) -> None:
     """Start ``replicas`` replicas of a registered version (or resize it if it runs); its
     artifact is the local file ``fetch_artifact`` gives for its recorded location, a fitted
@@ -77,23 +74,17 @@ async def start_model(
             batch_size=batch_size,
             image=None if remote else model.image,
             remote=remote,
-            state_file=await _state_file(model, fetch_artifact, fetch_state),
+            state_file=await _state_file(model, fetch_state),
         )
 
 
-async def _state_file(
-    model: ModelVersion, fetch_artifact: FetchArtifact, fetch_state: FetchArtifact | None
-) -> Path | None:
-    """A fitted image version's state file, readable by the replica's user (it is mounted).
-    Found by its digest in the current store (where the fit kept it), else — with no store
-    lookup given — beside its image's tarball."""
+async def _state_file(model: ModelVersion, fetch_state: FetchArtifact) -> Path | None:
+    """A fitted image version's state file, found by its digest in the store (where the fit
+    kept it), readable by the replica's user (it is mounted)."""
     sha = model.state_sha256
     if sha is None:
         return None
-    if fetch_state is not None:
-        path = await fetch_state(sha)
-    else:
-        path = await fetch_artifact(f"{model.artifact_path.rpartition('/')[0]}/{sha}")
+    path = await fetch_state(sha)
     await anyio.to_thread.run_sync(os.chmod, path, 0o644)  # the container's user 65534 reads it
     return path
 
@@ -106,8 +97,8 @@ class VersionRouter:
         task_group: TaskGroup,
         *,
         on_switch: Callable[[], None] | None = None,
-        fetch_artifact: FetchArtifact = _as_path,
-        fetch_state: FetchArtifact | None = None,
+        fetch_artifact: FetchArtifact,
+        fetch_state: FetchArtifact,
     ):
         self._on_switch = on_switch
         self._fetch_artifact = fetch_artifact
